@@ -1,0 +1,41 @@
+"""Exceptions for bad input. Every one is a ``ValueError`` and its message names the input it is about."""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidImageError",
+    "EmptyImageError",
+    "NotAnImageError",
+    "CorruptImageError",
+    "UnsupportedImageError",
+    "ImageTooLargeError",
+]
+
+
+class InvalidImageError(ValueError):
+    """An image input that cannot be turned into RGB pixels. ``source`` describes the input."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+        self.problem = problem
+
+
+class EmptyImageError(InvalidImageError):
+    """The input holds no bytes, or an image with a zero-length side."""
+
+
+class NotAnImageError(InvalidImageError):
+    """The bytes are not in any image format Pillow recognises."""
+
+
+class CorruptImageError(InvalidImageError):
+    """The format was recognised but decoding failed (truncated or damaged data)."""
+
+
+class UnsupportedImageError(InvalidImageError):
+    """A well-formed input of a kind we do not convert (unknown type, dtype, layout or pixel range)."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """More pixels than the decompression-bomb limit allows."""

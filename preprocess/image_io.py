@@ -1,0 +1,281 @@
+"""Image decoding: every way an image can arrive becomes one RGB ``PIL.Image`` (spec §6.3, colour).
+
+The only module that opens image files or bytes. Sources: a path, ``bytes``/``bytearray``/``memoryview``, a
+binary file object, a ``PIL.Image.Image``, or an ``H×W`` / ``H×W×C`` (C = 1…4) ``uint8`` or ``uint16`` array
+(channels last). What happens on the way to RGB:
+
+* EXIF orientation is applied (a camera's portrait photo arrives upright).
+* Animated images give their first frame.
+* Transparency (an ``A`` band, or a ``transparency`` entry as palette images have) is composited onto white,
+  as the reference processor does: through Pillow's ``alpha_composite`` for images, and exactly rounded
+  integer blending for arrays (the reference's float blend, which rounds to the same values).
+* 16-bit data (``I;16`` modes, ``uint16`` arrays) is scaled to 8 bits, ``round(v / 257)``. **Deviation**: the
+  reference calls ``convert("RGB")``, which clips every value above 255 to white.
+* 32-bit ``I`` and float ``F`` images are accepted when their values lie in 0…255; anything else is refused
+  with a message rather than clipped.
+* A decompression-bomb guard refuses images of more than ``max_pixels`` pixels before decoding them.
+
+Bad input raises a subclass of :class:`preprocess.errors.InvalidImageError` (a ``ValueError``) whose message
+starts with a description of the source; a missing file raises ``FileNotFoundError``. Inputs are never
+modified: arrays and images are copied, and a file object's position is restored.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageTooLargeError,
+    InvalidImageError,
+    NotAnImageError,
+    UnsupportedImageError,
+)
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "DecodedImage", "decode_image", "load_image", "describe_source"]
+
+# Pillow's own hard limit (twice its default MAX_IMAGE_PIXELS): about 179 megapixels, 13 400 px square.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+
+# (height, width) of the oriented original → smallest (height, width) a draft decode may deliver.
+DraftFn = Callable[[tuple[int, int]], tuple[int, int]]
+
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_BOMB_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded RGB image and the size the token budget must be computed from.
+
+    ``original_size`` is the ``(height, width)`` of the upright full-resolution image. It differs from
+    ``image.size`` (reversed) only when a draft decode (fast mode) let the JPEG decoder scale down.
+    """
+
+    image: Image.Image
+    original_size: tuple[int, int]
+    source: str
+
+
+def describe_source(source: object, name: str | None = None) -> str:
+    """A short description of ``source`` for error messages: ``name`` if given, else the path or kind."""
+    if name is not None:
+        return str(name)
+    if isinstance(source, str | os.PathLike):
+        return f"image file {os.fspath(source)!r}"
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"image bytes ({len(source)} bytes)"
+    if isinstance(source, Image.Image):
+        return f"PIL image (mode {source.mode}, {source.width}x{source.height})"
+    if isinstance(source, np.ndarray):
+        return f"image array (shape {source.shape}, dtype {source.dtype})"
+    file_name = getattr(source, "name", None)
+    if isinstance(file_name, str | bytes):
+        return f"image file object {file_name!r}"
+    return f"image input of type {type(source).__name__}"
+
+
+def load_image(
+    source: ImageSource, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decode ``source`` into an upright RGB ``PIL.Image`` (see the module docstring for the rules)."""
+    return decode_image(source, name=name, max_pixels=max_pixels).image
+
+
+def decode_image(
+    source: ImageSource,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft: DraftFn | None = None,
+) -> DecodedImage:
+    """Decode ``source`` into RGB. ``draft`` (JPEG only) lets the decoder scale down by 1/2, 1/4 or 1/8
+    while both sides stay at least the size it returns for the upright original size."""
+    what = describe_source(source, name)
+    if isinstance(source, Image.Image):
+        return _from_pil(source, what, max_pixels)
+    if isinstance(source, np.ndarray):
+        return _from_array(source, what, max_pixels)
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as fp:  # a missing file raises FileNotFoundError naming the path
+            return _from_stream(fp, what, max_pixels, draft)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _from_stream(io.BytesIO(source), what, max_pixels, draft)
+    if hasattr(source, "read"):
+        if _seekable(source):
+            start = source.tell()
+            try:
+                return _from_stream(source, what, max_pixels, draft)
+            finally:
+                source.seek(start)
+        return _from_stream(io.BytesIO(source.read()), what, max_pixels, draft)
+    raise UnsupportedImageError(
+        what, "expected a path, bytes, a binary file object, a PIL image or a uint8 array"
+    )
+
+
+def _seekable(fp: object) -> bool:
+    try:
+        return bool(fp.seekable())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _check_pixels(width: int, height: int, what: str, max_pixels: int | None) -> None:
+    if width < 1 or height < 1:
+        raise EmptyImageError(what, f"image has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            what,
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+            "(a decompression-bomb guard; raise max_pixels to allow it)",
+        )
+
+
+def _open(fp: BinaryIO, what: str, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` with our pixel limit instead of Pillow's global one."""
+    start = fp.tell()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fp)
+    except Image.DecompressionBombError as exc:
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        if max_pixels is not None and (pillow_limit is None or max_pixels <= 2 * pillow_limit):
+            raise ImageTooLargeError(what, f"{exc} (limit {max_pixels} pixels)") from None
+        # The caller allows more than Pillow does: reopen with Pillow's guard off; ours runs next.
+        fp.seek(start)
+        with _BOMB_LOCK:
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                return Image.open(fp)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow_limit
+    except UnidentifiedImageError:
+        fp.seek(start)
+        head = fp.read(8)
+        raise NotAnImageError(what, f"not a recognised image format (starts with {head!r})") from None
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a damaged EXIF block must not make an otherwise good image unreadable
+        return 1
+
+
+def _from_stream(fp: BinaryIO, what: str, max_pixels: int | None, draft: DraftFn | None) -> DecodedImage:
+    start = fp.tell()
+    if not fp.read(1):
+        raise EmptyImageError(what, "the input is empty (0 bytes)")
+    fp.seek(start)
+    im = _open(fp, what, max_pixels)
+    try:
+        _check_pixels(im.width, im.height, what, max_pixels)
+        orientation = _orientation(im)
+        turned = orientation in _TRANSPOSED_ORIENTATIONS
+        original = (im.width, im.height) if turned else (im.height, im.width)
+        if draft is not None and im.format == "JPEG":
+            min_h, min_w = draft(original)
+            im.draft(None, (min_h, min_w) if turned else (min_w, min_h))  # PIL sizes are (width, height)
+        im.load()
+        if orientation != 1:
+            im = ImageOps.exif_transpose(im)
+        return DecodedImage(image=_to_rgb(im, what), original_size=original, source=what)
+    except InvalidImageError:
+        raise
+    except Exception as exc:  # Pillow signals damaged data with many types (OSError, SyntaxError, …)
+        fmt = im.format or "image"
+        raise CorruptImageError(what, f"cannot decode {fmt} data: {type(exc).__name__}: {exc}") from exc
+
+
+def _from_pil(im: Image.Image, what: str, max_pixels: int | None) -> DecodedImage:
+    _check_pixels(im.width, im.height, what, max_pixels)
+    frame = im.tell() if getattr(im, "n_frames", 1) > 1 else 0
+    try:
+        if frame:
+            im.seek(0)
+        try:
+            im.load()
+            orientation = _orientation(im)
+            upright = ImageOps.exif_transpose(im) if orientation != 1 else im  # a new image: im is untouched
+            rgb = _to_rgb(upright, what)
+            if frame and rgb is im:
+                rgb = im.copy()  # we seek the caller's image back below
+        except InvalidImageError:
+            raise
+        except Exception as exc:
+            raise CorruptImageError(what, f"cannot read pixels: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if frame:
+            im.seek(frame)  # leave the caller's image on the frame it was on
+    return DecodedImage(image=rgb, original_size=(rgb.height, rgb.width), source=what)
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return "A" in im.getbands() or im.info.get("transparency") is not None
+
+
+def _to_rgb(im: Image.Image, what: str) -> Image.Image:
+    """RGB version of a loaded image; ``im`` itself when it is already plain RGB."""
+    mode = im.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        return Image.fromarray(_sixteen_to_eight(np.asarray(im))).convert("RGB")
+    if mode in ("I", "F"):
+        values = np.asarray(im)
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 255:
+            raise UnsupportedImageError(
+                what, f"mode {mode} values span {low:g}…{high:g}; only 0…255 converts to 8-bit without clipping"
+            )
+        return Image.fromarray(np.rint(values).astype(np.uint8)).convert("RGB")
+    try:
+        if _has_alpha(im):
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return im if mode == "RGB" else im.convert("RGB")
+    except ValueError as exc:
+        raise UnsupportedImageError(what, f"cannot convert mode {mode} to RGB: {exc}") from exc
+
+
+def _sixteen_to_eight(values: np.ndarray) -> np.ndarray:
+    """Exact ``round(v · 255 / 65535) = round(v / 257)`` for 16-bit values (never a tie: 257 is odd)."""
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _from_array(array: np.ndarray, what: str, max_pixels: int | None) -> DecodedImage:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4)):
+        raise UnsupportedImageError(what, "expected an HxW or HxWxC array with C in 1…4 (channels last)")
+    if array.dtype == np.uint16:
+        array = _sixteen_to_eight(array)
+    elif array.dtype != np.uint8:
+        raise UnsupportedImageError(what, "expected dtype uint8 (or uint16); convert the array first")
+    height, width = array.shape[:2]
+    _check_pixels(width, height, what, max_pixels)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    channels = array.shape[2]
+    if channels in (2, 4):  # last channel is alpha: blend onto white
+        alpha = array[:, :, -1:].astype(np.uint32)
+        colour = array[:, :, :-1].astype(np.uint32)
+        blended = colour * alpha + 255 * (255 - alpha)
+        array = ((2 * blended + 255) // 510).astype(np.uint8)  # round(blended / 255), exact
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    rgb = Image.fromarray(np.ascontiguousarray(array), mode=None)  # copies: the caller's array is untouched
+    return DecodedImage(image=rgb, original_size=(height, width), source=what)
