@@ -17,7 +17,8 @@ binary file object, a ``PIL.Image.Image``, or an ``H×W`` / ``H×W×C`` (C = 1�
 
 Bad input raises a subclass of :class:`preprocess.errors.InvalidImageError` (a ``ValueError``) whose message
 starts with a description of the source; a missing file raises ``FileNotFoundError``. Inputs are never
-modified: arrays and images are copied, and a file object's position is restored.
+modified: arrays are copied, a file object's position is restored, and a PIL image is converted into a new
+image, except that an upright plain-RGB image is returned as it is (unmodified; copying it would cost time).
 """
 
 from __future__ import annotations
@@ -116,13 +117,16 @@ def decode_image(
     if isinstance(source, bytes | bytearray | memoryview):
         return _from_stream(io.BytesIO(source), what, max_pixels, draft)
     if hasattr(source, "read"):
-        if _seekable(source):
-            start = source.tell()
-            try:
-                return _from_stream(source, what, max_pixels, draft)
-            finally:
+        # Read from the current position (Pillow would seek to 0) and put the position back afterwards.
+        start = source.tell() if _seekable(source) else None
+        try:
+            data = source.read()
+        finally:
+            if start is not None:
                 source.seek(start)
-        return _from_stream(io.BytesIO(source.read()), what, max_pixels, draft)
+        if not isinstance(data, bytes | bytearray):
+            raise UnsupportedImageError(what, f"read() returned {type(data).__name__}, not bytes: open it in 'rb' mode")
+        return _from_stream(io.BytesIO(data), what, max_pixels, draft)
     raise UnsupportedImageError(
         what, "expected a path, bytes, a binary file object, a PIL image or a uint8 array"
     )
@@ -169,6 +173,8 @@ def _open(fp: BinaryIO, what: str, max_pixels: int | None) -> Image.Image:
         fp.seek(start)
         head = fp.read(8)
         raise NotAnImageError(what, f"not a recognised image format (starts with {head!r})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # e.g. a file cut inside its header
+        raise CorruptImageError(what, f"cannot read the image header: {type(exc).__name__}: {exc}") from exc
 
 
 def _orientation(im: Image.Image) -> int:
@@ -238,7 +244,7 @@ def _to_rgb(im: Image.Image, what: str) -> Image.Image:
     if mode in ("I", "F"):
         values = np.asarray(im)
         low, high = float(values.min()), float(values.max())
-        if low < 0 or high > 255:
+        if not (0 <= low and high <= 255):  # also refuses NaN
             raise UnsupportedImageError(
                 what, f"mode {mode} values span {low:g}…{high:g}; only 0…255 converts to 8-bit without clipping"
             )

@@ -1,0 +1,71 @@
+"""``gemma4 preview``: the image as the model sees it, with its soft-token grid and its padding.
+
+The top panel is the resized image (exactly the pixels the patches are cut from) with a line every 48 px:
+each cell is one soft token (3×3 patches of 16 px). The bottom panel is the patch budget ``9·budget`` as a
+bar: the image's patches, then the zero padding patches that fill the rest.
+"""
+
+from __future__ import annotations
+
+from PIL import Image, ImageDraw, ImageFont
+
+from preprocess.budget import SIDE_MULTIPLE, image_target_size, max_patches
+from preprocess.image import resize_to_target
+from preprocess.image_io import DEFAULT_MAX_PIXELS, ImageSource, decode_image
+
+__all__ = ["render_preview"]
+
+GRID_COLOUR = (255, 0, 160, 150)
+USED_COLOUR = (46, 160, 67)
+PADDING_COLOUR = (200, 200, 200)
+TEXT_COLOUR = (20, 20, 20)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def render_preview(
+    source: ImageSource, budget: int = 280, *, exact: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """An RGB picture of the resized image with its 48 px soft-token grid and a padding bar beneath."""
+    decoded = decode_image(source, max_pixels=max_pixels)
+    th, tw = image_target_size(*decoded.original_size, budget)
+    resized = Image.fromarray(resize_to_target(decoded.image, (th, tw), exact=exact)).convert("RGBA")
+
+    grid = Image.new("RGBA", resized.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(grid)
+    for x in range(0, tw + 1, SIDE_MULTIPLE):
+        draw.line([(min(x, tw - 1), 0), (min(x, tw - 1), th - 1)], fill=GRID_COLOUR, width=1)
+    for y in range(0, th + 1, SIDE_MULTIPLE):
+        draw.line([(0, min(y, th - 1)), (tw - 1, min(y, th - 1))], fill=GRID_COLOUR, width=1)
+    picture = Image.alpha_composite(resized, grid).convert("RGB")
+
+    total = max_patches(budget)
+    used = (th // 16) * (tw // 16)
+    tokens = (th // SIDE_MULTIPLE) * (tw // SIDE_MULTIPLE)
+    width = max(tw, 480)
+    font = _font(14)
+    lines = [
+        f"input {decoded.original_size[0]}x{decoded.original_size[1]} px -> {th}x{tw} px at budget {budget}",
+        f"{th // 16}x{tw // 16} patches = {tokens} soft tokens ({th // 48}x{tw // 48} cells of 48 px)",
+        f"patches: {used} image + {total - used} padding = {total} (9 x budget)",
+    ]
+    line_height, bar_height, margin = 18, 16, 8
+    footer = margin + len(lines) * line_height + bar_height + margin
+    canvas = Image.new("RGB", (width, th + footer), (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = th + margin
+    for text in lines:
+        draw.text((margin, y), text, fill=TEXT_COLOUR, font=font)
+        y += line_height
+    bar_width = width - 2 * margin
+    split = margin + round(bar_width * used / total)
+    draw.rectangle([margin, y, margin + bar_width - 1, y + bar_height - 1], fill=PADDING_COLOUR)
+    if used:
+        draw.rectangle([margin, y, max(margin, split - 1), y + bar_height - 1], fill=USED_COLOUR)
+    return canvas

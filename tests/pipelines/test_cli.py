@@ -1,0 +1,105 @@
+"""The gemma4 command line: budget table, preview picture, image benchmark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import bench_images, cli
+from pipelines.synthetic import benchmark_sizes, synthetic_image
+from preprocess import budget as B
+from preprocess.image import resize_to_target
+from preprocess.image_io import load_image
+
+
+def test_budget_table_lists_every_budget(capsys):
+    assert cli.main(["budget", "1080", "1920"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[0] == "input 1080 x 1920 px"
+    rows = [line.split() for line in lines[3:]]
+    assert [int(r[0]) for r in rows] == list(B.SUPPORTED_BUDGETS)
+    for r in rows:
+        b = int(r[0])
+        th, tw = B.image_target_size(1080, 1920, b)
+        gr, gc = B.image_grid(1080, 1920, b)
+        assert r[1:4] == [str(th), "x", str(tw)]
+        assert r[4:7] == [str(gr), "x", str(gc)]
+        assert int(r[7]) == B.image_soft_tokens(1080, 1920, b)
+        assert r[8:11] == [str(gr * gc), "/", str(9 * b)]
+        assert int(r[11]) == B.image_padding_patches(1080, 1920, b)
+
+
+def test_budget_table_single_budget(capsys):
+    assert cli.main(["budget", "4", "4000", "--budget", "70"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[3:]
+    assert len(rows) == 1 and rows[0].split()[:4] == ["70", "48", "x", "3360"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["budget", "0", "10"], "at least 1 px"),
+        (["budget", "ten", "10"], "'ten' is not a whole number"),
+        (["budget", "10", "10", "--budget", "100"], "70, 140, 280, 560, 1120"),
+    ],
+)
+def test_budget_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_preview_draws_grid_over_the_resized_image(tmp_path):
+    pixels = synthetic_image(300, 500, seed=3)
+    src = tmp_path / "in.png"
+    Image.fromarray(pixels).save(src)
+    out = tmp_path / "sub" / "preview.png"
+    assert cli.main(["preview", str(src), "--budget", "70", "-o", str(out)]) == 0
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    th, tw = B.image_target_size(300, 500, 70)
+    assert picture.shape[0] > th and picture.shape[1] == max(tw, 480)
+    expected = resize_to_target(load_image(src), (th, tw))
+    top = picture[:th, :tw]
+    on_grid = np.zeros((th, tw), dtype=bool)
+    on_grid[::48, :] = on_grid[:, ::48] = True
+    on_grid[th - 1, :] = on_grid[:, tw - 1] = True
+    assert np.array_equal(top[~on_grid], expected[~on_grid])  # the image itself, untouched off the grid
+    assert (np.abs(top[on_grid].astype(int) - expected[on_grid]).sum(axis=1) > 0).mean() > 0.9  # lines drawn
+
+
+def test_preview_bad_input(tmp_path, capsys):
+    bad = tmp_path / "not-an-image.png"
+    bad.write_bytes(b"hello, world")
+    assert cli.main(["preview", str(bad), "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not-an-image.png" in err and "not a recognised image format" in err
+
+
+def test_benchmark_runs_and_reports_each_case():
+    lines: list[str] = []
+    rows = bench_images.run((70,), count=3, repeat=1, workers=2, emit=lines.append)
+    cases = [r.case for r in rows]
+    assert cases == [
+        "decoded, float32 outputs",
+        "decoded, uint8 patches",
+        "JPEG files, float32 outputs",
+        "JPEG files, fast mode",
+        "JPEG files, fast mode, uint8",
+        "worker processes, JPEG files",
+    ]
+    assert all(r.ours > 0 for r in rows)
+    assert all(r.baseline is not None and r.baseline > 0 for r in rows)  # the reference is installed in tests
+    text = "\n".join(lines)
+    assert "PSNR vs exact mode" in text and "ratio" in text and "target" in text
+
+
+def test_benchmark_set_is_fixed():
+    sizes = benchmark_sizes()
+    assert len(sizes) == 48 and sizes == benchmark_sizes()
+    assert max(max(s) for s in sizes) == 3000 and min(max(s) for s in sizes) == 120
+    assert min(min(s) for s in sizes) >= 120
+    assert np.array_equal(synthetic_image(64, 80, seed=5), synthetic_image(64, 80, seed=5))
+    assert not np.array_equal(synthetic_image(64, 80, seed=5), synthetic_image(64, 80, seed=6))
