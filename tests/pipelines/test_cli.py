@@ -85,6 +85,7 @@ def test_benchmark_runs_and_reports_each_case():
     assert cases == [
         "decoded, float32 outputs",
         "decoded, uint8 patches",
+        "bound: bicubic resize alone",
         "JPEG files, float32 outputs",
         "JPEG files, fast mode",
         "JPEG files, fast mode, uint8",
@@ -92,6 +93,7 @@ def test_benchmark_runs_and_reports_each_case():
     ]
     assert all(r.ours > 0 for r in rows)
     assert all(r.baseline is not None and r.baseline > 0 for r in rows)  # the reference is installed in tests
+    assert [r.met is None for r in rows] == [False, False, True, True, False, False, False]
     text = "\n".join(lines)
     assert "PSNR vs exact mode" in text and "ratio" in text and "target" in text
 
