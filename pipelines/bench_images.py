@@ -173,7 +173,7 @@ def run(
             rows.append(
                 Row(
                     budget, "bound: bicubic resize alone", ref_rate, resize_only, None,
-                    note="the Pillow bicubic resize both sides share; no exact implementation can beat this ratio",
+                    note="Pillow's bicubic resize, shared by exact mode and the reference: exact mode's ceiling",
                 )
             )
 
