@@ -158,8 +158,8 @@ def _open(fp: BinaryIO, what: str, max_pixels: int | None) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(fp)
     except Image.DecompressionBombError as exc:
-        pillow_limit = Image.MAX_IMAGE_PIXELS
-        if max_pixels is not None and (pillow_limit is None or max_pixels <= 2 * pillow_limit):
+        pillow_limit = Image.MAX_IMAGE_PIXELS  # not None: Pillow only raises when a limit is set
+        if max_pixels is not None and max_pixels <= 2 * pillow_limit:
             raise ImageTooLargeError(what, f"{exc} (limit {max_pixels} pixels)") from None
         # The caller allows more than Pillow does: reopen with Pillow's guard off; ours runs next.
         fp.seek(start)
