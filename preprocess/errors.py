@@ -9,6 +9,12 @@ __all__ = [
     "CorruptImageError",
     "UnsupportedImageError",
     "ImageTooLargeError",
+    "InvalidAudioError",
+    "EmptyAudioError",
+    "CorruptAudioError",
+    "UnsupportedAudioError",
+    "NonFiniteAudioError",
+    "AudioTooShortError",
 ]
 
 
@@ -39,3 +45,32 @@ class UnsupportedImageError(InvalidImageError):
 
 class ImageTooLargeError(InvalidImageError):
     """More pixels than the decompression-bomb limit allows."""
+
+
+class InvalidAudioError(ValueError):
+    """An audio input that cannot be turned into 16 kHz mono samples. ``source`` describes the input."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+        self.problem = problem
+
+
+class EmptyAudioError(InvalidAudioError):
+    """The input holds no bytes or no samples."""
+
+
+class CorruptAudioError(InvalidAudioError):
+    """The bytes are not audio any decoder recognises, or decoding failed part-way."""
+
+
+class UnsupportedAudioError(InvalidAudioError):
+    """A well-formed input of a kind we do not convert (type, dtype, rank, sample rate)."""
+
+
+class NonFiniteAudioError(InvalidAudioError):
+    """NaN or infinite samples."""
+
+
+class AudioTooShortError(InvalidAudioError):
+    """Too few samples for one valid feature frame, so the audio would produce no tokens at all."""
