@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "InvalidInputError",
     "InvalidImageError",
     "EmptyImageError",
     "NotAnImageError",
@@ -18,13 +19,17 @@ __all__ = [
 ]
 
 
-class InvalidImageError(ValueError):
-    """An image input that cannot be turned into RGB pixels. ``source`` describes the input."""
+class InvalidInputError(ValueError):
+    """Bad input. The message is ``"<source>: <problem>"``; both parts are kept as attributes."""
 
     def __init__(self, source: str, problem: str) -> None:
         super().__init__(f"{source}: {problem}")
         self.source = source
         self.problem = problem
+
+
+class InvalidImageError(InvalidInputError):
+    """An image input that cannot be turned into RGB pixels."""
 
 
 class EmptyImageError(InvalidImageError):
@@ -47,13 +52,8 @@ class ImageTooLargeError(InvalidImageError):
     """More pixels than the decompression-bomb limit allows."""
 
 
-class InvalidAudioError(ValueError):
-    """An audio input that cannot be turned into 16 kHz mono samples. ``source`` describes the input."""
-
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(f"{source}: {problem}")
-        self.source = source
-        self.problem = problem
+class InvalidAudioError(InvalidInputError):
+    """An audio input that cannot be turned into 16 kHz mono samples."""
 
 
 class EmptyAudioError(InvalidAudioError):
