@@ -24,7 +24,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from PIL import Image
 from preprocess.budget import image_target_size
 from preprocess.image import preprocess_image, preprocess_images, resize_to_target
 
+from .benchmarking import Row, best_time, format_row, reference
 from .synthetic import benchmark_sizes, synthetic_image
 
 log = logging.getLogger(__name__)
@@ -43,41 +43,9 @@ TARGET_PSNR_DB = 40.0
 TARGET_SCALING = 0.8
 
 
-@dataclass
-class Row:
-    """One benchmark line: our rate against a baseline rate (images/s) and the target ratio."""
-
-    budget: int
-    case: str
-    baseline: float | None  # None: the reference is not installed
-    ours: float
-    target: float | None  # None: informational line, the issue sets no target for it
-    baseline_label: str = "reference"
-    ours_label: str = "ours"
-    note: str = ""
-    extra_ok: bool = True  # a second condition of the target (fast mode's PSNR)
-
-    @property
-    def ratio(self) -> float | None:
-        return None if self.baseline is None else self.ours / self.baseline
-
-    @property
-    def met(self) -> bool | None:
-        if self.ratio is None or self.target is None:
-            return None
-        return self.ratio >= self.target and self.extra_ok
-
-
-def _best_rate(fn: Callable[[object], object], items: Sequence[object], repeat: int) -> float:
-    """Images per second: best of ``repeat`` timed passes over ``items`` (after one untimed warm-up call)."""
-    fn(items[0])
-    best = math.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for item in items:
-            fn(item)
-        best = min(best, time.perf_counter() - start)
-    return len(items) / best
+def _rate(fn: Callable[[object], object], items: Sequence[object], repeat: int) -> float:
+    """Images per second, best of ``repeat`` passes."""
+    return len(items) / best_time(fn, items, repeat)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -109,14 +77,6 @@ def _pool_rate(paths: Sequence[str], budget: int, workers: int, repeat: int) -> 
     return len(jobs) / best
 
 
-def _reference():
-    """(processor factory, file loader) of the reference, or (None, None) when it is not installed."""
-    import oracles
-
-    reference = oracles.load("hf_image")
-    return (None, None) if reference is None else (reference.processor, reference.load_image)
-
-
 def make_set(directory: Path, count: int, seed: int) -> tuple[list[Image.Image], list[str]]:
     images, paths = [], []
     for index, (height, width) in enumerate(benchmark_sizes(count, seed=seed)):
@@ -141,8 +101,8 @@ def run(
     import torch
 
     torch.set_num_threads(1)  # "one thread": fast mode's torch resize would otherwise use every core
-    processor_cls, ref_load = _reference()
-    if processor_cls is None:
+    oracle = reference("hf_image")
+    if oracle is None:
         emit("reference: transformers is not installed; printing our figures alone")
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gemma4-bench-") as tmp:
@@ -155,34 +115,35 @@ def run(
         )
         for budget in budgets:
             first = len(rows)
-            ref = processor_cls(budget) if processor_cls else None
+            group = f"budget {budget}"
+            ref = oracle.processor(budget) if oracle else None
 
             def ref_decoded(im, ref=ref):
                 return ref([im], return_tensors="np")
 
             def ref_file(path, ref=ref):
-                return ref([ref_load(path)], return_tensors="np")
+                return ref([oracle.load_image(path)], return_tensors="np")
 
-            ref_rate = _best_rate(ref_decoded, images, repeat) if ref else None
-            ours = _best_rate(lambda im, b=budget: preprocess_images([im], b), images, repeat)
-            ours_u8 = _best_rate(lambda im, b=budget: preprocess_image(im, b), images, repeat)
+            ref_rate = _rate(ref_decoded, images, repeat) if ref else None
+            ours = _rate(lambda im, b=budget: preprocess_images([im], b), images, repeat)
+            ours_u8 = _rate(lambda im, b=budget: preprocess_image(im, b), images, repeat)
             targets = {id(im): image_target_size(im.height, im.width, budget) for im in images}
-            resize_only = _best_rate(lambda im, t=targets: resize_to_target(im, t[id(im)]), images, repeat)
-            rows.append(Row(budget, "decoded, float32 outputs", ref_rate, ours, TARGET_EXACT))
-            rows.append(Row(budget, "decoded, uint8 patches", ref_rate, ours_u8, TARGET_EXACT))
+            resize_only = _rate(lambda im, t=targets: resize_to_target(im, t[id(im)]), images, repeat)
+            rows.append(Row(group, "decoded, float32 outputs", ref_rate, ours, TARGET_EXACT))
+            rows.append(Row(group, "decoded, uint8 patches", ref_rate, ours_u8, TARGET_EXACT))
             rows.append(
                 Row(
-                    budget, "bound: bicubic resize alone", ref_rate, resize_only, None,
+                    group, "bound: bicubic resize alone", ref_rate, resize_only, None,
                     note="Pillow's bicubic resize, shared by exact mode and the reference: exact mode's ceiling",
                 )
             )
 
-            ref_file_rate = _best_rate(ref_file, paths, repeat) if ref else None
-            ours_file = _best_rate(lambda p, b=budget: preprocess_images([p], b), paths, repeat)
-            rows.append(Row(budget, "JPEG files, float32 outputs", ref_file_rate, ours_file, None))
+            ref_file_rate = _rate(ref_file, paths, repeat) if ref else None
+            ours_file = _rate(lambda p, b=budget: preprocess_images([p], b), paths, repeat)
+            rows.append(Row(group, "JPEG files, float32 outputs", ref_file_rate, ours_file, None))
 
-            fast = _best_rate(lambda p, b=budget: preprocess_images([p], b, exact=False), paths, repeat)
-            fast_u8 = _best_rate(lambda p, b=budget: preprocess_image(p, b, exact=False), paths, repeat)
+            fast = _rate(lambda p, b=budget: preprocess_images([p], b, exact=False), paths, repeat)
+            fast_u8 = _rate(lambda p, b=budget: preprocess_image(p, b, exact=False), paths, repeat)
             quality = [
                 psnr(
                     preprocess_image(p, budget).patches, preprocess_image(p, budget, exact=False).patches
@@ -195,38 +156,23 @@ def run(
             psnr_ok = worst_db >= TARGET_PSNR_DB  # judged on the worst image, not the mean
             rows.append(
                 Row(
-                    budget, "JPEG files, fast mode", ref_file_rate, fast, TARGET_FAST, extra_ok=psnr_ok,
+                    group, "JPEG files, fast mode", ref_file_rate, fast, TARGET_FAST, extra_ok=psnr_ok,
                     note=f"PSNR vs exact mode: worst image {worst_db:.1f} dB, mean {mean_db:.1f} dB "
                     f"(target ≥ {TARGET_PSNR_DB:.0f} dB on every image: {'met' if psnr_ok else 'NOT met'})",
                 )
             )
             rows.append(
-                Row(budget, "JPEG files, fast mode, uint8", ref_file_rate, fast_u8, TARGET_FAST, extra_ok=psnr_ok)
+                Row(group, "JPEG files, fast mode, uint8", ref_file_rate, fast_u8, TARGET_FAST, extra_ok=psnr_ok)
             )
 
             one = _pool_rate(paths, budget, 1, repeat)
             many = _pool_rate(paths, budget, workers, repeat)
             rows.append(
                 Row(
-                    budget, "worker processes, JPEG files", one, many, TARGET_SCALING * workers,
+                    group, "worker processes, JPEG files", one, many, TARGET_SCALING * workers,
                     baseline_label="1 process", ours_label=f"{workers} processes",
                 )
             )
             for r in rows[first:]:
                 emit(format_row(r))
     return rows
-
-
-def format_row(row: Row) -> str:
-    base = f"{row.baseline:7.1f}" if row.baseline is not None else "      —"
-    ratio = f"{row.ratio:5.2f}×" if row.ratio is not None else "    —"
-    if row.target is None:
-        target = "(no target)"
-    else:
-        verdict = {True: "met", False: "NOT met", None: "n/a: no reference"}[row.met]
-        target = f"target ≥ {row.target:.2f}× {verdict}"
-    line = (
-        f"budget {row.budget:>4}  {row.case:<30} {row.baseline_label:>11} {base} img/s  "
-        f"{row.ours_label:>11} {row.ours:7.1f} img/s  ratio {ratio}  {target}"
-    )
-    return line + (f"\n{'':14}{row.note}" if row.note else "")

@@ -1,4 +1,4 @@
-"""The ``gemma4`` command line: ``budget``, ``preview`` and ``bench images``."""
+"""The ``gemma4`` command line: ``budget``, ``preview``, ``bench images`` and ``bench audio``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,15 @@ def _cmd_bench_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_audio(args: argparse.Namespace) -> int:
+    from . import bench_audio
+
+    bench_audio.run(
+        count=args.count, long_minutes=args.long_minutes, repeat=args.repeat, cores=args.threads, seed=args.seed
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemma4", description="Gemma 4 multimodal preprocessing and inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -115,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_cmd_bench_images)
+    b = bench.add_parser("audio", help="audio features against the reference feature extractor")
+    b.add_argument("--count", type=int, default=32, help="clips in the set (default 32)")
+    b.add_argument(
+        "--long-minutes", type=float, nargs="*", default=[5, 20], help="long recordings, minutes (default 5 20)"
+    )
+    b.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
+    b.add_argument("--threads", type=int, default=None, help="threads for the batched rows (default: CPU count)")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=_cmd_bench_audio)
     return parser
 
 

@@ -47,3 +47,30 @@ def benchmark_sizes(count: int = 48, low: int = 120, high: int = 3000, seed: int
     if count >= 2:
         sizes[0], sizes[1] = (high, high * 3 // 4), (low, low)
     return sizes[:count]
+
+
+def synthetic_speech(seconds: float, seed: int = 0, sample_rate: int = 16_000) -> np.ndarray:
+    """(n,) float32 speech-like audio: voiced "syllables" (harmonics of a gliding 90–260 Hz pitch under a
+    smooth envelope and two formant-like emphases) separated by pauses of faint noise."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    out = (0.002 * rng.standard_normal(n)).astype(np.float32)  # room noise
+    position = int(rng.integers(0, sample_rate // 5))
+    while position < n:
+        length = int(rng.uniform(0.08, 0.3) * sample_rate)
+        end = min(n, position + length)
+        t = np.arange(end - position, dtype=np.float64) / sample_rate
+        f0 = rng.uniform(90, 260) * (1 + rng.uniform(-0.15, 0.15) * t / max(t[-1], 1e-3))
+        phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+        formants = rng.uniform([300, 900], [900, 2500])
+        voiced = np.zeros_like(t)
+        for k in range(1, 30):
+            frequency = k * f0.mean()
+            if frequency > 7000:
+                break
+            gain = sum(np.exp(-(((frequency - f) / 250.0) ** 2)) for f in formants) + 0.05
+            voiced += gain / k * np.sin(k * phase)
+        envelope = np.sin(np.pi * np.linspace(0, 1, len(t))) ** 2
+        out[position:end] += (rng.uniform(0.05, 0.3) * envelope * voiced).astype(np.float32)
+        position = end + int(rng.uniform(0.05, 0.5) * sample_rate)
+    return out

@@ -4,6 +4,10 @@ Implements ../shared/spec/GEMMA4.md §6.1 (budgets), §6.2 (aspect-ratio-preserv
 (soft-token count), plus ``fit_image_budgets``, which no reference offers: choose one budget per image so that a
 prompt with several images fits a token limit.
 
+Audio (spec §4.1 step 8, §4.7): a clip of ``n`` samples at 16 kHz has ``V = ⌊(n − 161)/160⌋ + 1`` valid
+feature frames (a frame counts when the last sample of its 321-sample window is real audio, after the
+160-sample semicausal left pad), and the encoder's two stride-2 reductions leave ``⌈⌈V/2⌉/2⌉`` soft tokens.
+
 Vocabulary: ``budget`` is the reference's ``max_soft_tokens`` (70 … 1120); a *patch* is 16×16 px; a *soft
 token* pools 3×3 patches, so every resized side is a multiple of 48 px.
 
@@ -31,6 +35,12 @@ __all__ = [
     "image_soft_tokens",
     "image_padding_patches",
     "fit_image_budgets",
+    "AUDIO_SAMPLE_RATE",
+    "AUDIO_HOP",
+    "AUDIO_MAX_SAMPLES",
+    "AUDIO_MIN_SAMPLES",
+    "audio_valid_frames",
+    "audio_soft_tokens",
 ]
 
 SUPPORTED_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
@@ -176,3 +186,47 @@ def fit_image_budgets(
             chosen[i] = base + 1
             spare -= step
     return [levels[k] for k in chosen]
+
+
+# --- audio ---------------------------------------------------------------------------------------------
+
+AUDIO_SAMPLE_RATE = 16_000
+AUDIO_HOP = 160  # 10 ms
+AUDIO_FRAME = 320  # 20 ms window (the reference unfolds 321 samples and keeps 320)
+AUDIO_MAX_SAMPLES = 480_000  # 30 s: one segment, one <|audio> … <audio|> group
+AUDIO_MIN_SAMPLES = AUDIO_FRAME // 2 + 1  # 161 samples (10.06 ms): the shortest clip with one valid frame
+AUDIO_MAX_TOKENS = 750  # the reference's audio_seq_length cap (never reached within 30 s)
+
+
+def _check_samples(num_samples: object) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, Integral):
+        raise TypeError(f"num_samples must be an integer, got {num_samples!r}")
+    if num_samples < AUDIO_MIN_SAMPLES:
+        raise ValueError(
+            f"{num_samples} samples ({num_samples / AUDIO_SAMPLE_RATE * 1000:.2f} ms at 16 kHz) give no valid "
+            f"feature frame and so no audio token; the minimum is {AUDIO_MIN_SAMPLES} samples"
+        )
+    if num_samples > AUDIO_MAX_SAMPLES:
+        raise ValueError(
+            f"{num_samples} samples is longer than one 30 s segment ({AUDIO_MAX_SAMPLES} samples); "
+            "split it with preprocess.audio.chunk_audio and count each segment"
+        )
+    return int(num_samples)
+
+
+def audio_valid_frames(num_samples: int) -> int:
+    """Valid log-mel frames of a clip of ``num_samples`` 16 kHz samples (161 ≤ n ≤ 480 000)."""
+    n = _check_samples(num_samples)
+    return (n + AUDIO_HOP - (AUDIO_FRAME + 1)) // AUDIO_HOP + 1
+
+
+def audio_soft_tokens(num_samples: int) -> int:
+    """Audio soft tokens the reference processor inserts for one segment of ``num_samples`` samples.
+
+    Two stride-2 reductions of the valid-frame count ``V``: ``⌈⌈V/2⌉/2⌉`` (1 s → 25, 30 s → 750).
+    Raises ``ValueError`` below 161 samples (no token at all) and above 480 000 (chunk first).
+    """
+    valid = audio_valid_frames(num_samples)
+    half = (valid + 1) // 2  # ⌈V/2⌉
+    tokens = (half + 1) // 2  # ⌈⌈V/2⌉/2⌉
+    return min(tokens, AUDIO_MAX_TOKENS)

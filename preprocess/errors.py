@@ -16,6 +16,7 @@ __all__ = [
     "UnsupportedAudioError",
     "NonFiniteAudioError",
     "AudioTooShortError",
+    "AudioTooLongError",
 ]
 
 
@@ -74,3 +75,7 @@ class NonFiniteAudioError(InvalidAudioError):
 
 class AudioTooShortError(InvalidAudioError):
     """Too few samples for one valid feature frame, so the audio would produce no tokens at all."""
+
+
+class AudioTooLongError(InvalidAudioError):
+    """More samples than one 30 s segment where a single segment is required (chunk the audio first)."""

@@ -1,0 +1,71 @@
+"""What every ``gemma4 bench`` shares: best-of-N timing, one result line, side-by-side formatting."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+__all__ = ["Row", "best_time", "format_row", "reference"]
+
+
+@dataclass
+class Row:
+    """One benchmark line: our throughput against a baseline's (``unit``) and the target ratio."""
+
+    group: str  # e.g. "budget 280"
+    case: str
+    baseline: float | None  # None: the reference is not installed
+    ours: float
+    target: float | None  # None: an informational line, no target set for it
+    unit: str = "img/s"
+    baseline_label: str = "reference"
+    ours_label: str = "ours"
+    note: str = ""
+    extra_ok: bool = True  # a second condition of the target (a fidelity bound, say)
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.baseline is None else self.ours / self.baseline
+
+    @property
+    def met(self) -> bool | None:
+        if self.ratio is None or self.target is None:
+            return None
+        return self.ratio >= self.target and self.extra_ok
+
+
+def best_time(fn: Callable[[object], object], items: Sequence[object], repeat: int) -> float:
+    """Seconds for one pass of ``fn`` over ``items``: the best of ``repeat`` passes, after one warm-up call."""
+    fn(items[0])
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for item in items:
+            fn(item)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def format_row(row: Row) -> str:
+    base = f"{row.baseline:8.1f}" if row.baseline is not None else "       —"
+    ratio = f"{row.ratio:5.2f}×" if row.ratio is not None else "    —"
+    if row.target is None:
+        target = "(no target)"
+    else:
+        verdict = {True: "met", False: "NOT met", None: "n/a: no reference"}[row.met]
+        target = f"target ≥ {row.target:.2f}× {verdict}"
+    line = (
+        f"{row.group:<11} {row.case:<32} {row.baseline_label:>11} {base} {row.unit}  "
+        f"{row.ours_label:>11} {row.ours:8.1f} {row.unit}  ratio {ratio}  {target}"
+    )
+    return line + (f"\n{'':12}{row.note}" if row.note else "")
+
+
+def reference(name: str) -> ModuleType | None:
+    """The reference adapter ``oracles.<name>``, or ``None`` when the reference is not installed."""
+    import oracles
+
+    return oracles.load(name)
