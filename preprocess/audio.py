@@ -11,7 +11,7 @@ what HF checkpoints are run with) and the segment rule behind §4.7:
 6. a frame is valid when the last sample of its window is real audio; invalid frames are set to 0.
 
 Numerics: exact mode (the default) runs the reference's FFT, numpy's pocketfft in float32, and then a float32
-mel product and log (the reference uses float64 there), which stays within ~1e-5 of the reference on every
+mel product and log (the reference uses float64 there), which stays within ~1e-6 of the reference on every
 signal, pure tones included. Fast mode (``exact=False``) runs torch's FFT on any device; MKL's float32 FFT
 rounds differently from pocketfft's, which shows in near-silent bands beside loud ones (see
 :func:`log_mel_batch`). On the CPU the magnitude is numpy's vectorised complex ``abs`` (several times faster
@@ -65,7 +65,7 @@ N_BINS = FFT_LENGTH // 2 + 1  # 257
 MEL_FLOOR = 1e-3
 MAX_FREQUENCY = 8000.0
 PAD_MULTIPLE = 128
-PART_FRAMES = 4096  # CPU batches are computed in blocks of about this many frames
+BLOCK_FRAMES = 512  # CPU work unit: 512 frames keep every temporary (≤ 1 MB) in cache
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -125,60 +125,71 @@ def _as_waveform(waveform: object, what: str) -> torch.Tensor:
         raise AudioTooLongError(
             what, f"{n} samples ({n / AUDIO_SAMPLE_RATE:.2f} s) exceed one 30 s segment; split it with chunk_audio"
         )
-    finite = torch.isfinite(tensor)
-    if not bool(finite.all()):
+    if not math.isfinite(float(tensor.sum())):  # cheap screen (NaN and ±Inf survive a sum), then the exact scan
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            return tensor  # only the sum overflowed
         bad = (~finite).nonzero()
         raise NonFiniteAudioError(what, f"{bad.numel()} NaN or infinite samples, the first at index {int(bad[0])}")
     return tensor
 
 
-def _magnitudes_exact(samples: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """samples (B, N) float32 CPU → |rfft| (B, F, 257) float32 with numpy's pocketfft in float32: the FFT the
-    reference runs, so the spectra agree to the last bit or two."""
-    padded = np.pad(samples.numpy(), ((0, 0), (AUDIO_FRAME // 2, 0)))  # (B, 160 + N): semicausal left pad
-    count = (padded.shape[1] - (AUDIO_FRAME + 1)) // AUDIO_HOP + 1
-    frames = np.lib.stride_tricks.sliding_window_view(padded, AUDIO_FRAME, axis=1)[:, ::AUDIO_HOP][:, :count]
-    buffer = np.zeros((padded.shape[0], count, FFT_LENGTH), dtype=np.float32)  # (B, F, 512): zero-padded frames
-    np.multiply(frames, window.numpy(), out=buffer[..., :AUDIO_FRAME])  # (B, F, 320) windowed
-    return torch.from_numpy(np.abs(np.fft.rfft(buffer, axis=-1)))  # (B, F, 257)
+def _frame_count(num_samples: int) -> int:
+    """Frames of a clip (or batch) whose longest waveform has ``num_samples``, padded to a multiple of 128."""
+    width = -(-num_samples // PAD_MULTIPLE) * PAD_MULTIPLE
+    return (width + AUDIO_FRAME // 2 - (AUDIO_FRAME + 1)) // AUDIO_HOP + 1
 
 
-def _magnitudes_fast(samples: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """samples (B, N) float32 on any device → |rfft| (B, F, 257) float32 with torch's FFT (MKL on CPU)."""
+def _log_mel_clip(tensor: torch.Tensor, out: torch.Tensor, exact: bool) -> None:
+    """One CPU waveform (n,) → ``out`` (F_i, 128) ← ln(|rfft(frames · window, 512)| · M + 0.001), computed in
+    blocks of ``BLOCK_FRAMES`` frames through one reused buffer, so every temporary stays in cache."""
+    window, filters = _constants(torch.device("cpu"))
+    window = window.numpy()
+    n, count = tensor.shape[0], out.shape[0]
+    padded = np.zeros(count * AUDIO_HOP + AUDIO_FRAME, dtype=np.float32)  # covers every frame's window
+    padded[AUDIO_FRAME // 2 : AUDIO_FRAME // 2 + n] = tensor.numpy()  # semicausal left pad, zero tail
+    frames = np.lib.stride_tricks.sliding_window_view(padded, AUDIO_FRAME)[::AUDIO_HOP][:count]  # (F_i, 320)
+    buffer = np.zeros((min(count, BLOCK_FRAMES), FFT_LENGTH), dtype=np.float32)  # (K, 512): zero-padded frames
+    for start in range(0, count, BLOCK_FRAMES):
+        block = frames[start : start + BLOCK_FRAMES]  # (k, 320)
+        k = block.shape[0]
+        np.multiply(block, window, out=buffer[:k, :AUDIO_FRAME])
+        if exact:  # numpy's pocketfft in float32: the FFT the reference runs
+            spectrum = np.fft.rfft(buffer[:k], axis=-1)  # (k, 257) complex64
+        else:
+            spectrum = torch.fft.rfft(torch.from_numpy(buffer[:k])).numpy()  # (k, 257) complex64
+        magnitude = torch.from_numpy(np.abs(spectrum))  # numpy's complex abs is vectorised; torch's is slower
+        block_out = out[start : start + k]  # (k, 128)
+        torch.matmul(magnitude, filters, out=block_out)
+        block_out.add_(MEL_FLOOR).log_()  # while the block is still in cache
+
+
+def _log_mel_cpu(tensors: Sequence[torch.Tensor], exact: bool, threads: int) -> torch.Tensor:
+    """(B, F, 128) log-mel of CPU waveforms, F from the longest; rows past each clip's own frames are left
+    uninitialised (they are invalid frames, which the caller sets to zero).
+
+    Each clip is padded only to its own length rounded up to 128: the frames after that are invalid, hence
+    zero, either way. Clips run on ``threads`` threads (numpy's FFT and torch's kernels release the GIL).
+    """
+    counts = [_frame_count(t.shape[0]) for t in tensors]
+    features = torch.empty((len(tensors), max(counts), N_MELS))  # (B, F, 128); the caller zeroes the rest
+    jobs = [(tensor, features[row, :count]) for row, (tensor, count) in enumerate(zip(tensors, counts, strict=True))]
+    if threads <= 1 or len(jobs) == 1:
+        for tensor, out in jobs:
+            _log_mel_clip(tensor, out, exact)
+    else:
+        with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+            list(pool.map(lambda job: _log_mel_clip(*job, exact), jobs))
+    return features
+
+
+def _log_mel_torch(samples: torch.Tensor) -> torch.Tensor:
+    """samples (B, N) float32 zero-padded on any device → unmasked log-mel (B, F, 128) with torch's FFT."""
+    window, filters = _constants(samples.device)
     padded = torch.nn.functional.pad(samples, (AUDIO_FRAME // 2, 0))  # (B, 160 + N): semicausal left pad
     frames = padded.unfold(-1, AUDIO_FRAME + 1, AUDIO_HOP)[..., :AUDIO_FRAME]  # (B, F, 320), a view
     spectrum = torch.fft.rfft(frames * window, n=FFT_LENGTH)  # (B, F, 257) complex64
-    if spectrum.device.type == "cpu":  # numpy's complex abs is vectorised; torch's is several times slower
-        return torch.from_numpy(np.abs(spectrum.numpy()))
-    return spectrum.abs()
-
-
-def _features(
-    samples: torch.Tensor,
-    lengths: torch.Tensor,
-    mean: torch.Tensor | None,
-    std: torch.Tensor | None,
-    exact: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """samples (B, N) float32 zero-padded, lengths (B,) int64 → features (B, F, 128) float32, mask (B, F) bool."""
-    device = samples.device
-    if exact:
-        window, filters = _constants(torch.device("cpu"))
-        magnitudes = _magnitudes_exact(samples.cpu(), window).to(device)
-        filters = filters.to(device)
-    else:
-        window, filters = _constants(device)
-        magnitudes = _magnitudes_fast(samples, window)
-    features = torch.log(torch.matmul(magnitudes, filters) + MEL_FLOOR)  # (B, F, 128)
-    if mean is not None:
-        features -= mean
-    if std is not None:
-        features /= std
-    # Frame i ends at padded index 160·i + 320, i.e. real sample 160·i + 160: valid iff that is < length.
-    ends = torch.arange(features.shape[1], device=device) * AUDIO_HOP + AUDIO_FRAME // 2  # (F,)
-    mask = ends[None, :] < lengths[:, None]  # (B, F)
-    features *= mask[..., None]
-    return features, mask
+    return torch.log(torch.matmul(spectrum.abs(), filters) + MEL_FLOOR)  # (B, F, 128)
 
 
 def _normaliser(values: Sequence[float] | None, label: str, device: torch.device) -> torch.Tensor | None:
@@ -208,14 +219,13 @@ def log_mel_batch(
     follows from the longest segment rounded up to a multiple of 128 samples, as the reference pads a batch.
     ``names`` label the segments in error messages (default ``waveforms[i]``).
 
-    ``exact=True`` runs the FFT the reference runs (numpy's pocketfft in float32, on the CPU); ``exact=False``
-    runs torch's FFT on ``device``: faster, and on a GPU, but its float32 rounding differs from the reference's
-    where a band is near silence next to a loud one (up to ~1e-2 in log-mel for a full-scale pure tone;
-    ~1e-5 on speech-like signals).
+    ``exact=True`` runs the FFT the reference runs (numpy's pocketfft in float32) on the CPU and moves the result
+    to ``device``; ``exact=False`` runs torch's FFT (on ``device`` when it is not the CPU): faster, but its
+    float32 rounding differs from the reference's where a band is near silence beside a loud one (up to ~1e-2
+    in log-mel for a full-scale pure tone, ~1e-4 on speech-like signals).
 
-    On the CPU the batch is computed in blocks of about 4096 frames (cache-sized) of similar lengths, each
-    padded only as far as it needs, spread over ``threads`` threads (default ``torch.get_num_threads()``);
-    numpy's FFT and torch's kernels release the GIL. The result is the same as padding everything at once.
+    On the CPU, clips are spread over ``threads`` threads (default ``torch.get_num_threads()``), each computed
+    in blocks of 512 frames so that every temporary stays in cache.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     labels = list(names) if names is not None else [f"waveforms[{i}]" for i in range(len(waveforms))]
@@ -224,53 +234,25 @@ def log_mel_batch(
     std = _normaliser(per_bin_stddev, "per_bin_stddev", device)
     if not tensors:
         return torch.zeros((0, 0, N_MELS), device=device), torch.zeros((0, 0), dtype=torch.bool, device=device)
-    lengths = [t.shape[0] for t in tensors]
-    if device.type != "cpu":
-        return _features(
-            _pad(tensors, range(len(tensors)), device), torch.tensor(lengths, device=device), mean, std, exact
-        )
-    # CPU: rows sorted by length form blocks of about PART_FRAMES frames, each padded only to its own longest
-    # clip (the frames past that are invalid, i.e. zero, either way); blocks run on ``threads`` threads.
-    order = sorted(range(len(tensors)), key=lengths.__getitem__)
-    blocks, block = [], []
-    for index in order:
-        if block and (len(block) + 1) * _frame_count(lengths[index]) > PART_FRAMES:
-            blocks.append(block)
-            block = []
-        block.append(index)
-    blocks.append(block)
-
-    def compute(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return _features(_pad(tensors, rows, device), torch.tensor([lengths[r] for r in rows]), mean, std, exact)
-
-    threads = min(len(blocks), threads or torch.get_num_threads())
-    if threads <= 1:
-        parts = [compute(rows) for rows in blocks]
+    lengths = torch.tensor([t.shape[0] for t in tensors], device=device)
+    if device.type == "cpu" or exact:  # exact mode's FFT is numpy's: computed on the CPU, then moved
+        features = _log_mel_cpu([t.cpu() for t in tensors], exact, threads or torch.get_num_threads()).to(device)
     else:
-        with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(compute, blocks))
-    frames = _frame_count(max(lengths))
-    features = torch.zeros((len(tensors), frames, N_MELS), dtype=torch.float32)  # (B, F, 128)
-    mask = torch.zeros((len(tensors), frames), dtype=torch.bool)  # (B, F)
-    for rows, (block_features, block_mask) in zip(blocks, parts, strict=True):
-        features[rows, : block_features.shape[1]] = block_features
-        mask[rows, : block_mask.shape[1]] = block_mask
+        width = -(-int(lengths.max()) // PAD_MULTIPLE) * PAD_MULTIPLE
+        samples = torch.zeros((len(tensors), width), dtype=torch.float32, device=device)  # (B, N)
+        for row, tensor in zip(samples, tensors, strict=True):
+            row[: tensor.shape[0]] = tensor
+        features = _log_mel_torch(samples)
+    if mean is not None:
+        features -= mean
+    if std is not None:
+        features /= std
+    # Frame i ends at padded index 160·i + 320, i.e. real sample 160·i + 160: valid iff that is < length.
+    ends = torch.arange(features.shape[1], device=device) * AUDIO_HOP + AUDIO_FRAME // 2  # (F,)
+    mask = ends[None, :] < lengths[:, None]  # (B, F): a prefix of each row
+    for row, valid in enumerate(mask.sum(dim=1).tolist()):
+        features[row, valid:] = 0.0
     return features, mask
-
-
-def _frame_count(num_samples: int) -> int:
-    """Frames of a batch whose longest clip has ``num_samples`` samples (padded to a multiple of 128)."""
-    width = -(-num_samples // PAD_MULTIPLE) * PAD_MULTIPLE
-    return (width + AUDIO_FRAME // 2 - (AUDIO_FRAME + 1)) // AUDIO_HOP + 1
-
-
-def _pad(tensors: Sequence[torch.Tensor], rows: Sequence[int], device: torch.device) -> torch.Tensor:
-    """(len(rows), N) float32: the chosen waveforms, zero-padded to the longest rounded up to 128 samples."""
-    width = -(-max(tensors[r].shape[0] for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
-    samples = torch.zeros((len(rows), width), dtype=torch.float32, device=device)  # (b, N)
-    for row, r in zip(samples, rows, strict=True):
-        row[: tensors[r].shape[0]] = tensors[r]
-    return samples
 
 
 def log_mel(
