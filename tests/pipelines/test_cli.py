@@ -105,3 +105,28 @@ def test_benchmark_set_is_fixed():
     assert min(min(s) for s in sizes) >= 120
     assert np.array_equal(synthetic_image(64, 80, seed=5), synthetic_image(64, 80, seed=5))
     assert not np.array_equal(synthetic_image(64, 80, seed=5), synthetic_image(64, 80, seed=6))
+
+
+def test_audio_benchmark_runs_and_reports_each_case():
+    from pipelines import bench_audio
+
+    lines: list[str] = []
+    rows = bench_audio.run(count=2, long_minutes=(0.75,), repeat=1, cores=2, emit=lines.append)
+    assert [r.case for r in rows] == [
+        "one thread, exact",
+        "one thread, fast",
+        "batched, 2 threads, exact",
+        "batched, reference vs exact",
+        "batched, 2 threads, fast",
+        "chunk + features, one thread, exact",
+        "chunk + features, one thread, fast",
+    ]
+    assert all(r.ours > 0 and r.baseline is not None and r.baseline > 0 for r in rows)
+    text = "\n".join(lines)
+    assert "largest |Δ| vs reference" in text and "2 segments" in text and "audio s/s" in text
+
+
+def test_bench_audio_command_line(capsys):
+    assert cli.main(["bench", "audio", "--count", "2", "--long-minutes", "--repeat", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "gemma4 bench audio: 2 clips" in out and "one thread, exact" in out
