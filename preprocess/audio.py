@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ N_BINS = FFT_LENGTH // 2 + 1  # 257
 MEL_FLOOR = 1e-3
 MAX_FREQUENCY = 8000.0
 PAD_MULTIPLE = 128
+_INTRA_OP_LOCK = threading.Lock()
 BLOCK_FRAMES = 512  # CPU work unit: 512 frames keep every temporary (≤ 1 MB) in cache
 
 
@@ -177,9 +179,15 @@ def _log_mel_cpu(tensors: Sequence[torch.Tensor], exact: bool, threads: int) -> 
     if threads <= 1 or len(jobs) == 1:
         for tensor, out in jobs:
             _log_mel_clip(tensor, out, exact)
-    else:
-        with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+        return features
+    # Our threads replace torch's intra-op threads for the duration: both at once oversubscribe the cores.
+    with _INTRA_OP_LOCK, ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
             list(pool.map(lambda job: _log_mel_clip(*job, exact), jobs))
+        finally:
+            torch.set_num_threads(previous)
     return features
 
 
@@ -225,7 +233,8 @@ def log_mel_batch(
     in log-mel for a full-scale pure tone, ~1e-4 on speech-like signals).
 
     On the CPU, clips are spread over ``threads`` threads (default ``torch.get_num_threads()``), each computed
-    in blocks of 512 frames so that every temporary stays in cache.
+    in blocks of 512 frames so that every temporary stays in cache; while they run, torch's own intra-op
+    thread count is set to 1 (and restored), since both at once would oversubscribe the cores.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     labels = list(names) if names is not None else [f"waveforms[{i}]" for i in range(len(waveforms))]
