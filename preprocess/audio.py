@@ -53,6 +53,7 @@ __all__ = [
     "mel_filterbank",
     "log_mel",
     "log_mel_batch",
+    "frame_count",
     "AudioSegment",
     "ChunkedAudio",
     "chunk_audio",
@@ -136,8 +137,9 @@ def _as_waveform(waveform: object, what: str) -> torch.Tensor:
     return tensor
 
 
-def _frame_count(num_samples: int) -> int:
-    """Frames of a clip (or batch) whose longest waveform has ``num_samples``, padded to a multiple of 128."""
+def frame_count(num_samples: int) -> int:
+    """Feature frames (valid or not) of a clip, or a batch whose longest clip, has ``num_samples`` samples: the
+    reference pads to a multiple of 128 samples first."""
     width = -(-num_samples // PAD_MULTIPLE) * PAD_MULTIPLE
     return (width + AUDIO_FRAME // 2 - (AUDIO_FRAME + 1)) // AUDIO_HOP + 1
 
@@ -173,7 +175,7 @@ def _log_mel_cpu(tensors: Sequence[torch.Tensor], exact: bool, threads: int) -> 
     Each clip is padded only to its own length rounded up to 128: the frames after that are invalid, hence
     zero, either way. Clips run on ``threads`` threads (numpy's FFT and torch's kernels release the GIL).
     """
-    counts = [_frame_count(t.shape[0]) for t in tensors]
+    counts = [frame_count(t.shape[0]) for t in tensors]
     features = torch.empty((len(tensors), max(counts), N_MELS))  # (B, F, 128); the caller zeroes the rest
     jobs = [(tensor, features[row, :count]) for row, (tensor, count) in enumerate(zip(tensors, counts, strict=True))]
     if threads <= 1 or len(jobs) == 1:

@@ -1,0 +1,167 @@
+"""The Arrow schema of one preprocessed example (version 1), and the conversion both ways.
+
+One row per example:
+
+| column | type | content |
+|---|---|---|
+| ``id`` | string | the input row's id |
+| ``input_ids`` | large_list<int32> | token ids |
+| ``mm_token_type_ids`` | large_list<int8> | 0 text, 1 image, 2 video, 3 audio |
+| ``images`` | large_list<struct> | per image: ``patches`` (large_binary: P × 768 uint8, raster order), ``height``, ``width`` (resized), ``original_height``, ``original_width``, ``budget`` |
+| ``audio`` | large_list<struct> | per ≤ 30 s segment: ``features`` (large_binary: F × 128 float32, little-endian), ``mask`` (large_binary: F bytes of 0/1), ``num_frames``, ``num_tokens``, ``start_s``, ``end_s``, ``part`` |
+| ``videos`` | large_list<struct> | per video: ``frames`` (large_list of the image struct), ``timestamps`` (list<string>, ``MM:SS``), ``budget`` |
+| ``summary`` | string | JSON: token counts per modality, budgets, audio segments |
+
+Patch positions are not stored: they follow from each image's size (``preprocess.image.patch_positions``).
+Every list and binary column uses 64-bit offsets (``large_*``), so a shard holding many 1120-budget images
+(7.7 MB of patches each) cannot overflow Arrow's 2 GiB 32-bit offset limit. The schema version is stored in
+the schema metadata (``gemma4.schema_version``) and checked by :func:`check_schema`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["SCHEMA_VERSION", "example_schema", "example_to_row", "row_to_example", "check_schema", "SchemaError"]
+
+SCHEMA_VERSION = 1
+VERSION_KEY = b"gemma4.schema_version"
+
+
+class SchemaError(ValueError):
+    """A table whose schema or version is not the one this code reads."""
+
+
+_IMAGE = pa.struct(
+    [
+        ("patches", pa.large_binary()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("budget", pa.int16()),
+    ]
+)
+_AUDIO = pa.struct(
+    [
+        ("features", pa.large_binary()),
+        ("mask", pa.large_binary()),
+        ("num_frames", pa.int32()),
+        ("num_tokens", pa.int32()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("part", pa.int32()),
+    ]
+)
+_VIDEO = pa.struct([("frames", pa.large_list(_IMAGE)), ("timestamps", pa.list_(pa.string())), ("budget", pa.int16())])
+
+
+def example_schema(extra_metadata: dict[str, str] | None = None) -> pa.Schema:
+    """The version-1 schema; ``extra_metadata`` (e.g. preprocessing settings) is added to its metadata."""
+    metadata = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
+    for key, value in (extra_metadata or {}).items():
+        metadata[key.encode()] = value.encode()
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("input_ids", pa.large_list(pa.int32())),
+            ("mm_token_type_ids", pa.large_list(pa.int8())),
+            ("images", pa.large_list(_IMAGE)),
+            ("audio", pa.large_list(_AUDIO)),
+            ("videos", pa.large_list(_VIDEO)),
+            ("summary", pa.string()),
+        ],
+        metadata=metadata,
+    )
+
+
+def _image_row(image) -> dict:
+    return {
+        "patches": np.ascontiguousarray(image.patches, dtype=np.uint8).tobytes(),
+        "height": image.size[0],
+        "width": image.size[1],
+        "original_height": image.original_size[0],
+        "original_width": image.original_size[1],
+        "budget": image.budget,
+    }
+
+
+def example_to_row(example_id: str, example) -> dict:
+    """A ``preprocess.prompt.Example`` as a row of :func:`example_schema`."""
+    return {
+        "id": example_id,
+        "input_ids": example.input_ids.astype(np.int32).tolist(),
+        "mm_token_type_ids": example.mm_token_type_ids.astype(np.int8).tolist(),
+        "images": [_image_row(i) for i in example.images],
+        "audio": [
+            {
+                "features": np.ascontiguousarray(a.features, dtype="<f4").tobytes(),
+                "mask": np.ascontiguousarray(a.mask, dtype=np.uint8).tobytes(),
+                "num_frames": a.features.shape[0],
+                "num_tokens": a.num_tokens,
+                "start_s": a.start_s,
+                "end_s": a.end_s,
+                "part": a.part,
+            }
+            for a in example.audio
+        ],
+        "videos": [
+            {"frames": [_image_row(f) for f in v.frames], "timestamps": list(v.timestamps), "budget": v.budget}
+            for v in example.videos
+        ],
+        "summary": json.dumps(example.summary, sort_keys=True),
+    }
+
+
+def _image_from_row(row: dict):
+    from preprocess.image import PATCH_VALUES, ImagePatches
+
+    patches = np.frombuffer(row["patches"], dtype=np.uint8).reshape(-1, PATCH_VALUES).copy()
+    return ImagePatches(
+        patches=patches,
+        size=(row["height"], row["width"]),
+        original_size=(row["original_height"], row["original_width"]),
+        budget=row["budget"],
+    )
+
+
+def row_to_example(row: dict):
+    """The inverse of :func:`example_to_row`: ``(id, Example)``."""
+    from preprocess.prompt import AudioFeatures, Example
+    from preprocess.video import VideoPatches
+
+    audio = []
+    for a in row["audio"]:
+        features = np.frombuffer(a["features"], dtype="<f4").reshape(a["num_frames"], 128).astype(np.float32)
+        mask = np.frombuffer(a["mask"], dtype=np.uint8).astype(bool)
+        audio.append(AudioFeatures(features, mask, a["num_tokens"], a["start_s"], a["end_s"], a["part"]))
+    videos = [
+        VideoPatches(
+            frames=tuple(_image_from_row(f) for f in v["frames"]), timestamps=tuple(v["timestamps"]), budget=v["budget"]
+        )
+        for v in row["videos"]
+    ]
+    example = Example(
+        input_ids=np.asarray(row["input_ids"], dtype=np.int32),
+        mm_token_type_ids=np.asarray(row["mm_token_type_ids"], dtype=np.int8),
+        images=[_image_from_row(i) for i in row["images"]],
+        audio=audio,
+        videos=videos,
+        summary=json.loads(row["summary"]),
+    )
+    return row["id"], example
+
+
+def check_schema(schema: pa.Schema) -> None:
+    """Raise :class:`SchemaError` unless ``schema`` is version 1 of this schema (metadata aside)."""
+    version = (schema.metadata or {}).get(VERSION_KEY)
+    if version is None:
+        raise SchemaError("the table has no gemma4.schema_version: it was not written by this pipeline")
+    if version != str(SCHEMA_VERSION).encode():
+        raise SchemaError(f"the table has schema version {version.decode()}; this code reads version {SCHEMA_VERSION}")
+    expected = example_schema()
+    if not schema.remove_metadata().equals(expected.remove_metadata()):
+        raise SchemaError(f"the table's columns differ from schema version {SCHEMA_VERSION}:\n{schema}")

@@ -1,0 +1,44 @@
+"""The reference ``Gemma4Processor`` around a SentencePiece model (for parity tests with tiny test models).
+
+The tokenizer is transformers' ``GemmaTokenizer`` built from the model's BPE vocabulary and merges, with every
+Gemma 4 control string added as a special token and the processor's placeholder attributes set.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tokenizers.models import BPE
+from transformers import (
+    Gemma4AudioFeatureExtractor,
+    Gemma4ImageProcessorPil,
+    Gemma4Processor,
+    Gemma4VideoProcessor,
+    GemmaTokenizer,
+)
+from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+__all__ = ["processor"]
+
+_PLACEHOLDER_ATTRIBUTES = {
+    "image_token": "<|image|>",
+    "boi_token": "<|image>",
+    "eoi_token": "<image|>",
+    "audio_token": "<|audio|>",
+    "boa_token": "<|audio>",
+    "eoa_token": "<audio|>",
+}
+
+
+def processor(model_file: str | os.PathLike, control_strings: list[str], image_budget: int = 280) -> Gemma4Processor:
+    extracted = SentencePieceExtractor(os.fspath(model_file)).extract(BPE)
+    tokenizer = GemmaTokenizer(
+        vocab=extracted["vocab"], merges=extracted["merges"], extra_special_tokens=_PLACEHOLDER_ATTRIBUTES
+    )
+    tokenizer.add_tokens(control_strings, special_tokens=True)
+    return Gemma4Processor(
+        feature_extractor=Gemma4AudioFeatureExtractor(),
+        image_processor=Gemma4ImageProcessorPil(max_soft_tokens=image_budget),
+        tokenizer=tokenizer,
+        video_processor=Gemma4VideoProcessor(),
+    )

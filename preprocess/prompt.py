@@ -1,0 +1,239 @@
+"""Interleaving: chat messages with media → one model-ready example (spec §5.1, §5.2, §4.7, §6.5, §6.7).
+
+``build_example`` renders the messages (:mod:`preprocess.chat`), preprocesses every media part, replaces each
+placeholder with its expansion and tokenizes the result:
+
+* image → ``<|image>`` + N × ``<|image|>`` + ``<image|>``, N = the image's soft tokens at its budget;
+* audio → one ``<|audio>`` + N × ``<|audio|>`` + ``<audio|>`` group per ≤ 30 s segment (``chunk_audio``);
+* video → per sampled frame ``"MM:SS "`` + ``<|image>`` + N × ``<|video|>`` + ``<image|>``, frames joined by
+  one space;
+
+exactly as the reference processor expands placeholders in the text before tokenizing, so the text between
+control tokens is tokenized the same way. N always comes from the same function the encoders' input shapes
+derive from (the media item itself), so placeholder counts cannot disagree with the encoders.
+
+``max_tokens`` lowers image budgets with :func:`preprocess.budget.fit_image_budgets` (images only: text,
+audio and video are never cut); if even budget 70 cannot fit, a clear error. Nothing is truncated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .audio import chunk_audio, frame_count, log_mel_batch
+from .audio_io import describe_audio_source, load_audio
+from .budget import SUPPORTED_BUDGETS, check_budget, fit_image_budgets, image_soft_tokens
+from .chat import PLACEHOLDERS, MediaPart, RenderedPrompt, render_chat, unprotect_segments
+from .image import ImagePatches, preprocess_image
+from .image_io import decode_image, describe_source
+from .tokenizer import SPECIAL_STRINGS, Tokenizer
+
+__all__ = ["AudioFeatures", "Example", "build_example", "TOKEN_TYPES"]
+
+TOKEN_TYPES = {"text": 0, "image": 1, "video": 2, "audio": 3}
+_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    """One ≤ 30 s audio segment: features (F, 128) float32, mask (F,) bool, and where it came from."""
+
+    features: np.ndarray
+    mask: np.ndarray
+    num_tokens: int
+    start_s: float
+    end_s: float
+    part: int  # index of the audio part it belongs to
+
+
+@dataclass
+class Example:
+    """A model-ready example.
+
+    input_ids (T,) int32; mm_token_type_ids (T,) int8 (0 text, 1 image, 2 video, 3 audio); the media items in
+    order of appearance; ``summary`` counts tokens per modality, the budgets used and the audio segments.
+    """
+
+    input_ids: np.ndarray
+    mm_token_type_ids: np.ndarray
+    images: list[ImagePatches] = field(default_factory=list)
+    audio: list[AudioFeatures] = field(default_factory=list)
+    videos: list = field(default_factory=list)  # list[preprocess.video.VideoPatches]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _label(part: MediaPart, description: str) -> str:
+    return f"{part.where}: {description}"
+
+
+def _audio_waveform(part: MediaPart) -> np.ndarray:
+    source = part.source
+    if isinstance(source, tuple):
+        if len(source) != 2:
+            raise ValueError(f"{part.where}: audio given as a tuple must be (samples, sample_rate)")
+        samples, rate = source
+        return load_audio(samples, rate, name=_label(part, describe_audio_source(samples)))
+    return load_audio(source, name=_label(part, describe_audio_source(source)))
+
+
+def _expand(rendered: RenderedPrompt, expansions: Sequence[str]) -> str:
+    counter = iter(expansions)
+    return _PLACEHOLDER_RE.sub(lambda _: next(counter), rendered.text)
+
+
+def _tokenize(tokenizer: Tokenizer, text: str, protected: Sequence[str]) -> list[int]:
+    ids: list[int] = []
+    for literal, run in unprotect_segments(text, protected):
+        ids += tokenizer.encode(run, allow_special=not literal)
+    return ids
+
+
+def build_example(
+    messages: Sequence[Mapping[str, Any]],
+    tokenizer: Tokenizer,
+    *,
+    chat_template: str | None = None,
+    image_budget: int = 280,
+    video_budget: int = 70,
+    video_frames: int = 32,
+    max_tokens: int | None = None,
+    add_generation_prompt: bool = True,
+    enable_thinking: bool = False,
+    exact: bool = True,
+) -> Example:
+    """Messages (see :mod:`preprocess.chat`) → :class:`Example`. Per-part options override the defaults:
+    ``{"type": "image", "image": …, "budget": 560}``, ``{"type": "video", …, "num_frames": 16, "budget": 70}``,
+    ``{"type": "audio", …, "max_duration_s": 60}``. ``exact`` selects exact or fast image and audio modes."""
+    check_budget(image_budget)
+    rendered = render_chat(
+        messages,
+        add_generation_prompt=add_generation_prompt,
+        enable_thinking=enable_thinking,
+        chat_template=chat_template,
+    )
+    # Decode every medium first: image sizes decide budgets, audio lengths and video frames decide tokens.
+    decoded_images, requested, audio_segments, videos = [], [], [], []
+    audio_parts = 0
+    for part in rendered.media:
+        if part.kind == "image":
+            decoded = decode_image(part.source, name=_label(part, describe_source(part.source)))
+            decoded_images.append((part, decoded))
+            requested.append(check_budget(part.options.get("budget", image_budget)))
+        elif part.kind == "audio":
+            waveform = _audio_waveform(part)
+            plan = chunk_audio(waveform, max_duration_s=part.options.get("max_duration_s"), name=part.where)
+            pieces = plan.split(waveform)
+            features, masks = log_mel_batch(pieces, exact=exact, names=[part.where] * len(pieces), threads=1)
+            for segment, f, m in zip(plan.segments, features, masks, strict=True):
+                count = frame_count(segment.num_samples)  # the segment's own frames, as if alone
+                audio_segments.append(
+                    AudioFeatures(
+                        f[:count].numpy(),
+                        m[:count].numpy(),
+                        segment.num_tokens,
+                        segment.start_s,
+                        segment.end_s,
+                        audio_parts,
+                    )
+                )
+            audio_parts += 1
+        else:
+            from .video import preprocess_video
+
+            video = preprocess_video(
+                part.source,
+                num_frames=part.options.get("num_frames", video_frames),
+                budget=part.options.get("budget", video_budget),
+                name=_label(part, f"video {describe_source(part.source).removeprefix('image ')}"),
+            )
+            videos.append(video)
+
+    budgets = _choose_budgets(rendered, tokenizer, decoded_images, requested, audio_segments, videos, max_tokens)
+    images = [
+        preprocess_image(decoded.image, budget, exact=exact, name=_label(part, decoded.source))
+        for (part, decoded), budget in zip(decoded_images, budgets, strict=True)
+    ]
+    text = _expand(rendered, _expansions(rendered, [i.num_soft_tokens for i in images], audio_segments, videos))
+    ids = np.asarray(_tokenize(tokenizer, text, rendered.protected), dtype=np.int32)
+    special = tokenizer.special
+    types = np.zeros(ids.shape, dtype=np.int8)
+    types[ids == special.image] = TOKEN_TYPES["image"]
+    types[ids == special.video] = TOKEN_TYPES["video"]
+    types[ids == special.audio] = TOKEN_TYPES["audio"]
+    summary = {
+        "num_tokens": int(ids.size),
+        "text_tokens": int((types == 0).sum()),
+        "image_tokens": int((types == 1).sum()),
+        "video_tokens": int((types == 2).sum()),
+        "audio_tokens": int((types == 3).sum()),
+        "image_budgets": list(budgets),
+        "image_budgets_requested": list(requested),
+        "audio_segments": [
+            {"part": a.part, "start_s": a.start_s, "end_s": a.end_s, "tokens": a.num_tokens} for a in audio_segments
+        ],
+        "video_frames": [v.num_frames for v in videos],
+    }
+    _check_counts(types, images, audio_segments, videos)
+    return Example(ids, types, images, audio_segments, videos, summary)
+
+
+def _expansions(rendered: RenderedPrompt, image_tokens: Sequence[int], audio_segments, videos) -> list[str]:
+    """The replacement string of every placeholder, in order of appearance."""
+    s = SPECIAL_STRINGS
+    images, video_queue = iter(image_tokens), iter(videos)
+    out, audio_index = [], 0
+    for part in rendered.media:
+        if part.kind == "image":
+            out.append(s["boi"] + s["image"] * next(images) + s["eoi"])
+        elif part.kind == "audio":
+            groups = (s["boa"] + s["audio"] * a.num_tokens + s["eoa"] for a in audio_segments if a.part == audio_index)
+            out.append("".join(groups))
+            audio_index += 1
+        else:
+            video = next(video_queue)
+            frame = s["boi"] + s["video"] * video.num_soft_tokens_per_frame + s["eoi"]
+            out.append(" ".join(f"{stamp} {frame}" for stamp in video.timestamps))
+    return out
+
+
+def _choose_budgets(rendered, tokenizer, decoded_images, requested, audio_segments, videos, max_tokens) -> list[int]:
+    """The requested image budgets, lowered with ``fit_image_budgets`` when ``max_tokens`` demands it."""
+    if max_tokens is None:
+        return requested
+    # Image soft tokens sit between control tokens, so the rest of the sequence tokenizes the same whatever N is.
+    fixed = len(
+        _tokenize(
+            tokenizer,
+            _expand(rendered, _expansions(rendered, [0] * len(requested), audio_segments, videos)),
+            rendered.protected,
+        )
+    )
+    sizes = [decoded.original_size for _, decoded in decoded_images]
+    if fixed + sum(image_soft_tokens(h, w, b) for (h, w), b in zip(sizes, requested, strict=True)) <= max_tokens:
+        return requested
+    if not sizes:
+        raise ValueError(
+            f"the example needs {fixed} tokens (text, audio and video are never cut), more than max_tokens={max_tokens}"
+        )
+    levels = [b for b in SUPPORTED_BUDGETS if b <= max(requested)]
+    room = max_tokens - fixed + 2 * len(sizes)  # fit_image_budgets counts the two wrapper tokens itself
+    try:
+        return fit_image_budgets(sizes, room, budgets=levels)
+    except ValueError as exc:
+        raise ValueError(
+            f"the example needs {fixed} tokens besides image soft tokens, and its {len(sizes)} image(s) need at "
+            f"least {sum(image_soft_tokens(h, w, levels[0]) for h, w in sizes)} more at budget {levels[0]}: more "
+            f"than max_tokens={max_tokens} (nothing is truncated; raise max_tokens or send fewer media)"
+        ) from exc
+
+
+def _check_counts(types: np.ndarray, images, audio_segments, videos) -> None:
+    """Internal invariant: placeholders equal what the encoders will emit."""
+    assert (types == 1).sum() == sum(i.num_soft_tokens for i in images)
+    assert (types == 3).sum() == sum(a.num_tokens for a in audio_segments)
+    assert (types == 2).sum() == sum(v.num_soft_tokens for v in videos)

@@ -1,0 +1,88 @@
+"""Chat rendering: the built-in turn layout, a checkpoint template, user-text protection, bad messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from preprocess.chat import ChatFormatError, render_chat, unprotect_segments
+
+SIMPLE = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": [{"type": "text", "text": "What is "}, {"type": "image", "image": "x.png"}]},
+    {"role": "assistant", "content": "A cat."},
+    {"role": "user", "content": "And this? <|image|> <turn|>"},
+]
+
+# A template in the style of a checkpoint's chat_template.jinja (our own, for the test).
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
+    "{% if m.content is string %}{{ m.content | trim }}{% else %}{% for p in m.content %}"
+    "{% if p.type == 'text' %}{{ p.text | trim }}{% elif p.type == 'image' %}\n\n<|image|>\n\n"
+    "{% elif p.type == 'audio' %}<|audio|>{% elif p.type == 'video' %}<|video|>{% endif %}{% endfor %}{% endif %}"
+    "<turn|>\n{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}"
+)
+
+
+def test_builtin_layout():
+    rendered = render_chat(SIMPLE)
+    text = rendered.text
+    assert text.startswith("<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nWhat is <|image|><turn|>\n")
+    assert "<|turn>model\nA cat.<turn|>\n" in text
+    assert text.endswith("<|turn>model\n")
+    assert text.count("<bos>") == 1
+    assert [m.kind for m in rendered.media] == ["image"] and rendered.media[0].where == "messages[1].content[1]"
+    # The user's literal control strings are hidden behind sentinels and kept verbatim.
+    assert rendered.protected == ("<|image|>", "<turn|>")
+    assert text.count("<|image|>") == 1
+    runs = unprotect_segments(text, rendered.protected)
+    assert "".join(r for _, r in runs).endswith("And this? <|image|> <turn|><turn|>\n<|turn>model\n")
+    assert [r for literal, r in runs if literal] == ["<|image|>", "<turn|>"]
+
+
+def test_generation_prompt_and_thinking():
+    assert not render_chat(SIMPLE, add_generation_prompt=False).text.endswith("<|turn>model\n")
+    thinking = render_chat(SIMPLE, enable_thinking=True).text
+    assert thinking.startswith("<bos><|turn>system\n<|think|>Be brief.")
+    no_system = render_chat(SIMPLE[1:], enable_thinking=True).text
+    assert no_system.startswith("<bos><|turn>system\n<|think|><turn|>\n<|turn>user\n")
+
+
+def test_template_path_uses_its_whitespace():
+    rendered = render_chat(SIMPLE, chat_template=TEMPLATE)
+    # trim_blocks eats the newline right after a block tag, as transformers renders chat templates.
+    assert rendered.text.startswith("<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nWhat is\n<|image|>\n\n<turn|>")
+    assert rendered.text.endswith("<|turn>model\n")
+    assert rendered.protected == ("<|image|>", "<turn|>")
+
+
+def test_template_placeholder_mismatch_is_an_error():
+    broken = TEMPLATE.replace("\n\n<|image|>\n\n", "")
+    with pytest.raises(ChatFormatError, match=r"wrote 0 <\|image\|> placeholder\(s\) for 1 image"):
+        render_chat(SIMPLE, chat_template=broken)
+    with pytest.raises(ChatFormatError, match="chat template: nope"):
+        render_chat(SIMPLE, chat_template="{{ raise_exception('nope') }}")
+    with pytest.raises(ChatFormatError, match="chat template failed"):
+        render_chat(SIMPLE, chat_template="{% for %}")
+
+
+def test_sandbox_blocks_unsafe_templates():
+    with pytest.raises(ChatFormatError):
+        render_chat(SIMPLE, chat_template="{{ messages.__class__.__mro__[1].__subclasses__() }}")
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        ([], "non-empty list"),
+        ("hello", "non-empty list"),
+        ([{"role": "robot", "content": "x"}], r"messages\[0\].role is 'robot'"),
+        ([{"role": "user", "content": 5}], r"messages\[0\].content must be a string or a list"),
+        ([{"role": "user", "content": [{"type": "gif", "gif": 1}]}], r"messages\[0\].content\[0\]: unknown content type 'gif'"),
+        ([{"role": "user", "content": [{"type": "image"}]}], r"content\[0\]: an image part needs its data"),
+        ([{"role": "user", "content": [{"type": "text"}]}], "needs a string 'text'"),
+        ([{"role": "user", "content": ["raw string part"]}], "must be a dict with a 'type'"),
+    ],
+)
+def test_bad_messages(messages, message):
+    with pytest.raises(ChatFormatError, match=message):
+        render_chat(messages)
