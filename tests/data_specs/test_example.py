@@ -1,0 +1,58 @@
+"""The example schema: Arrow round trip, 64-bit offsets, version checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from data_specs.example import SCHEMA_VERSION, SchemaError, check_schema, example_schema, example_to_row, row_to_example
+from preprocess.prompt import build_example
+from preprocess.tokenizer import Tokenizer
+from tests.preprocess.test_collate import assert_same
+
+
+def test_round_trip_through_parquet(tokenizer_dir, tmp_path):
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    clip = (0.1 * rng.standard_normal(40_000)).astype(np.float32)
+    examples = [
+        build_example([{"role": "user", "content": "hello"}], tok),
+        build_example(
+            [{"role": "user", "content": [{"type": "image", "image": picture}, {"type": "audio", "audio": (clip, 16_000)}]}],
+            tok,
+        ),
+    ]
+    schema = example_schema({"gemma4.tokenizer": tok.fingerprint})
+    table = pa.Table.from_pylist([example_to_row(f"row{i}", e) for i, e in enumerate(examples)], schema=schema)
+    path = tmp_path / "shard.parquet"
+    pq.write_table(table, path)
+    read = pq.read_table(path)
+    check_schema(read.schema)
+    assert read.schema.metadata[b"gemma4.tokenizer"] == tok.fingerprint.encode()
+    for original, row in zip(examples, read.to_pylist(), strict=True):
+        example_id, recovered = row_to_example(row)
+        assert example_id.startswith("row")
+        assert_same(original, recovered)
+
+
+def test_large_offsets():
+    schema = example_schema()
+    for name in ("input_ids", "mm_token_type_ids", "images", "audio", "videos"):
+        assert pa.types.is_large_list(schema.field(name).type), name
+    image_type = schema.field("images").type.value_type
+    assert pa.types.is_large_binary(image_type.field("patches").type)
+
+
+def test_version_checks():
+    good = example_schema()
+    check_schema(good)
+    with pytest.raises(SchemaError, match="no gemma4.schema_version"):
+        check_schema(good.remove_metadata())
+    with pytest.raises(SchemaError, match=f"schema version 99; this code reads version {SCHEMA_VERSION}"):
+        check_schema(good.with_metadata({b"gemma4.schema_version": b"99"}))
+    with pytest.raises(SchemaError, match="columns differ"):
+        check_schema(good.remove(0).with_metadata(good.metadata))
