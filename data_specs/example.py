@@ -2,15 +2,16 @@
 
 One row per example:
 
-| column | type | content |
-|---|---|---|
-| ``id`` | string | the input row's id |
-| ``input_ids`` | large_list<int32> | token ids |
-| ``mm_token_type_ids`` | large_list<int8> | 0 text, 1 image, 2 video, 3 audio |
-| ``images`` | large_list<struct> | per image: ``patches`` (large_binary: P × 768 uint8, raster order), ``height``, ``width`` (resized), ``original_height``, ``original_width``, ``budget`` |
-| ``audio`` | large_list<struct> | per ≤ 30 s segment: ``features`` (large_binary: F × 128 float32, little-endian), ``mask`` (large_binary: F bytes of 0/1), ``num_frames``, ``num_tokens``, ``start_s``, ``end_s``, ``part`` |
-| ``videos`` | large_list<struct> | per video: ``frames`` (large_list of the image struct), ``timestamps`` (list<string>, ``MM:SS``), ``budget`` |
-| ``summary`` | string | JSON: token counts per modality, budgets, audio segments |
+* ``id`` (string): the input row's id.
+* ``input_ids`` (large_list<int32>), ``mm_token_type_ids`` (large_list<int8>: 0 text, 1 image, 2 video, 3 audio).
+* ``images`` (large_list<struct>): ``patches`` (large_binary: P × 768 uint8, raster order), ``height`` and
+  ``width`` (resized), ``original_height``, ``original_width``, ``budget``.
+* ``audio`` (large_list<struct>), one per ≤ 30 s segment: ``features`` (large_binary: F × 128 float32,
+  little-endian), ``mask`` (large_binary: F bytes of 0/1), ``num_frames``, ``num_tokens``, ``start_s``,
+  ``end_s``, ``part`` (which audio part of the conversation).
+* ``videos`` (large_list<struct>): ``frames`` (large_list of the image struct), ``timestamps``
+  (list<string>, ``MM:SS``), ``budget``.
+* ``summary`` (string): JSON with token counts per modality, budgets and audio segments.
 
 Patch positions are not stored: they follow from each image's size (``preprocess.image.patch_positions``).
 Every list and binary column uses 64-bit offsets (``large_*``), so a shard holding many 1120-budget images

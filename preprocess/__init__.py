@@ -1,4 +1,4 @@
-"""The Gemma 4 front end: budget math, images, audio (text, video and interleaving: later issues)."""
+"""The Gemma 4 front end: budget math, images, audio, video, tokenizer, chat format, interleaving, collation."""
 
 from .audio import AudioSegment, ChunkedAudio, chunk_audio, log_mel, log_mel_batch
 from .audio_io import load_audio
@@ -10,6 +10,8 @@ from .budget import (
     image_soft_tokens,
     image_target_size,
 )
+from .chat import ChatFormatError, render_chat
+from .collate import bucket_by_length, collate, to_device, uncollate
 from .errors import (
     AudioTooLongError,
     AudioTooShortError,
@@ -28,6 +30,10 @@ from .errors import (
 )
 from .image import ImagePatches, collate_images, preprocess_image, preprocess_images
 from .image_io import load_image
+from .prompt import AudioFeatures, Example, build_example
+from .tokenizer import MissingSpecialTokenError, SpecialTokens, Tokenizer
+from .video import VideoPatches, collate_videos, preprocess_video
+from .video_io import VideoFrames, load_video
 
 __all__ = [
     "SUPPORTED_BUDGETS",
@@ -61,4 +67,21 @@ __all__ = [
     "NonFiniteAudioError",
     "AudioTooShortError",
     "AudioTooLongError",
+    "Tokenizer",
+    "SpecialTokens",
+    "MissingSpecialTokenError",
+    "render_chat",
+    "ChatFormatError",
+    "build_example",
+    "Example",
+    "AudioFeatures",
+    "collate",
+    "uncollate",
+    "to_device",
+    "bucket_by_length",
+    "load_video",
+    "VideoFrames",
+    "preprocess_video",
+    "VideoPatches",
+    "collate_videos",
 ]

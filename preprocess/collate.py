@@ -20,6 +20,7 @@ import torch
 from .budget import max_patches
 from .image import PATCH_VALUES, ImagePatches
 from .prompt import AudioFeatures, Example
+from .video import VideoPatches
 
 __all__ = ["collate", "uncollate", "to_device", "bucket_by_length"]
 
@@ -91,8 +92,6 @@ def _layout(example: Example) -> dict:
 
 def uncollate(batch: dict) -> list[Example]:
     """The examples a batch was made of, exactly (patches back to uint8 arrays, unpadded)."""
-    from .video import VideoPatches
-
     examples = []
     image_row = frame_row = segment_row = 0
     for row, layout in enumerate(batch["_examples"]):

@@ -17,6 +17,11 @@ __all__ = [
     "NonFiniteAudioError",
     "AudioTooShortError",
     "AudioTooLongError",
+    "InvalidVideoError",
+    "EmptyVideoError",
+    "CorruptVideoError",
+    "UnsupportedVideoError",
+    "VideoTooLargeError",
 ]
 
 
@@ -79,3 +84,23 @@ class AudioTooShortError(InvalidAudioError):
 
 class AudioTooLongError(InvalidAudioError):
     """More samples than one 30 s segment where a single segment is required (chunk the audio first)."""
+
+
+class InvalidVideoError(InvalidInputError):
+    """A video input that cannot be turned into sampled RGB frames."""
+
+
+class EmptyVideoError(InvalidVideoError):
+    """The input holds no bytes, or its video stream yields no frame."""
+
+
+class CorruptVideoError(InvalidVideoError):
+    """Not a container FFmpeg can open, no video stream in it, or decoding failed (FFmpeg's error is chained)."""
+
+
+class UnsupportedVideoError(InvalidVideoError):
+    """An input we do not decode: unknown type, a bad ``num_frames``, or sampled frames of different sizes."""
+
+
+class VideoTooLargeError(InvalidVideoError):
+    """Frames of more pixels than the decompression-bomb limit allows."""

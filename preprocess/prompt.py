@@ -32,6 +32,8 @@ from .chat import PLACEHOLDERS, MediaPart, RenderedPrompt, render_chat, unprotec
 from .image import ImagePatches, preprocess_image
 from .image_io import decode_image, describe_source
 from .tokenizer import SPECIAL_STRINGS, Tokenizer
+from .video import VideoPatches, preprocess_video
+from .video_io import describe_video_source
 
 __all__ = ["AudioFeatures", "Example", "build_example", "TOKEN_TYPES"]
 
@@ -63,7 +65,7 @@ class Example:
     mm_token_type_ids: np.ndarray
     images: list[ImagePatches] = field(default_factory=list)
     audio: list[AudioFeatures] = field(default_factory=list)
-    videos: list = field(default_factory=list)  # list[preprocess.video.VideoPatches]
+    videos: list[VideoPatches] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -143,13 +145,11 @@ def build_example(
                 )
             audio_parts += 1
         else:
-            from .video import preprocess_video
-
             video = preprocess_video(
                 part.source,
                 num_frames=part.options.get("num_frames", video_frames),
                 budget=part.options.get("budget", video_budget),
-                name=_label(part, f"video {describe_source(part.source).removeprefix('image ')}"),
+                name=_label(part, describe_video_source(part.source)),
             )
             videos.append(video)
 

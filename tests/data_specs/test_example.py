@@ -12,6 +12,7 @@ from data_specs.example import SCHEMA_VERSION, SchemaError, check_schema, exampl
 from preprocess.prompt import build_example
 from preprocess.tokenizer import Tokenizer
 from tests.preprocess.test_collate import assert_same
+from tests.preprocess.test_video import encode_video
 
 
 def test_round_trip_through_parquet(tokenizer_dir, tmp_path):
@@ -22,7 +23,15 @@ def test_round_trip_through_parquet(tokenizer_dir, tmp_path):
     examples = [
         build_example([{"role": "user", "content": "hello"}], tok),
         build_example(
-            [{"role": "user", "content": [{"type": "image", "image": picture}, {"type": "audio", "audio": (clip, 16_000)}]}],
+            [{"role": "user", "content": [{"type": "video", "video": encode_video(12), "num_frames": 3}]}], tok
+        ),
+        build_example(
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "image": picture}, {"type": "audio", "audio": (clip, 16_000)}],
+                }
+            ],
             tok,
         ),
     ]

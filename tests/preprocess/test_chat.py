@@ -77,7 +77,10 @@ def test_sandbox_blocks_unsafe_templates():
         ("hello", "non-empty list"),
         ([{"role": "robot", "content": "x"}], r"messages\[0\].role is 'robot'"),
         ([{"role": "user", "content": 5}], r"messages\[0\].content must be a string or a list"),
-        ([{"role": "user", "content": [{"type": "gif", "gif": 1}]}], r"messages\[0\].content\[0\]: unknown content type 'gif'"),
+        (
+            [{"role": "user", "content": [{"type": "gif", "gif": 1}]}],
+            r"messages\[0\].content\[0\]: unknown content type 'gif'",
+        ),
         ([{"role": "user", "content": [{"type": "image"}]}], r"content\[0\]: an image part needs its data"),
         ([{"role": "user", "content": [{"type": "text"}]}], "needs a string 'text'"),
         ([{"role": "user", "content": ["raw string part"]}], "must be a dict with a 'type'"),

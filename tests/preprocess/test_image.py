@@ -38,9 +38,7 @@ OUTPUT_KEYS = {"pixel_values", "image_position_ids", "num_soft_tokens_per_image"
 
 TINY = st.tuples(st.integers(1, 8), st.integers(1, 8))
 MODERATE = st.tuples(st.integers(1, 640), st.integers(1, 640))
-EXTREME = st.sampled_from(
-    [(1, 2000), (2000, 1), (2000, 3), (3, 2000), (3, 5000), (5000, 3), (1, 1), (7, 3001)]
-)
+EXTREME = st.sampled_from([(1, 2000), (2000, 1), (2000, 3), (3, 2000), (3, 5000), (5000, 3), (1, 1), (7, 3001)])
 THIN = st.tuples(st.integers(1, 12), st.integers(200, 2500))
 SIZES = st.one_of(TINY, MODERATE, EXTREME, THIN, THIN.map(lambda hw: (hw[1], hw[0])))
 SEEDS = st.integers(0, 2**32 - 1)
@@ -80,9 +78,7 @@ def assert_parity(ours: dict, ref: dict) -> None:
         assert np.abs(ours["pixel_values"] - ref["pixel_values"]).max() <= 1e-6
     assert np.array_equal(ours["pixel_values"], ref["pixel_values"])
     assert np.array_equal(ours["image_position_ids"], ref["image_position_ids"])
-    assert [int(n) for n in ours["num_soft_tokens_per_image"]] == [
-        int(n) for n in ref["num_soft_tokens_per_image"]
-    ]
+    assert [int(n) for n in ours["num_soft_tokens_per_image"]] == [int(n) for n in ref["num_soft_tokens_per_image"]]
 
 
 def random_array(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -120,9 +116,7 @@ def patchify_loop(pixels: np.ndarray) -> np.ndarray:
             for py in range(16):
                 for px in range(16):
                     for ch in range(channels):
-                        out[r * cols + c, (py * 16 + px) * channels + ch] = pixels[
-                            r * 16 + py, c * 16 + px, ch
-                        ]
+                        out[r * cols + c, (py * 16 + px) * channels + ch] = pixels[r * 16 + py, c * 16 + px, ch]
     return out
 
 

@@ -200,9 +200,7 @@ def test_uint16_arrays_scale_by_257_with_rounding():
     expected = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)  # no exact ties
     np.testing.assert_array_equal(pixels(load_image(values)), np.stack([expected] * 3, axis=2))
     rgb16 = np.stack([values, values[::-1], values.T], axis=2)
-    np.testing.assert_array_equal(
-        pixels(load_image(rgb16)), np.stack([expected, expected[::-1], expected.T], axis=2)
-    )
+    np.testing.assert_array_equal(pixels(load_image(rgb16)), np.stack([expected, expected[::-1], expected.T], axis=2))
     # Spot values computed by hand: 128/257 < 0.5, 129/257 > 0.5, 256/257 ~ 1, 65535/257 = 255.
     spots = np.array([[0, 128, 129, 256, 385, 386, 65535]], dtype=np.uint16)
     np.testing.assert_array_equal(pixels(load_image(spots))[0, :, 0], [0, 0, 1, 1, 1, 2, 255])
@@ -214,9 +212,7 @@ def test_describe_source():
     assert "image bytes" in describe_source(memoryview(b"ab"))
     assert "/some/where.png" in describe_source("/some/where.png")
     assert "/some/where.png" in describe_source(pathlib.Path("/some/where.png"))
-    assert "RGBA" in describe_source(Image.new("RGBA", (5, 7))) and "5x7" in describe_source(
-        Image.new("L", (5, 7))
-    )
+    assert "RGBA" in describe_source(Image.new("RGBA", (5, 7))) and "5x7" in describe_source(Image.new("L", (5, 7)))
     text = describe_source(np.zeros((2, 3, 4), np.uint8))
     assert "(2, 3, 4)" in text and "uint8" in text
     named = io.BytesIO(b"x")
@@ -584,14 +580,10 @@ def test_array_errors():
     expect_error(errors.UnsupportedImageError, load_image, np.zeros((5, 5, 3), np.int32), names="image array")
     expect_error(errors.UnsupportedImageError, load_image, np.zeros((5, 5, 3), bool), names="image array")
     expect_error(errors.UnsupportedImageError, load_image, np.zeros(25, np.uint8), names="(25,)")
-    expect_error(
-        errors.UnsupportedImageError, load_image, np.zeros((2, 5, 5, 3), np.uint8), names="(2, 5, 5, 3)"
-    )
+    expect_error(errors.UnsupportedImageError, load_image, np.zeros((2, 5, 5, 3), np.uint8), names="(2, 5, 5, 3)")
     expect_error(errors.UnsupportedImageError, load_image, np.zeros((5, 5, 5), np.uint8), names="(5, 5, 5)")
     expect_error(errors.UnsupportedImageError, load_image, np.zeros((3, 5, 5), np.uint8), names="(3, 5, 5)")
-    expect_error(
-        errors.UnsupportedImageError, load_image, np.zeros((5, 5, 3), np.float32), name="frame", names="frame"
-    )
+    expect_error(errors.UnsupportedImageError, load_image, np.zeros((5, 5, 3), np.float32), name="frame", names="frame")
 
 
 def test_empty_pil_image():
@@ -620,12 +612,8 @@ def test_max_pixels_file_and_array(tmp_path):
     expect_error(errors.ImageTooLargeError, load_image, data, max_pixels=4095, names="image bytes")
     expect_error(errors.ImageTooLargeError, load_image, path, max_pixels=4095, names=str(path))
     expect_error(errors.ImageTooLargeError, load_image, array, max_pixels=4095, names="image array")
-    expect_error(
-        errors.ImageTooLargeError, load_image, Image.fromarray(array), max_pixels=4095, names="PIL image"
-    )
-    exc = expect_error(
-        errors.ImageTooLargeError, load_image, array, max_pixels=100, name="huge", names="huge"
-    )
+    expect_error(errors.ImageTooLargeError, load_image, Image.fromarray(array), max_pixels=4095, names="PIL image")
+    exc = expect_error(errors.ImageTooLargeError, load_image, array, max_pixels=100, name="huge", names="huge")
     assert "4096" in str(exc)
     # At the limit, and without a limit, the image decodes.
     for source in (data, path, array, Image.fromarray(array)):

@@ -106,7 +106,10 @@ def test_user_typed_placeholders_are_text(tok):
 def test_counts_and_types_match_media(tok):
     clip = tone(65.0)  # three 30 s segments at most: 0-30, 30-60, 60-65 (cut at quiet points)
     messages = [
-        {"role": "user", "content": [{"type": "audio", "audio": (clip, 16_000)}, {"type": "image", "image": image(90, 90)}]}
+        {
+            "role": "user",
+            "content": [{"type": "audio", "audio": (clip, 16_000)}, {"type": "image", "image": image(90, 90)}],
+        }
     ]
     example = build_example(messages, tok, image_budget=140)
     assert len(example.audio) == 3
@@ -141,7 +144,12 @@ def test_media_sources_by_path_and_bytes(tok, tmp_path):
 
 def test_max_tokens_lowers_image_budgets(tok):
     pictures = [image(600, 800, i) for i in range(3)]
-    messages = [{"role": "user", "content": [{"type": "text", "text": "Describe."}] + [{"type": "image", "image": p} for p in pictures]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Describe."}] + [{"type": "image", "image": p} for p in pictures],
+        }
+    ]
     full = build_example(messages, tok, image_budget=1120)
     assert full.summary["image_budgets"] == [1120] * 3
     limit = full.summary["num_tokens"] - 1500
@@ -149,7 +157,9 @@ def test_max_tokens_lowers_image_budgets(tok):
     assert fitted.summary["num_tokens"] <= limit
     assert fitted.summary["image_budgets_requested"] == [1120] * 3
     budgets = fitted.summary["image_budgets"]
-    assert max(budgets) < 1120 and B.SUPPORTED_BUDGETS.index(max(budgets)) - B.SUPPORTED_BUDGETS.index(min(budgets)) <= 1
+    assert (
+        max(budgets) < 1120 and B.SUPPORTED_BUDGETS.index(max(budgets)) - B.SUPPORTED_BUDGETS.index(min(budgets)) <= 1
+    )
     # The fitted example is exactly the one built with those budgets directly.
     assert len(fitted.input_ids) == fitted.summary["num_tokens"]
     with pytest.raises(ValueError, match="max_tokens=50.*nothing is truncated"):
@@ -178,4 +188,39 @@ def test_bad_media(tok, part, exc, message):
 def test_template_with_wrong_placeholder_count(tok):
     template = "{% for m in messages %}{{ m.role }}{% endfor %}"
     with pytest.raises(ChatFormatError, match="0 <\\|image\\|> placeholder"):
-        build_example([{"role": "user", "content": [{"type": "image", "image": image(50, 50)}]}], tok, chat_template=template)
+        build_example(
+            [{"role": "user", "content": [{"type": "image", "image": image(50, 50)}]}], tok, chat_template=template
+        )
+
+
+def test_parity_video(tok, reference, tmp_path):
+    from transformers.video_utils import VideoMetadata
+
+    from preprocess.video_io import load_video
+    from tests.preprocess.test_video import encode_video
+
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(encode_video(75, rate=25))
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What moves?"},
+                {"type": "video", "video": str(path), "num_frames": 8},
+            ],
+        }
+    ]
+    example = build_example(messages, tok)
+    every = load_video(path, num_frames=75)  # the reference samples its 8 frames from all of them
+    metadata = VideoMetadata(total_num_frames=75, fps=25.0, width=64, height=48, duration=3.0, video_backend="pyav")
+    out = reference()(
+        text=[prompt_text(messages, tok)],
+        videos=[every.frames],
+        videos_kwargs={"video_metadata": [metadata], "num_frames": 8, "do_sample_frames": True},
+        add_special_tokens=False,
+        return_tensors="np",
+    )
+    assert np.array_equal(example.input_ids, out["input_ids"][0])
+    assert np.array_equal(example.mm_token_type_ids, out["mm_token_type_ids"][0])
+    assert example.summary["video_frames"] == [8] and example.videos[0].timestamps[-1] == "00:02"
+    assert example.summary["video_tokens"] == 8 * example.videos[0].num_soft_tokens_per_frame
