@@ -110,13 +110,14 @@ def build_example(
 ) -> Example:
     """Messages (see :mod:`preprocess.chat`) → :class:`Example`. Per-part options override the defaults:
     ``{"type": "image", "image": …, "budget": 560}``, ``{"type": "video", …, "num_frames": 16, "budget": 70}``,
-    ``{"type": "audio", …, "max_duration_s": 60}``. ``exact`` selects exact or fast image and audio modes."""
+    ``{"type": "audio", …, "max_duration_s": 60}``. ``exact`` selects exact or fast image and audio modes.
+    ``chat_template`` defaults to the tokenizer's checkpoint template, else the built-in layout."""
     check_budget(image_budget)
     rendered = render_chat(
         messages,
         add_generation_prompt=add_generation_prompt,
         enable_thinking=enable_thinking,
-        chat_template=chat_template,
+        chat_template=chat_template if chat_template is not None else tokenizer.chat_template,
     )
     # Decode every medium first: image sizes decide budgets, audio lengths and video frames decide tokens.
     decoded_images, requested, audio_segments, videos = [], [], [], []

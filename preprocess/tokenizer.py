@@ -103,6 +103,7 @@ class Tokenizer:
         except (RuntimeError, OSError) as exc:
             raise ValueError(f"{self.source}: not a SentencePiece model ({exc})") from exc
         self.fingerprint = hashlib.sha256(data).hexdigest()[:16]
+        self.chat_template: str | None = None  # a checkpoint's chat_template.jinja (see from_pretrained)
         ids = {}
         for role, string in SPECIAL_STRINGS.items():
             token_id = self._sp.PieceToId(string)
@@ -117,11 +118,15 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Tokenizer:
-        """Load ``tokenizer.model`` from a checkpoint directory."""
+        """Load ``tokenizer.model`` from a checkpoint directory, and its ``chat_template.jinja`` if present
+        (``chat_template``; prompts are then rendered with it instead of the built-in layout)."""
         path = Path(directory) / "tokenizer.model"
         if not path.is_file():
             raise FileNotFoundError(f"{os.fspath(directory)!r} has no tokenizer.model")
-        return cls(path)
+        tokenizer = cls(path)
+        template = Path(directory) / "chat_template.jinja"
+        tokenizer.chat_template = template.read_text(encoding="utf-8") if template.is_file() else None
+        return tokenizer
 
     @property
     def vocab_size(self) -> int:

@@ -224,3 +224,27 @@ def test_parity_video(tok, reference, tmp_path):
     assert np.array_equal(example.mm_token_type_ids, out["mm_token_type_ids"][0])
     assert example.summary["video_frames"] == [8] and example.videos[0].timestamps[-1] == "00:02"
     assert example.summary["video_tokens"] == 8 * example.videos[0].num_soft_tokens_per_frame
+
+
+def test_checkpoint_chat_template_is_used(tokenizer_dir, tmp_path):
+    from tests.preprocess.test_chat import TEMPLATE
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "tokenizer.model").write_bytes((tokenizer_dir / "tokenizer.model").read_bytes())
+    plain = Tokenizer.from_pretrained(checkpoint)
+    assert plain.chat_template is None
+    (checkpoint / "chat_template.jinja").write_text(TEMPLATE)
+    templated = Tokenizer.from_pretrained(checkpoint)
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "  see  "}, {"type": "image", "image": image(48, 48)}]}
+    ]
+    from_template = build_example(messages, templated)
+    builtin = build_example(messages, plain)
+    # The template trims text and puts a newline before the image; the built-in layout keeps text as given.
+    assert "<|turn>user\nsee\n<|image>" in templated.decode(from_template.input_ids.tolist())
+    assert "<|turn>user\n  see  <|image>" in plain.decode(builtin.input_ids.tolist())
+    explicit = build_example(
+        messages, templated, chat_template="{{ bos_token }}{% for m in messages %}<|image|>{% endfor %}"
+    )
+    assert templated.decode(explicit.input_ids.tolist()).startswith("<bos><|image>")
