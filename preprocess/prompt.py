@@ -83,6 +83,23 @@ def _audio_waveform(part: MediaPart) -> np.ndarray:
     return load_audio(source, name=_label(part, describe_audio_source(source)))
 
 
+def _audio_features(part: MediaPart, index: int, exact: bool) -> list[AudioFeatures]:
+    """Decode an audio part, split it into ≤ 30 s segments and compute each segment's features."""
+    waveform = _audio_waveform(part)
+    plan = chunk_audio(waveform, max_duration_s=part.options.get("max_duration_s"), name=part.where)
+    pieces = plan.split(waveform)
+    features, masks = log_mel_batch(pieces, exact=exact, names=[part.where] * len(pieces), threads=1)
+    out = []
+    for segment, f, m in zip(plan.segments, features, masks, strict=True):
+        count = frame_count(segment.num_samples)  # the segment's own frames, as if it were alone
+        out.append(
+            AudioFeatures(
+                f[:count].numpy(), m[:count].numpy(), segment.num_tokens, segment.start_s, segment.end_s, index
+            )
+        )
+    return out
+
+
 def _expand(rendered: RenderedPrompt, expansions: Sequence[str]) -> str:
     counter = iter(expansions)
     return _PLACEHOLDER_RE.sub(lambda _: next(counter), rendered.text)
@@ -128,22 +145,7 @@ def build_example(
             decoded_images.append((part, decoded))
             requested.append(check_budget(part.options.get("budget", image_budget)))
         elif part.kind == "audio":
-            waveform = _audio_waveform(part)
-            plan = chunk_audio(waveform, max_duration_s=part.options.get("max_duration_s"), name=part.where)
-            pieces = plan.split(waveform)
-            features, masks = log_mel_batch(pieces, exact=exact, names=[part.where] * len(pieces), threads=1)
-            for segment, f, m in zip(plan.segments, features, masks, strict=True):
-                count = frame_count(segment.num_samples)  # the segment's own frames, as if alone
-                audio_segments.append(
-                    AudioFeatures(
-                        f[:count].numpy(),
-                        m[:count].numpy(),
-                        segment.num_tokens,
-                        segment.start_s,
-                        segment.end_s,
-                        audio_parts,
-                    )
-                )
+            audio_segments += _audio_features(part, audio_parts, exact)
             audio_parts += 1
         else:
             video = preprocess_video(

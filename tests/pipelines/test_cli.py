@@ -113,6 +113,7 @@ def test_audio_benchmark_runs_and_reports_each_case():
     lines: list[str] = []
     rows = bench_audio.run(count=2, long_minutes=(0.75,), repeat=1, cores=2, emit=lines.append)
     assert [r.case for r in rows] == [
+        "bound: numpy FFT alone",
         "one thread, exact",
         "one thread, fast",
         "batched, 2 threads, exact",
