@@ -87,9 +87,10 @@ def run(
         emit("reference: transformers is not installed; printing our figures alone")
     clips = make_clips(count, seed)
     seconds = sum(len(c) for c in clips) / SR
+    recordings = f"recordings of {', '.join(f'{m:g}' for m in long_minutes)} min" if long_minutes else "no recordings"
     emit(
-        f"gemma4 bench audio: {count} clips ({seconds:.0f} s of audio, 1–30 s each) and recordings of "
-        f"{', '.join(f'{m:g}' for m in long_minutes)} min, seed {seed}, best of {repeat}"
+        f"gemma4 bench audio: {count} clips ({seconds:.0f} s of audio, 1–30 s each) and {recordings}, "
+        f"seed {seed}, best of {repeat}"
     )
     rows: list[Row] = []
 
