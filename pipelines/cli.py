@@ -1,9 +1,10 @@
-"""The ``gemma4`` command line: ``budget``, ``preview``, ``bench images`` and ``bench audio``."""
+"""The ``gemma4`` command line: budget, preview, preprocess, inspect, sample-data and the benchmarks."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +98,56 @@ def _cmd_bench_audio(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from .preprocess_job import PreprocessSettings, run_preprocess
+
+    settings = PreprocessSettings(
+        tokenizer=args.tokenizer,
+        image_budget=args.budget,
+        max_tokens=args.max_tokens,
+        video_frames=args.video_frames,
+        video_budget=args.video_budget,
+        exact=not args.fast,
+        rows_per_shard=args.rows_per_shard,
+    )
+    if args.engine == "ray":
+        from .ray_engine import run_preprocess_ray
+
+        summary = run_preprocess_ray(args.input, args.output, settings, num_cpus=args.workers, address=args.ray_address)
+    else:
+        summary = run_preprocess(args.input, args.output, settings, workers=args.workers)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .preview import draw_preview, unpatchify
+    from .readback import open_output
+
+    output = open_output(args.output)
+    print("\n".join(output.report()))
+    if args.row is None:
+        return 0
+    example_id, example = output.example(int(args.row) if args.row.isdigit() else args.row)
+    print(f"row {example_id}: {len(example.input_ids)} tokens; summary {example.summary}")
+    if args.preview is not None:
+        if not example.images:
+            raise ValueError(f"row {example_id} has no image to preview")
+        image = example.images[args.image]
+        picture = draw_preview(unpatchify(image.patches, image.size), image.original_size, image.budget)
+        picture.save(args.preview)
+        print(f"wrote {args.preview} ({picture.width} x {picture.height} px)")
+    return 0
+
+
+def _cmd_sample_data(args: argparse.Namespace) -> int:
+    from .synthetic import write_sample_dataset
+
+    manifest, tokenizer = write_sample_dataset(args.directory, rows=args.rows, corrupt=args.corrupt)
+    print(f"wrote {manifest} ({args.rows} rows) and a toy tokenizer in {tokenizer}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemma4", description="Gemma 4 multimodal preprocessing and inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -114,6 +165,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output picture (PNG)")
     p.add_argument("--fast", action="store_true", help="fast mode: draft JPEG decode and torch resize (not bit-exact)")
     p.set_defaults(func=_cmd_preview)
+
+    p = sub.add_parser("preprocess", help="preprocess a manifest of chat examples into Parquet shards")
+    p.add_argument("input", help="manifest: .jsonl, .parquet, .csv or a datasets directory (save_to_disk)")
+    p.add_argument("output", help="output directory (re-running the same command resumes)")
+    p.add_argument("--tokenizer", required=True, help="directory with tokenizer.model (and chat_template.jinja)")
+    p.add_argument("--budget", type=_budget, default=280, help="image soft-token budget (default 280)")
+    p.add_argument("--max-tokens", type=int, default=None, help="lower image budgets so each example fits")
+    p.add_argument("--video-frames", type=int, default=32, help="frames sampled per video (default 32)")
+    p.add_argument("--video-budget", type=_budget, default=70, help="budget per video frame (default 70)")
+    p.add_argument("--fast", action="store_true", help="fast image/audio modes (not bit-identical)")
+    p.add_argument("--rows-per-shard", type=int, default=128, help="input rows per output shard (default 128)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("inspect", help="report on a preprocess output; show one row, preview one of its images")
+    p.add_argument("output", help="output directory of gemma4 preprocess")
+    p.add_argument("--row", default=None, help="a row id, or a position (digits)")
+    p.add_argument("--image", type=int, default=0, help="which image of the row to preview (default 0)")
+    p.add_argument("--preview", default=None, help="write the image as the model sees it to this PNG")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("sample-data", help="write a small synthetic multimodal manifest and a toy tokenizer")
+    p.add_argument("directory")
+    p.add_argument("--rows", type=int, default=40)
+    p.add_argument("--corrupt", action="store_true", help="include broken rows (they go to the errors table)")
+    p.set_defaults(func=_cmd_sample_data)
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -142,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ValueError, OSError) as exc:  # bad input: one clear line, no traceback
+    except (ValueError, OSError, KeyError, IndexError) as exc:  # bad input: one clear line, no traceback
         print(f"gemma4 {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,13 +7,14 @@ bar: the image's patches, then the zero padding patches that fill the rest.
 
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from preprocess.budget import SIDE_MULTIPLE, image_target_size, max_patches
 from preprocess.image import resize_to_target
 from preprocess.image_io import DEFAULT_MAX_PIXELS, ImageSource, decode_image
 
-__all__ = ["render_preview"]
+__all__ = ["render_preview", "draw_preview", "unpatchify"]
 
 GRID_COLOUR = (255, 0, 160, 150)
 USED_COLOUR = (46, 160, 67)
@@ -33,9 +34,21 @@ def render_preview(
 ) -> Image.Image:
     """An RGB picture of the resized image with its 48 px soft-token grid and a padding bar beneath."""
     decoded = decode_image(source, max_pixels=max_pixels)
-    th, tw = image_target_size(*decoded.original_size, budget)
-    resized = Image.fromarray(resize_to_target(decoded.image, (th, tw), exact=exact)).convert("RGBA")
+    size = image_target_size(*decoded.original_size, budget)
+    return draw_preview(resize_to_target(decoded.image, size, exact=exact), decoded.original_size, budget)
 
+
+def unpatchify(patches: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(P, 768) patches of an image of ``size`` = (h, w) → (h, w, 3) pixels: the inverse of ``patchify``."""
+    rows, cols = size[0] // 16, size[1] // 16
+    grid = patches.reshape(rows, cols, 16, 16, 3)  # (R, C, py, px, ch)
+    return grid.transpose(0, 2, 1, 3, 4).reshape(size[0], size[1], 3)  # (R, py, C, px, ch) → (h, w, 3)
+
+
+def draw_preview(pixels: np.ndarray, original_size: tuple[int, int], budget: int) -> Image.Image:
+    """The picture for already-resized ``pixels`` (th, tw, 3) uint8 of an image originally ``original_size``."""
+    th, tw = pixels.shape[:2]
+    resized = Image.fromarray(pixels).convert("RGBA")
     grid = Image.new("RGBA", resized.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(grid)
     for x in range(0, tw + 1, SIDE_MULTIPLE):
@@ -50,7 +63,7 @@ def render_preview(
     width = max(tw, 480)
     font = _font(14)
     lines = [
-        f"input {decoded.original_size[0]}x{decoded.original_size[1]} px -> {th}x{tw} px at budget {budget}",
+        f"input {original_size[0]}x{original_size[1]} px -> {th}x{tw} px at budget {budget}",
         f"{th // 16}x{tw // 16} patches = {tokens} soft tokens ({th // 48}x{tw // 48} cells of 48 px)",
         f"patches: {used} image + {total - used} padding = {total} (9 x budget)",
     ]

@@ -74,3 +74,132 @@ def synthetic_speech(seconds: float, seed: int = 0, sample_rate: int = 16_000) -
         out[position:end] += (rng.uniform(0.05, 0.3) * envelope * voiced).astype(np.float32)
         position = end + int(rng.uniform(0.05, 0.5) * sample_rate)
     return out
+
+
+WORDS = (
+    "the a an of to in and is it that this for on with as was at by be are from or image audio video frame "
+    "describe picture sound what who where when how many cat dog red blue green small large speech music "
+    "model user system assistant hello world answer question please thanks time minute second first last"
+).split()
+
+
+def train_toy_tokenizer(seed: int = 0, vocab_size: int = 600, drop: tuple[str, ...] = ()) -> bytes:
+    """A tiny Gemma-like SentencePiece model (BPE, byte fallback, no dummy prefix, identity normalisation) with
+    every Gemma 4 control string, trained here on generated text. For tests and the demo only: it is not the
+    Gemma tokenizer, and nothing is downloaded. ``drop`` leaves control strings out (to test their absence)."""
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    from preprocess.tokenizer import SPECIAL_STRINGS
+
+    rng = random.Random(seed)
+    corpus = []
+    for _ in range(3000):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 12))]
+        corpus.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ":", ""]))
+        corpus.append(f"{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d} {rng.choice(WORDS)}")
+    symbols = [s for role, s in SPECIAL_STRINGS.items() if role not in ("pad", "eos", "bos") and s not in drop]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        user_defined_symbols=symbols,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        byte_fallback=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        split_digits=True,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def write_sample_dataset(directory, rows: int = 40, seed: int = 0, corrupt: bool = False) -> tuple:
+    """A small multimodal manifest (JSONL) with its media files and a toy tokenizer, all made here.
+
+    Rows mix text-only, images (JPEG and PNG of many sizes), audio (WAV and FLAC, 1–40 s) and short videos.
+    With ``corrupt``, a few rows are broken on purpose (bad image bytes, bad audio, a missing file, malformed
+    messages, a placeholder mismatch). Returns (manifest path, tokenizer directory).
+    """
+    import json
+    from pathlib import Path
+
+    import soundfile
+    from PIL import Image
+
+    directory = Path(directory)
+    (directory / "media").mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer").mkdir(exist_ok=True)
+    (directory / "tokenizer" / "tokenizer.model").write_bytes(train_toy_tokenizer(seed))
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(rows):
+        kind = ("text", "image", "audio", "image+audio", "video")[i % 5]
+        content: list = [{"type": "text", "text": f"Question {i}: {' '.join(rng.choice(WORDS, 6))}?"}]
+        if "image" in kind:
+            h, w = (int(v) for v in rng.integers(40, 900, size=2))
+            name = f"media/img{i}.{'jpg' if i % 2 else 'png'}"
+            Image.fromarray(synthetic_image(h, w, seed=seed * 1000 + i)).save(directory / name)
+            content.insert(0, {"type": "image", "image": name})
+        if "audio" in kind:
+            name = f"media/clip{i}.{'wav' if i % 2 else 'flac'}"
+            soundfile.write(directory / name, synthetic_speech(float(rng.uniform(1, 40)), seed=i), 16_000)
+            content.append({"type": "audio", "audio": name})
+        if kind == "video":
+            name = f"media/video{i}.mp4"
+            _write_video(directory / name, frames=int(rng.integers(8, 30)), seed=i)
+            content.append({"type": "video", "video": name, "num_frames": 4})
+        lines.append({"id": f"ex{i:04d}", "messages": [{"role": "user", "content": content}]})
+    if corrupt:
+        (directory / "media" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        (directory / "media" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+        bad = [
+            {
+                "id": "bad-image",
+                "messages": [{"role": "user", "content": [{"type": "image", "image": "media/broken.jpg"}]}],
+            },
+            {
+                "id": "bad-audio",
+                "messages": [{"role": "user", "content": [{"type": "audio", "audio": "media/broken.wav"}]}],
+            },
+            {
+                "id": "missing-file",
+                "messages": [{"role": "user", "content": [{"type": "image", "image": "media/nope.png"}]}],
+            },
+            {"id": "malformed", "messages": [{"role": "robot", "content": "hi"}]},
+            {"id": "no-messages"},
+            {"id": "unknown-type", "messages": [{"role": "user", "content": [{"type": "gif", "gif": "x"}]}]},
+        ]
+        for offset, row in enumerate(bad):
+            lines.insert(3 + 5 * offset, row)
+    manifest = directory / "manifest.jsonl"
+    with open(manifest, "w") as fp:
+        for row in lines:
+            fp.write(json.dumps(row) + "\n")
+        if corrupt:
+            fp.write("{this is not json\n")
+    return manifest, directory / "tokenizer"
+
+
+def _write_video(path, frames: int, seed: int) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(frames):
+            picture = av.VideoFrame.from_ndarray(synthetic_image(64, 96, seed=seed * 100 + i), format="rgb24")
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode())
