@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gemma4 budget 1080 1920
-	$(BIN)/gemma4 preview pipelines/assets/sample.jpg --budget 280 -o out/preview.png
+	rm -rf out/sample out/preprocessed
+	$(BIN)/gemma4 sample-data out/sample --rows 40 --corrupt
+	$(BIN)/gemma4 preprocess out/sample/manifest.jsonl out/preprocessed --tokenizer out/sample/tokenizer
+	$(BIN)/gemma4 inspect out/preprocessed --row ex0001 --preview out/preview.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,9 +5,9 @@ JSON string), or a directory written by ``datasets.Dataset.save_to_disk``. Every
 
 * ``id``: a non-empty string (numbers are accepted and turned into strings), unique within the manifest;
 * ``messages``: the chat form of ``preprocess.chat`` (a list, or a JSON string of one). Media values are a
-  path relative to the folder holding the manifest (file or ``save_to_disk`` directory) or absolute, raw ``bytes``, a ``datasets`` Image value
-  (``{"bytes": …, "path": …}``) or Audio value (``{"array": …, "sampling_rate": …}`` or
-  ``{"bytes": …, "path": …}``).
+  path relative to the folder holding the manifest (file or ``save_to_disk`` directory) or absolute, raw
+  ``bytes``, a ``datasets`` Image value (``{"bytes": …, "path": …}``) or Audio value
+  (``{"array": …, "sampling_rate": …}`` or ``{"bytes": …, "path": …}``).
 
 Example line::
 

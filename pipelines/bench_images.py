@@ -133,7 +133,11 @@ def run(
             rows.append(Row(group, "decoded, uint8 patches", ref_rate, ours_u8, TARGET_EXACT))
             rows.append(
                 Row(
-                    group, "bound: bicubic resize alone", ref_rate, resize_only, None,
+                    group,
+                    "bound: bicubic resize alone",
+                    ref_rate,
+                    resize_only,
+                    None,
                     note="Pillow's bicubic resize, shared by exact mode and the reference: exact mode's ceiling",
                 )
             )
@@ -145,9 +149,7 @@ def run(
             fast = _rate(lambda p, b=budget: preprocess_images([p], b, exact=False), paths, repeat)
             fast_u8 = _rate(lambda p, b=budget: preprocess_image(p, b, exact=False), paths, repeat)
             quality = [
-                psnr(
-                    preprocess_image(p, budget).patches, preprocess_image(p, budget, exact=False).patches
-                )
+                psnr(preprocess_image(p, budget).patches, preprocess_image(p, budget, exact=False).patches)
                 for p in paths
             ]
             finite = [q for q in quality if math.isfinite(q)]
@@ -156,7 +158,12 @@ def run(
             psnr_ok = worst_db >= TARGET_PSNR_DB  # judged on the worst image, not the mean
             rows.append(
                 Row(
-                    group, "JPEG files, fast mode", ref_file_rate, fast, TARGET_FAST, extra_ok=psnr_ok,
+                    group,
+                    "JPEG files, fast mode",
+                    ref_file_rate,
+                    fast,
+                    TARGET_FAST,
+                    extra_ok=psnr_ok,
                     note=f"PSNR vs exact mode: worst image {worst_db:.1f} dB, mean {mean_db:.1f} dB "
                     f"(target ≥ {TARGET_PSNR_DB:.0f} dB on every image: {'met' if psnr_ok else 'NOT met'})",
                 )
@@ -169,8 +176,13 @@ def run(
             many = _pool_rate(paths, budget, workers, repeat)
             rows.append(
                 Row(
-                    group, "worker processes, JPEG files", one, many, TARGET_SCALING * workers,
-                    baseline_label="1 process", ours_label=f"{workers} processes",
+                    group,
+                    "worker processes, JPEG files",
+                    one,
+                    many,
+                    TARGET_SCALING * workers,
+                    baseline_label="1 process",
+                    ours_label=f"{workers} processes",
                 )
             )
             for r in rows[first:]:
