@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from .example import SCHEMA_VERSION, VERSION_KEY
+from .example import schema_metadata
 
 __all__ = ["error_schema", "ERROR_COLUMNS"]
 
@@ -21,9 +21,6 @@ ERROR_COLUMNS = ("id", "row", "stage", "error_type", "message")
 
 
 def error_schema(extra_metadata: dict[str, str] | None = None) -> pa.Schema:
-    metadata = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
-    for key, value in (extra_metadata or {}).items():
-        metadata[key.encode()] = value.encode()
     return pa.schema(
         [
             ("id", pa.string()),
@@ -32,5 +29,5 @@ def error_schema(extra_metadata: dict[str, str] | None = None) -> pa.Schema:
             ("error_type", pa.string()),
             ("message", pa.string()),
         ],
-        metadata=metadata,
+        metadata=schema_metadata(extra_metadata),
     )

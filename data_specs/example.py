@@ -60,11 +60,13 @@ _AUDIO = pa.struct(
 _VIDEO = pa.struct([("frames", pa.large_list(_IMAGE)), ("timestamps", pa.list_(pa.string())), ("budget", pa.int16())])
 
 
+def schema_metadata(extra: dict[str, str] | None = None) -> dict[bytes, bytes]:
+    """Schema metadata: the schema version plus ``extra`` (e.g. the preprocessing settings)."""
+    return {VERSION_KEY: str(SCHEMA_VERSION).encode(), **{k.encode(): v.encode() for k, v in (extra or {}).items()}}
+
+
 def example_schema(extra_metadata: dict[str, str] | None = None) -> pa.Schema:
     """The version-1 schema; ``extra_metadata`` (e.g. preprocessing settings) is added to its metadata."""
-    metadata = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
-    for key, value in (extra_metadata or {}).items():
-        metadata[key.encode()] = value.encode()
     return pa.schema(
         [
             ("id", pa.string()),
@@ -75,7 +77,7 @@ def example_schema(extra_metadata: dict[str, str] | None = None) -> pa.Schema:
             ("videos", pa.large_list(_VIDEO)),
             ("summary", pa.string()),
         ],
-        metadata=metadata,
+        metadata=schema_metadata(extra_metadata),
     )
 
 

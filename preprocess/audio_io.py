@@ -49,6 +49,7 @@ import torch
 import torchaudio.functional
 
 from .errors import CorruptAudioError, EmptyAudioError, NonFiniteAudioError, UnsupportedAudioError
+from .sources import describe, read_stream
 
 __all__ = ["SAMPLE_RATE", "AudioSource", "describe_audio_source", "load_audio"]
 
@@ -65,22 +66,7 @@ _INT_SCALE = {("i", 1): (0, 128), ("u", 1): (128, 128), ("i", 2): (0, 32768), ("
 
 def describe_audio_source(source: object, name: str | None = None) -> str:
     """A short description of ``source`` for error messages: ``name`` if given, else the path or kind."""
-    if name is not None:
-        return str(name)
-    if isinstance(source, str | os.PathLike):
-        return f"audio file {os.fspath(source)!r}"
-    if isinstance(source, bytes | bytearray | memoryview):
-        return f"audio bytes ({memoryview(source).nbytes} bytes)"
-    if isinstance(source, np.ndarray):
-        return f"audio array (shape {source.shape}, dtype {source.dtype})"
-    if isinstance(source, torch.Tensor):
-        return f"audio tensor (shape {tuple(source.shape)}, dtype {source.dtype}, device {source.device})"
-    file_name = getattr(source, "name", None)
-    if isinstance(file_name, str | bytes):
-        return f"audio file object {file_name!r}"
-    if hasattr(source, "read"):
-        return f"audio file object ({type(source).__name__})"
-    return f"audio input of type {type(source).__name__}"
+    return describe(source, "audio", name)
 
 
 def load_audio(source: AudioSource, sample_rate: int | None = None, *, name: str | None = None) -> np.ndarray:
@@ -114,23 +100,8 @@ def _from_encoded(source: str | os.PathLike | bytes | bytearray | memoryview | B
             return _from_stream(fp, what)
     if isinstance(source, bytes | bytearray | memoryview):
         return _from_stream(io.BytesIO(source), what)  # BytesIO copies: the caller's buffer is untouched
-    # Read from the current position (soundfile would seek around in it) and put the position back.
-    start = source.tell() if _seekable(source) else None
-    try:
-        data = source.read()
-    finally:
-        if start is not None:
-            source.seek(start)
-    if not isinstance(data, bytes | bytearray):
-        raise UnsupportedAudioError(what, f"read() returned {type(data).__name__}, not bytes: open it in 'rb' mode")
+    data = read_stream(source, what, UnsupportedAudioError)  # soundfile seeks around: read from here
     return _from_stream(io.BytesIO(data), what)
-
-
-def _seekable(fp: object) -> bool:
-    try:
-        return bool(fp.seekable())  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def _check_rate(sample_rate: object, what: str) -> int:

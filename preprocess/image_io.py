@@ -42,6 +42,7 @@ from .errors import (
     NotAnImageError,
     UnsupportedImageError,
 )
+from .sources import describe, read_stream
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "DecodedImage", "decode_image", "load_image", "describe_source"]
 
@@ -74,20 +75,7 @@ class DecodedImage:
 
 def describe_source(source: object, name: str | None = None) -> str:
     """A short description of ``source`` for error messages: ``name`` if given, else the path or kind."""
-    if name is not None:
-        return str(name)
-    if isinstance(source, str | os.PathLike):
-        return f"image file {os.fspath(source)!r}"
-    if isinstance(source, bytes | bytearray | memoryview):
-        return f"image bytes ({len(source)} bytes)"
-    if isinstance(source, Image.Image):
-        return f"PIL image (mode {source.mode}, {source.width}x{source.height})"
-    if isinstance(source, np.ndarray):
-        return f"image array (shape {source.shape}, dtype {source.dtype})"
-    file_name = getattr(source, "name", None)
-    if isinstance(file_name, str | bytes):
-        return f"image file object {file_name!r}"
-    return f"image input of type {type(source).__name__}"
+    return describe(source, "image", name)
 
 
 def load_image(
@@ -117,26 +105,9 @@ def decode_image(
     if isinstance(source, bytes | bytearray | memoryview):
         return _from_stream(io.BytesIO(source), what, max_pixels, draft)
     if hasattr(source, "read"):
-        # Read from the current position (Pillow would seek to 0) and put the position back afterwards.
-        start = source.tell() if _seekable(source) else None
-        try:
-            data = source.read()
-        finally:
-            if start is not None:
-                source.seek(start)
-        if not isinstance(data, bytes | bytearray):
-            raise UnsupportedImageError(what, f"read() returned {type(data).__name__}, not bytes: open it in 'rb' mode")
+        data = read_stream(source, what, UnsupportedImageError)  # Pillow would seek to 0: read from here
         return _from_stream(io.BytesIO(data), what, max_pixels, draft)
-    raise UnsupportedImageError(
-        what, "expected a path, bytes, a binary file object, a PIL image or a uint8 array"
-    )
-
-
-def _seekable(fp: object) -> bool:
-    try:
-        return bool(fp.seekable())  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
-        return False
+    raise UnsupportedImageError(what, "expected a path, bytes, a binary file object, a PIL image or a uint8 array")
 
 
 def _check_pixels(width: int, height: int, what: str, max_pixels: int | None) -> None:

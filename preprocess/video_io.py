@@ -64,6 +64,7 @@ from .errors import (
     VideoTooLargeError,
 )
 from .image_io import DEFAULT_MAX_PIXELS
+from .sources import describe, read_stream
 
 __all__ = [
     "DEFAULT_NUM_FRAMES",
@@ -131,18 +132,7 @@ def sample_indices(total_frames: int, num_frames: int) -> tuple[int, ...]:
 
 def describe_video_source(source: object, name: str | None = None) -> str:
     """A short description of ``source`` for error messages: ``name`` if given, else the path or kind."""
-    if name is not None:
-        return str(name)
-    if isinstance(source, str | os.PathLike):
-        return f"video file {os.fspath(source)!r}"
-    if isinstance(source, bytes | bytearray | memoryview):
-        return f"video bytes ({memoryview(source).nbytes} bytes)"
-    file_name = getattr(source, "name", None)
-    if isinstance(file_name, str | bytes):
-        return f"video file object {file_name!r}"
-    if hasattr(source, "read"):
-        return f"video file object ({type(source).__name__})"
-    return f"video input of type {type(source).__name__}"
+    return describe(source, "video", name)
 
 
 def load_video(
@@ -167,24 +157,9 @@ def load_video(
     if isinstance(source, bytes | bytearray | memoryview):
         return _from_stream(io.BytesIO(source), what, num_frames, max_pixels)  # BytesIO copies the buffer
     if hasattr(source, "read"):
-        # Read from the current position (FFmpeg seeks to absolute offsets) and put the position back.
-        start = source.tell() if _seekable(source) else None
-        try:
-            data = source.read()
-        finally:
-            if start is not None:
-                source.seek(start)
-        if not isinstance(data, bytes | bytearray):
-            raise UnsupportedVideoError(what, f"read() returned {type(data).__name__}, not bytes: open it in 'rb' mode")
+        data = read_stream(source, what, UnsupportedVideoError)  # FFmpeg seeks to absolute offsets
         return _from_stream(io.BytesIO(data), what, num_frames, max_pixels)
     raise UnsupportedVideoError(what, "expected a path, bytes or a binary file object")
-
-
-def _seekable(fp: object) -> bool:
-    try:
-        return bool(fp.seekable())  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 @dataclass

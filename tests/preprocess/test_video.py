@@ -424,7 +424,8 @@ def test_bad_num_frames(video37, num_frames):
 def test_bad_source_type(source):
     with pytest.raises(errors.UnsupportedVideoError) as exc_info:
         load_video(source)
-    check_error(exc_info, f"video input of type {type(source).__name__}")
+    expected = "video array (shape (2, 4, 4, 3), dtype uint8)" if isinstance(source, np.ndarray) else None
+    check_error(exc_info, expected or f"video input of type {type(source).__name__}")
 
 
 def test_text_mode_file_object(video_file):
