@@ -113,7 +113,9 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from .ray_engine import run_preprocess_ray
 
-        summary = run_preprocess_ray(args.input, args.output, settings, num_cpus=args.workers, address=args.ray_address)
+        # Joining a cluster: its size is the cluster's; ray.init refuses num_cpus then.
+        cpus = None if args.ray_address else args.workers
+        summary = run_preprocess_ray(args.input, args.output, settings, num_cpus=cpus, address=args.ray_address)
     else:
         summary = run_preprocess(args.input, args.output, settings, workers=args.workers)
     print("\n".join(summary.lines()))

@@ -24,6 +24,7 @@ import logging
 import multiprocessing
 import os
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, example_schema, example_to_row
-from data_specs.manifest import ManifestError, open_manifest, resolve_media, validate_row
+from data_specs.manifest import Manifest, ManifestError, open_manifest, resolve_media, validate_row
 
 __all__ = ["PreprocessSettings", "JobMismatchError", "JobSummary", "run_preprocess", "process_rows"]
 
@@ -172,7 +173,7 @@ def _metadata(settings: PreprocessSettings, tokenizer_fingerprint: str) -> dict[
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")  # unique even across cluster nodes
     pq.write_table(table, temporary)
     os.replace(temporary, path)
 
@@ -212,6 +213,7 @@ def _load_state(out_dir: Path, expected: dict) -> dict:
     if not path.exists():
         return dict(expected, shards={})
     state = json.loads(path.read_text())
+    state.pop("complete", None)  # set again when this run finishes
     for key in ("schema_version", "input", "settings", "rows"):
         if state.get(key) != expected[key]:
             raise JobMismatchError(
@@ -258,24 +260,9 @@ def run_preprocess(
     progress: bool = True,
 ) -> JobSummary:
     """Run (or resume) the local job; see the module docstring."""
-    from preprocess.tokenizer import Tokenizer
 
     started = time.perf_counter()
-    manifest = open_manifest(input_path)
-    tokenizer = Tokenizer.from_pretrained(settings.tokenizer)
-    template_hash = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
-    out_dir = Path(output_dir)
-    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-    for stale in (out_dir / "shards").glob(".*.tmp-*"):
-        stale.unlink()  # a shard half-written when the last run was killed
-    expected = {
-        "schema_version": SCHEMA_VERSION,
-        "input": manifest.fingerprint,
-        "settings": dict(asdict(settings), tokenizer_fingerprint=tokenizer.fingerprint, chat_template=template_hash),
-        "rows": len(manifest),
-    }
-    state = _load_state(out_dir, expected)
-    metadata = _metadata(settings, tokenizer.fingerprint)
+    manifest, out_dir, state, metadata = _open_job(input_path, output_dir, settings)
     size = settings.rows_per_shard
     count = -(-len(manifest) // size)
     done_before = len(state["shards"])
@@ -319,13 +306,43 @@ def run_preprocess(
                 record(running.pop(future), future.result())
     bar.close()
     _save_state(out_dir, dict(state, complete=True))
+    summary = _summary(state, count, done_before, time.perf_counter() - started)
+    assert summary.rows == len(manifest) == summary.examples + summary.errors, summary
+    return summary
+
+
+def _open_job(
+    input_path: str | os.PathLike, output_dir: str | os.PathLike, settings: PreprocessSettings
+) -> tuple[Manifest, Path, dict, dict[str, str]]:
+    """Both engines' setup: (manifest, output directory, job state, shard metadata); stale temporary files of a
+    killed run are removed, and a directory holding another job is refused."""
+    from preprocess.tokenizer import Tokenizer
+
+    manifest = open_manifest(input_path)
+    tokenizer = Tokenizer.from_pretrained(settings.tokenizer)
+    template_hash = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
+    out_dir = Path(output_dir)
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / "shards").glob(".*.tmp-*"):
+        stale.unlink()  # a shard half-written when the last run was killed
+    expected = {
+        "schema_version": SCHEMA_VERSION,
+        "input": manifest.fingerprint,
+        "settings": dict(asdict(settings), tokenizer_fingerprint=tokenizer.fingerprint, chat_template=template_hash),
+        "rows": len(manifest),
+    }
+    return manifest, out_dir, _load_state(out_dir, expected), _metadata(settings, tokenizer.fingerprint)
+
+
+def _summary(state: dict, count: int, done_before: int, seconds: float) -> JobSummary:
+    """The summary of a finished ``state``."""
     shards = state["shards"].values()
     tokens = Counter()
     stages = Counter()
     for s in shards:
         tokens.update(s["tokens"])
         stages.update(s["errors_by_stage"])
-    summary = JobSummary(
+    return JobSummary(
         rows=sum(s["rows"] for s in shards),
         examples=sum(s["examples"] for s in shards),
         errors=sum(s["errors"] for s in shards),
@@ -334,10 +351,8 @@ def run_preprocess(
         bytes_written=sum(s["bytes"] for s in shards),
         shards=count,
         shards_skipped=done_before,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
     )
-    assert summary.rows == len(manifest) == summary.examples + summary.errors, summary
-    return summary
 
 
 def _progress(total: int, enabled: bool):
