@@ -53,9 +53,7 @@ IMAGE_WRAPPER_TOKENS = 2  # <|image> … <image|> around each image's soft token
 def check_budget(budget: object) -> int:
     """Return ``budget`` as an int if it is one of ``SUPPORTED_BUDGETS``; raise ``ValueError`` otherwise."""
     if isinstance(budget, bool) or not isinstance(budget, Integral) or int(budget) not in SUPPORTED_BUDGETS:
-        raise ValueError(
-            f"budget {budget!r} is not supported; choose one of {', '.join(map(str, SUPPORTED_BUDGETS))}"
-        )
+        raise ValueError(f"budget {budget!r} is not supported; choose one of {', '.join(map(str, SUPPORTED_BUDGETS))}")
     return int(budget)
 
 

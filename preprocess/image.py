@@ -146,9 +146,7 @@ def preprocess_image(
     decoded = decode_image(image, name=name, max_pixels=max_pixels, draft=draft)
     size = image_target_size(*decoded.original_size, budget)
     pixels = resize_to_target(decoded.image, size, exact=exact)
-    return ImagePatches(
-        patches=patchify(pixels), size=size, original_size=decoded.original_size, budget=budget
-    )
+    return ImagePatches(patches=patchify(pixels), size=size, original_size=decoded.original_size, budget=budget)
 
 
 def collate_images(items: Sequence[ImagePatches], *, max_patches_per_image: int | None = None) -> dict:
@@ -163,9 +161,7 @@ def collate_images(items: Sequence[ImagePatches], *, max_patches_per_image: int 
     width = max_patches_per_image
     for index, item in enumerate(items):
         if item.num_patches > width:
-            raise ValueError(
-                f"image {index} has {item.num_patches} patches, more than max_patches_per_image={width}"
-            )
+            raise ValueError(f"image {index} has {item.num_patches} patches, more than max_patches_per_image={width}")
     pixel_values = np.zeros((len(items), width, PATCH_VALUES), dtype=np.float32)  # (N, M, 768)
     position_ids = np.full((len(items), width, 2), -1, dtype=np.int64)  # (N, M, 2)
     for index, item in enumerate(items):
@@ -180,9 +176,7 @@ def collate_images(items: Sequence[ImagePatches], *, max_patches_per_image: int 
     }
 
 
-def preprocess_images(
-    images: Sequence[ImageSource], budget: int = 280, *, exact: bool = True, **kwargs
-) -> dict:
+def preprocess_images(images: Sequence[ImageSource], budget: int = 280, *, exact: bool = True, **kwargs) -> dict:
     """``collate_images`` of ``preprocess_image`` for each image: the equivalent of calling the reference
     ``Gemma4ImageProcessorPil(max_soft_tokens=budget)(images)``."""
     return collate_images([preprocess_image(im, budget, exact=exact, **kwargs) for im in images])
