@@ -42,3 +42,17 @@ def processor(model_file: str | os.PathLike, control_strings: list[str], image_b
         tokenizer=tokenizer,
         video_processor=Gemma4VideoProcessor(),
     )
+
+
+def load_image(path: str):
+    """The reference's image loader (``transformers.image_utils.load_image``)."""
+    from transformers.image_utils import load_image as _load_image
+
+    return _load_image(path)
+
+
+def load_video(path: str, **kwargs):
+    """The reference's video loader (``transformers.video_utils.load_video``): (frames, metadata)."""
+    from transformers.video_utils import load_video as _load_video
+
+    return _load_video(path, **kwargs)

@@ -150,6 +150,13 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_preprocess(args: argparse.Namespace) -> int:
+    from . import bench_preprocess
+
+    bench_preprocess.run(rows=args.rows, workers=args.workers, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemma4", description="Gemma 4 multimodal preprocessing and inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -214,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="threads for the batched rows (default: CPU count)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_cmd_bench_audio)
+    b = bench.add_parser("preprocess", help="the batch job against datasets.map with the reference processor")
+    b.add_argument("--rows", type=int, default=2000, help="rows in the generated dataset (default 2000)")
+    b.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=_cmd_bench_preprocess)
     return parser
 
 

@@ -1,0 +1,49 @@
+"""``gemma4 bench preprocess`` on a small set: every line is printed, with positive figures and its target."""
+
+from __future__ import annotations
+
+import json
+
+from pipelines import bench_preprocess
+from pipelines.benchmarking import reference
+
+
+def test_make_dataset_mixes_every_kind(tmp_path):
+    data = bench_preprocess.make_dataset(tmp_path, rows=20, seed=1)
+    rows = [json.loads(line) for line in data.manifest.read_text().splitlines()]
+    assert len(rows) == len(data.kinds) == 20
+    assert sorted(set(data.kinds)) == ["audio", "image", "image+audio", "text", "video"]
+    assert (data.tokenizer / "tokenizer.model").is_file()
+    for row, kind in zip(rows, data.kinds, strict=True):
+        parts = row["messages"][0]["content"]
+        media = sorted(p["type"] for p in parts if p["type"] != "text")
+        assert media == ([] if kind == "text" else sorted(kind.split("+")))
+        for part in parts:
+            if part["type"] != "text":
+                assert (data.manifest.parent / part[part["type"]]).is_file()
+
+
+def test_run_prints_every_row_with_its_target(tmp_path):
+    lines: list[str] = []
+    rows = bench_preprocess.run(rows=25, workers=2, emit=lines.append, workdir=tmp_path)
+    text = "\n".join(lines)
+    assert lines[0].startswith("gemma4 bench preprocess: 25 rows")
+    cases = [r.case for r in rows]
+    assert cases == [
+        "2 workers vs 1",
+        "ours vs datasets.map, 1 worker",
+        "ours vs datasets.map, 2 workers",
+        "Parquet bytes per image row",
+        "Arrow bytes per image row",
+    ]
+    assert all(r.ours > 0 for r in rows)
+    assert "target ≥ 1.70×" in text and "target ≥ 2.00×" in text and "target ≤ 0.30×" in text
+    assert "FAILED" not in text  # every generated row went through our job
+    assert list(tmp_path.iterdir()) == []  # the dataset and every output are removed
+    if reference("hf_processor") is None:
+        assert "transformers is not installed" in text
+        return
+    assert all(r.baseline is not None and r.baseline > 0 for r in rows)
+    scaling, one, many, parquet, _ = rows
+    assert one.ours == scaling.baseline and many.ours == scaling.ours  # like for like: the same runs of ours
+    assert parquet.met == (parquet.ours / parquet.baseline <= 0.3)  # lower is better
