@@ -300,33 +300,6 @@ def _reference_in_fresh_process(*args) -> dict[str, float]:
 # --- bytes on disk -------------------------------------------------------------------------------------------
 
 
-@dataclass
-class SmallerIsBetter(Row):
-    """A row whose figure is a cost (bytes): the ratio ours / baseline meets its target when at most ``target``."""
-
-    @property
-    def met(self) -> bool | None:
-        if self.ratio is None or self.target is None:
-            return None
-        return self.ratio <= self.target and self.extra_ok
-
-
-def format_smaller(row: SmallerIsBetter) -> str:
-    """``format_row``'s layout with a ≤ target (``format_row`` only writes ≥)."""
-    base = f"{row.baseline:8.0f}" if row.baseline is not None else "       —"
-    ratio = f"{row.ratio:5.2f}×" if row.ratio is not None else "    —"
-    if row.target is None:
-        target = "(no target)"
-    else:
-        verdict = {True: "met", False: "NOT met", None: "n/a: no reference"}[row.met]
-        target = f"target ≤ {row.target:.2f}× {verdict}"
-    line = (
-        f"{row.group:<11} {row.case:<32} {row.baseline_label:>11} {base} {row.unit}  "
-        f"{row.ours_label:>11} {row.ours:8.0f} {row.unit}  ratio {ratio}  {target}"
-    )
-    return line + (f"\n{'':12}{row.note}" if row.note else "")
-
-
 def _parquet_bytes(table, path: Path) -> int:
     import pyarrow.parquet as pq
 
@@ -453,29 +426,31 @@ def run(
         ours_table = _our_image_rows(tmp / f"ours-{workers}", image_ids)
         ref = theirs[workers]
         result.append(
-            SmallerIsBetter(
+            Row(
                 "disk",
                 "Parquet bytes per image row",
                 ref["bytes"] / images if ref else None,
                 _parquet_bytes(ours_table, tmp / "ours-images.parquet") / images,
                 TARGET_BYTES,
                 unit="bytes/row",
+                lower_is_better=True,
                 note=f"{len(image_ids)} image-only rows, each side's columns written by pyarrow.parquet.write_table",
             )
         )
         result.append(
-            SmallerIsBetter(
+            Row(
                 "disk",
                 "Arrow bytes per image row",
                 ref["arrow_bytes"] / images if ref else None,
                 ours_table.nbytes / images,
                 None,
                 unit="bytes/row",
+                lower_is_better=True,
                 note="uncompressed, as in memory and in the datasets cache (the map's Arrow files)",
             )
         )
         for row in result[-2:]:
-            emit(format_smaller(row))
+            emit(format_row(row))
     return result
 
 

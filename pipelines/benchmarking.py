@@ -25,6 +25,7 @@ class Row:
     ours_label: str = "ours"
     note: str = ""
     extra_ok: bool = True  # a second condition of the target (a fidelity bound, say)
+    lower_is_better: bool = False  # a cost (bytes): the target is met when ratio ≤ target
 
     @property
     def ratio(self) -> float | None:
@@ -34,7 +35,8 @@ class Row:
     def met(self) -> bool | None:
         if self.ratio is None or self.target is None:
             return None
-        return self.ratio >= self.target and self.extra_ok
+        within = self.ratio <= self.target if self.lower_is_better else self.ratio >= self.target
+        return within and self.extra_ok
 
 
 def best_time(fn: Callable[[object], object], items: Sequence[object], repeat: int) -> float:
@@ -56,7 +58,7 @@ def format_row(row: Row) -> str:
         target = "(no target)"
     else:
         verdict = {True: "met", False: "NOT met", None: "n/a: no reference"}[row.met]
-        target = f"target ≥ {row.target:.2f}× {verdict}"
+        target = f"target {'≤' if row.lower_is_better else '≥'} {row.target:.2f}× {verdict}"
     line = (
         f"{row.group:<11} {row.case:<32} {row.baseline_label:>11} {base} {row.unit}  "
         f"{row.ours_label:>11} {row.ours:8.1f} {row.unit}  ratio {ratio}  {target}"

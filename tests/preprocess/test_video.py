@@ -207,7 +207,7 @@ def test_timestamps_past_a_minute():
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"),
+    ("offset", "text"),
     [
         (0.0, "00:00"),
         (0.999, "00:00"),
@@ -219,9 +219,9 @@ def test_timestamps_past_a_minute():
         (6000.0, "100:00"),
     ],
 )
-def test_format_timestamp(seconds, text):
+def test_format_timestamp(offset, text):
     # The reference processor's expression (processing_gemma4.py), written out.
-    assert format_timestamp(seconds) == text == f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
+    assert format_timestamp(offset) == text == f"{int(offset // 60):02d}:{int(offset % 60):02d}"
 
 
 def test_timestamps_property():
