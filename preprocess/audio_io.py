@@ -5,13 +5,14 @@ and does no decoding, downmixing or resampling itself; this module does those th
 
 * Sources: a path, ``bytes``/``bytearray``/``memoryview``, or a binary file object (read from its current
   position), decoded by ``soundfile`` (libsndfile: WAV PCM 8/16/24/32-bit and float, FLAC, OGG/Vorbis and Opus,
-  MP3, AIFF, …) as float32, so integer PCM lands in [-1, 1] (libsndfile divides by 2^(bits-1); the largest 32-bit
-  value rounds up to 1.0 in float32). A file carries its own rate, so ``sample_rate`` must not be given. Or an
-  array of samples — a numpy array or a torch tensor (moved to the CPU) — for which ``sample_rate`` is required:
-  ``(N,)`` is mono and ``(C, N)`` is channels first (the torchaudio convention). Float16/32/64 (and bfloat16
-  tensors) keep their values; integer PCM is scaled as libsndfile does: int8 ``x/128``, uint8 ``(x-128)/128``,
-  int16 ``x/32768``, int32 ``x/2^31``. No clipping and no peak normalisation: float input outside [-1, 1] stays
-  outside.
+  MP3, AIFF, …) as float32, or, for containers libsndfile does not read (M4A/AAC, WebM, the audio track of a video
+  …), by FFmpeg through PyAV (first audio stream, as planar float32), so integer PCM lands in [-1, 1] (libsndfile
+  divides by 2^(bits-1); the largest 32-bit value rounds up to 1.0 in float32). A file carries its own rate, so
+  ``sample_rate`` must not be given. Or an array of samples — a numpy array or a torch tensor (moved to the CPU) —
+  for which ``sample_rate`` is required: ``(N,)`` is mono and ``(C, N)`` is channels first (the torchaudio
+  convention). Float16/32/64 (and bfloat16 tensors) keep their values; integer PCM is scaled as libsndfile does:
+  int8 ``x/128``, uint8 ``(x-128)/128``, int16 ``x/32768``, int32 ``x/2^31``. No clipping and no peak
+  normalisation: float input outside [-1, 1] stays outside.
 * Downmix: the mean over channels, before resampling (C times cheaper, and both steps are linear).
 * Resampling to 16 kHz with ``torchaudio.functional.resample`` and its defaults: windowed sinc with a Hann
   window, ``lowpass_filter_width=6`` zero crossings, ``rolloff=0.99`` (cut-off at 0.99 of the lower Nyquist
@@ -119,15 +120,41 @@ def _from_stream(fp: BinaryIO, what: str) -> np.ndarray:
     fp.seek(start)
     try:
         frames, rate = soundfile.read(fp, dtype="float32", always_2d=True)  # (N, C)
+        channels_first = frames.T  # (C, N), a view
     except MemoryError:
         raise
     except Exception as exc:  # LibsndfileError (a RuntimeError) mostly; damaged data can surface as others
-        raise CorruptAudioError(what, f"cannot decode audio: {type(exc).__name__}: {exc}") from exc
-    if frames.shape[0] == 0:
-        raise EmptyAudioError(what, f"the file holds no samples (0 frames, {frames.shape[1]} channel(s))")
+        fp.seek(start)
+        try:  # containers libsndfile does not read (M4A/AAC, WebM/Opus in video containers, …)
+            channels_first, rate = _decode_with_pyav(fp)
+        except Exception as fallback:
+            raise CorruptAudioError(
+                what, f"cannot decode audio: {type(exc).__name__}: {exc}; PyAV: {type(fallback).__name__}: {fallback}"
+            ) from exc
+    if channels_first.shape[1] == 0:
+        raise EmptyAudioError(what, f"the file holds no samples (0 frames, {channels_first.shape[0]} channel(s))")
     if not (isinstance(rate, int) and rate > 0):
         raise CorruptAudioError(what, f"the file declares sample rate {rate!r}")
-    return _to_16k_mono(frames.T, rate, what)  # (C, N), a view
+    return _to_16k_mono(channels_first, rate, what)
+
+
+def _decode_with_pyav(fp: BinaryIO) -> tuple[np.ndarray, int]:
+    """(C, N) float32 samples and the rate of the first audio stream, decoded by FFmpeg through PyAV."""
+    import av
+
+    with av.open(fp, mode="r") as container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream in the container")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
+        chunks = []
+        for frame in container.decode(stream):
+            chunks += [f.to_ndarray() for f in resampler.resample(frame)]  # (C, n) each
+        chunks += [f.to_ndarray() for f in resampler.resample(None)]
+        rate = int(stream.rate or stream.codec_context.sample_rate)
+    if not chunks:
+        return np.zeros((1, 0), dtype=np.float32), rate
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate
 
 
 def _tensor_to_array(tensor: torch.Tensor, what: str) -> np.ndarray:

@@ -727,3 +727,50 @@ def test_float32_overflow_is_non_finite():
 def test_custom_name_in_message(exc_type, source, rate):
     exc = raises(exc_type, source, rate, name="request 42 / clip 3", names="request 42 / clip 3: ")
     assert exc.source == "request 42 / clip 3"
+
+
+def _encode_with_pyav(fmt: str, codec: str, rate: int, seconds: float, with_video: bool = False) -> bytes:
+    """A 1 kHz tone encoded by FFmpeg through PyAV (formats libsndfile does not read)."""
+    import av
+
+    buf = io.BytesIO()
+    t = np.arange(int(rate * seconds)) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)[None, :]  # (1, N) planar
+    with av.open(buf, "w", format=fmt) as container:
+        if with_video:
+            video = container.add_stream("mpeg4", rate=10)
+            video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        step = 1024
+        for start in range(0, tone.shape[1], step):
+            frame = av.AudioFrame.from_ndarray(tone[:, start : start + step], format="fltp", layout="mono")
+            frame.sample_rate = rate
+            frame.pts = start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+        if with_video:
+            picture = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            container.mux(video.encode(picture))
+            container.mux(video.encode())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "codec", "with_video"), [("mp4", "aac", False), ("mp4", "aac", True)])
+def test_containers_libsndfile_cannot_read_go_through_pyav(fmt, codec, with_video):
+    data = _encode_with_pyav(fmt, codec, 44_100, 2.0, with_video)
+    with pytest.raises(Exception):  # noqa: B017 - precondition: libsndfile itself refuses these bytes
+        soundfile.read(io.BytesIO(data))
+    wave = load_audio(data)
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert abs(len(wave) - 32_000) <= 2_048  # the AAC encoder's priming and padding, at most a frame each side
+    spectrum = np.abs(np.fft.rfft(wave[4000:-4000]))
+    assert abs(np.argmax(spectrum) * 16_000 / len(wave[4000:-4000]) - 1000) < 5
+    rms = np.sqrt(np.mean(wave[4000:-4000] ** 2))
+    assert abs(rms - 0.5 / np.sqrt(2)) < 0.05 * 0.5 / np.sqrt(2)
+
+
+def test_undecodable_by_both_names_both():
+    with pytest.raises(errors.CorruptAudioError, match="PyAV") as info:
+        load_audio(b"\x00\x01garbage" * 100, name="clip.m4a")
+    assert str(info.value).startswith("clip.m4a: ")
