@@ -18,6 +18,8 @@ and does no decoding, downmixing or resampling itself; this module does those th
   window, ``lowpass_filter_width=6`` zero crossings, ``rolloff=0.99`` (cut-off at 0.99 of the lower Nyquist
   frequency). The rate ratio is first reduced by the gcd, ``rate/g → 16000/g``, which is exact for integer
   rates (44.1 kHz becomes 441 → 160). A clip already at 16 kHz is not resampled: its values come back unchanged.
+  Rates sharing few factors with 16 000 (e.g. 11 127 Hz) would need a torchaudio filter of hundreds of millions
+  of values; those go through FFmpeg's swresample (PyAV) instead.
 * Precision: all of the above runs in float32, or in float64 for float64 input; one cast to float32 at the end.
 
 **Deviations.** (1) HF ``transformers.audio_utils.load_audio`` decodes with torchcodec, or with soundfile and
@@ -60,6 +62,9 @@ AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | np
 
 # A (C, N) array with more rows than this is almost surely (N, C): real multichannel audio is at most 7.1.4 etc.
 _MAX_CHANNELS = 16
+# Above this many filter values (64 MB in float32) torchaudio's kernel is too big to build per call: rates that
+# share few factors with 16 000 (e.g. 11 127 Hz) go through FFmpeg's swresample instead.
+MAX_FILTER_VALUES = 16_000_000
 
 # Integer PCM: (kind, bytes per sample) → (offset, scale), value = (x - offset) / scale, as libsndfile reads it.
 _INT_SCALE = {("i", 1): (0, 128), ("u", 1): (128, 128), ("i", 2): (0, 32768), ("i", 4): (0, 2**31)}
@@ -224,6 +229,9 @@ def _resample(mono: np.ndarray, rate: int) -> np.ndarray:
     gcd = math.gcd(rate, SAMPLE_RATE)
     orig, new = rate // gcd, SAMPLE_RATE // gcd  # exact for integer rates: 44100/16000 → 441/160
     length = -(-mono.shape[0] * new // orig)  # ceil(N · new / orig) in integers
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))  # torchaudio's filter half-width, in input samples
+    if new * (2 * width + orig) > MAX_FILTER_VALUES:
+        return _resample_swr(mono, rate, length)
     wave = torch.from_numpy(np.ascontiguousarray(mono))  # (N,)
     out = torchaudio.functional.resample(wave, orig, new)
     if out.shape[0] < length:
@@ -235,3 +243,22 @@ def _resample(mono: np.ndarray, rate: int) -> np.ndarray:
         out = torchaudio.functional.resample(torch.nn.functional.pad(wave, (0, periods * orig)), orig, new)
     assert out.shape[0] >= length, (out.shape, length)
     return out[:length].numpy()
+
+
+def _resample_swr(mono: np.ndarray, rate: int, length: int) -> np.ndarray:
+    """FFmpeg's swresample (through PyAV) for rates whose torchaudio filter would be huge (11 127 Hz → 16 kHz
+    needs 178 M filter values there); padded or cut to ``length`` (swresample's delay is flushed)."""
+    import av
+
+    resampler = av.AudioResampler(format="fltp", layout="mono", rate=SAMPLE_RATE)
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(mono, dtype=np.float32)[None, :], format="fltp", layout="mono"
+    )
+    frame.sample_rate = rate
+    frame.pts = 0
+    chunks = [f.to_ndarray()[0] for f in resampler.resample(frame)] + [
+        f.to_ndarray()[0] for f in resampler.resample(None)
+    ]
+    out = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    out = np.pad(out, (0, max(0, length - out.shape[0])))[:length]
+    return out.astype(mono.dtype, copy=False)

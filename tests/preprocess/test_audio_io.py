@@ -774,3 +774,22 @@ def test_undecodable_by_both_names_both():
     with pytest.raises(errors.CorruptAudioError, match="PyAV") as info:
         load_audio(b"\x00\x01garbage" * 100, name="clip.m4a")
     assert str(info.value).startswith("clip.m4a: ")
+
+
+def test_odd_rate_goes_through_swresample_and_keeps_the_tone(monkeypatch):
+    calls = []
+    original = torchaudio.functional.resample
+    monkeypatch.setattr(torchaudio.functional, "resample", lambda *a, **k: calls.append(a[1:]) or original(*a, **k))
+    rate = 11_127  # gcd(11127, 16000) = 1: torchaudio would build a 178 M-value filter
+    t = np.arange(rate * 2) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    wave = load_audio(tone, rate)
+    assert calls == []  # torchaudio was not asked
+    assert len(wave) == -(-len(tone) * 16_000 // rate)
+    middle = wave[2000:-2000]
+    spectrum = np.abs(np.fft.rfft(middle))
+    assert abs(np.argmax(spectrum) * 16_000 / len(middle) - 1000) < 5
+    assert abs(np.sqrt(np.mean(middle**2)) - 0.5 / np.sqrt(2)) < 0.01 * 0.5 / np.sqrt(2)
+    # A friendly rate still uses torchaudio.
+    load_audio(tone, 44_100)
+    assert calls == [(441, 160)]
