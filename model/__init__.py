@@ -1,3 +1,5 @@
-"""Gemma 4 in PyTorch (text decoder, vision encoder, audio conformer). Built by later issues; empty for now."""
+"""Gemma 4 in PyTorch. So far: the text configuration (``model.config``); the modules follow (issues 6, 7)."""
 
-__all__: list[str] = []
+from .config import PRESETS, ConfigError, RopeConfig, TextConfig, preset, text_from_hf, text_to_hf
+
+__all__ = ["PRESETS", "ConfigError", "RopeConfig", "TextConfig", "preset", "text_from_hf", "text_to_hf"]

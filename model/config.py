@@ -1,0 +1,399 @@
+"""Gemma 4 configurations: frozen dataclasses and one ``PRESETS`` table (spec §1, §8, §10).
+
+``TextConfig`` holds the decoder's hyper-parameters in the project's vocabulary (``d_model``, ``n_heads``,
+``n_kv_heads``, ``head_dim`` …); the Hugging Face names appear only in :func:`text_from_hf` / :func:`text_to_hf`.
+Derived values (layer kinds, the KV-sharing map, per-layer MLP width, parameter counts, KV-cache bytes per
+token) are properties or methods, never stored fields. Vision and audio configs are added with their encoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["RopeConfig", "TextConfig", "PRESETS", "preset", "text_from_hf", "text_to_hf", "ConfigError"]
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+
+
+class ConfigError(ValueError):
+    """A configuration that is inconsistent or describes an architecture this code does not implement."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RopeConfig:
+    """Per layer kind: θ, the fraction of the head dim that rotates, and a frequency divisor (spec §1.2)."""
+
+    sliding_theta: float = 10_000.0
+    full_theta: float = 1_000_000.0
+    full_partial_rotary: float = 0.25  # proportional RoPE: 128 of 512 dims rotate on full layers
+    sliding_factor: float = 1.0
+    full_factor: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextConfig:
+    vocab_size: int = 262_144
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int  # sliding layers (and full layers unless k_eq_v)
+    n_global_kv_heads: int | None = None  # full layers when k_eq_v
+    head_dim: int = 256
+    global_head_dim: int = 512
+    d_ff: int  # dense MLP width (doubled on KV-shared layers when double_wide_mlp)
+    double_wide_mlp: bool = False
+    layer_types: tuple[str, ...]
+    sliding_window: int
+    n_kv_shared_layers: int = 0
+    k_eq_v: bool = False
+    ple_dim: int = 0  # per-layer-embedding width P; 0 = no PLE
+    ple_vocab_size: int = 262_144
+    n_experts: int = 0  # 0 = no MoE block
+    top_k_experts: int = 0
+    moe_d_ff: int = 0
+    final_logit_softcap: float | None = 30.0
+    bidirectional: str | None = None  # "vision": bidirectional attention inside each image (spec §2.7)
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    rms_eps: float = 1e-6
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        def fail(message: str) -> None:
+            raise ConfigError(f"text config: {message}")
+
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
+            if getattr(self, name) < 1:
+                fail(f"{name} must be positive, got {getattr(self, name)}")
+        if len(self.layer_types) != self.n_layers:
+            fail(f"layer_types has {len(self.layer_types)} entries for {self.n_layers} layers")
+        if unknown := set(self.layer_types) - {SLIDING, FULL}:
+            fail(f"unknown layer types {sorted(unknown)}; expected {SLIDING!r} or {FULL!r}")
+        if self.layer_types[-1] != FULL:
+            fail("the last layer must be a full-attention layer (as every Gemma 4 checkpoint has)")
+        if self.n_heads % self.n_kv_heads:
+            fail(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.k_eq_v and (self.n_global_kv_heads is None or self.n_heads % self.n_global_kv_heads):
+            fail("k_eq_v needs n_global_kv_heads dividing n_heads")
+        if not 0 <= self.n_kv_shared_layers < self.n_layers:
+            fail(f"n_kv_shared_layers={self.n_kv_shared_layers} must lie in 0…{self.n_layers - 1}")
+        producers = set(self.layer_types[: self.n_layers - self.n_kv_shared_layers])
+        if self.n_kv_shared_layers and producers != {SLIDING, FULL}:
+            fail("with KV sharing, the non-shared layers must include both sliding and full layers")
+        if self.n_experts and not (0 < self.top_k_experts <= self.n_experts and self.moe_d_ff > 0):
+            fail("an MoE block needs 0 < top_k_experts ≤ n_experts and moe_d_ff > 0")
+        if self.sliding_window < 1:
+            fail(f"sliding_window must be positive, got {self.sliding_window}")
+        if self.bidirectional not in (None, "vision"):
+            fail(f"bidirectional must be None or 'vision', got {self.bidirectional!r}")
+
+    # --- per layer -------------------------------------------------------------------------------------------
+
+    def is_full(self, layer: int) -> bool:
+        return self.layer_types[layer] == FULL
+
+    def layer_head_dim(self, layer: int) -> int:
+        return self.global_head_dim if self.is_full(layer) else self.head_dim
+
+    def layer_kv_heads(self, layer: int) -> int:
+        return self.n_global_kv_heads if (self.is_full(layer) and self.k_eq_v) else self.n_kv_heads
+
+    def layer_has_value_proj(self, layer: int) -> bool:
+        """False on K=V layers, whose values are the raw keys."""
+        return not (self.is_full(layer) and self.k_eq_v)
+
+    @property
+    def first_shared_layer(self) -> int:
+        return self.n_layers - self.n_kv_shared_layers
+
+    def kv_source(self, layer: int) -> int:
+        """The layer whose K/V (and cache) ``layer`` uses: itself, or for a KV-shared layer the last non-shared
+        layer of the same kind (spec §1.3)."""
+        if layer < self.first_shared_layer:
+            return layer
+        kind = self.layer_types[layer]
+        return max(i for i in range(self.first_shared_layer) if self.layer_types[i] == kind)
+
+    def layer_d_ff(self, layer: int) -> int:
+        doubled = self.double_wide_mlp and layer >= self.first_shared_layer
+        return self.d_ff * 2 if doubled else self.d_ff
+
+    # --- counts ----------------------------------------------------------------------------------------------
+
+    def num_parameters(self) -> dict[str, int]:
+        """Learned parameters per component (spec §8.1; tied output counted once, shared layers' unused K/V
+        projections not counted, the per-layer scalars listed apart)."""
+        h, p = self.d_model, self.ple_dim
+        attention = mlp = moe = ple_layers = 0
+        for i in range(self.n_layers):
+            d, q = self.layer_head_dim(i), self.n_heads * self.layer_head_dim(i)
+            if i >= self.first_shared_layer:
+                attention += 2 * q * h + d  # q, o, q_norm
+            else:
+                kv = self.layer_kv_heads(i) * d * h
+                attention += 2 * q * h + kv * (2 if self.layer_has_value_proj(i) else 1) + 2 * d
+            mlp += 3 * h * self.layer_d_ff(i)
+            if self.n_experts:
+                moe += self.n_experts * 3 * h * self.moe_d_ff + self.n_experts * h + h + self.n_experts + 3 * h
+            if p:
+                ple_layers += 2 * p * h + h  # gate, projection, post-PLE norm
+        counts = {
+            "embedding": self.vocab_size * h,
+            "ple_table": self.ple_vocab_size * self.n_layers * p,
+            "ple_projection": (self.n_layers * p * h + p) if p else 0,
+            "attention": attention,
+            "mlp": mlp,
+            "moe": moe,
+            "norms": 4 * h * self.n_layers + h,
+            "ple_layers": ple_layers,
+        }
+        counts["total"] = sum(counts.values())
+        counts["layer_scalars"] = self.n_layers
+        return counts
+
+    def kv_cache_bytes_per_token(self, bytes_per_value: int = 2) -> int:
+        """Cache bytes one token adds (K and V of every layer that owns a cache; K=V layers store K once)."""
+        total = 0
+        for i in range(self.first_shared_layer):
+            per_tensor = self.layer_kv_heads(i) * self.layer_head_dim(i) * bytes_per_value
+            total += per_tensor * (2 if self.layer_has_value_proj(i) else 1)
+        return total
+
+
+def _layer_types(n_layers: int, period: int) -> tuple[str, ...]:
+    return tuple(FULL if (i + 1) % period == 0 or i == n_layers - 1 else SLIDING for i in range(n_layers))
+
+
+def _make(**kw: Any) -> TextConfig:
+    period = kw.pop("period")
+    return TextConfig(layer_types=_layer_types(kw["n_layers"], period), **kw)
+
+
+# Sources: spec §1.1 (GM `_gemma4.py` presets; HF config.json values). Tiny presets are for CPU tests: they keep
+# every feature of their family (PLE, KV sharing, double-wide MLP / K=V with global KV heads / MoE).
+PRESETS: dict[str, TextConfig] = {
+    "gemma4-e2b": _make(
+        d_model=1536,
+        n_layers=35,
+        n_heads=8,
+        n_kv_heads=1,
+        d_ff=6144,
+        double_wide_mlp=True,
+        period=5,
+        sliding_window=512,
+        n_kv_shared_layers=20,
+        ple_dim=256,
+    ),
+    "gemma4-e4b": _make(
+        d_model=2560,
+        n_layers=42,
+        n_heads=8,
+        n_kv_heads=2,
+        d_ff=10240,
+        period=6,
+        sliding_window=512,
+        n_kv_shared_layers=18,
+        ple_dim=256,
+    ),
+    "gemma4-31b": _make(
+        d_model=5376,
+        n_layers=60,
+        n_heads=32,
+        n_kv_heads=16,
+        n_global_kv_heads=4,
+        d_ff=21504,
+        period=6,
+        sliding_window=1024,
+        k_eq_v=True,
+        bidirectional="vision",
+    ),
+    "gemma4-26b-a4b": _make(
+        d_model=2816,
+        n_layers=30,
+        n_heads=16,
+        n_kv_heads=8,
+        n_global_kv_heads=2,
+        d_ff=2112,
+        period=6,
+        sliding_window=1024,
+        k_eq_v=True,
+        n_experts=128,
+        top_k_experts=8,
+        moe_d_ff=704,
+        bidirectional="vision",
+    ),
+    "tiny-e2b": _make(
+        vocab_size=512,
+        d_model=64,
+        n_layers=6,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=16,
+        global_head_dim=32,
+        d_ff=128,
+        double_wide_mlp=True,
+        period=3,
+        sliding_window=8,
+        n_kv_shared_layers=2,
+        ple_dim=16,
+        ple_vocab_size=512,
+    ),
+    "tiny-31b": _make(
+        vocab_size=512,
+        d_model=64,
+        n_layers=6,
+        n_heads=4,
+        n_kv_heads=2,
+        n_global_kv_heads=1,
+        head_dim=16,
+        global_head_dim=32,
+        d_ff=128,
+        period=3,
+        sliding_window=8,
+        k_eq_v=True,
+        bidirectional="vision",
+    ),
+    "tiny-moe": _make(
+        vocab_size=512,
+        d_model=64,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        n_global_kv_heads=1,
+        head_dim=16,
+        global_head_dim=32,
+        d_ff=96,
+        period=2,
+        sliding_window=8,
+        k_eq_v=True,
+        n_experts=8,
+        top_k_experts=2,
+        moe_d_ff=32,
+        bidirectional="vision",
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> TextConfig:
+    """A preset, optionally with fields replaced (``dataclasses.replace`` semantics: validated again)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+# --- Hugging Face config.json ---------------------------------------------------------------------------------
+
+_HF_NAMES = {  # ours → config.json (text_config)
+    "vocab_size": "vocab_size",
+    "d_model": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads",
+    "n_global_kv_heads": "num_global_key_value_heads",
+    "head_dim": "head_dim",
+    "global_head_dim": "global_head_dim",
+    "d_ff": "intermediate_size",
+    "double_wide_mlp": "use_double_wide_mlp",
+    "sliding_window": "sliding_window",
+    "n_kv_shared_layers": "num_kv_shared_layers",
+    "k_eq_v": "attention_k_eq_v",
+    "ple_dim": "hidden_size_per_layer_input",
+    "ple_vocab_size": "vocab_size_per_layer_input",
+    "final_logit_softcap": "final_logit_softcapping",
+    "bidirectional": "use_bidirectional_attention",
+    "rms_eps": "rms_norm_eps",
+    "tie_embeddings": "tie_word_embeddings",
+}
+
+
+def text_from_hf(config: Mapping[str, Any]) -> TextConfig:
+    """A ``TextConfig`` from a checkpoint's ``config.json`` (the whole file or its ``text_config``)."""
+    text = config.get("text_config", config)
+    model_type = text.get("model_type", "gemma4_text")
+    if model_type not in ("gemma4_text", "gemma4"):
+        raise ConfigError(f"config.json describes model_type {model_type!r}, not a Gemma 4 text model")
+    if text.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise ConfigError(f"unsupported hidden_activation {text['hidden_activation']!r}")
+    if text.get("attention_bias"):
+        raise ConfigError("attention_bias=true is not a Gemma 4 architecture")
+    kw: dict[str, Any] = {}
+    for ours, theirs in _HF_NAMES.items():
+        if text.get(theirs) is not None:
+            kw[ours] = text[theirs]
+    if text.get("enable_moe_block"):
+        kw.update(
+            n_experts=text["num_experts"], top_k_experts=text["top_k_experts"], moe_d_ff=text["moe_intermediate_size"]
+        )
+    n_layers = kw["n_layers"]
+    kw["layer_types"] = tuple(text.get("layer_types") or _layer_types(n_layers, 6))
+    kw.update(_per_layer_overrides(text.get("per_layer_config") or {}, kw["layer_types"]))
+    rope = text.get("rope_parameters") or {}
+    sliding, full = rope.get(SLIDING, {}), rope.get(FULL, {})
+    for kind, params, allowed in ((SLIDING, sliding, ("default",)), (FULL, full, ("proportional",))):
+        if params.get("rope_type", allowed[0]) not in allowed:
+            raise ConfigError(
+                f"rope_parameters[{kind!r}] has rope_type {params['rope_type']!r}; expected {allowed[0]!r}"
+            )
+    kw["rope"] = RopeConfig(
+        sliding_theta=float(sliding.get("rope_theta", 10_000.0)),
+        full_theta=float(full.get("rope_theta", 1_000_000.0)),
+        full_partial_rotary=float(full.get("partial_rotary_factor", 0.25)),
+        sliding_factor=float(sliding.get("factor", 1.0)),
+        full_factor=float(full.get("factor", 1.0)),
+    )
+    if missing := [
+        m for m in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "sliding_window") if m not in kw
+    ]:
+        raise ConfigError(f"config.json lacks {', '.join(_HF_NAMES[m] for m in missing)}")
+    return TextConfig(**kw)
+
+
+def _per_layer_overrides(per_layer: Mapping[str, Mapping[str, Any]], layer_types: tuple[str, ...]) -> dict[str, int]:
+    """``global_head_dim`` / ``n_global_kv_heads`` from transformers' ``per_layer_config`` (how it saves them):
+    the same override on every full layer, none on sliding layers; anything else is not Gemma 4."""
+    found: dict[str, set] = {"head_dim": set(), "num_key_value_heads": set()}
+    for key, overrides in per_layer.items():
+        layer = int(key)
+        if not 0 <= layer < len(layer_types) or layer_types[layer] != FULL or set(overrides) - set(found):
+            raise ConfigError(f"per_layer_config[{key!r}] = {dict(overrides)} is not a Gemma 4 full-layer override")
+        for name, value in overrides.items():
+            found[name].add(value)
+    if any(len(values) > 1 for values in found.values()):
+        raise ConfigError(f"per_layer_config gives full layers different values: {found}")
+    out = {}
+    if found["head_dim"]:
+        out["global_head_dim"] = found["head_dim"].pop()
+    if found["num_key_value_heads"]:
+        out["n_global_kv_heads"] = found["num_key_value_heads"].pop()
+    return out
+
+
+def text_to_hf(config: TextConfig) -> dict[str, Any]:
+    """The ``text_config`` dict of ``config.json`` for ``config`` (inverse of :func:`text_from_hf`)."""
+    out: dict[str, Any] = {"model_type": "gemma4_text", "hidden_activation": "gelu_pytorch_tanh"}
+    for ours, theirs in _HF_NAMES.items():
+        out[theirs] = getattr(config, ours)
+    if out["num_global_key_value_heads"] is None:
+        del out["num_global_key_value_heads"]
+    if not config.ple_dim:
+        out["hidden_size_per_layer_input"] = 0
+    out["layer_types"] = list(config.layer_types)
+    out["enable_moe_block"] = bool(config.n_experts)
+    if config.n_experts:
+        out.update(
+            num_experts=config.n_experts, top_k_experts=config.top_k_experts, moe_intermediate_size=config.moe_d_ff
+        )
+    rope = config.rope
+    sliding = {"rope_type": "default", "rope_theta": rope.sliding_theta}
+    full = {
+        "rope_type": "proportional",
+        "partial_rotary_factor": rope.full_partial_rotary,
+        "rope_theta": rope.full_theta,
+    }
+    if rope.sliding_factor != 1.0:
+        sliding["factor"] = rope.sliding_factor
+    if rope.full_factor != 1.0:
+        full["factor"] = rope.full_factor
+    out["rope_parameters"] = {SLIDING: sliding, FULL: full}
+    return out
