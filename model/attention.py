@@ -1,0 +1,68 @@
+"""Self-attention of the text decoder (spec §2.5): q/k/v norms, scale 1, GQA, K=V, KV sharing.
+
+Non-shared layers project K (and V, except on K=V layers whose values are the raw keys), norm K with a learned
+scale and V without one, rotate Q and K. KV-shared layers take the K/V of their source layer. Attention is
+``scaled_dot_product_attention`` with ``scale=1`` and a boolean mask (softmax in float32 inside SDPA).
+
+Shapes: B batch, T tokens, N query heads, K KV heads, H head dim, D model dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.functional import scaled_dot_product_attention
+
+from .config import TextConfig
+from .norm import RMSNorm, rms_norm
+from .rope import apply_rope
+
+__all__ = ["Attention"]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TextConfig, layer: int) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_dim = config.layer_head_dim(layer)
+        self.n_kv_heads = config.layer_kv_heads(layer)
+        self.eps = config.rms_eps
+        self.shared = layer != config.kv_source(layer)
+        d, q_width = config.d_model, config.n_heads * self.head_dim
+        self.q_proj = nn.Linear(d, q_width, bias=False)
+        self.o_proj = nn.Linear(q_width, d, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_eps)
+        if not self.shared:
+            self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_eps)
+            self.v_proj = (
+                nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+                if config.layer_has_value_proj(layer)
+                else None
+            )
+
+    def key_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D) → k, v (B, K, T, H): normed, k rotated."""
+        b, t, _ = x.shape
+        k_raw = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, K, H)
+        v_raw = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim) if self.v_proj is not None else k_raw
+        k = apply_rope(self.k_norm(k_raw), cos, sin)
+        v = rms_norm(v_raw, None, self.eps)  # value norm without scale, on every non-shared layer
+        return k.transpose(1, 2), v.transpose(1, 2)  # (B, K, T, H)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, T, D), cos/sin (B, T, H), mask (B, 1, T, S) → (out (B, T, D), (k, v) (B, K, S, H))."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, N, H)
+        q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)  # (B, N, T, H)
+        k, v = shared_kv if self.shared else self.key_values(x, cos, sin)
+        out = scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=self.n_heads != k.shape[1])
+        out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, N·H)
+        return self.o_proj(out), (k, v)

@@ -1,0 +1,99 @@
+"""Hugging Face checkpoints ↔ our modules: the only file that knows HF tensor names (spec §7.1).
+
+Text weights live under ``model.language_model.`` (``Gemma4ForConditionalGeneration``) or ``model.``
+(``Gemma4ForCausalLM``); below that prefix our module names equal theirs. The tied ``lm_head.weight`` is not
+loaded (it is the embedding). K/V projections that some checkpoints store for KV-shared layers are unused and
+skipped. The model is built on the meta device and its tensors are taken straight from the memory-mapped
+safetensors files (``assign=True``), so peak memory stays near the size of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .config import TextConfig, text_from_hf
+from .decoder import TextDecoder
+
+__all__ = ["CheckpointError", "load_text_decoder", "read_safetensors"]
+
+PREFIXES = ("model.language_model.", "model.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose files, names or shapes do not fit the configuration."""
+
+
+def _files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [directory / n for n in names]
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise CheckpointError(f"{os.fspath(directory)!r} has neither model.safetensors nor model.safetensors.index.json")
+
+
+def read_safetensors(directory: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, memory-mapped (converted only when ``dtype`` differs)."""
+    tensors = {}
+    for file in _files(Path(directory)):
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                tensors[key] = tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+    return tensors
+
+
+def _text_weights(tensors: dict[str, torch.Tensor], config: TextConfig) -> dict[str, torch.Tensor]:
+    prefix = next((p for p in PREFIXES if any(k.startswith(p + "embed_tokens.") for k in tensors)), None)
+    if prefix is None:
+        raise CheckpointError("no text embedding (model[.language_model].embed_tokens.weight) in the checkpoint")
+    out = {}
+    for key, tensor in tensors.items():
+        towers = ("vision_tower.", "audio_tower.", "embed_vision.", "embed_audio.")
+        if not key.startswith(prefix) or key.startswith(tuple(prefix + t for t in towers)):
+            continue  # the vision and audio towers and their embedders
+        name = key[len(prefix) :]
+        parts = name.split(".")
+        if parts[0] == "layers" and parts[2] == "self_attn" and parts[3] in ("k_proj", "v_proj", "k_norm"):
+            layer = int(parts[1])
+            if config.kv_source(layer) != layer:
+                continue  # a KV-shared layer's unused projection
+        out[name] = tensor
+    return out
+
+
+def load_text_decoder(
+    directory: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> TextDecoder:
+    """Build the text decoder of a checkpoint directory (``config.json`` + safetensors) and load its weights."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{os.fspath(directory)!r} has no config.json")
+    config = text_from_hf(json.loads(config_path.read_text()))
+    with torch.device("meta"):
+        model = TextDecoder(config)
+    weights = _text_weights(read_safetensors(directory, dtype), config)
+    expected = {k: v for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [
+        f"{k}: checkpoint {tuple(weights[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{os.fspath(directory)!r} does not fit its config: missing {missing}, unexpected {unexpected}, "
+            f"wrong shapes {wrong}"
+        )
+    model.load_state_dict({k: weights[k].to(device) for k in expected}, assign=True)
+    model.reset_buffers(device)  # non-persistent buffers (RoPE frequencies) were built on meta
+    return model.eval()

@@ -1,0 +1,147 @@
+"""The Gemma 4 text decoder (spec §2.2–§2.4, §2.9): scaled embeddings, per-layer embeddings, decoder layers,
+final norm, tied output embedding with a logit soft-cap. No MoE block yet (26B-A4B is refused).
+
+Shapes: B batch, T tokens, D model dim, L layers, P per-layer-embedding width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.functional import gelu
+
+from .attention import Attention
+from .config import TextConfig
+from .masks import full_mask, sliding_mask
+from .norm import RMSNorm
+from .rope import inverse_frequencies, rope_cos_sin
+
+__all__ = ["MLP", "DecoderLayer", "TextDecoder"]
+
+
+class MLP(nn.Module):
+    """``(GELU_tanh(x·W_gateᵀ) ⊙ x·W_upᵀ)·W_downᵀ``."""
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: TextConfig, layer: int) -> None:
+        super().__init__()
+        d, eps = config.d_model, config.rms_eps
+        self.self_attn = Attention(config, layer)
+        self.mlp = MLP(d, config.layer_d_ff(layer))
+        self.input_layernorm = RMSNorm(d, eps)
+        self.post_attention_layernorm = RMSNorm(d, eps)
+        self.pre_feedforward_layernorm = RMSNorm(d, eps)
+        self.post_feedforward_layernorm = RMSNorm(d, eps)
+        self.ple = config.ple_dim > 0
+        if self.ple:
+            self.per_layer_input_gate = nn.Linear(d, config.ple_dim, bias=False)
+            self.per_layer_projection = nn.Linear(config.ple_dim, d, bias=False)
+            self.post_per_layer_input_norm = RMSNorm(d, eps)
+        self.register_buffer("layer_scalar", torch.ones(1))
+
+    def forward(self, h, cos, sin, mask, ple=None, shared_kv=None):
+        """h (B, T, D), ple (B, T, P) or None → (h (B, T, D), this layer's (k, v))."""
+        a, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, shared_kv)
+        h = h + self.post_attention_layernorm(a)
+        h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        if self.ple:
+            gated = gelu(self.per_layer_input_gate(h), approximate="tanh") * ple  # (B, T, P)
+            h = h + self.post_per_layer_input_norm(self.per_layer_projection(gated))
+        return h * self.layer_scalar, kv
+
+
+class TextDecoder(nn.Module):
+    """Token ids → logits. ``forward(input_ids, attention_mask, mm_token_type_ids=None, inputs_embeds=None)``."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        if config.n_experts:
+            raise NotImplementedError("the MoE block (26B-A4B) is not implemented yet")
+        self.config = config
+        d = config.d_model
+        self.embed_tokens = nn.Embedding(config.vocab_size, d)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(d, config.rms_eps)
+        if config.ple_dim:
+            p, n = config.ple_dim, config.n_layers
+            self.embed_tokens_per_layer = nn.Embedding(config.ple_vocab_size, n * p)
+            self.per_layer_model_projection = nn.Linear(d, n * p, bias=False)
+            self.per_layer_projection_norm = RMSNorm(p, config.rms_eps)
+        self.register_buffer("sliding_freq", torch.empty(config.head_dim // 2), persistent=False)
+        self.register_buffer("full_freq", torch.empty(config.global_head_dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self, device: str | torch.device | None = None) -> None:
+        """(Re)compute the non-persistent RoPE frequencies, e.g. after building on the meta device."""
+        c, rope = self.config, self.config.rope
+        device = torch.device(device) if device is not None else self.sliding_freq.device
+        if device.type == "meta":
+            return
+        self.sliding_freq = inverse_frequencies(c.head_dim, rope.sliding_theta, 1.0, rope.sliding_factor).to(device)
+        self.full_freq = inverse_frequencies(
+            c.global_head_dim, rope.full_theta, rope.full_partial_rotary, rope.full_factor
+        ).to(device)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) → (B, T, D): E[id] · sqrt(D), the scale rounded to the weight dtype first (spec §2.2)."""
+        weight = self.embed_tokens.weight
+        return self.embed_tokens(input_ids) * torch.tensor(math.sqrt(self.config.d_model), dtype=weight.dtype)
+
+    def per_layer_inputs(self, input_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and the final input embeddings (B, T, D) → (B, T, L, P) per-layer embeddings (spec §2.3)."""
+        c = self.config
+        b, t = input_ids.shape
+        table = self.embed_tokens_per_layer(input_ids) * math.sqrt(c.ple_dim)  # (B, T, L·P)
+        table = table.view(b, t, c.n_layers, c.ple_dim)  # (B, T, L, P)
+        context = self.per_layer_model_projection(x) * c.d_model**-0.5  # (B, T, L·P)
+        context = self.per_layer_projection_norm(context.view(b, t, c.n_layers, c.ple_dim))  # (B, T, L, P)
+        return (context + table) * 2**-0.5
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T) → logits (B, T, V) float32 … in the weights' dtype. Positions count real tokens."""
+        c = self.config
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        ple = self.per_layer_inputs(input_ids, x) if c.ple_dim else None
+        masks = {
+            "full": full_mask(attention_mask),
+            "sliding": sliding_mask(
+                attention_mask, c.sliding_window, mm_token_type_ids if c.bidirectional == "vision" else None
+            ),
+        }
+        rope = {
+            kind: rope_cos_sin(positions, freq, x.dtype)
+            for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
+        }
+        caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        h = x
+        for i, layer in enumerate(self.layers):
+            kind = "full" if c.is_full(i) else "sliding"
+            source = c.kv_source(i)
+            h, kv = layer(h, *rope[kind], masks[kind], None if ple is None else ple[:, :, i], caches.get(source))
+            if source == i:
+                caches[i] = kv
+        logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, T, V), tied
+        if c.final_logit_softcap:
+            logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+        return logits

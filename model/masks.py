@@ -1,0 +1,55 @@
+"""Attention masks of the text decoder (spec §2.7), as boolean ``(B, 1, T, S)`` tensors (True = may attend).
+
+Full layers: causal and the key is not padding. Sliding layers: also ``k > q − W`` (exactly W keys including
+the query itself). With ``bidirectional`` ("vision" presets), sliding layers also let every token of an image
+(or video frame) block see the whole block, later tokens included; full layers stay causal. A block is a
+maximal run of image (type 1) or video (type 2) soft-token positions. Query rows with no allowed key (left
+padding) are opened to every key so that attention stays finite; their outputs are never used.
+
+Shapes: B batch, T query tokens, S key tokens (S = T without a cache).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["vision_blocks", "full_mask", "sliding_mask"]
+
+
+def vision_blocks(mm_token_type_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) types → (B, T) int64 block ids: 0, 1, 2 … per run of image/video soft tokens, −1 elsewhere."""
+    vision = (mm_token_type_ids == 1) | (mm_token_type_ids == 2)  # (B, T)
+    previous = torch.nn.functional.pad(vision[:, :-1], (1, 0), value=False)
+    starts = vision & ~previous
+    ids = starts.long().cumsum(dim=1) - 1  # (B, T)
+    return torch.where(vision, ids, torch.full_like(ids, -1))
+
+
+def _finish(allowed: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    allowed = allowed & key_valid[:, None, :]  # (B, T, S)
+    allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # rows with no key: open them (output unused)
+    return allowed[:, None]  # (B, 1, T, S)
+
+
+def full_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """attention_mask (B, T) bool/int (1 = real token) → (B, 1, T, T) causal mask."""
+    t = attention_mask.shape[1]
+    positions = torch.arange(t, device=attention_mask.device)
+    causal = positions[None, :] <= positions[:, None]  # (T, S)
+    return _finish(causal[None].expand(attention_mask.shape[0], t, t), attention_mask.bool())
+
+
+def sliding_mask(
+    attention_mask: torch.Tensor, window: int, mm_token_type_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, 1, T, T) sliding-window mask; with ``mm_token_type_ids``, bidirectional inside vision blocks."""
+    b, t = attention_mask.shape
+    positions = torch.arange(t, device=attention_mask.device)
+    causal = positions[None, :] <= positions[:, None]  # (T, S)
+    recent = positions[None, :] > positions[:, None] - window  # (T, S)
+    allowed = causal[None].expand(b, t, t)
+    if mm_token_type_ids is not None:
+        blocks = vision_blocks(mm_token_type_ids)  # (B, T)
+        same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)  # (B, T, S)
+        allowed = allowed | same
+    return _finish(allowed & recent[None], attention_mask.bool())

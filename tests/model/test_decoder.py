@@ -1,0 +1,103 @@
+"""The text decoder against the reference: logits through the production checkpoint loader; masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, load_text_decoder
+from model.config import PRESETS, text_to_hf
+from model.masks import full_mask, sliding_mask, vision_blocks
+
+transformers = pytest.importorskip("transformers")
+
+
+def reference_checkpoint(name: str, directory, seed: int = 0):
+    """A tiny random reference model with perturbed norms and layer scalars, saved with save_pretrained."""
+    torch.manual_seed(seed)
+    reference = transformers.Gemma4ForCausalLM(transformers.Gemma4TextConfig(**text_to_hf(PRESETS[name]))).eval()
+    with torch.no_grad():
+        for key, tensor in list(reference.named_parameters()) + list(reference.named_buffers()):
+            if "norm" in key:
+                tensor.add_(torch.randn_like(tensor) * 0.1)  # random init leaves every norm weight at 1
+            if "layer_scalar" in key:
+                tensor.copy_(torch.rand_like(tensor) + 0.5)
+    reference.save_pretrained(directory)
+    return reference
+
+
+def batch(seed: int = 1, length: int = 24):
+    torch.manual_seed(seed)
+    ids = torch.randint(10, 500, (3, length))
+    mask = torch.ones(3, length, dtype=torch.long)
+    mask[1, :5] = 0  # left padding
+    mask[2, :11] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b"])
+def test_logits_equal_reference(name, tmp_path):
+    reference = reference_checkpoint(name, tmp_path)
+    ours = load_text_decoder(tmp_path)
+    ids, mask = batch()
+    assert ids.shape[1] > PRESETS[name].sliding_window  # the window matters
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, mask)
+    valid = mask.bool()
+    assert (expected - got)[valid].abs().max() <= 1e-4
+    # bfloat16: the same weights cast, compared with the reference in bfloat16.
+    with torch.no_grad():
+        expected16 = reference.to(torch.bfloat16)(input_ids=ids, attention_mask=mask).logits.float()
+        got16 = load_text_decoder(tmp_path, dtype=torch.bfloat16)(ids, mask).float()
+    assert (expected16 - got16)[valid].abs().max() <= 0.25  # bf16 rounding of 30·tanh(x/30) logits
+
+
+def test_padding_does_not_change_real_rows(tmp_path):
+    reference_checkpoint("tiny-e2b", tmp_path)
+    ours = load_text_decoder(tmp_path)
+    ids, mask = batch()
+    with torch.no_grad():
+        together = ours(ids, mask)
+        alone = ours(ids[1:2, 5:], mask[1:2, 5:])
+    assert torch.allclose(together[1, 5:], alone[0], atol=1e-5)
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_text_decoder(tmp_path)
+    reference_checkpoint("tiny-31b", tmp_path)
+    import json
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["intermediate_size"] = 100
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="wrong shapes"):
+        load_text_decoder(tmp_path)
+
+
+def brute_force_sliding(mask, window, types):
+    b, t = mask.shape
+    blocks = vision_blocks(types) if types is not None else torch.full((b, t), -1)
+    out = torch.zeros(b, 1, t, t, dtype=torch.bool)
+    for i in range(b):
+        for q in range(t):
+            for k in range(t):
+                same = types is not None and blocks[i, q] >= 0 and blocks[i, q] == blocks[i, k]
+                out[i, 0, q, k] = (k <= q or same) and k > q - window and bool(mask[i, k])
+            if not out[i, 0, q].any():
+                out[i, 0, q] = True
+    return out
+
+
+def test_masks_follow_the_spec():
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 10])
+    types = torch.tensor([[0, 0, 0, 1, 1, 1, 0, 2, 2, 0], [1, 1, 0, 0, 1, 1, 1, 1, 0, 0]])
+    assert vision_blocks(types).tolist() == [[-1, -1, -1, 0, 0, 0, -1, 1, 1, -1], [0, 0, -1, -1, 1, 1, 1, 1, -1, -1]]
+    for window in (1, 3, 20):
+        assert torch.equal(sliding_mask(mask, window), brute_force_sliding(mask, window, None))
+        assert torch.equal(sliding_mask(mask, window, types), brute_force_sliding(mask, window, types))
+    causal = full_mask(mask)
+    assert causal[0, 0, 5].tolist() == [False, False, True, True, True, True, False, False, False, False]
+    assert causal[0, 0, 0].all()  # a padding row is opened (finite attention), its output unused
