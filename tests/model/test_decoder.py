@@ -101,3 +101,14 @@ def test_masks_follow_the_spec():
     causal = full_mask(mask)
     assert causal[0, 0, 5].tolist() == [False, False, True, True, True, True, False, False, False, False]
     assert causal[0, 0, 0].all()  # a padding row is opened (finite attention), its output unused
+
+
+@pytest.mark.parametrize("name", ["gemma4-e2b", "gemma4-e4b", "gemma4-31b", "tiny-e2b", "tiny-31b"])
+def test_full_size_modules_on_meta_match_the_config_count(name):
+    from model.decoder import TextDecoder
+
+    with torch.device("meta"):
+        model = TextDecoder(PRESETS[name])
+    learned = sum(p.numel() for p in model.parameters())
+    assert learned == PRESETS[name].num_parameters()["total"]
+    assert sum(b.numel() for n, b in model.named_buffers() if n.endswith("layer_scalar")) == PRESETS[name].n_layers
