@@ -1,5 +1,5 @@
 """The Gemma 4 text decoder (spec §2.2–§2.4, §2.9): scaled embeddings, per-layer embeddings, decoder layers,
-final norm, tied output embedding with a logit soft-cap. No MoE block yet (26B-A4B is refused).
+final norm, tied output embedding with a logit soft-cap, and the MoE block of 26B-A4B (``model.moe``).
 
 Shapes: B batch, T tokens, D model dim, L layers, P per-layer-embedding width, V vocabulary.
 """
@@ -15,6 +15,7 @@ from torch.nn.functional import gelu
 from .attention import Attention
 from .config import TextConfig
 from .masks import full_mask, sliding_mask
+from .moe import Experts, Router
 from .norm import RMSNorm
 from .rope import inverse_frequencies, rope_cos_sin
 
@@ -44,6 +45,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(d, eps)
         self.pre_feedforward_layernorm = RMSNorm(d, eps)
         self.post_feedforward_layernorm = RMSNorm(d, eps)
+        self.moe = config.n_experts > 0
+        if self.moe:
+            self.router = Router(d, config.n_experts, config.top_k_experts, eps)
+            self.experts = Experts(d, config.n_experts, config.moe_d_ff)
+            self.post_feedforward_layernorm_1 = RMSNorm(d, eps)
+            self.pre_feedforward_layernorm_2 = RMSNorm(d, eps)
+            self.post_feedforward_layernorm_2 = RMSNorm(d, eps)
         self.ple = config.ple_dim > 0
         if self.ple:
             self.per_layer_input_gate = nn.Linear(d, config.ple_dim, bias=False)
@@ -55,11 +63,22 @@ class DecoderLayer(nn.Module):
         """h (B, T, D), ple (B, T, P) or None → (h (B, T, D), this layer's (k, v))."""
         a, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, shared_kv)
         h = h + self.post_attention_layernorm(a)
-        h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        dense = self.mlp(self.pre_feedforward_layernorm(h))
+        if self.moe:
+            h = h + self.post_feedforward_layernorm(self.post_feedforward_layernorm_1(dense) + self._moe(h))
+        else:
+            h = h + self.post_feedforward_layernorm(dense)
         if self.ple:
             gated = gelu(self.per_layer_input_gate(h), approximate="tanh") * ple  # (B, T, P)
             h = h + self.post_per_layer_input_norm(self.per_layer_projection(gated))
         return h * self.layer_scalar, kv
+
+    def _moe(self, r: torch.Tensor) -> torch.Tensor:
+        """r (B, T, D) residual → the experts' branch (B, T, D), before the shared post-norm (spec §2.8)."""
+        flat = r.reshape(-1, r.shape[-1])  # (N, D)
+        weights, experts = self.router(flat)
+        y = self.experts(self.pre_feedforward_layernorm_2(flat), weights, experts)
+        return self.post_feedforward_layernorm_2(y).view_as(r)
 
 
 class TextDecoder(nn.Module):
@@ -67,8 +86,6 @@ class TextDecoder(nn.Module):
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
-        if config.n_experts:
-            raise NotImplementedError("the MoE block (26B-A4B) is not implemented yet")
         self.config = config
         d = config.d_model
         self.embed_tokens = nn.Embedding(config.vocab_size, d)

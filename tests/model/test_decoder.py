@@ -36,7 +36,7 @@ def batch(seed: int = 1, length: int = 24):
     return ids, mask
 
 
-@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b"])
+@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b", "tiny-moe"])
 def test_logits_equal_reference(name, tmp_path):
     reference = reference_checkpoint(name, tmp_path)
     ours = load_text_decoder(tmp_path)
@@ -103,7 +103,7 @@ def test_masks_follow_the_spec():
     assert causal[0, 0, 0].all()  # a padding row is opened (finite attention), its output unused
 
 
-@pytest.mark.parametrize("name", ["gemma4-e2b", "gemma4-e4b", "gemma4-31b", "tiny-e2b", "tiny-31b"])
+@pytest.mark.parametrize("name", list(PRESETS))
 def test_full_size_modules_on_meta_match_the_config_count(name):
     from model.decoder import TextDecoder
 
