@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .config import TextConfig, text_from_hf
+from .config import TextConfig, text_from_hf, text_to_hf
 from .decoder import TextDecoder
 
-__all__ = ["CheckpointError", "load_text_decoder", "read_safetensors"]
+__all__ = ["CheckpointError", "load_text_decoder", "save_text_decoder", "read_safetensors"]
 
 PREFIXES = ("model.language_model.", "model.")
 
@@ -97,3 +97,16 @@ def load_text_decoder(
     model.load_state_dict({k: weights[k].to(device) for k in expected}, assign=True)
     model.reset_buffers(device)  # non-persistent buffers (RoPE frequencies) were built on meta
     return model.eval()
+
+
+def save_text_decoder(model: TextDecoder, directory: str | os.PathLike) -> None:
+    """Write ``config.json`` + ``model.safetensors`` in the ``Gemma4ForCausalLM`` layout (``model.`` prefix, the
+    tied output embedding not repeated), which :func:`load_text_decoder` and transformers both read."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = dict(text_to_hf(model.config), architectures=["Gemma4ForCausalLM"])
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    tensors = {f"model.{name}": tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
