@@ -28,6 +28,7 @@ class Attention(nn.Module):
         self.n_kv_heads = config.layer_kv_heads(layer)
         self.eps = config.rms_eps
         self.shared = layer != config.kv_source(layer)
+        self.window = None if config.is_full(layer) else config.sliding_window
         d, q_width = config.d_model, config.n_heads * self.head_dim
         self.q_proj = nn.Linear(d, q_width, bias=False)
         self.o_proj = nn.Linear(q_width, d, bias=False)
@@ -63,6 +64,34 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, N, H)
         q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)  # (B, N, T, H)
         k, v = shared_kv if self.shared else self.key_values(x, cos, sin)
-        out = scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=self.n_heads != k.shape[1])
+        if self.window is not None and t > 2 * self.window:
+            out = self._banded(q, k, v, mask)
+        else:
+            out = scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, scale=1.0, enable_gqa=self.n_heads != k.shape[1]
+            )
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, N·H)
         return self.o_proj(out), (k, v)
+
+    def _banded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Sliding-window attention by query blocks of W rows, each against only the keys its rows may see
+        (read off the mask, so vision blocks and opened padding rows are honoured): O(T·W), not O(T²).
+        q (B, N, T, H), k/v (B, K, S, H), mask (B, 1, T, S) → (B, N, T, H)."""
+        t, w = q.shape[2], self.window
+        outs = []
+        for start in range(0, t, w):
+            stop = min(t, start + w)
+            rows = mask[:, :, start:stop]  # (B, 1, w, S)
+            columns = rows.any(dim=2).any(dim=1).any(dim=0).nonzero()  # keys any of these rows may see
+            first, last = int(columns[0]), int(columns[-1]) + 1
+            outs.append(
+                scaled_dot_product_attention(
+                    q[:, :, start:stop],
+                    k[:, :, first:last],
+                    v[:, :, first:last],
+                    attn_mask=rows[..., first:last],
+                    scale=1.0,
+                    enable_gqa=self.n_heads != k.shape[1],
+                )
+            )  # (B, N, w, H)
+        return torch.cat(outs, dim=2)

@@ -157,6 +157,13 @@ def _cmd_bench_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_model(args: argparse.Namespace) -> int:
+    from . import bench_model
+
+    bench_model.run(args.tokens or (512, 2048), repeat=args.repeat)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemma4", description="Gemma 4 multimodal preprocessing and inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -226,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_cmd_bench_preprocess)
+    b = bench.add_parser("model", help="text decoder prefill against the reference")
+    b.add_argument("--tokens", type=int, action="append", help="prompt length (repeatable; default 512 and 2048)")
+    b.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
+    b.set_defaults(func=_cmd_bench_model)
     return parser
 
 

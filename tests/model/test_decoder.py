@@ -128,3 +128,28 @@ def test_saved_checkpoints_round_trip_and_load_in_the_reference(name, tmp_path):
     ids, mask = batch()
     with torch.no_grad():
         assert (reloaded(input_ids=ids, attention_mask=mask).logits - again(ids, mask))[mask.bool()].abs().max() <= 1e-4
+
+
+def test_banded_sliding_attention_equals_the_full_mask(tmp_path):
+    """Sequences longer than 2·W take the banded path; it must equal plain masked attention."""
+    from model.attention import Attention
+    from model.rope import inverse_frequencies, rope_cos_sin
+
+    config = PRESETS["tiny-31b"]  # window 8
+    torch.manual_seed(0)
+    layer = Attention(config, 0)
+    x = torch.randn(2, 37, config.d_model)
+    mask2d = torch.ones(2, 37, dtype=torch.bool)
+    mask2d[1, :13] = False
+    types = torch.zeros(2, 37, dtype=torch.long)
+    types[0, 5:20] = 1  # an image block wider than the window, crossing block boundaries
+    positions = (mask2d.long().cumsum(1) - 1).clamp(min=0)
+    cos, sin = rope_cos_sin(positions, inverse_frequencies(config.head_dim, 1e4), torch.float32)
+    for types_or_none in (None, types):
+        mask = sliding_mask(mask2d, config.sliding_window, types_or_none)
+        with torch.no_grad():
+            banded, _ = layer(x, cos, sin, mask)
+            layer.window = None  # force the plain path
+            plain, _ = layer(x, cos, sin, mask)
+            layer.window = config.sliding_window
+        assert torch.allclose(banded, plain, atol=1e-5)
