@@ -53,8 +53,8 @@ import json, resource, sys, time, torch
 engine, path, tokens, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
 if engine == "reference":
-    import transformers
-    model = transformers.Gemma4ForCausalLM.from_pretrained(path).eval()
+    import oracles
+    model = oracles.load("hf_decoder").load(path)
     forward = lambda ids: model(input_ids=ids).logits
 else:
     from model.checkpoint import load_text_decoder
@@ -89,7 +89,7 @@ def run(lengths: Sequence[int] = (512, 2048), *, repeat: int = 3, emit: Callable
     from model.decoder import TextDecoder
 
     config = bench_config()
-    oracle = reference("hf_image")  # any adapter: tells whether transformers is installed
+    oracle = reference("hf_decoder")
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gemma4-bench-model-") as tmp:
         torch.manual_seed(0)

@@ -131,3 +131,9 @@ def test_bench_audio_command_line(capsys):
     assert cli.main(["bench", "audio", "--count", "2", "--long-minutes", "--repeat", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "gemma4 bench audio: 2 clips" in out and "one thread, exact" in out
+
+
+def test_model_benchmark_runs(capsys):
+    assert cli.main(["bench", "model", "--tokens", "64", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "gemma4 bench model" in out and "64 tokens" in out and "peak memory: ours" in out and "reference" in out
