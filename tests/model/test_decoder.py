@@ -153,3 +153,27 @@ def test_banded_sliding_attention_equals_the_full_mask(tmp_path):
             plain, _ = layer(x, cos, sin, mask)
             layer.window = config.sliding_window
         assert torch.allclose(banded, plain, atol=1e-5)
+
+
+def test_bidirectional_vision_blocks_equal_reference(tmp_path):
+    """31B-style presets: sliding layers see a whole image block (spec §2.7), as the reference's vision masks."""
+    modeling = pytest.importorskip("transformers.models.gemma4.modeling_gemma4")
+    reference = reference_checkpoint("tiny-31b", tmp_path)
+    ours = load_text_decoder(tmp_path)
+    ids, mask = batch(length=30)
+    types = torch.zeros_like(ids)
+    types[0, 3:15] = 1  # an image block wider than the window (8)
+    types[1, 8:12] = 2  # a video frame, then an image right after it
+    types[1, 14:27] = 1
+    types[2, 12:16] = 1
+    with torch.no_grad():
+        embeds = reference.model.embed_tokens(ids)
+        positions = torch.arange(ids.shape[1])[None].expand_as(ids)
+        blocks = modeling.get_block_sequence_ids_for_mask(types, embeds.device)
+        masks = modeling.create_masks_for_vision_model(reference.config, embeds, mask, None, positions, blocks)
+        expected = reference(input_ids=ids, attention_mask=masks).logits
+        got = ours(ids, mask, mm_token_type_ids=types)
+        causal_only = ours(ids, mask)
+    valid = mask.bool()
+    assert (expected - got)[valid].abs().max() <= 1e-4
+    assert (expected - causal_only)[valid].abs().max() > 1e-2  # the overlay matters in this test
