@@ -177,3 +177,13 @@ def test_bidirectional_vision_blocks_equal_reference(tmp_path):
     valid = mask.bool()
     assert (expected - got)[valid].abs().max() <= 1e-4
     assert (expected - causal_only)[valid].abs().max() > 1e-2  # the overlay matters in this test
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+    reference = reference_checkpoint("tiny-e2b", tmp_path / "single")
+    reference.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    single, sharded = load_text_decoder(tmp_path / "single"), load_text_decoder(tmp_path / "sharded")
+    for (key, a), (_, b) in zip(single.state_dict().items(), sharded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), key
