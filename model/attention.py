@@ -56,20 +56,22 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (B, T, D), cos/sin (B, T, H), mask (B, 1, T, S) → (out (B, T, D), (k, v) (B, K, S, H))."""
+        """x (B, T, D), cos/sin (B, T, H), mask (B, 1, T, S) or None for plain causal attention (no padding;
+        SDPA then skips the masked tiles) → (out (B, T, D), (k, v) (B, K, S, H))."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, N, H)
         q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)  # (B, N, T, H)
         k, v = shared_kv if self.shared else self.key_values(x, cos, sin)
-        if self.window is not None and t > 2 * self.window:
+        gqa = self.n_heads != k.shape[1]
+        if mask is None:
+            out = scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0, enable_gqa=gqa)
+        elif self.window is not None and t > 2 * self.window:
             out = self._banded(q, k, v, mask)
         else:
-            out = scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, scale=1.0, enable_gqa=self.n_heads != k.shape[1]
-            )
+            out = scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=gqa)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, N·H)
         return self.o_proj(out), (k, v)
 

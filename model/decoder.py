@@ -140,8 +140,9 @@ class TextDecoder(nn.Module):
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
         ple = self.per_layer_inputs(input_ids, x) if c.ple_dim else None
+        causal_only = bool(attention_mask.all())  # full layers then need no mask tensor at all
         masks = {
-            "full": full_mask(attention_mask),
+            "full": None if causal_only else full_mask(attention_mask),
             "sliding": sliding_mask(
                 attention_mask, c.sliding_window, mm_token_type_ids if c.bidirectional == "vision" else None
             ),
