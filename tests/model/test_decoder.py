@@ -47,6 +47,9 @@ def test_logits_equal_reference(name, tmp_path):
         got = ours(ids, mask)
     valid = mask.bool()
     assert (expected - got)[valid].abs().max() <= 1e-4
+    with torch.no_grad():  # no padding at all: full layers take SDPA's causal kernel instead of a mask
+        unpadded = torch.ones_like(mask)
+        assert (reference(input_ids=ids, attention_mask=unpadded).logits - ours(ids, unpadded)).abs().max() <= 1e-4
     # bfloat16: the same weights cast, compared with the reference in bfloat16.
     with torch.no_grad():
         expected16 = reference.to(torch.bfloat16)(input_ids=ids, attention_mask=mask).logits.float()
