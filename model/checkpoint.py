@@ -81,7 +81,7 @@ def load_text_decoder(
     with torch.device("meta"):
         model = TextDecoder(config)
     weights = _text_weights(read_safetensors(directory, dtype), config)
-    expected = {k: v for k, v in model.state_dict().items()}
+    expected = dict(model.state_dict())
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     wrong = [

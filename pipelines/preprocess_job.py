@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, example_schema, example_to_row
 from data_specs.manifest import Manifest, ManifestError, open_manifest, resolve_media, validate_row
+from preprocess.chat import ChatFormatError
+from preprocess.errors import InvalidAudioError, InvalidImageError, InvalidVideoError
 
 __all__ = ["PreprocessSettings", "JobMismatchError", "JobSummary", "run_preprocess", "process_rows"]
 
@@ -95,27 +97,19 @@ class JobSummary:
 
 # --- the per-row work (engine-agnostic) -------------------------------------------------------------------
 
-_STAGES = (
-    ("preprocess.chat", "ChatFormatError", "messages"),
-    ("preprocess.errors", "InvalidImageError", "image"),
-    ("preprocess.errors", "InvalidAudioError", "audio"),
-    ("preprocess.errors", "InvalidVideoError", "video"),
+_STAGES = (  # the first matching class names the stage
+    (ChatFormatError, "messages"),
+    (InvalidImageError, "image"),
+    (InvalidAudioError, "audio"),
+    (InvalidVideoError, "video"),
+    (ManifestError, "manifest"),
+    (FileNotFoundError | IsADirectoryError | PermissionError, "media"),
+    (ValueError | TypeError, "prompt"),
 )
 
 
 def _stage(exc: BaseException) -> str:
-    import importlib
-
-    for module, name, stage in _STAGES:
-        if isinstance(exc, getattr(importlib.import_module(module), name)):
-            return stage
-    if isinstance(exc, ManifestError):
-        return "manifest"
-    if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
-        return "media"
-    if isinstance(exc, ValueError | TypeError):
-        return "prompt"
-    return "internal"
+    return next((stage for kind, stage in _STAGES if isinstance(exc, kind)), "internal")
 
 
 _WORKER: dict[str, Any] = {}

@@ -50,6 +50,14 @@ def tables(out: Path) -> dict[str, pa.Table]:
     return {p.name: pq.read_table(p) for p in sorted((out / "shards").glob("*.parquet"))}
 
 
+def assert_same_shards(ours: Path, theirs: Path) -> None:
+    """Both output directories hold the same shard files with equal tables."""
+    a, b = tables(ours), tables(theirs)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].equals(b[name]), name
+
+
 @pytest.fixture(scope="module")
 def reference_run(sample, tmp_path_factory):
     manifest, tokenizer = sample
@@ -103,10 +111,7 @@ def test_same_output_whatever_the_worker_count(sample, reference_run, tmp_path):
     manifest, tokenizer = sample
     out, _ = reference_run
     run_preprocess(manifest, tmp_path, settings(tokenizer), workers=2, progress=False)
-    ours, theirs = tables(tmp_path), tables(out)
-    assert ours.keys() == theirs.keys()
-    for name in ours:
-        assert ours[name].equals(theirs[name]), name
+    assert_same_shards(tmp_path, out)
 
 
 def test_rerun_skips_completed_shards(sample, reference_run, tmp_path):
@@ -154,10 +159,7 @@ def test_kill_and_resume_gives_the_uninterrupted_output(sample, reference_run, t
         open_output(target)
     assert cli.main(command[3:]) == 0
     assert not list((target / "shards").glob(".*"))
-    ours, theirs = tables(target), tables(out)
-    assert ours.keys() == theirs.keys()
-    for name in ours:
-        assert ours[name].equals(theirs[name]), name
+    assert_same_shards(target, out)
 
 
 def test_input_formats_give_the_same_output(sample, reference_run, tmp_path):
