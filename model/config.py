@@ -3,7 +3,8 @@
 ``TextConfig`` holds the decoder's hyper-parameters in the project's vocabulary (``d_model``, ``n_heads``,
 ``n_kv_heads``, ``head_dim`` …); the Hugging Face names appear only in :func:`text_from_hf` / :func:`text_to_hf`.
 Derived values (layer kinds, the KV-sharing map, per-layer MLP width, parameter counts, KV-cache bytes per
-token) are properties or methods, never stored fields. Vision and audio configs are added with their encoders.
+token) are properties or methods, never stored fields. ``VisionConfig`` and ``AudioConfig`` describe the towers;
+``ModelConfig`` joins the three parts with the multimodal token ids.
 """
 
 from __future__ import annotations
@@ -12,7 +13,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["RopeConfig", "TextConfig", "PRESETS", "preset", "text_from_hf", "text_to_hf", "ConfigError"]
+__all__ = [
+    "AudioConfig",
+    "ConfigError",
+    "ModelConfig",
+    "PRESETS",
+    "RopeConfig",
+    "TextConfig",
+    "TokenIds",
+    "VisionConfig",
+    "model_from_hf",
+    "model_to_hf",
+    "preset",
+    "text_from_hf",
+    "text_to_hf",
+]
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -161,6 +176,149 @@ class TextConfig:
         return total
 
 
+@dataclass(frozen=True, kw_only=True)
+class VisionConfig:
+    """The vision encoder (spec §1.4, §3). Defaults are the small (E2B/E4B) encoder."""
+
+    d_model: int = 768
+    n_layers: int = 16
+    n_heads: int = 12
+    n_kv_heads: int = 12
+    head_dim: int = 64
+    d_ff: int = 3072
+    patch_size: int = 16
+    position_table_size: int = 10_240
+    pool_kernel: int = 3
+    rope_theta: float = 100.0
+    clipped_linears: bool = True
+    standardize: bool = False
+    rms_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "patch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"vision config: {name} must be positive, got {getattr(self, name)}")
+        if self.head_dim % 4:
+            raise ConfigError(f"vision config: head_dim={self.head_dim} must be a multiple of 4 (2-D RoPE halves)")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"vision config: n_heads={self.n_heads} is not a multiple of n_kv_heads")
+        if self.pool_kernel < 1:
+            raise ConfigError(f"vision config: pool_kernel must be positive, got {self.pool_kernel}")
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self.patch_size**2
+
+    def num_parameters(self) -> int:
+        """Learned parameters of the tower (clip bounds and standardisation vectors are buffers, not counted)."""
+        d, q, kv = self.d_model, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        layer = 2 * q * d + 2 * kv * d + 2 * self.head_dim + 3 * d * self.d_ff + 4 * d
+        return self.n_layers * layer + self.patch_dim * d + 2 * self.position_table_size * d
+
+
+@dataclass(frozen=True, kw_only=True)
+class AudioConfig:
+    """The audio conformer (spec §1.5, §4.2–4.6). Defaults are the E2B/E4B tower."""
+
+    d_model: int = 1024
+    n_layers: int = 12
+    n_heads: int = 8
+    n_mels: int = 128
+    conv_channels: tuple[int, int] = (128, 32)
+    conv_kernel: int = 5  # the light-conv's causal depthwise kernel
+    residual_weight: float = 0.5
+    chunk_size: int = 12
+    context_left: int = 13
+    context_right: int = 0
+    logit_cap: float = 50.0
+    invalid_logit: float = -1.0e9
+    clip_value: float = 1.0e10  # "gradient_clipping": the clamp inside the conformer
+    clipped_linears: bool = True
+    output_dim: int = 1536
+    rms_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "n_mels", "conv_kernel", "chunk_size", "output_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"audio config: {name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"audio config: d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
+        if self.d_model % 2:
+            raise ConfigError(f"audio config: d_model={self.d_model} must be even (sinusoidal positions)")
+        if len(self.conv_channels) != 2 or min(self.conv_channels) < 1:
+            raise ConfigError(f"audio config: conv_channels must be two positive ints, got {self.conv_channels}")
+        if self.n_mels % 4:
+            raise ConfigError(f"audio config: n_mels={self.n_mels} must be a multiple of 4 (two stride-2 convs)")
+        if self.context_left < 1 or self.context_right < 0:
+            raise ConfigError("audio config: context_left must be ≥ 1 and context_right ≥ 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def d_ff(self) -> int:
+        return 4 * self.d_model
+
+    @property
+    def subsampled_dim(self) -> int:
+        """Width after the two convs: frequency bins left (n_mels / 4) × channels of the second conv."""
+        return self.n_mels // 4 * self.conv_channels[1]
+
+    def num_parameters(self) -> int:
+        """Learned parameters of the tower (clip bounds are buffers, not counted)."""
+        d, c0, c1 = self.d_model, *self.conv_channels
+        subsample = 9 * c0 + c0 + 9 * c0 * c1 + c1 + self.subsampled_dim * d
+        ffn = 2 * d * self.d_ff + 2 * d
+        attention = 5 * d * d + self.head_dim
+        conv = d * 2 * d + d * d + self.conv_kernel * d + 2 * d
+        layer = 2 * ffn + attention + conv + 3 * d
+        return subsample + self.n_layers * layer + d * self.output_dim + self.output_dim
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenIds:
+    """Ids of the multimodal control tokens (spec §1.6); always read from the checkpoint's config."""
+
+    image: int = 258_880
+    audio: int = 258_881
+    video: int = 258_884
+    boi: int = 255_999
+    eoi: int = 258_882
+    boa: int = 256_000
+    eoa: int = 258_883
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The whole model: the text decoder and the optional vision and audio towers."""
+
+    text: TextConfig
+    vision: VisionConfig | None = None
+    audio: AudioConfig | None = None
+    tokens: TokenIds = field(default_factory=TokenIds)
+
+    def __post_init__(self) -> None:
+        ids = [getattr(self.tokens, f) for f in ("image", "audio", "video")]
+        if self.vision is not None or self.audio is not None:
+            if bad := [i for i in ids if not 0 <= i < self.text.vocab_size]:
+                raise ConfigError(f"placeholder token ids {bad} lie outside the vocabulary ({self.text.vocab_size})")
+
+    def num_parameters(self) -> dict[str, int]:
+        """Learned parameters per part; ``total`` is the sum (layer scalars apart, as in spec §8.2)."""
+        text = self.text.num_parameters()
+        counts = {"text": text["total"]}
+        if self.vision is not None:
+            counts["vision_tower"] = self.vision.num_parameters()
+            counts["vision_embedder"] = self.vision.d_model * self.text.d_model
+        if self.audio is not None:
+            counts["audio_tower"] = self.audio.num_parameters()
+            counts["audio_embedder"] = self.audio.output_dim * self.text.d_model
+        counts["total"] = sum(counts.values())
+        counts["layer_scalars"] = text["layer_scalars"]
+        return counts
+
+
 def _layer_types(n_layers: int, period: int) -> tuple[str, ...]:
     return tuple(FULL if (i + 1) % period == 0 or i == n_layers - 1 else SLIDING for i in range(n_layers))
 
@@ -172,7 +330,7 @@ def _make(**kw: Any) -> TextConfig:
 
 # Sources: spec §1.1 (GM `_gemma4.py` presets; HF config.json values). Tiny presets are for CPU tests: they keep
 # every feature of their family (PLE, KV sharing, double-wide MLP / K=V with global KV heads / MoE).
-PRESETS: dict[str, TextConfig] = {
+_TEXT: dict[str, TextConfig] = {
     "gemma4-e2b": _make(
         d_model=1536,
         n_layers=35,
@@ -275,8 +433,37 @@ PRESETS: dict[str, TextConfig] = {
 }
 
 
-def preset(name: str, **overrides: Any) -> TextConfig:
-    """A preset, optionally with fields replaced (``dataclasses.replace`` semantics: validated again)."""
+_LARGE_VISION = VisionConfig(
+    d_model=1152,
+    n_layers=27,
+    n_heads=16,
+    n_kv_heads=16,
+    head_dim=72,
+    d_ff=4304,
+    clipped_linears=False,
+    standardize=True,
+)
+# Tiny towers keep every feature of their family: clipped linears (small) or standardisation (large); the audio
+# tower's first conv keeps 128 channels (the reference sizes its projection from it, spec §11).
+_TINY_SMALL_VISION = VisionConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64)
+_TINY_LARGE_VISION = replace(_TINY_SMALL_VISION, clipped_linears=False, standardize=True)
+_TINY_AUDIO = AudioConfig(d_model=32, n_layers=2, n_heads=2, conv_channels=(128, 8), output_dim=48)
+_TINY_TOKENS = TokenIds(image=500, audio=501, video=502, boi=503, eoi=504, boa=505, eoa=506)
+
+# Sources: spec §1.1, §1.4, §1.5 and §8.2 (the towers each preset carries).
+PRESETS: dict[str, ModelConfig] = {
+    "gemma4-e2b": ModelConfig(text=_TEXT["gemma4-e2b"], vision=VisionConfig(), audio=AudioConfig()),
+    "gemma4-e4b": ModelConfig(text=_TEXT["gemma4-e4b"], vision=VisionConfig(), audio=AudioConfig()),
+    "gemma4-31b": ModelConfig(text=_TEXT["gemma4-31b"], vision=_LARGE_VISION),
+    "gemma4-26b-a4b": ModelConfig(text=_TEXT["gemma4-26b-a4b"], vision=_LARGE_VISION),
+    "tiny-e2b": ModelConfig(text=_TEXT["tiny-e2b"], vision=_TINY_SMALL_VISION, audio=_TINY_AUDIO, tokens=_TINY_TOKENS),
+    "tiny-31b": ModelConfig(text=_TEXT["tiny-31b"], vision=_TINY_LARGE_VISION, tokens=_TINY_TOKENS),
+    "tiny-moe": ModelConfig(text=_TEXT["tiny-moe"], vision=_TINY_LARGE_VISION, tokens=_TINY_TOKENS),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A preset, optionally with parts replaced (``dataclasses.replace`` semantics: validated again)."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides)
@@ -396,4 +583,109 @@ def text_to_hf(config: TextConfig) -> dict[str, Any]:
     if rope.full_factor != 1.0:
         full["factor"] = rope.full_factor
     out["rope_parameters"] = {SLIDING: sliding, FULL: full}
+    return out
+
+
+_VISION_NAMES = {  # ours → config.json (vision_config)
+    "d_model": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "d_ff": "intermediate_size",
+    "patch_size": "patch_size",
+    "position_table_size": "position_embedding_size",
+    "pool_kernel": "pooling_kernel_size",
+    "clipped_linears": "use_clipped_linears",
+    "standardize": "standardize",
+    "rms_eps": "rms_norm_eps",
+}
+_AUDIO_NAMES = {  # ours → config.json (audio_config)
+    "d_model": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "conv_kernel": "conv_kernel_size",
+    "residual_weight": "residual_weight",
+    "chunk_size": "attention_chunk_size",
+    "context_left": "attention_context_left",
+    "context_right": "attention_context_right",
+    "logit_cap": "attention_logit_cap",
+    "invalid_logit": "attention_invalid_logits_value",
+    "clip_value": "gradient_clipping",
+    "clipped_linears": "use_clipped_linears",
+    "output_dim": "output_proj_dims",
+    "rms_eps": "rms_norm_eps",
+}
+_TOKEN_NAMES = {  # ours → config.json (top level)
+    "image": "image_token_id",
+    "audio": "audio_token_id",
+    "video": "video_token_id",
+    "boi": "boi_token_id",
+    "eoi": "eoi_token_id",
+    "boa": "boa_token_id",
+    "eoa": "eoa_token_index",
+}
+
+
+def _pick(section: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    return {ours: section[theirs] for ours, theirs in names.items() if section.get(theirs) is not None}
+
+
+def vision_from_hf(vision: Mapping[str, Any]) -> VisionConfig:
+    if vision.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise ConfigError(f"vision_config: unsupported hidden_activation {vision['hidden_activation']!r}")
+    if vision.get("attention_bias"):
+        raise ConfigError("vision_config: attention_bias=true is not a Gemma 4 architecture")
+    rope = vision.get("rope_parameters") or {}
+    if rope.get("rope_type", "axial") != "axial":
+        raise ConfigError(f"vision_config: rope_type {rope['rope_type']!r}; expected 'axial'")
+    kw = _pick(vision, _VISION_NAMES)
+    if "head_dim" not in kw and "d_model" in kw and "n_heads" in kw:
+        kw["head_dim"] = kw["d_model"] // kw["n_heads"]
+    kw.setdefault("n_kv_heads", kw.get("n_heads", VisionConfig.n_kv_heads))
+    kw["rope_theta"] = float(rope.get("rope_theta", 100.0))
+    return VisionConfig(**kw)
+
+
+def audio_from_hf(audio: Mapping[str, Any]) -> AudioConfig:
+    if audio.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"audio_config: unsupported hidden_act {audio['hidden_act']!r}")
+    kw = _pick(audio, _AUDIO_NAMES)
+    if audio.get("subsampling_conv_channels") is not None:
+        kw["conv_channels"] = tuple(audio["subsampling_conv_channels"])
+    return AudioConfig(**kw)
+
+
+def model_from_hf(config: Mapping[str, Any]) -> ModelConfig:
+    """A ``ModelConfig`` from a checkpoint's ``config.json``: a ``Gemma4ForConditionalGeneration`` file (text,
+    optional vision and audio sections, token ids) or a text-only ``Gemma4ForCausalLM`` one."""
+    if config.get("model_type", "gemma4") not in ("gemma4", "gemma4_text"):
+        raise ConfigError(f"config.json describes model_type {config['model_type']!r}, not Gemma 4")
+    text = text_from_hf(config)
+    vision = vision_from_hf(config["vision_config"]) if config.get("vision_config") else None
+    audio = audio_from_hf(config["audio_config"]) if config.get("audio_config") else None
+    tokens = TokenIds(**_pick(config, _TOKEN_NAMES))
+    return ModelConfig(text=text, vision=vision, audio=audio, tokens=tokens)
+
+
+def model_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """``config.json`` for ``config`` in the ``Gemma4ForConditionalGeneration`` layout (inverse of
+    :func:`model_from_hf`)."""
+    out: dict[str, Any] = {"model_type": "gemma4", "text_config": text_to_hf(config.text)}
+    out["tie_word_embeddings"] = config.text.tie_embeddings
+    out.update({theirs: getattr(config.tokens, ours) for ours, theirs in _TOKEN_NAMES.items()})
+    if config.vision is not None:
+        v = config.vision
+        out["vision_config"] = {"model_type": "gemma4_vision", "hidden_activation": "gelu_pytorch_tanh"}
+        out["vision_config"].update({theirs: getattr(v, ours) for ours, theirs in _VISION_NAMES.items()})
+        out["vision_config"]["rope_parameters"] = {"rope_type": "axial", "rope_theta": v.rope_theta}
+    else:
+        out["vision_config"] = None
+    if config.audio is not None:
+        a = config.audio
+        out["audio_config"] = {"model_type": "gemma4_audio", "hidden_act": "silu"}
+        out["audio_config"].update({theirs: getattr(a, ours) for ours, theirs in _AUDIO_NAMES.items()})
+        out["audio_config"]["subsampling_conv_channels"] = list(a.conv_channels)
+    else:
+        out["audio_config"] = None
     return out

@@ -31,7 +31,7 @@ def bench_config():
     layers = 12
     types = tuple(FULL if (i + 1) % 4 == 0 else SLIDING for i in range(layers))
     return replace(
-        preset("tiny-e2b"),
+        preset("tiny-e2b").text,
         vocab_size=16_000,
         ple_vocab_size=16_000,
         d_model=768,

@@ -22,23 +22,23 @@ SPEC_TEXT_TOTALS = {
 
 @pytest.mark.parametrize("name", list(SPEC_TEXT_TOTALS))
 def test_full_size_counts_equal_spec(name):
-    counts = PRESETS[name].num_parameters()
+    counts = PRESETS[name].text.num_parameters()
     assert counts["total"] == SPEC_TEXT_TOTALS[name]
-    assert counts["layer_scalars"] == PRESETS[name].n_layers
+    assert counts["layer_scalars"] == PRESETS[name].text.n_layers
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_counts_equal_the_reference_model_on_meta(name):
-    config = transformers.Gemma4TextConfig(**text_to_hf(PRESETS[name]))
+    config = transformers.Gemma4TextConfig(**text_to_hf(PRESETS[name].text))
     with torch.device("meta"):
         reference = transformers.Gemma4ForCausalLM(config)
     learned = sum(p.numel() for p in reference.parameters())  # the tied lm_head is the same tensor
-    assert learned == PRESETS[name].num_parameters()["total"]
+    assert learned == PRESETS[name].text.num_parameters()["total"]
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_config_json_round_trip_through_the_reference(name):
-    ours = PRESETS[name]
+    ours = PRESETS[name].text
     assert text_from_hf(text_to_hf(ours)) == ours
     # What transformers itself writes back (with its own defaults and extra keys) parses to the same config.
     written = transformers.Gemma4TextConfig(**text_to_hf(ours)).to_dict()
@@ -47,7 +47,7 @@ def test_config_json_round_trip_through_the_reference(name):
 
 
 def test_layer_pattern_and_kv_sharing_map():
-    e2b, e4b = PRESETS["gemma4-e2b"], PRESETS["gemma4-e4b"]
+    e2b, e4b = PRESETS["gemma4-e2b"].text, PRESETS["gemma4-e4b"].text
     assert [i for i in range(35) if e2b.is_full(i)] == [4, 9, 14, 19, 24, 29, 34]
     assert [i for i in range(42) if e4b.is_full(i)] == [5, 11, 17, 23, 29, 35, 41]
     assert [e2b.kv_source(i) for i in range(15)] == list(range(15))
@@ -56,20 +56,20 @@ def test_layer_pattern_and_kv_sharing_map():
     assert {e4b.kv_source(i) for i in range(24, 42) if not e4b.is_full(i)} == {22}
     assert {e4b.kv_source(i) for i in range(24, 42) if e4b.is_full(i)} == {23}
     assert [e2b.layer_d_ff(i) for i in (0, 14, 15, 34)] == [6144, 6144, 12288, 12288]
-    big = PRESETS["gemma4-31b"]
+    big = PRESETS["gemma4-31b"].text
     assert big.layer_kv_heads(5) == 4 and big.layer_kv_heads(4) == 16 and not big.layer_has_value_proj(5)
-    assert PRESETS["gemma4-e4b"].layer_kv_heads(5) == 2  # no K=V: full layers keep the sliding KV heads
+    assert PRESETS["gemma4-e4b"].text.layer_kv_heads(5) == 2  # no K=V: full layers keep the sliding KV heads
 
 
 def test_kv_cache_bytes_per_token():
     # E2B: 12 sliding producers × (K+V of 1×256) + 3 full × (K+V of 1×512), 2 bytes each.
-    assert PRESETS["gemma4-e2b"].kv_cache_bytes_per_token(2) == 12 * 2 * 256 * 2 + 3 * 2 * 512 * 2
+    assert PRESETS["gemma4-e2b"].text.kv_cache_bytes_per_token(2) == 12 * 2 * 256 * 2 + 3 * 2 * 512 * 2
     # 31B: 50 sliding × K+V of 16×256, 10 full × K only (K=V) of 4×512.
-    assert PRESETS["gemma4-31b"].kv_cache_bytes_per_token(2) == 50 * 2 * 16 * 256 * 2 + 10 * 4 * 512 * 2
+    assert PRESETS["gemma4-31b"].text.kv_cache_bytes_per_token(2) == 50 * 2 * 16 * 256 * 2 + 10 * 4 * 512 * 2
 
 
 def test_rope_factor_and_explicit_layer_types_are_read():
-    hf = text_to_hf(PRESETS["tiny-31b"])
+    hf = text_to_hf(PRESETS["tiny-31b"].text)
     hf["rope_parameters"][FULL]["factor"] = 8.0
     hf["layer_types"] = [SLIDING, FULL, SLIDING, SLIDING, SLIDING, FULL]
     ours = text_from_hf(hf)
@@ -92,7 +92,7 @@ def test_rope_factor_and_explicit_layer_types_are_read():
 )
 def test_bad_configs(change, message):
     with pytest.raises(ConfigError, match=message):
-        dataclasses.replace(PRESETS["tiny-e2b"], **change)
+        dataclasses.replace(PRESETS["tiny-e2b"].text, **change)
 
 
 def test_bad_config_json():
@@ -100,10 +100,13 @@ def test_bad_config_json():
         text_from_hf({"model_type": "llama"})
     with pytest.raises(ConfigError, match="hidden_size"):
         text_from_hf({"model_type": "gemma4_text", "num_hidden_layers": 2})
-    bad = text_to_hf(PRESETS["tiny-e2b"])
+    bad = text_to_hf(PRESETS["tiny-e2b"].text)
     bad["rope_parameters"][SLIDING]["rope_type"] = "yarn"
     with pytest.raises(ConfigError, match="rope_type 'yarn'"):
         text_from_hf(bad)
     with pytest.raises(KeyError, match="unknown preset"):
         preset("gemma4-1b")
-    assert preset("tiny-e2b", sliding_window=4).sliding_window == 4
+    assert (
+        preset("tiny-e2b", text=dataclasses.replace(PRESETS["tiny-e2b"].text, sliding_window=4)).text.sliding_window
+        == 4
+    )

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 def reference_checkpoint(name: str, directory, seed: int = 0):
     """A tiny random reference model with perturbed norms and layer scalars, saved with save_pretrained."""
     torch.manual_seed(seed)
-    reference = transformers.Gemma4ForCausalLM(transformers.Gemma4TextConfig(**text_to_hf(PRESETS[name]))).eval()
+    reference = transformers.Gemma4ForCausalLM(transformers.Gemma4TextConfig(**text_to_hf(PRESETS[name].text))).eval()
     with torch.no_grad():
         for key, tensor in list(reference.named_parameters()) + list(reference.named_buffers()):
             if "norm" in key:
@@ -41,7 +41,7 @@ def test_logits_equal_reference(name, tmp_path):
     reference = reference_checkpoint(name, tmp_path)
     ours = load_text_decoder(tmp_path)
     ids, mask = batch()
-    assert ids.shape[1] > PRESETS[name].sliding_window  # the window matters
+    assert ids.shape[1] > PRESETS[name].text.sliding_window  # the window matters
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=mask).logits
         got = ours(ids, mask)
@@ -111,10 +111,10 @@ def test_full_size_modules_on_meta_match_the_config_count(name):
     from model.decoder import TextDecoder
 
     with torch.device("meta"):
-        model = TextDecoder(PRESETS[name])
+        model = TextDecoder(PRESETS[name].text)
     learned = sum(p.numel() for p in model.parameters())
-    assert learned == PRESETS[name].num_parameters()["total"]
-    assert sum(b.numel() for n, b in model.named_buffers() if n.endswith("layer_scalar")) == PRESETS[name].n_layers
+    assert learned == PRESETS[name].text.num_parameters()["total"]
+    assert sum(b.numel() for n, b in model.named_buffers() if n.endswith("layer_scalar")) == PRESETS[name].text.n_layers
 
 
 @pytest.mark.parametrize("name", ["tiny-e2b", "tiny-moe"])
@@ -138,7 +138,7 @@ def test_banded_sliding_attention_equals_the_full_mask(tmp_path):
     from model.attention import Attention
     from model.rope import inverse_frequencies, rope_cos_sin
 
-    config = PRESETS["tiny-31b"]  # window 8
+    config = PRESETS["tiny-31b"].text  # window 8
     torch.manual_seed(0)
     layer = Attention(config, 0)
     x = torch.randn(2, 37, config.d_model)

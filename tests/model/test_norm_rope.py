@@ -34,7 +34,7 @@ def test_rms_norm_equals_reference(dtype, scale):
 @pytest.mark.parametrize("name", ["gemma4-e2b", "tiny-31b"])
 @pytest.mark.parametrize("factor", [1.0, 8.0])
 def test_rope_cos_sin_equal_reference(name, factor):
-    ours = PRESETS[name]
+    ours = PRESETS[name].text
     hf = text_to_hf(ours)
     hf["rope_parameters"][FULL]["factor"] = factor
     reference = modeling.Gemma4TextRotaryEmbedding(transformers.Gemma4TextConfig(**hf))
