@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
 from .config import TextConfig
+from .masks import BandedMask
 from .norm import RMSNorm, rms_norm
 from .rope import apply_rope
 
@@ -56,11 +57,12 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | BandedMask | None,
         shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (B, T, D), cos/sin (B, T, H), mask (B, 1, T, S) or None for plain causal attention (no padding;
-        SDPA then skips the masked tiles) → (out (B, T, D), (k, v) (B, K, S, H))."""
+        """x (B, T, D), cos/sin (B, T, H), mask (B, 1, T, S), a :class:`BandedMask` of it (long sliding
+        layers), or None for plain causal attention (no padding; SDPA then skips the masked tiles)
+        → (out (B, T, D), (k, v) (B, K, S, H))."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, N, H)
         q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)  # (B, N, T, H)
@@ -68,32 +70,21 @@ class Attention(nn.Module):
         gqa = self.n_heads != k.shape[1]
         if mask is None:
             out = scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0, enable_gqa=gqa)
-        elif self.window is not None and t > 2 * self.window:
-            out = self._banded(q, k, v, mask)
+        elif isinstance(mask, BandedMask):
+            out = banded_attention(q, k, v, mask, gqa)
         else:
             out = scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=gqa)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, N·H)
         return self.o_proj(out), (k, v)
 
-    def _banded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Sliding-window attention by query blocks of W rows, each against only the keys its rows may see
-        (read off the mask, so vision blocks and opened padding rows are honoured): O(T·W), not O(T²).
-        q (B, N, T, H), k/v (B, K, S, H), mask (B, 1, T, S) → (B, N, T, H)."""
-        t, w = q.shape[2], self.window
-        outs = []
-        for start in range(0, t, w):
-            stop = min(t, start + w)
-            rows = mask[:, :, start:stop]  # (B, 1, w, S)
-            columns = rows.any(dim=2).any(dim=1).any(dim=0).nonzero()  # keys any of these rows may see
-            first, last = int(columns[0]), int(columns[-1]) + 1
-            outs.append(
-                scaled_dot_product_attention(
-                    q[:, :, start:stop],
-                    k[:, :, first:last],
-                    v[:, :, first:last],
-                    attn_mask=rows[..., first:last],
-                    scale=1.0,
-                    enable_gqa=self.n_heads != k.shape[1],
-                )
-            )  # (B, N, w, H)
-        return torch.cat(outs, dim=2)
+
+def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BandedMask, gqa: bool) -> torch.Tensor:
+    """Sliding attention block by block of query rows, each against only the keys it may see: O(T·W), not
+    O(T²). q (B, N, T, H), k/v (B, K, S, H) → (B, N, T, H)."""
+    outs = [
+        scaled_dot_product_attention(
+            q[:, :, start:stop], k[:, :, first:last], v[:, :, first:last], attn_mask=m, scale=1.0, enable_gqa=gqa
+        )  # (B, N, rows, H)
+        for start, stop, first, last, m in mask.blocks
+    ]
+    return torch.cat(outs, dim=2)

@@ -278,8 +278,9 @@ class AudioConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TokenIds:
-    """Ids of the multimodal control tokens (spec §1.6); always read from the checkpoint's config."""
+    """Ids of the multimodal control tokens (spec §1.6) and the pad id; always read from the checkpoint's config."""
 
+    pad: int = 0  # text_config.pad_token_id: what placeholders become for the PLE lookup (spec §2.3)
     image: int = 258_880
     audio: int = 258_881
     video: int = 258_884
@@ -665,6 +666,9 @@ def model_from_hf(config: Mapping[str, Any]) -> ModelConfig:
     vision = vision_from_hf(config["vision_config"]) if config.get("vision_config") else None
     audio = audio_from_hf(config["audio_config"]) if config.get("audio_config") else None
     tokens = TokenIds(**_pick(config, _TOKEN_NAMES))
+    pad = config.get("text_config", config).get("pad_token_id")
+    if pad is not None:
+        tokens = replace(tokens, pad=pad)
     return ModelConfig(text=text, vision=vision, audio=audio, tokens=tokens)
 
 
@@ -672,6 +676,7 @@ def model_to_hf(config: ModelConfig) -> dict[str, Any]:
     """``config.json`` for ``config`` in the ``Gemma4ForConditionalGeneration`` layout (inverse of
     :func:`model_from_hf`)."""
     out: dict[str, Any] = {"model_type": "gemma4", "text_config": text_to_hf(config.text)}
+    out["text_config"]["pad_token_id"] = config.tokens.pad
     out["tie_word_embeddings"] = config.text.tie_embeddings
     out.update({theirs: getattr(config.tokens, ours) for ours, theirs in _TOKEN_NAMES.items()})
     if config.vision is not None:

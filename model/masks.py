@@ -11,9 +11,11 @@ Shapes: B batch, T query tokens, S key tokens (S = T without a cache).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["vision_blocks", "full_mask", "sliding_mask"]
+__all__ = ["vision_blocks", "full_mask", "sliding_mask", "BandedMask", "banded_mask"]
 
 
 def vision_blocks(mm_token_type_ids: torch.Tensor) -> torch.Tensor:
@@ -53,3 +55,32 @@ def sliding_mask(
         same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)  # (B, T, S)
         allowed = allowed | same
     return _finish(allowed & recent[None], attention_mask.bool())
+
+
+@dataclass(frozen=True)
+class BandedMask:
+    """A sliding mask cut into blocks of query rows, each with the only key columns its rows may see.
+
+    ``blocks``: (row start, row stop, first key, key stop, additive float mask (B, 1, rows, keys)). Built once
+    per forward pass and shared by every sliding layer, so no layer scans the (T, S) mask again.
+    """
+
+    blocks: list[tuple[int, int, int, int, torch.Tensor]]
+
+
+def banded_mask(mask: torch.Tensor, block: int, dtype: torch.dtype) -> BandedMask:
+    """mask (B, 1, T, S) bool → :class:`BandedMask` with blocks of ``block`` rows; masks in ``dtype``."""
+    b, _, t, s = mask.shape
+    n_blocks = -(-t // block)
+    seen = mask.any(dim=0)[0]  # (T, S): keys some batch row may see
+    seen = torch.nn.functional.pad(seen, (0, 0, 0, n_blocks * block - t))  # (n·block, S)
+    per_block = seen.view(n_blocks, block, s).any(dim=1)  # (n, S)
+    first = per_block.int().argmax(dim=1).tolist()
+    stop = (s - per_block.flip(1).int().argmax(dim=1)).tolist()
+    blocks = []
+    for i in range(n_blocks):
+        rows = slice(i * block, min(t, (i + 1) * block))
+        allowed = mask[:, :, rows, first[i] : stop[i]]  # (B, 1, rows, keys)
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, float("-inf"))
+        blocks.append((rows.start, rows.stop, first[i], stop[i], additive))
+    return BandedMask(blocks)

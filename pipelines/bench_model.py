@@ -3,8 +3,10 @@
 One small random model (about 100 M parameters; PLE and KV sharing, sliding window 512, float32) is saved once
 as a checkpoint; each measurement then runs in a fresh process that loads it (the reference through
 ``Gemma4ForCausalLM.from_pretrained``, ours through ``load_text_decoder``) and times a batch-1 forward pass of
-T tokens: best of ``repeat`` after a warm-up. Peak memory is the process's maximum resident set size, so it
-includes the weights and the framework.
+T tokens: best of ``repeat`` after a warm-up. A prefill (the target lines) needs the logits of the last
+position only, as generation does; both engines are asked for just those (the reference's
+``logits_to_keep=1``). The full forward with logits at every position is printed too, without a target.
+Peak memory is the process's maximum resident set size, so it includes the weights and the framework.
 """
 
 from __future__ import annotations
@@ -50,16 +52,16 @@ def bench_config():
 
 _CHILD = r"""
 import json, resource, sys, time, torch
-engine, path, tokens, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+engine, path, tokens, repeat, keep = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.manual_seed(0)
 if engine == "reference":
     import oracles
     model = oracles.load("hf_decoder").load(path)
-    forward = lambda ids: model(input_ids=ids).logits
+    forward = lambda ids: model(input_ids=ids, logits_to_keep=keep).logits
 else:
     from model.checkpoint import load_text_decoder
     model = load_text_decoder(path)
-    forward = lambda ids: model(ids)
+    forward = lambda ids: model(ids, logits_to_keep=keep)
 ids = torch.randint(10, 15000, (1, tokens))
 with torch.no_grad():
     forward(ids)
@@ -68,10 +70,10 @@ print(json.dumps({"tokens_per_s": tokens / best, "peak_mb": resource.getrusage(r
 """
 
 
-def _measure(engine: str, path: str, tokens: int, repeat: int) -> dict:
+def _measure(engine: str, path: str, tokens: int, repeat: int, keep: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, engine, path, str(tokens), str(repeat)],
+        [sys.executable, "-c", _CHILD, engine, path, str(tokens), str(repeat), str(keep)],
         capture_output=True,
         text=True,
         env=env,
@@ -82,7 +84,13 @@ def _measure(engine: str, path: str, tokens: int, repeat: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(lengths: Sequence[int] = (512, 2048), *, repeat: int = 3, emit: Callable[[str], None] = print) -> list[Row]:
+def run(
+    lengths: Sequence[int] = (512, 2048),
+    *,
+    repeat: int = 3,
+    all_logits: bool = True,
+    emit: Callable[[str], None] = print,
+) -> list[Row]:
     import torch
 
     from model.checkpoint import save_text_decoder
@@ -100,16 +108,19 @@ def run(lengths: Sequence[int] = (512, 2048), *, repeat: int = 3, emit: Callable
             f"PLE {config.ple_dim}, {config.n_kv_shared_layers} KV-shared layers, window {config.sliding_window}), "
             f"float32, batch 1, {torch.get_num_threads()} threads, best of {repeat}"
         )
-        for tokens in lengths:
-            ours = _measure("ours", tmp, tokens, repeat)
-            theirs = _measure("reference", tmp, tokens, repeat) if oracle is not None else None
-            target = TARGET_2048 if tokens >= 2048 else TARGET_512
+        cases = [(t, 1, "prefill (last logits)") for t in lengths]
+        if all_logits:
+            cases += [(t, 0, "forward, all logits") for t in lengths]
+        for tokens, keep, case in cases:
+            ours = _measure("ours", tmp, tokens, repeat, keep)
+            theirs = _measure("reference", tmp, tokens, repeat, keep) if oracle is not None else None
+            target = (TARGET_2048 if tokens >= 2048 else TARGET_512) if keep else None
             note = f"peak memory: ours {ours['peak_mb']:.0f} MB" + (
                 f", reference {theirs['peak_mb']:.0f} MB" if theirs else ""
             )
             row = Row(
                 f"{tokens} tokens",
-                "prefill",
+                case,
                 theirs["tokens_per_s"] if theirs else None,
                 ours["tokens_per_s"],
                 target,

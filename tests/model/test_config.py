@@ -110,3 +110,40 @@ def test_bad_config_json():
         preset("tiny-e2b", text=dataclasses.replace(PRESETS["tiny-e2b"].text, sliding_window=4)).text.sliding_window
         == 4
     )
+
+
+# Spec §8.2 "grand total" (text, towers and embedders).
+SPEC_GRAND_TOTALS = {
+    "gemma4-e2b": 5_104_297_504,
+    "gemma4-e4b": 7_941_100_832,
+    "gemma4-31b": 31_273_086_512,
+    "gemma4-26b-a4b": 25_805_933_872,
+}
+
+
+@pytest.mark.parametrize("name", list(SPEC_GRAND_TOTALS))
+def test_whole_model_counts_equal_spec(name):
+    assert PRESETS[name].num_parameters()["total"] == SPEC_GRAND_TOTALS[name]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_model_config_json_round_trip_through_the_reference(name):
+    from model.config import model_from_hf, model_to_hf
+
+    ours = PRESETS[name]
+    assert model_from_hf(model_to_hf(ours)) == ours
+    written = transformers.Gemma4Config(**model_to_hf(ours)).to_dict()
+    assert model_from_hf(written) == ours
+
+
+def test_tower_config_errors():
+    from model.config import AudioConfig, VisionConfig, audio_from_hf, vision_from_hf
+
+    with pytest.raises(ConfigError, match="head_dim=18 must be a multiple of 4"):
+        VisionConfig(head_dim=18)
+    with pytest.raises(ConfigError, match="not a multiple of n_heads"):
+        AudioConfig(d_model=30, n_heads=4)
+    with pytest.raises(ConfigError, match="rope_type 'default'"):
+        vision_from_hf({"rope_parameters": {"rope_type": "default"}})
+    with pytest.raises(ConfigError, match="hidden_act 'gelu'"):
+        audio_from_hf({"hidden_act": "gelu"})

@@ -57,6 +57,19 @@ def test_logits_equal_reference(name, tmp_path):
     assert (expected16 - got16)[valid].abs().max() <= 0.25  # bf16 rounding of 30·tanh(x/30) logits
 
 
+@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b"])
+def test_long_sequences_take_the_banded_path_and_equal_reference(name, tmp_path):
+    from model.decoder import BAND_BLOCK
+
+    reference = reference_checkpoint(name, tmp_path, seed=5)
+    ours = load_text_decoder(tmp_path)
+    ids, mask = batch(seed=2, length=PRESETS[name].text.sliding_window + BAND_BLOCK + 30)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, mask)
+    assert (expected - got)[mask.bool()].abs().max() <= 1e-4
+
+
 def test_padding_does_not_change_real_rows(tmp_path):
     reference_checkpoint("tiny-e2b", tmp_path)
     ours = load_text_decoder(tmp_path)
@@ -133,29 +146,30 @@ def test_saved_checkpoints_round_trip_and_load_in_the_reference(name, tmp_path):
         assert (reloaded(input_ids=ids, attention_mask=mask).logits - again(ids, mask))[mask.bool()].abs().max() <= 1e-4
 
 
-def test_banded_sliding_attention_equals_the_full_mask(tmp_path):
-    """Sequences longer than 2·W take the banded path; it must equal plain masked attention."""
+@pytest.mark.parametrize("block, length", [(3, 37), (64, 150)])
+def test_banded_sliding_attention_equals_the_full_mask(block, length):
+    """Long sequences take the banded path (blocks of query rows against their keys); it must equal plain
+    masked attention, with padding and with image blocks wider than the window."""
     from model.attention import Attention
+    from model.masks import banded_mask
     from model.rope import inverse_frequencies, rope_cos_sin
 
     config = PRESETS["tiny-31b"].text  # window 8
     torch.manual_seed(0)
     layer = Attention(config, 0)
-    x = torch.randn(2, 37, config.d_model)
-    mask2d = torch.ones(2, 37, dtype=torch.bool)
+    x = torch.randn(2, length, config.d_model)
+    mask2d = torch.ones(2, length, dtype=torch.bool)
     mask2d[1, :13] = False
-    types = torch.zeros(2, 37, dtype=torch.long)
+    types = torch.zeros(2, length, dtype=torch.long)
     types[0, 5:20] = 1  # an image block wider than the window, crossing block boundaries
     positions = (mask2d.long().cumsum(1) - 1).clamp(min=0)
     cos, sin = rope_cos_sin(positions, inverse_frequencies(config.head_dim, 1e4), torch.float32)
     for types_or_none in (None, types):
         mask = sliding_mask(mask2d, config.sliding_window, types_or_none)
+        banded = banded_mask(mask, block, torch.float32)
+        assert banded.blocks[-1][3] - banded.blocks[-1][2] < length  # the last rows do not read every key
         with torch.no_grad():
-            banded, _ = layer(x, cos, sin, mask)
-            layer.window = None  # force the plain path
-            plain, _ = layer(x, cos, sin, mask)
-            layer.window = config.sliding_window
-        assert torch.allclose(banded, plain, atol=1e-5)
+            assert torch.allclose(layer(x, cos, sin, banded)[0], layer(x, cos, sin, mask)[0], atol=1e-5)
 
 
 def test_bidirectional_vision_blocks_equal_reference(tmp_path):
@@ -190,3 +204,16 @@ def test_sharded_checkpoint_loads(tmp_path):
     single, sharded = load_text_decoder(tmp_path / "single"), load_text_decoder(tmp_path / "sharded")
     for (key, a), (_, b) in zip(single.state_dict().items(), sharded.state_dict().items(), strict=True):
         assert torch.equal(a, b), key
+
+
+def test_logits_to_keep_equals_the_last_rows_and_the_reference(tmp_path):
+    reference = reference_checkpoint("tiny-e2b", tmp_path)
+    ours = load_text_decoder(tmp_path)
+    ids, mask = batch()
+    with torch.no_grad():
+        full = ours(ids, mask)
+        last = ours(ids, mask, logits_to_keep=1)
+        expected = reference(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+    assert last.shape == (3, 1, full.shape[-1])
+    assert torch.equal(last, full[:, -1:])
+    assert (last - expected).abs().max() <= 1e-4

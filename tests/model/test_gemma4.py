@@ -1,0 +1,223 @@
+"""The multimodal model against the reference: images and audio in, logits out, through ``load_pretrained``.
+
+Inputs come from the project's own front end (``build_example`` + ``collate``) and, separately, from the
+reference processor; both are fed to both models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.checkpoint import load_pretrained, save_pretrained
+from model.config import PRESETS, ModelConfig, TokenIds, model_to_hf
+from model.gemma4 import Gemma4, MediaCountError
+from preprocess.collate import collate, to_device
+from preprocess.prompt import build_example
+from preprocess.tokenizer import SPECIAL_STRINGS, Tokenizer
+
+transformers = pytest.importorskip("transformers")
+hf_processor = pytest.importorskip("oracles.hf_processor")
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir):
+    return Tokenizer.from_pretrained(tokenizer_dir)
+
+
+def tiny_config(name: str, tok: Tokenizer) -> ModelConfig:
+    """A tiny preset whose vocabulary and token ids are the test tokenizer's (ids read from it, never fixed)."""
+    base = PRESETS[name]
+    s = tok.special
+    tokens = TokenIds(
+        pad=s.pad, image=s.image, audio=s.audio, video=s.video, boi=s.boi, eoi=s.eoi, boa=s.boa, eoa=s.eoa
+    )
+    text = dataclasses.replace(base.text, vocab_size=tok.vocab_size, ple_vocab_size=tok.vocab_size)
+    return dataclasses.replace(base, text=text, tokens=tokens)
+
+
+def reference_model(config: ModelConfig, directory, seed: int = 0):
+    """A random ``Gemma4ForConditionalGeneration`` with perturbed norms, scalars and clip bounds, saved."""
+    torch.manual_seed(seed)
+    hf = transformers.Gemma4Config(**model_to_hf(config))
+    reference = transformers.Gemma4ForConditionalGeneration(hf).eval()
+    with torch.no_grad():
+        for key, tensor in list(reference.named_parameters()) + list(reference.named_buffers()):
+            if "norm" in key and tensor.dtype.is_floating_point:
+                tensor.add_(torch.randn_like(tensor) * 0.1)  # random init leaves every norm weight at 1
+            elif "layer_scalar" in key:
+                tensor.copy_(torch.rand_like(tensor) + 0.5)
+            elif key.endswith(("input_min", "output_min")):
+                tensor.fill_(-0.5 - torch.rand(()).item())  # finite bounds that bite on some values
+            elif key.endswith(("input_max", "output_max")):
+                tensor.fill_(0.5 + torch.rand(()).item())
+            elif key.endswith("per_dim_scale") or key.endswith(("std_bias", "std_scale")):
+                tensor.copy_(torch.randn_like(tensor) * 0.5 + (1.0 if key.endswith("std_scale") else 0.0))
+    reference.save_pretrained(directory)
+    return reference
+
+
+def picture(h: int, w: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((w, h), Image.BILINEAR)
+
+
+def clip(seconds: float, freq: float, rate: int = 16_000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(int(freq)).normal(0, 0.05, t.shape)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+def messages(with_audio: bool, budgets=(70, 140)):
+    content = [
+        {"type": "text", "text": "Compare "},
+        {"type": "image", "image": picture(200, 330, 1), "budget": budgets[0]},
+        {"type": "text", "text": " with "},
+        {"type": "image", "image": picture(300, 140, 2), "budget": budgets[1]},
+    ]
+    if with_audio:
+        content += [
+            {"type": "text", "text": " and listen: "},
+            {"type": "audio", "audio": (clip(0.9, 300), 16_000)},
+            {"type": "text", "text": " then "},
+            {"type": "audio", "audio": (clip(1.7, 520), 16_000)},
+        ]
+    return [{"role": "user", "content": content}]
+
+
+def ours_batch(tok, with_audio, budgets=(70, 140)):
+    example = build_example(messages(with_audio, budgets), tok)
+    short = build_example([{"role": "user", "content": "Hello there."}], tok)
+    return to_device(collate([example, short], pad_id=tok.special.pad), "cpu")
+
+
+def reference_inputs(batch):
+    keys = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_position_ids")
+    out = {k: batch[k] for k in keys}
+    if batch["input_features"].shape[0]:
+        out["input_features"] = batch["input_features"]
+        out["input_features_mask"] = batch["input_features_mask"]
+    return out
+
+
+@pytest.mark.parametrize("name, with_audio", [("tiny-e2b", True), ("tiny-31b", False)])
+def test_logits_equal_reference_on_our_batches(name, with_audio, tok, tmp_path):
+    config = tiny_config(name, tok)
+    reference = reference_model(config, tmp_path)
+    ours = load_pretrained(tmp_path)
+    batch = ours_batch(tok, with_audio)
+    assert batch["num_soft_tokens_per_image"] and len(set(batch["num_soft_tokens_per_image"])) == 2
+    with torch.no_grad():
+        expected = reference(**reference_inputs(batch)).logits
+        got = ours(**batch)
+    valid = batch["attention_mask"].bool()
+    assert (expected - got)[valid].abs().max() <= 1e-4
+    # The towers alone: pooled vision soft tokens and audio soft tokens (before and after the embedders).
+    with torch.no_grad():
+        ref_images = reference.model.get_image_features(batch["pixel_values"], batch["image_position_ids"])
+        ours_images = torch.cat(ours.image_features(batch["pixel_values"], batch["image_position_ids"]))
+        assert (torch.cat(ref_images.pooler_output) - ours_images).abs().max() <= 1e-5
+        if with_audio:
+            features, mask = batch["input_features"], batch["input_features_mask"]
+            ref_audio = reference.model.get_audio_features(features, mask)
+            ref_tokens = ref_audio.pooler_output[ref_audio.attention_mask]
+            assert (ref_tokens - torch.cat(ours.audio_features(features, mask))).abs().max() <= 1e-5
+
+
+def test_logits_equal_reference_on_reference_processor_inputs(tok, tokenizer_dir, tmp_path):
+    config = tiny_config("tiny-e2b", tok)
+    reference = reference_model(config, tmp_path, seed=3)
+    ours = load_pretrained(tmp_path)
+    processor = hf_processor.processor(tokenizer_dir / "tokenizer.model", list(SPECIAL_STRINGS.values()), 140)
+    from preprocess.chat import render_chat
+
+    prompt = messages(True)
+    text = render_chat(prompt).text
+    pictures = [part["image"] for part in prompt[0]["content"] if part["type"] == "image"]
+    audio = [part["audio"][0] for part in prompt[0]["content"] if part["type"] == "audio"]
+    inputs = processor(
+        text=[text], images=[pictures], audio=audio, add_special_tokens=False, return_tensors="pt"
+    ).data
+    inputs["input_features_mask"] = inputs["input_features_mask"].bool()
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        got = ours(**inputs)
+    assert (expected - got).abs().max() <= 1e-4
+
+
+def test_vision_preset_derives_bidirectional_types(tok, tmp_path):
+    config = tiny_config("tiny-31b", tok)
+    torch.manual_seed(0)
+    model = Gemma4(config).eval()
+    batch = ours_batch(tok, False)
+    with torch.no_grad():
+        given = model(**batch)
+        derived = model(**{k: v for k, v in batch.items() if k != "mm_token_type_ids"})
+        causal = model(**dict(batch, mm_token_type_ids=torch.zeros_like(batch["mm_token_type_ids"])))
+    assert torch.equal(given, derived)
+    assert not torch.allclose(given, causal)  # the bidirectional blocks matter
+
+
+def test_padding_and_batching_do_not_change_a_row(tok, tmp_path):
+    config = tiny_config("tiny-e2b", tok)
+    torch.manual_seed(1)
+    model = Gemma4(config).eval()
+    example = build_example(messages(True), tok)
+    short = build_example([{"role": "user", "content": "Hello there."}], tok)
+    both = to_device(collate([short, example], pad_id=tok.special.pad), "cpu")
+    alone = to_device(collate([example], pad_id=tok.special.pad), "cpu")
+    with torch.no_grad():
+        together = model(**both)[1]
+        single = model(**alone)[0]
+    assert (together - single).abs().max() <= 2e-4  # float32 rounding of other batch shapes; logits reach ±30
+
+
+def test_count_mismatch_names_both_numbers(tok):
+    config = tiny_config("tiny-e2b", tok)
+    model = Gemma4(config).eval()
+    batch = ours_batch(tok, True)
+    n_image = int((batch["input_ids"] == tok.special.image).sum())
+    with pytest.raises(MediaCountError, match=f"{n_image} image placeholder tokens.* 0 image soft tokens"):
+        model(**dict(batch, pixel_values=None))
+    cut = dict(batch, pixel_values=batch["pixel_values"][:1], image_position_ids=batch["image_position_ids"][:1])
+    with pytest.raises(MediaCountError, match=f"{n_image} image placeholder"):
+        model(**cut)
+    text_only = Gemma4(dataclasses.replace(config, vision=None, audio=None))
+    with pytest.raises(MediaCountError, match="no vision tower"):
+        text_only(**batch)
+
+
+def test_save_load_round_trip_and_text_only_checkpoints(tok, tmp_path):
+    config = tiny_config("tiny-e2b", tok)
+    torch.manual_seed(2)
+    model = Gemma4(config).eval()
+    save_pretrained(model, tmp_path / "full")
+    again = load_pretrained(tmp_path / "full")
+    assert again.config == config
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    from model.checkpoint import save_text_decoder
+
+    save_text_decoder(model.language_model, tmp_path / "text")
+    text_only = load_pretrained(tmp_path / "text")
+    assert text_only.vision_tower is None and text_only.audio_tower is None
+    ids = torch.randint(20, 500, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(text_only(ids), model(ids))
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_on_meta_equal_spec_and_reference_counts(name):
+    config = PRESETS[name]
+    with torch.device("meta"):
+        ours = Gemma4(config)
+        theirs = transformers.Gemma4ForConditionalGeneration(transformers.Gemma4Config(**model_to_hf(config)))
+    learned = sum(p.numel() for p in ours.parameters())  # layer scalars and clip bounds are buffers
+    assert learned == config.num_parameters()["total"]
+    assert sum(p.numel() for p in theirs.parameters()) == learned
+    assert set(ours.state_dict()) == {k.removeprefix("model.") for k in theirs.state_dict() if k != "lm_head.weight"}
