@@ -61,14 +61,16 @@ class Gemma4(nn.Module):
         """pixel_values (I, M, 768) float in [0, 1], positions (I, M, 2) → per image (n_i, D) soft tokens."""
         if self.vision_tower is None:
             raise MediaCountError("images were given, but this model has no vision tower")
-        pooled = self.vision_tower(pixel_values, positions)
+        dtype = self.embed_vision.embedding_projection.weight.dtype  # inputs follow the weights (bf16 …)
+        pooled = self.vision_tower(pixel_values.to(dtype), positions)
         return [self.embed_vision(p) for p in pooled]
 
     def audio_features(self, features: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """features (S, F, 128), mask (S, F) bool → per segment (n_s, D) soft tokens (valid frames only)."""
         if self.audio_tower is None:
             raise MediaCountError("audio was given, but this model has no audio tower")
-        out, out_mask = self.audio_tower(features, mask.bool())  # (S, F', A), (S, F')
+        dtype = self.embed_audio.embedding_projection.weight.dtype
+        out, out_mask = self.audio_tower(features.to(dtype), mask.bool())  # (S, F', A), (S, F')
         return [self.embed_audio(o[m]) for o, m in zip(out, out_mask, strict=True)]
 
     # --- forward ---------------------------------------------------------------------------------------------

@@ -160,7 +160,17 @@ def _cmd_bench_preprocess(args: argparse.Namespace) -> int:
 def _cmd_bench_model(args: argparse.Namespace) -> int:
     from . import bench_model
 
-    bench_model.run(args.tokens or (512, 2048), repeat=args.repeat)
+    bench_model.run(args.tokens or (512, 2048), repeat=args.repeat, all_logits=not args.prefill_only)
+    return 0
+
+
+def _cmd_bench_encoders(args: argparse.Namespace) -> int:
+    from . import bench_audio_tower, bench_vision_tower
+
+    if args.only in (None, "vision"):
+        bench_vision_tower.run(repeat=args.repeat)
+    if args.only in (None, "audio"):
+        bench_audio_tower.run(repeat=args.repeat)
     return 0
 
 
@@ -236,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("model", help="text decoder prefill against the reference")
     b.add_argument("--tokens", type=int, action="append", help="prompt length (repeatable; default 512 and 2048)")
     b.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
+    b.add_argument("--prefill-only", action="store_true", help="skip the informational all-logits lines")
     b.set_defaults(func=_cmd_bench_model)
+    b = bench.add_parser("encoders", help="vision and audio towers against the reference")
+    b.add_argument("--only", choices=("vision", "audio"), default=None, help="one tower only")
+    b.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
+    b.set_defaults(func=_cmd_bench_encoders)
     return parser
 
 

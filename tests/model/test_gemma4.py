@@ -221,3 +221,24 @@ def test_presets_on_meta_equal_spec_and_reference_counts(name):
     assert learned == config.num_parameters()["total"]
     assert sum(p.numel() for p in theirs.parameters()) == learned
     assert set(ours.state_dict()) == {k.removeprefix("model.") for k in theirs.state_dict() if k != "lm_head.weight"}
+
+
+def test_bfloat16_model_takes_float32_batches(tok, tmp_path):
+    """bf16 weights with the collated float32 batch: finite, and no further from float32 than the reference's
+    own bf16 run is."""
+    config = tiny_config("tiny-e2b", tok)
+    reference = reference_model(config, tmp_path, seed=4)
+    batch = ours_batch(tok, True)
+    inputs = reference_inputs(batch)
+    half = load_pretrained(tmp_path, dtype=torch.bfloat16)
+    with torch.no_grad():
+        exact = reference(**inputs).logits
+        ours16 = half(**batch)
+        inputs16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+        theirs16 = reference.to(torch.bfloat16)(**inputs16).logits
+    assert ours16.dtype == torch.bfloat16 and torch.isfinite(ours16).all()
+    valid = batch["attention_mask"].bool()
+    ours_error = (exact - ours16.float())[valid].abs().max()
+    their_error = (exact - theirs16.float())[valid].abs().max()
+    print(f"bf16 max |Δ| to float32: ours {ours_error:.3f}, reference {their_error:.3f}")
+    assert ours_error <= 1.5 * their_error + 0.05
