@@ -18,7 +18,6 @@ columns), k pooling kernel (3).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,28 +87,6 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: 
 # --- modules ---------------------------------------------------------------------------------------------------
 
 
-def _clamp(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, *, inplace: bool) -> torch.Tensor:
-    """Clamp to 0-dim bounds. On the CPU the bounds are read as numbers: a clamp against tensor bounds takes a
-    broadcasting path several times slower there, and infinite bounds (an unclipped layer) skip the pass."""
-    if low.device.type == "cpu":
-        low, high = float(low), float(high)  # exact: a float32 (or bfloat16) value is a double
-        if low == -math.inf and high == math.inf:
-            return x
-    return x.clamp_(low, high) if inplace else x.clamp(low, high)
-
-
-class Projection(ClippedLinear):
-    """:class:`ClippedLinear` (same names, same values; spec §3.6) with cheaper clamps: numeric bounds on the
-    CPU, and the output clamped in place (it is a fresh tensor)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., d_in) → (..., d_out), same dtype."""
-        if not self.clipped:
-            return self.linear(x)
-        y = self.linear(_clamp(x, self.input_min, self.input_max, inplace=False))
-        return _clamp(y, self.output_min, self.output_max, inplace=True)
-
-
 class PatchEmbedder(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
@@ -130,10 +107,10 @@ class VisionAttention(nn.Module):
         d, clipped = config.d_model, config.clipped_linears
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.eps = config.rms_eps
-        self.q_proj = Projection(d, config.n_heads * config.head_dim, clipped=clipped)
-        self.k_proj = Projection(d, config.n_kv_heads * config.head_dim, clipped=clipped)
-        self.v_proj = Projection(d, config.n_kv_heads * config.head_dim, clipped=clipped)
-        self.o_proj = Projection(config.n_heads * config.head_dim, d, clipped=clipped)
+        self.q_proj = ClippedLinear(d, config.n_heads * config.head_dim, clipped=clipped)
+        self.k_proj = ClippedLinear(d, config.n_kv_heads * config.head_dim, clipped=clipped)
+        self.v_proj = ClippedLinear(d, config.n_kv_heads * config.head_dim, clipped=clipped)
+        self.o_proj = ClippedLinear(config.n_heads * config.head_dim, d, clipped=clipped)
         self.q_norm = RMSNorm(config.head_dim, config.rms_eps)
         self.k_norm = RMSNorm(config.head_dim, config.rms_eps)
 
@@ -156,9 +133,9 @@ class VisionMLP(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         d, f, clipped = config.d_model, config.d_ff, config.clipped_linears
-        self.gate_proj = Projection(d, f, clipped=clipped)
-        self.up_proj = Projection(d, f, clipped=clipped)
-        self.down_proj = Projection(f, d, clipped=clipped)
+        self.gate_proj = ClippedLinear(d, f, clipped=clipped)
+        self.up_proj = ClippedLinear(d, f, clipped=clipped)
+        self.down_proj = ClippedLinear(f, d, clipped=clipped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gated = gelu(self.gate_proj(x), approximate="tanh").mul_(self.up_proj(x))  # in place: a fresh tensor

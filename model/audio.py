@@ -1,0 +1,397 @@
+"""The Gemma 4 audio conformer (spec §1.5, §4.2–4.5, soft-token count §4.7; checkpoint names §7.3).
+
+Log-mel features (B, F, 128) and their frame mask → the tower output after ``output_proj`` (before the
+multimodal embedder of §4.6) and the subsampled frame mask. Numerics follow transformers 5.23.0, including its
+12-key attention window (§4.4 item 7: each query sees itself and the 11 frames before it, not the 13 the
+13-row relative table suggests), the −1e9 invalid logit, the 50·tanh(x/50) soft-cap, float32 attention and
+the clamps at ``clip_value``.
+
+How it differs from the reference in layout, not in values on valid frames:
+
+* Padding is never computed. Each clip's valid frames are subsampled on their own (the reference zeroes padded
+  frames before each conv; a conv's zero padding at the clip's end is the same zeros). The conformer then runs on
+  the clips *packed* one after another, each rounded up to whole attention chunks (at most ``chunk_size − 1``
+  idle rows per clip), so a batch of mixed lengths costs what its valid frames cost.
+* The chunked attention is blocked on the packed rows: block ``g`` attends to block ``g − 1`` and itself, with
+  one (G, C, 2C) visibility mask built per forward; a block that opens a clip sees no earlier block. The causal
+  depthwise conv takes its 4 frames of left context from the previous block the same way (zeros at a clip's
+  start), so clips never see each other.
+* Outputs at padded positions are 0 (the reference leaves whatever its padded rows computed there).
+* Only the Gemma 4 geometry is implemented: ``context_left = chunk_size + 1``, ``context_right = 0``, a conv
+  kernel no longer than ``chunk_size + 1``.
+* Every RMSNorm uses ``rms_eps``; the reference hard-codes 1e-6 in the feed-forward and layer norms (the same
+  value in every checkpoint).
+
+Shapes: B clips, F input frames, M mel bins, T subsampled frames (T_b for clip b), R packed rows (Σ_b T_b,
+each rounded up to a multiple of C), G = R / C blocks, C chunk size (12), W = 2C key slots per block, Q = C + 1
+relative distances, N heads, H head dim, D model dim, E output dim, K depthwise kernel (5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .clipped import ClippedLinear
+from .config import AudioConfig, ConfigError
+from .norm import RMSNorm
+
+__all__ = ["AudioEncoder", "AudioInputError", "soft_tokens_from_frames"]
+
+
+class AudioInputError(ValueError):
+    """Features or a frame mask the audio tower cannot take (wrong shape, non-prefix mask, empty clip)."""
+
+
+def soft_tokens_from_frames(valid_frames: int) -> int:
+    """Subsampled frames (= audio soft tokens) of a clip with ``valid_frames`` log-mel frames: ⌈⌈V/2⌉/2⌉."""
+    return ((valid_frames + 1) // 2 + 1) // 2
+
+
+def _clip_bound(config: AudioConfig, dtype: torch.dtype) -> float:
+    """The conformer's clamp value, kept finite in low-precision dtypes."""
+    return min(config.clip_value, torch.finfo(dtype).max)
+
+
+def _inverse_timescales(d_model: int, device: torch.device) -> torch.Tensor:
+    """(D/2,) float32 frequencies ω_i = exp(−i·ln(10⁴)/(D/2 − 1)) of the relative-position sinusoids."""
+    half = d_model // 2
+    step = math.log(10_000.0) / max(half - 1, 1)
+    return torch.exp(torch.arange(half, device=device, dtype=torch.float32) * -step)
+
+
+def _relative_sinusoids(inv_timescales: torch.Tensor, distances: int) -> torch.Tensor:
+    """(Q, D) float32: row p embeds distance Q − 1 − p as [sin(δ·ω), cos(δ·ω)] (spec §4.4 item 4)."""
+    delta = torch.arange(distances - 1, -1, -1, device=inv_timescales.device, dtype=torch.float32)  # (Q,)
+    angles = delta[:, None] * inv_timescales[None, :]  # (Q, D/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+# --- packing: clips one after another, in whole chunks -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Packing:
+    """Where each clip's subsampled frames sit in the packed (R, D) sequence, and the masks that keep clips apart."""
+
+    lengths: tuple[int, ...]  # T_b
+    offsets: tuple[int, ...]  # first packed row of clip b (a multiple of C)
+    rows: int  # R
+    opens_clip: torch.Tensor  # (G,) bool: the block is a clip's first
+    hidden: torch.Tensor  # (G, 1, C, W) bool: True where the key slot is invisible to the query
+
+    @classmethod
+    def build(cls, lengths: list[int], chunk: int, device: torch.device) -> _Packing:
+        blocks = [-(-t // chunk) for t in lengths]
+        offsets = [chunk * sum(blocks[:b]) for b in range(len(blocks))]
+        rows = chunk * sum(blocks)
+        opens = torch.zeros(sum(blocks), dtype=torch.bool)
+        valid = torch.zeros(rows, dtype=torch.bool)
+        for offset, t in zip(offsets, lengths, strict=True):
+            opens[offset // chunk] = True
+            valid[offset : offset + t] = True
+        own = valid.view(-1, chunk)  # (G, C): the block's own rows that hold frames
+        previous = ~opens[:, None].expand(-1, chunk)  # (G, C): the previous block belongs to the same clip
+        keys = torch.cat([previous, own], dim=1)  # (G, W)
+        # Slot j of block g holds time gC − C + j; query i (time gC + i) sees 0 ≤ i + C − j < C (HF: 12 keys).
+        slot = torch.arange(2 * chunk)
+        query = torch.arange(chunk)[:, None]
+        window = (slot > query) & (slot <= query + chunk)  # (C, W)
+        hidden = ~(window[None] & keys[:, None, :])  # (G, C, W)
+        return cls(tuple(lengths), tuple(offsets), rows, opens.to(device), hidden[:, None].to(device))
+
+    def pack(self, clips: list[torch.Tensor]) -> torch.Tensor:
+        """Per-clip (T_b, D) → (R, D), idle rows zero."""
+        x = clips[0].new_zeros(self.rows, clips[0].shape[-1])  # (R, D)
+        for clip, offset in zip(clips, self.offsets, strict=True):
+            x[offset : offset + clip.shape[0]] = clip
+        return x
+
+    def valid_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, D) → (Σ T_b, D), the clips' frames in order."""
+        return torch.cat([x[o : o + t] for o, t in zip(self.offsets, self.lengths, strict=True)])
+
+    def with_previous(self, blocks: torch.Tensor, count: int) -> torch.Tensor:
+        """(G, C, …) → (G, count + C, …): each block after the last ``count`` rows of the block before it (zeros
+        where the block opens a clip)."""
+        out = blocks.new_empty(blocks.shape[0], count + blocks.shape[1], *blocks.shape[2:])  # (G, count + C, …)
+        out[:, count:] = blocks
+        out[1:, :count] = blocks[:-1, blocks.shape[1] - count :]
+        out[:, :count].masked_fill_(self.opens_clip.view(-1, *[1] * (blocks.dim() - 1)), 0.0)
+        return out
+
+
+# --- subsampling ------------------------------------------------------------------------------------
+
+
+class ConvNormReLU(nn.Module):
+    """Conv2d 3×3 stride 2 pad 1 (no bias) → LayerNorm over channels (no bias) → ReLU (spec §4.2).
+
+    Works channels-last, (1, T, M, C), so the LayerNorm reads contiguous channels and nothing is transposed.
+    """
+
+    def __init__(self, c_in: int, c_out: int, eps: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1, bias=False)
+        self.norm = nn.LayerNorm(c_out, eps=eps, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (1, T, M, C_in) → (1, ⌈T/2⌉, M/2, C_out)."""
+        x = self._conv(x)  # (1, T', M', C_out)
+        x = F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, None, self.norm.eps)
+        return F.relu_(x)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.conv.weight.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x.permute(0, 3, 1, 2), weight, stride=2, padding=1)  # (1, C_out, T', M') stored NHWC
+        return y.permute(0, 2, 3, 1)  # (1, T', M', C_out), contiguous
+
+
+class MonoConvNormReLU(ConvNormReLU):
+    """The first conv (one input channel) as a 9-tap matmul over strided patches: it writes channels-last
+    directly, and is faster than a one-channel convolution (the same products, so the same values)."""
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x[0, :, :, 0], (1, 1, 1, 1))  # (T + 2, M + 2)
+        patches = padded.unfold(0, 3, 2).unfold(1, 3, 2)  # (T', M', 3, 3), a view
+        t, m = patches.shape[:2]
+        y = patches.reshape(t * m, 9) @ self.conv.weight.view(-1, 9).t()  # (T'·M', C_out)
+        return y.view(1, t, m, -1)
+
+
+class Subsampling(nn.Module):
+    """Two stride-2 convs and a projection: one clip's valid frames (V, M) → (⌈⌈V/2⌉/2⌉, D) (spec §4.2)."""
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__()
+        c0, c1 = config.conv_channels
+        self.layer0 = MonoConvNormReLU(1, c0, config.rms_eps)
+        self.layer1 = ConvNormReLU(c0, c1, config.rms_eps)
+        self.input_proj_linear = nn.Linear(config.subsampled_dim, config.d_model, bias=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        # The clip alone: the convs' zero padding past its last frame is exactly the reference's masked zeros.
+        x = frames.to(self.input_proj_linear.weight.dtype)[None, :, :, None]  # (1, V, M, 1)
+        x = self.layer1(self.layer0(x))  # (1, T, M/4, C1)
+        return self.input_proj_linear(x.reshape(x.shape[1], -1))  # (T, M/4·C1): frequency major, channel minor
+
+
+# --- conformer blocks -------------------------------------------------------------------------------
+
+
+class FeedForward(nn.Module):
+    """Half-step FFN: ``x + w·RMSNorm(clamp(Lin₂(SiLU(Lin₁(RMSNorm(clamp(x)))))))`` (spec §4.3)."""
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__()
+        d, clipped = config.d_model, config.clipped_linears
+        self.ffw_layer_1 = ClippedLinear(d, config.d_ff, clipped=clipped)
+        self.ffw_layer_2 = ClippedLinear(config.d_ff, d, clipped=clipped)
+        self.pre_layer_norm = RMSNorm(d, config.rms_eps)
+        self.post_layer_norm = RMSNorm(d, config.rms_eps)
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (R, D) → (R, D)."""
+        c = _clip_bound(self.config, x.dtype)
+        y = self.ffw_layer_1(self.pre_layer_norm(x.clamp(-c, c)), scratch=True)  # (R, 4D)
+        y = self.ffw_layer_2(F.silu(y, inplace=True), scratch=True)  # (R, D)
+        y = self.post_layer_norm(y.clamp_(-c, c))
+        return x + self.config.residual_weight * y
+
+
+class LightConv(nn.Module):
+    """GLU → causal depthwise conv → clamp → RMSNorm → SiLU → linear, plus the residual (spec §4.3)."""
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__()
+        d, clipped = config.d_model, config.clipped_linears
+        self.linear_start = ClippedLinear(d, 2 * d, clipped=clipped)
+        self.linear_end = ClippedLinear(d, d, clipped=clipped)
+        self.depthwise_conv1d = nn.Conv1d(d, d, config.conv_kernel, groups=d, bias=False)  # weight (D, 1, K)
+        self.pre_layer_norm = RMSNorm(d, config.rms_eps)
+        self.conv_norm = RMSNorm(d, config.rms_eps)
+        self.config = config
+
+    def forward(self, x: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        """x (R, D) → (R, D)."""
+        c, k, chunk = _clip_bound(self.config, x.dtype), self.config.conv_kernel, self.config.chunk_size
+        y = F.glu(self.linear_start(self.pre_layer_norm(x), scratch=True), dim=-1)  # (R, D)
+        # Causal: output t reads inputs t−K+1 … t; the K−1 rows before a block come from the block before it.
+        context = packing.with_previous(y.view(-1, chunk, y.shape[-1]), k - 1)  # (G, K − 1 + C, D)
+        weight = self.depthwise_conv1d.weight[:, 0].t()  # (K, D)
+        y = context[:, 0:chunk] * weight[0]  # (G, C, D)
+        for tap in range(1, k):
+            y += context[:, tap : tap + chunk] * weight[tap]
+        y = self.conv_norm(y.view(-1, y.shape[-1]).clamp_(-c, c))  # (R, D)
+        return x + self.linear_end(F.silu(y, inplace=True), scratch=True)
+
+
+class RelativeAttention(nn.Module):
+    """Chunked local self-attention with Transformer-XL relative positions, in float32 (spec §4.4)."""
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__()
+        d, clipped = config.d_model, config.clipped_linears
+        self.q_proj = ClippedLinear(d, d, clipped=clipped)
+        self.k_proj = ClippedLinear(d, d, clipped=clipped)
+        self.v_proj = ClippedLinear(d, d, clipped=clipped)
+        self.post = ClippedLinear(d, d, clipped=clipped)
+        self.relative_k_proj = nn.Linear(d, d, bias=False)
+        self.per_dim_scale = nn.Parameter(torch.zeros(config.head_dim))
+        self.config = config
+        self.q_scale = config.head_dim**-0.5 / math.log(2)
+        self.k_scale = math.log1p(math.e) / math.log(2)  # softplus(1) / ln 2
+
+    def forward(self, x: torch.Tensor, sinusoids: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        """x (R, D), sinusoids (Q, D) in x's dtype → (R, D)."""
+        cfg = self.config
+        n, h, chunk = cfg.n_heads, cfg.head_dim, cfg.chunk_size
+        scale = self.q_scale * F.softplus(self.per_dim_scale.float())  # (H,)
+        # The projections are fresh tensors (float32, or cast to it): scaling them in place copies nothing.
+        q = self.q_proj(x).float().mul_(scale.repeat(n))  # (R, N·H)
+        q = q.view(-1, chunk, n, h).transpose(1, 2)  # (G, N, C, H)
+        k = self.k_proj(x).float().mul_(self.k_scale).view(-1, chunk, n, h)  # (G, C, N, H)
+        k = packing.with_previous(k, chunk)  # (G, W, N, H)
+        v = packing.with_previous(self.v_proj(x).float().view(-1, chunk, n, h), chunk)  # (G, W, N, H)
+        rel = self.relative_k_proj(sinusoids).float().view(-1, n, h).permute(1, 2, 0)  # (N, H, Q)
+        logits = q @ k.permute(0, 2, 3, 1) + _rel_shift(q @ rel, 2 * chunk)  # (G, N, C, W)
+        logits = logits.div_(cfg.logit_cap).tanh_().mul_(cfg.logit_cap)  # soft-cap
+        weights = logits.masked_fill_(packing.hidden, cfg.invalid_logit).softmax(dim=-1)  # (G, N, C, W)
+        out = (weights @ v.transpose(1, 2)).transpose(1, 2)  # (G, C, N, H)
+        return self.post(out.reshape(x.shape).to(x.dtype), scratch=True)
+
+
+def _rel_shift(scores: torch.Tensor, slots: int) -> torch.Tensor:
+    """(…, C, Q) scores per relative row → (…, C, W): slot j of query i gets row j − i (0 where j − i ∉ [0, Q)).
+
+    Pad each query's Q scores to W + 1, lay the C queries end to end and re-cut them into rows of W: every row
+    then starts one place further left, which is the Transformer-XL shift.
+    """
+    *batch, chunk, distances = scores.shape
+    flat = F.pad(scores, (0, slots + 1 - distances)).reshape(*batch, chunk * (slots + 1))  # (…, C·(W + 1))
+    return flat[..., : chunk * slots].view(*batch, chunk, slots)
+
+
+class ConformerLayer(nn.Module):
+    """FFN/2 → attention → light conv → FFN/2 → RMSNorm, with the reference's clamps (spec §4.3)."""
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.feed_forward1 = FeedForward(config)
+        self.self_attn = RelativeAttention(config)
+        self.lconv1d = LightConv(config)
+        self.feed_forward2 = FeedForward(config)
+        self.norm_pre_attn = RMSNorm(d, config.rms_eps)
+        self.norm_post_attn = RMSNorm(d, config.rms_eps)
+        self.norm_out = RMSNorm(d, config.rms_eps)
+        self.config = config
+
+    def forward(self, x: torch.Tensor, sinusoids: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        """x (R, D) → (R, D)."""
+        c = _clip_bound(self.config, self.norm_pre_attn.weight.dtype)
+        x = self.feed_forward1(x)
+        a = self.self_attn(self.norm_pre_attn(x.clamp(-c, c)), sinusoids, packing)
+        x = x + self.norm_post_attn(a.clamp_(-c, c))
+        x = self.feed_forward2(self.lconv1d(x, packing))
+        return self.norm_out(x.clamp_(-c, c))
+
+
+# --- the tower --------------------------------------------------------------------------------------
+
+
+class AudioEncoder(nn.Module):
+    """The audio tower; ``state_dict()`` keys are the checkpoint's ``model.audio_tower.`` names (spec §7.3)."""
+
+    def __init__(self, config: AudioConfig) -> None:
+        super().__init__()
+        c = config
+        if c.context_right != 0 or c.context_left != c.chunk_size + 1 or c.conv_kernel - 1 > c.chunk_size:
+            raise ConfigError(
+                "audio tower: only context_left = chunk_size + 1, context_right = 0 and conv_kernel ≤ chunk_size + 1 "
+                f"are implemented, got chunk_size={c.chunk_size}, context_left={c.context_left}, "
+                f"context_right={c.context_right}, conv_kernel={c.conv_kernel}"
+            )
+        self.config = config
+        self.subsample_conv_projection = Subsampling(config)
+        self.layers = nn.ModuleList(ConformerLayer(config) for _ in range(config.n_layers))
+        self.output_proj = nn.Linear(config.d_model, config.output_dim, bias=True)
+        self.register_buffer("inv_timescales", torch.empty(config.d_model // 2), persistent=False)
+        self._sinusoids: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self.reset_buffers()
+
+    def reset_buffers(self, device: str | torch.device | None = None) -> None:
+        """(Re)compute the non-persistent sinusoid timescales, e.g. after building on the meta device."""
+        device = torch.device(device) if device is not None else self.inv_timescales.device
+        self._sinusoids.clear()
+        if device.type == "meta":
+            return
+        self.inv_timescales = _inverse_timescales(self.config.d_model, device)
+
+    def sinusoids(self, dtype: torch.dtype) -> torch.Tensor:
+        """(Q, D) relative-position sinusoids in ``dtype`` (cached per dtype and device).
+
+        Always computed in float32 and then cast, even when the module (and so ``inv_timescales``) was cast to a
+        low-precision dtype: the reference, cast to bfloat16, rounds the timescales and angles to bfloat16 too
+        (a difference well inside bfloat16 noise of the outputs)."""
+        device = self.inv_timescales.device
+        key = (dtype, device)
+        if key not in self._sinusoids:
+            timescales = self.inv_timescales
+            if timescales.dtype != torch.float32:
+                timescales = _inverse_timescales(self.config.d_model, device)
+            table = _relative_sinusoids(timescales, self.config.chunk_size + 1)
+            self._sinusoids[key] = table.to(dtype)
+        return self._sinusoids[key]
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, F, M) float, mask (B, F) bool (True = valid; a non-empty prefix per clip) →
+        (out (B, T, E) in the weights' dtype, 0 at padded positions; out_mask (B, T) bool), T = ⌈⌈F/2⌉/2⌉."""
+        valid = self._check(features, mask)
+        b, frames = mask.shape
+        width = soft_tokens_from_frames(frames)
+        dtype = self.output_proj.weight.dtype
+        out = features.new_zeros(b, width, self.config.output_dim, dtype=dtype)  # (B, T, E)
+        out_mask = (
+            torch.arange(width, device=mask.device)[None, :]
+            < mask.new_tensor([soft_tokens_from_frames(v) for v in valid], dtype=torch.long)[:, None]
+        )  # (B, T)
+        if b == 0:
+            return out, out_mask
+        clips = [self.subsample_conv_projection(features[i, :v]) for i, v in enumerate(valid)]  # (T_b, D) each
+        for clip, v in zip(clips, valid, strict=True):
+            assert clip.shape[0] == soft_tokens_from_frames(v), (clip.shape, v)
+        packing = _Packing.build([clip.shape[0] for clip in clips], self.config.chunk_size, features.device)
+        x = packing.pack(clips)  # (R, D)
+        sinusoids = self.sinusoids(x.dtype)
+        for layer in self.layers:
+            x = layer(x, sinusoids, packing)
+        out[out_mask] = self.output_proj(packing.valid_rows(x))  # (Σ T_b, E) scattered row-major
+        return out, out_mask
+
+    def _check(self, features: torch.Tensor, mask: torch.Tensor) -> list[int]:
+        """Valid frames per clip; raises :class:`AudioInputError` naming the clip and the problem."""
+        m = self.config.n_mels
+        if features.dim() != 3 or features.shape[-1] != m:
+            raise AudioInputError(f"features must be (B, F, {m}), got shape {tuple(features.shape)}")
+        if not features.is_floating_point():
+            raise AudioInputError(f"features must be floating point, got {features.dtype}")
+        if mask.dtype != torch.bool or tuple(mask.shape) != tuple(features.shape[:2]):
+            raise AudioInputError(
+                f"mask must be bool of shape {tuple(features.shape[:2])} (features' B, F), "
+                f"got {mask.dtype} of shape {tuple(mask.shape)}"
+            )
+        counts = mask.sum(dim=1)  # (B,)
+        prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < counts[:, None]  # (B, F)
+        broken = (prefix != mask).any(dim=1)  # (B,)
+        for clip, (count, bad) in enumerate(zip(counts.tolist(), broken.tolist(), strict=True)):
+            if bad:
+                raise AudioInputError(f"clip {clip}: mask is not a prefix of valid frames (padding must be last)")
+            if count == 0:
+                raise AudioInputError(f"clip {clip}: mask has no valid frame")
+        return counts.tolist()

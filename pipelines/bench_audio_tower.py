@@ -1,0 +1,98 @@
+"""``gemma4 bench encoders`` (audio part): our audio conformer against the reference ``Gemma4AudioModel``.
+
+Both run the same random weights, float32 on the CPU, on one fixed-seed batch of speech-like clips
+(log-mel features from ``log_mel_batch``). The figure is audio-seconds through the tower per second of wall
+time, best of ``repeat`` passes:
+
+* mixed lengths (3–30 s in one batch), the target row: the reference computes every padded frame, ours skips
+  them (clips packed in whole attention chunks);
+* four 30 s clips, for information: no padding to skip, so this row shows the kernels alone.
+
+Each row also states the largest |Δ| between the two outputs on valid frames (it must stay ≤ 1e-4).
+
+Both sides run on ``threads`` threads (torch and the BLAS/OpenMP pools), one by default: on a machine shared with
+other jobs a multi-threaded pass mostly measures OpenMP barrier waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from model.audio import AudioEncoder
+from model.config import PRESETS, AudioConfig, model_to_hf
+from preprocess.audio import log_mel_batch
+
+from .bench_audio import threads as thread_limit
+from .benchmarking import Row, best_time, format_row, reference
+from .synthetic import synthetic_speech
+
+__all__ = ["run"]
+
+TARGET = 1.3
+UNIT = "audio-s/s"
+TOLERANCE = 1e-4
+CONFIG = AudioConfig(d_model=256, n_layers=4, n_heads=4, output_dim=512)  # E2B geometry, smaller width/depth
+
+
+def _perturbed(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Random weights with finite clip bounds and non-default norms, as a state dict."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key.endswith(("_min", "_max")):
+            sign = -1.0 if key.endswith("_min") else 1.0
+            tensor = torch.tensor(sign * (4.0 + 4.0 * torch.rand((), generator=generator).item()))
+        elif "norm" in key or key.endswith("per_dim_scale"):
+            tensor = tensor + 0.1 * torch.randn(tensor.shape, generator=generator)
+        state[key] = tensor
+    return state
+
+
+def _batch(seconds: tuple[float, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return log_mel_batch([synthetic_speech(s, seed=seed + i) for i, s in enumerate(seconds)])
+
+
+def run(*, repeat: int = 3, emit: Callable[[str], object] = print, seed: int = 0, threads: int = 1) -> list[Row]:
+    """Time both towers on a mixed-length batch (target row) and an equal-length one; emit and return rows."""
+    with thread_limit(threads):
+        return _run(repeat, emit, seed)
+
+
+def _run(repeat: int, emit: Callable[[str], object], seed: int) -> list[Row]:
+    torch.manual_seed(seed)
+    ours = AudioEncoder(CONFIG).eval()
+    oracle = reference("hf_audio_tower")
+    ref_model = None
+    if oracle is not None:
+        audio_config = model_to_hf(replace(PRESETS["tiny-e2b"], audio=CONFIG))["audio_config"]
+        ref_model = oracle.build(audio_config)
+        state = _perturbed(ref_model, seed)
+        ref_model.load_state_dict(state, strict=True)
+        ours.load_state_dict(state, strict=True)
+    emit(
+        f"audio tower: {CONFIG.n_layers} layers, d_model {CONFIG.d_model}, {CONFIG.n_heads} heads, "
+        f"output {CONFIG.output_dim}, float32 CPU, threads: {torch.get_num_threads()}; best of {repeat}"
+    )
+    cases = [("4 clips 3–30 s, mixed", (3.0, 9.5, 17.0, 30.0), TARGET), ("4 clips of 30 s", (30.0,) * 4, None)]
+    rows = []
+    for case, seconds, target in cases:
+        features, mask = _batch(seconds, seed)
+        with torch.no_grad():
+            ours_s = best_time(lambda batch: ours(*batch), [(features, mask)], repeat)
+            baseline, note, ok = None, "", True
+            if ref_model is not None:
+                ref_s = best_time(lambda batch: oracle.run(ref_model, *batch), [(features, mask)], repeat)
+                baseline = sum(seconds) / ref_s
+                expected, expected_mask = oracle.run(ref_model, features, mask)
+                got, got_mask = ours(features, mask)
+                error = float((expected - got)[got_mask].abs().max())
+                same_mask = bool(torch.equal(expected_mask, got_mask))
+                ok = error <= TOLERANCE and same_mask
+                note = f"max |Δ| on valid frames {error:.1e} (bound {TOLERANCE:.0e}); output masks equal: {same_mask}"
+        row = Row("audio tower", case, baseline, sum(seconds) / ours_s, target, UNIT, note=note, extra_ok=ok)
+        emit(format_row(row))
+        rows.append(row)
+    return rows
