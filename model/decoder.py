@@ -139,28 +139,28 @@ class TextDecoder(nn.Module):
         logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """input_ids (B, T) → logits (B, T, V) in the weights' dtype; only the last ``logits_to_keep``
-        positions when it is positive (a prefill needs just the last: the output projection over the whole
-        vocabulary is the single biggest matmul). Positions count real tokens."""
+        positions when it is positive. A prefill needs just the last one: the output projection then shrinks
+        to one row, and the KV-shared layers, which write no cache, run on the kept positions only (their K/V
+        come from earlier layers), as the reference does. Positions count real tokens."""
         c = self.config
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
-        ple = self.per_layer_inputs(input_ids, x) if c.ple_dim else None
-        causal_only = bool(attention_mask.all())  # full layers then need no mask tensor at all
-        sliding = sliding_mask(
-            attention_mask, c.sliding_window, mm_token_type_ids if c.bidirectional == "vision" else None
-        )
-        if x.shape[1] > c.sliding_window + BAND_BLOCK:
-            sliding = banded_mask(sliding, BAND_BLOCK, x.dtype)
-        masks = {"full": None if causal_only else full_mask(attention_mask), "sliding": sliding}
+        ple = self.per_layer_inputs(input_ids, x) if c.ple_dim else None  # (B, T, L, P)
+        masks = self._masks(attention_mask, mm_token_type_ids, x.dtype)
         rope = {
             kind: rope_cos_sin(positions, freq, x.dtype)
             for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
         }
+        keep = logits_to_keep if 0 < logits_to_keep < x.shape[1] else 0
         caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         h = x
         for i, layer in enumerate(self.layers):
+            if keep and i == c.first_shared_layer:  # from here on only the kept rows matter
+                h, ple = h[:, -keep:], None if ple is None else ple[:, -keep:]  # (B, keep, D), (B, keep, L, P)
+                rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
+                masks = {kind: m[:, :, -keep:] for kind, m in self._masks(attention_mask, mm_token_type_ids).items()}
             kind = "full" if c.is_full(i) else "sliding"
             source = c.kv_source(i)
             h, kv = layer(h, *rope[kind], masks[kind], None if ple is None else ple[:, :, i], caches.get(source))
@@ -172,3 +172,22 @@ class TextDecoder(nn.Module):
         if c.final_logit_softcap:
             logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits
+
+    def _masks(self, attention_mask, mm_token_type_ids, banded_dtype: torch.dtype | None = None) -> dict:
+        """Masks per layer kind, (B, 1, T, T) bool. With ``banded_dtype`` (the layers' own pass): None where
+        SDPA's causal kernel gives the same result (no padding; for sliding layers also T ≤ W and no vision
+        block), and long sliding masks cut into blocks of query rows."""
+        c = self.config
+        t = attention_mask.shape[1]
+        types = mm_token_type_ids if c.bidirectional == "vision" else None
+        if banded_dtype is None:
+            return {"full": full_mask(attention_mask), "sliding": sliding_mask(attention_mask, c.sliding_window, types)}
+        plain = bool(attention_mask.all())
+        vision = types is not None and bool(((types == 1) | (types == 2)).any())
+        if plain and t <= c.sliding_window and not vision:
+            sliding = None  # every earlier key is inside the window: plain causal attention
+        else:
+            sliding = sliding_mask(attention_mask, c.sliding_window, types)
+            if t > c.sliding_window + BAND_BLOCK:
+                sliding = banded_mask(sliding, BAND_BLOCK, banded_dtype)
+        return {"full": None if plain else full_mask(attention_mask), "sliding": sliding}

@@ -37,5 +37,6 @@ def rope_cos_sin(
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, T, N, H), cos/sin (B, T, H) → rotated x, same shape and dtype."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # (B, T, N, H): (−x₂, x₁)
-    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    rotated = torch.cat((x[..., half:], x[..., :half]), dim=-1)  # (B, T, N, H): (x₂, x₁)
+    rotated[..., :half].neg_()  # (−x₂, x₁), in place on the fresh tensor
+    return torch.addcmul(x * cos[:, :, None, :], rotated, sin[:, :, None, :])

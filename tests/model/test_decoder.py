@@ -70,6 +70,28 @@ def test_long_sequences_take_the_banded_path_and_equal_reference(name, tmp_path)
     assert (expected - got)[mask.bool()].abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b"])
+def test_short_unpadded_prompts_take_the_causal_kernel_and_equal_reference(name, tmp_path):
+    """T ≤ W without padding: sliding layers run SDPA's causal kernel (no mask), as full layers do."""
+    modeling = pytest.importorskip("transformers.models.gemma4.modeling_gemma4")
+    reference = reference_checkpoint(name, tmp_path, seed=6)
+    ours = load_text_decoder(tmp_path)
+    ids, _ = batch(seed=3, length=PRESETS[name].text.sliding_window)
+    with torch.no_grad():
+        assert (reference(input_ids=ids).logits - ours(ids)).abs().max() <= 1e-4
+        if PRESETS[name].text.bidirectional != "vision":
+            return
+        types = torch.zeros_like(ids)
+        types[:, 2:5] = 1  # an image block: the 31B-style preset then needs its bidirectional mask
+        embeds = reference.model.embed_tokens(ids)
+        positions = torch.arange(ids.shape[1])[None].expand_as(ids)
+        blocks = modeling.get_block_sequence_ids_for_mask(types, embeds.device)
+        ones = torch.ones_like(ids)
+        masks = modeling.create_masks_for_vision_model(reference.config, embeds, ones, None, positions, blocks)
+        expected = reference(input_ids=ids, attention_mask=masks).logits
+        assert (expected - ours(ids, mm_token_type_ids=types)).abs().max() <= 1e-4
+
+
 def test_padding_does_not_change_real_rows(tmp_path):
     reference_checkpoint("tiny-e2b", tmp_path)
     ours = load_text_decoder(tmp_path)
@@ -206,14 +228,17 @@ def test_sharded_checkpoint_loads(tmp_path):
         assert torch.equal(a, b), key
 
 
-def test_logits_to_keep_equals_the_last_rows_and_the_reference(tmp_path):
-    reference = reference_checkpoint("tiny-e2b", tmp_path)
+@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b"])
+@pytest.mark.parametrize("keep", [1, 3])
+def test_logits_to_keep_equals_the_last_rows_and_the_reference(name, keep, tmp_path):
+    """Only the kept rows: KV-shared layers (tiny-e2b) then run on those rows alone."""
+    reference = reference_checkpoint(name, tmp_path)
     ours = load_text_decoder(tmp_path)
     ids, mask = batch()
     with torch.no_grad():
         full = ours(ids, mask)
-        last = ours(ids, mask, logits_to_keep=1)
-        expected = reference(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
-    assert last.shape == (3, 1, full.shape[-1])
-    assert torch.equal(last, full[:, -1:])
+        last = ours(ids, mask, logits_to_keep=keep)
+        expected = reference(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    assert last.shape == (3, keep, full.shape[-1])
+    assert (last - full[:, -keep:]).abs().max() <= 1e-5
     assert (last - expected).abs().max() <= 1e-4
