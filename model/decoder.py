@@ -36,7 +36,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        return self.down_proj(gelu(self.gate_proj(x), approximate="tanh").mul_(self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -66,16 +66,18 @@ class DecoderLayer(nn.Module):
     def forward(self, h, cos, sin, mask, ple=None, shared_kv=None):
         """h (B, T, D), ple (B, T, P) or None → (h (B, T, D), this layer's (k, v))."""
         a, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, shared_kv)
-        h = h + self.post_attention_layernorm(a)
+        h = h + self.post_attention_layernorm(a)  # a new tensor, so later updates may write into it …
+        inplace = not torch.is_grad_enabled()  # … unless autograd needs the earlier values
+        add, mul = (torch.Tensor.add_, torch.Tensor.mul_) if inplace else (torch.add, torch.mul)
         dense = self.mlp(self.pre_feedforward_layernorm(h))
         if self.moe:
-            h = h + self.post_feedforward_layernorm(self.post_feedforward_layernorm_1(dense) + self._moe(h))
+            h = add(h, self.post_feedforward_layernorm(self.post_feedforward_layernorm_1(dense) + self._moe(h)))
         else:
-            h = h + self.post_feedforward_layernorm(dense)
+            h = add(h, self.post_feedforward_layernorm(dense))
         if self.ple:
-            gated = gelu(self.per_layer_input_gate(h), approximate="tanh") * ple  # (B, T, P)
-            h = h + self.post_per_layer_input_norm(self.per_layer_projection(gated))
-        return h * self.layer_scalar, kv
+            gated = gelu(self.per_layer_input_gate(h), approximate="tanh").mul_(ple)  # (B, T, P)
+            h = add(h, self.post_per_layer_input_norm(self.per_layer_projection(gated)))
+        return mul(h, self.layer_scalar), kv
 
     def _moe(self, r: torch.Tensor) -> torch.Tensor:
         """r (B, T, D) residual → the experts' branch (B, T, D), before the shared post-norm (spec §2.8)."""
@@ -118,7 +120,7 @@ class TextDecoder(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) → (B, T, D): E[id] · sqrt(D), the scale rounded to the weight dtype first (spec §2.2)."""
         weight = self.embed_tokens.weight
-        return self.embed_tokens(input_ids) * torch.tensor(math.sqrt(self.config.d_model), dtype=weight.dtype)
+        return self.embed_tokens(input_ids).mul_(torch.tensor(math.sqrt(self.config.d_model), dtype=weight.dtype))
 
     def per_layer_inputs(self, input_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and the final input embeddings (B, T, D) → (B, T, L, P) per-layer embeddings (spec §2.3)."""

@@ -1,8 +1,9 @@
 """RMSNorm, with and without a learned scale (spec §2.1).
 
 ``y = x · (mean(x²) + ε)^(−1/2) · w`` computed in float32 and cast back to the input dtype; the weight
-multiplies directly (no ``1 + w`` as in Gemma 1–3). PyTorch's fused ``rms_norm`` kernel does it in one pass
-(about 4× faster on CPU than the reference's four elementwise ops); the tests check it equals the reference.
+multiplies directly (no ``1 + w`` as in Gemma 1–3). The reference's operations in the reference's order (so
+results agree bit for bit), with the weight applied in place: a fresh large tensor costs page faults on CPU, and
+skipping one makes the norm about 4× faster there.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ __all__ = ["RMSNorm", "rms_norm"]
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """x (..., D) any float dtype → same shape and dtype; ``weight`` (D,) or None."""
-    y = torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), None if weight is None else weight.float(), eps)
+    x32 = x.float()
+    y = x32 * torch.pow(x32.pow(2).mean(-1, keepdim=True) + eps, -0.5)  # a new tensor: x is never modified
+    if weight is not None:
+        y.mul_(weight.float())
     return y.type_as(x)
 
 

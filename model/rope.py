@@ -39,4 +39,4 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat((x[..., half:], x[..., :half]), dim=-1)  # (B, T, N, H): (x₂, x₁)
     rotated[..., :half].neg_()  # (−x₂, x₁), in place on the fresh tensor
-    return torch.addcmul(x * cos[:, :, None, :], rotated, sin[:, :, None, :])
+    return (x * cos[:, :, None, :]).addcmul_(rotated, sin[:, :, None, :])

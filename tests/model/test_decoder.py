@@ -242,3 +242,17 @@ def test_logits_to_keep_equals_the_last_rows_and_the_reference(name, keep, tmp_p
     assert last.shape == (3, keep, full.shape[-1])
     assert (last - full[:, -keep:]).abs().max() <= 1e-5
     assert (last - expected).abs().max() <= 1e-4
+
+
+def test_gradients_flow_and_inference_equals_grad_mode(tmp_path):
+    """No-grad passes update activations in place; with autograd on, the same values and a working backward."""
+    reference_checkpoint("tiny-moe", tmp_path)
+    ours = load_text_decoder(tmp_path)
+    ids, mask = batch()
+    with torch.no_grad():
+        inference = ours(ids, mask)
+    training = ours(ids, mask)
+    assert torch.equal(training.detach(), inference)
+    training[mask.bool()].square().mean().backward()
+    grads = [p.grad for p in ours.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

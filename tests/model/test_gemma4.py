@@ -140,9 +140,7 @@ def test_logits_equal_reference_on_reference_processor_inputs(tok, tokenizer_dir
     text = render_chat(prompt).text
     pictures = [part["image"] for part in prompt[0]["content"] if part["type"] == "image"]
     audio = [part["audio"][0] for part in prompt[0]["content"] if part["type"] == "audio"]
-    inputs = processor(
-        text=[text], images=[pictures], audio=audio, add_special_tokens=False, return_tensors="pt"
-    ).data
+    inputs = processor(text=[text], images=[pictures], audio=audio, add_special_tokens=False, return_tensors="pt").data
     inputs["input_features_mask"] = inputs["input_features_mask"].bool()
     with torch.no_grad():
         expected = reference(**inputs).logits
