@@ -10,8 +10,9 @@ time, best of ``repeat`` passes:
 
 Each row also states the largest |Δ| between the two outputs on valid frames (it must stay ≤ 1e-4).
 
-Both sides run on ``threads`` threads (torch and the BLAS/OpenMP pools), one by default: on a machine shared with
-other jobs a multi-threaded pass mostly measures OpenMP barrier waits.
+Both sides run on ``threads`` threads (torch and the BLAS/OpenMP pools), by default as many as torch uses (like
+the other benchmarks); ``--threads 1`` gives steadier figures on a machine shared with other jobs, where a
+multi-threaded pass mostly measures OpenMP barrier waits.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ def _batch(seconds: tuple[float, ...], seed: int) -> tuple[torch.Tensor, torch.T
     return log_mel_batch([synthetic_speech(s, seed=seed + i) for i, s in enumerate(seconds)])
 
 
-def run(*, repeat: int = 3, emit: Callable[[str], object] = print, seed: int = 0, threads: int = 1) -> list[Row]:
+def run(
+    *, repeat: int = 3, emit: Callable[[str], object] = print, seed: int = 0, threads: int | None = None
+) -> list[Row]:
     """Time both towers on a mixed-length batch (target row) and an equal-length one; emit and return rows."""
-    with thread_limit(threads):
+    with thread_limit(threads or torch.get_num_threads()):
         return _run(repeat, emit, seed)
 
 

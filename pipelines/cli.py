@@ -170,7 +170,7 @@ def _cmd_bench_encoders(args: argparse.Namespace) -> int:
     if args.only in (None, "vision"):
         bench_vision_tower.run(repeat=args.repeat)
     if args.only in (None, "audio"):
-        bench_audio_tower.run(repeat=args.repeat)
+        bench_audio_tower.run(repeat=args.repeat, threads=args.threads)
     return 0
 
 
@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench_model)
     b = bench.add_parser("encoders", help="vision and audio towers against the reference")
     b.add_argument("--only", choices=("vision", "audio"), default=None, help="one tower only")
+    b.add_argument("--threads", type=int, default=None, help="threads for the audio tower (default: torch's)")
     b.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
     b.set_defaults(func=_cmd_bench_encoders)
     return parser
