@@ -57,14 +57,20 @@ def _batch(seconds: tuple[float, ...], seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def run(
-    *, repeat: int = 3, emit: Callable[[str], object] = print, seed: int = 0, threads: int | None = None
+    *,
+    repeat: int = 3,
+    emit: Callable[[str], object] = print,
+    seed: int = 0,
+    threads: int | None = None,
+    durations: tuple[float, ...] = (3.0, 9.5, 17.0, 30.0),
 ) -> list[Row]:
-    """Time both towers on a mixed-length batch (target row) and an equal-length one; emit and return rows."""
+    """Time both towers on a mixed-length batch of ``durations`` seconds (target row) and on as many clips of
+    the longest duration; emit and return rows."""
     with thread_limit(threads or torch.get_num_threads()):
-        return _run(repeat, emit, seed)
+        return _run(repeat, emit, seed, durations)
 
 
-def _run(repeat: int, emit: Callable[[str], object], seed: int) -> list[Row]:
+def _run(repeat: int, emit: Callable[[str], object], seed: int, durations: tuple[float, ...]) -> list[Row]:
     torch.manual_seed(seed)
     ours = AudioEncoder(CONFIG).eval()
     oracle = reference("hf_audio_tower")
@@ -79,7 +85,11 @@ def _run(repeat: int, emit: Callable[[str], object], seed: int) -> list[Row]:
         f"audio tower: {CONFIG.n_layers} layers, d_model {CONFIG.d_model}, {CONFIG.n_heads} heads, "
         f"output {CONFIG.output_dim}, float32 CPU, threads: {torch.get_num_threads()}; best of {repeat}"
     )
-    cases = [("4 clips 3–30 s, mixed", (3.0, 9.5, 17.0, 30.0), TARGET), ("4 clips of 30 s", (30.0,) * 4, None)]
+    n, low, high = len(durations), min(durations), max(durations)
+    cases = [
+        (f"{n} clips {low:g}–{high:g} s, mixed", durations, TARGET),
+        (f"{n} clips of {high:g} s", (high,) * n, None),
+    ]
     rows = []
     for case, seconds, target in cases:
         features, mask = _batch(seconds, seed)

@@ -52,7 +52,8 @@ def bench_config():
 
 _CHILD = r"""
 import json, resource, sys, time, torch
-engine, path, tokens, repeat, keep = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+engine, path = sys.argv[1], sys.argv[2]
+tokens, repeat, keep, vocab = (int(a) for a in sys.argv[3:7])
 torch.manual_seed(0)
 if engine == "reference":
     import oracles
@@ -62,7 +63,7 @@ else:
     from model.checkpoint import load_text_decoder
     model = load_text_decoder(path)
     forward = lambda ids: model(ids, logits_to_keep=keep)
-ids = torch.randint(10, 15000, (1, tokens))
+ids = torch.randint(10, vocab, (1, tokens))
 with torch.no_grad():
     forward(ids)
     best = min((lambda s: (forward(ids), time.perf_counter() - s)[1])(time.perf_counter()) for _ in range(repeat))
@@ -70,10 +71,10 @@ print(json.dumps({"tokens_per_s": tokens / best, "peak_mb": resource.getrusage(r
 """
 
 
-def _measure(engine: str, path: str, tokens: int, repeat: int, keep: int) -> dict:
+def _measure(engine: str, path: str, tokens: int, repeat: int, keep: int, vocab: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, engine, path, str(tokens), str(repeat), str(keep)],
+        [sys.executable, "-c", _CHILD, engine, path, str(tokens), str(repeat), str(keep), str(vocab)],
         capture_output=True,
         text=True,
         env=env,
@@ -90,13 +91,14 @@ def run(
     repeat: int = 3,
     all_logits: bool = True,
     emit: Callable[[str], None] = print,
+    config=None,
 ) -> list[Row]:
     import torch
 
     from model.checkpoint import save_text_decoder
     from model.decoder import TextDecoder
 
-    config = bench_config()
+    config = config or bench_config()
     oracle = reference("hf_decoder")
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gemma4-bench-model-") as tmp:
@@ -112,8 +114,9 @@ def run(
         if all_logits:
             cases += [(t, 0, "forward, all logits") for t in lengths]
         for tokens, keep, case in cases:
-            ours = _measure("ours", tmp, tokens, repeat, keep)
-            theirs = _measure("reference", tmp, tokens, repeat, keep) if oracle is not None else None
+            vocab = min(config.vocab_size, 15_000)
+            ours = _measure("ours", tmp, tokens, repeat, keep, vocab)
+            theirs = _measure("reference", tmp, tokens, repeat, keep, vocab) if oracle is not None else None
             target = (TARGET_2048 if tokens >= 2048 else TARGET_512) if keep else None
             note = f"peak memory: ours {ours['peak_mb']:.0f} MB" + (
                 f", reference {theirs['peak_mb']:.0f} MB" if theirs else ""

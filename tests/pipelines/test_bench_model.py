@@ -1,0 +1,45 @@
+"""``gemma4 bench model`` and ``gemma4 bench encoders`` on tiny settings: every line printed, positive figures,
+targets on the right lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.config import PRESETS
+from pipelines import bench_audio_tower, bench_model, bench_vision_tower
+from pipelines.benchmarking import reference
+
+
+def test_model_bench_prints_prefill_and_full_forward_lines():
+    lines: list[str] = []
+    rows = bench_model.run((40,), repeat=1, emit=lines.append, config=PRESETS["tiny-e2b"].text)
+    assert lines[0].startswith("gemma4 bench model:") and "KV-shared" in lines[0]
+    assert [r.case for r in rows] == ["prefill (last logits)", "forward, all logits"]
+    assert rows[0].target == bench_model.TARGET_512 and rows[1].target is None
+    assert all(r.ours > 0 for r in rows)
+    if reference("hf_decoder") is not None:
+        assert all(r.baseline and r.baseline > 0 for r in rows)
+        assert "peak memory: ours" in rows[0].note and "reference" in rows[0].note
+
+
+def test_the_bench_config_is_about_100m_parameters_with_ple_and_kv_sharing():
+    config = bench_model.bench_config()
+    assert 90e6 <= config.num_parameters()["total"] <= 130e6
+    assert config.ple_dim and config.n_kv_shared_layers and config.sliding_window < 2048
+
+
+def test_vision_tower_bench_runs():
+    lines: list[str] = []
+    rows = bench_vision_tower.run((70,), repeat=1, emit=lines.append)
+    assert lines[0].startswith("gemma4 bench vision tower")
+    assert len(rows) == 1 and rows[0].target == 1.3 and rows[0].ours > 0
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_audio_tower_bench_runs(threads):
+    lines: list[str] = []
+    rows = bench_audio_tower.run(repeat=1, emit=lines.append, threads=threads, durations=(0.6, 1.4))
+    assert lines[0].startswith("audio tower:")
+    assert [r.target for r in rows] == [1.3, None] and all(r.ours > 0 for r in rows)
+    if reference("hf_audio_tower") is not None:
+        assert all(r.extra_ok for r in rows)  # our output matched the reference's within the bound
