@@ -129,19 +129,24 @@ def test_logits_equal_reference_on_our_batches(name, with_audio, tok, tmp_path):
             assert (ref_tokens - torch.cat(ours.audio_features(features, mask))).abs().max() <= 1e-5
 
 
-def test_logits_equal_reference_on_reference_processor_inputs(tok, tokenizer_dir, tmp_path):
-    config = tiny_config("tiny-e2b", tok)
+@pytest.mark.parametrize("name, with_audio", [("tiny-e2b", True), ("tiny-31b", False)])
+def test_logits_equal_reference_on_reference_processor_inputs(name, with_audio, tok, tokenizer_dir, tmp_path):
+    """The reference processor's tensors as they are (one budget per call there: 140)."""
+    config = tiny_config(name, tok)
     reference = reference_model(config, tmp_path, seed=3)
     ours = load_pretrained(tmp_path)
     processor = hf_processor.processor(tokenizer_dir / "tokenizer.model", list(SPECIAL_STRINGS.values()), 140)
     from preprocess.chat import render_chat
 
-    prompt = messages(True)
+    prompt = messages(with_audio)
     text = render_chat(prompt).text
     pictures = [part["image"] for part in prompt[0]["content"] if part["type"] == "image"]
-    audio = [part["audio"][0] for part in prompt[0]["content"] if part["type"] == "audio"]
-    inputs = processor(text=[text], images=[pictures], audio=audio, add_special_tokens=False, return_tensors="pt").data
-    inputs["input_features_mask"] = inputs["input_features_mask"].bool()
+    kwargs = {"text": [text], "images": [pictures], "add_special_tokens": False, "return_tensors": "pt"}
+    if with_audio:
+        kwargs["audio"] = [part["audio"][0] for part in prompt[0]["content"] if part["type"] == "audio"]
+    inputs = processor(**kwargs).data
+    if with_audio:
+        inputs["input_features_mask"] = inputs["input_features_mask"].bool()
     with torch.no_grad():
         expected = reference(**inputs).logits
         got = ours(**inputs)
