@@ -59,14 +59,18 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | BandedMask | None,
         shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        queries: int = 0,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (B, T, D), cos/sin (B, T, H), mask (B, 1, T, S), a :class:`BandedMask` of it (long sliding
+        """x (B, S, D), cos/sin (B, S, H), mask (B, 1, T, S), a :class:`BandedMask` of it (long sliding
         layers), or None for plain causal attention (no padding; SDPA then skips the masked tiles)
-        → (out (B, T, D), (k, v) (B, K, S, H))."""
+        → (out (B, T, D), (k, v) (B, K, S, H)). Queries are the last ``queries`` positions when that is
+        positive (keys and values still cover all S), else all of them (T = S)."""
+        k, v = shared_kv if self.shared else self.key_values(x, cos, sin)
+        if queries:
+            x, cos, sin = x[:, -queries:], cos[:, -queries:], sin[:, -queries:]
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, N, H)
         q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)  # (B, N, T, H)
-        k, v = shared_kv if self.shared else self.key_values(x, cos, sin)
         gqa = self.n_heads != k.shape[1]
         if mask is None:
             out = scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0, enable_gqa=gqa)

@@ -63,9 +63,12 @@ class DecoderLayer(nn.Module):
             self.post_per_layer_input_norm = RMSNorm(d, eps)
         self.register_buffer("layer_scalar", torch.ones(1))
 
-    def forward(self, h, cos, sin, mask, ple=None, shared_kv=None):
-        """h (B, T, D), ple (B, T, P) or None → (h (B, T, D), this layer's (k, v))."""
-        a, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, shared_kv)
+    def forward(self, h, cos, sin, mask, ple=None, shared_kv=None, rows: int = 0):
+        """h (B, S, D), ple (B, T, P) or None → (h (B, T, D), this layer's (k, v)). With ``rows`` > 0 only
+        the last ``rows`` positions are computed (T = rows; K/V still cover all S), else T = S."""
+        a, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, shared_kv, rows)
+        if rows:
+            h = h[:, -rows:]  # (B, T, D)
         h = h + self.post_attention_layernorm(a)  # a new tensor, so later updates may write into it …
         inplace = not torch.is_grad_enabled()  # … unless autograd needs the earlier values
         add, mul = (torch.Tensor.add_, torch.Tensor.mul_) if inplace else (torch.add, torch.mul)
@@ -142,8 +145,9 @@ class TextDecoder(nn.Module):
     ) -> torch.Tensor:
         """input_ids (B, T) → logits (B, T, V) in the weights' dtype; only the last ``logits_to_keep``
         positions when it is positive. A prefill needs just the last one: the output projection then shrinks
-        to one row, and the KV-shared layers, which write no cache, run on the kept positions only (their K/V
-        come from earlier layers), as the reference does. Positions count real tokens."""
+        to one row, the KV-shared layers (which write no cache) run on the kept positions only, as the
+        reference does, and so does all but the K/V projection of the last cache-writing layer (the reference
+        runs that layer on every position). Positions count real tokens."""
         c = self.config
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
@@ -156,18 +160,23 @@ class TextDecoder(nn.Module):
             for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
         }
         keep = logits_to_keep if 0 < logits_to_keep < x.shape[1] else 0
+        # With ``keep``, layers after the last cache-writing one need only the kept rows (their K/V come from
+        # earlier layers), and that last one needs all rows only for its K/V: it computes the rest on kept rows.
+        narrow_from = c.first_shared_layer - 1
         caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         h = x
         for i, layer in enumerate(self.layers):
-            if keep and i == c.first_shared_layer:  # from here on only the kept rows matter
-                h, ple = h[:, -keep:], None if ple is None else ple[:, -keep:]  # (B, keep, D), (B, keep, L, P)
-                rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
+            rows = keep if i == narrow_from else 0
+            if rows:  # from here on only the kept rows matter (this layer's K/V aside)
                 masks = {kind: m[:, :, -keep:] for kind, m in self._masks(attention_mask, mm_token_type_ids).items()}
+                ple = None if ple is None else ple[:, -keep:]  # (B, keep, L, P)
             kind = "full" if c.is_full(i) else "sliding"
             source = c.kv_source(i)
-            h, kv = layer(h, *rope[kind], masks[kind], None if ple is None else ple[:, :, i], caches.get(source))
+            h, kv = layer(h, *rope[kind], masks[kind], None if ple is None else ple[:, :, i], caches.get(source), rows)
             if source == i:
                 caches[i] = kv
+            if rows:
+                rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
         if logits_to_keep > 0:
             h = h[:, -logits_to_keep:]  # (B, T', D)
         logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, T', V), tied

@@ -228,10 +228,11 @@ def test_sharded_checkpoint_loads(tmp_path):
         assert torch.equal(a, b), key
 
 
-@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b"])
+@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b", "tiny-moe"])
 @pytest.mark.parametrize("keep", [1, 3])
 def test_logits_to_keep_equals_the_last_rows_and_the_reference(name, keep, tmp_path):
-    """Only the kept rows: KV-shared layers (tiny-e2b) then run on those rows alone."""
+    """Only the kept rows: KV-shared layers (tiny-e2b) run on those rows alone, and so does the last
+    cache-writing layer apart from its K/V (every preset)."""
     reference = reference_checkpoint(name, tmp_path)
     ours = load_text_decoder(tmp_path)
     ids, mask = batch()

@@ -117,6 +117,8 @@ def test_logits_equal_reference_on_our_batches(name, with_audio, tok, tmp_path):
         got = ours(**batch)
     valid = batch["attention_mask"].bool()
     assert (expected - got)[valid].abs().max() <= 1e-4
+    with torch.no_grad():  # a prefill: the next-token logits only
+        assert (ours(**batch, logits_to_keep=1) - expected[:, -1:]).abs().max() <= 1e-4
     # The towers alone: pooled vision soft tokens and audio soft tokens (before and after the embedders).
     with torch.no_grad():
         ref_images = reference.model.get_image_features(batch["pixel_values"], batch["image_position_ids"])
