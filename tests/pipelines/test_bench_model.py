@@ -12,7 +12,7 @@ from pipelines.benchmarking import reference
 
 def test_model_bench_prints_prefill_and_full_forward_lines():
     lines: list[str] = []
-    rows = bench_model.run((40,), repeat=1, emit=lines.append, config=PRESETS["tiny-e2b"].text)
+    rows = bench_model.run((40,), repeat=1, emit=lines.append, config=PRESETS["tiny-e2b"].text, rounds=1)
     assert lines[0].startswith("gemma4 bench model:") and "KV-shared" in lines[0]
     assert [r.case for r in rows] == ["prefill (last logits)", "forward, all logits"]
     assert rows[0].target == bench_model.TARGET_512 and rows[1].target is None
