@@ -61,10 +61,15 @@ def read_safetensors(directory: str | os.PathLike, dtype: torch.dtype | None = N
     return tensors
 
 
-def _text_weights(tensors: dict[str, torch.Tensor], config: TextConfig) -> dict[str, torch.Tensor]:
+def _text_prefix(tensors: dict[str, torch.Tensor]) -> str:
     prefix = next((p for p in PREFIXES if any(k.startswith(p + "embed_tokens.") for k in tensors)), None)
     if prefix is None:
         raise CheckpointError("no text embedding (model[.language_model].embed_tokens.weight) in the checkpoint")
+    return prefix
+
+
+def _text_weights(tensors: dict[str, torch.Tensor], config: TextConfig) -> dict[str, torch.Tensor]:
+    prefix = _text_prefix(tensors)
     out = {}
     for key, tensor in tensors.items():
         if not key.startswith(prefix) or key.startswith(tuple("model." + t for t in TOWERS)):
@@ -111,9 +116,11 @@ def load_pretrained(
         model = Gemma4(config)
     tensors = read_safetensors(directory, dtype)
     weights = {f"language_model.{k}": v for k, v in _text_weights(tensors, config.text).items()}
-    weights.update(
-        {k[len("model.") :]: v for k, v in tensors.items() if k.startswith(tuple("model." + t for t in TOWERS))}
-    )
+    towers = tuple("model." + t for t in TOWERS)
+    weights.update({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith(towers)})
+    text = _text_prefix(tensors)
+    # Anything else (but the tied output embedding) is reported as unexpected rather than skipped.
+    weights.update({k: v for k, v in tensors.items() if k != "lm_head.weight" and not k.startswith((text, *towers))})
     return _assign(model, weights, directory, device)
 
 

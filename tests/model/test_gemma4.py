@@ -282,3 +282,27 @@ def test_video_prompt_equals_reference(name, tok, tmp_path):
         expected = reference(**inputs).logits
         got = ours(**batch)
     assert (expected - got).abs().max() <= 1e-4
+
+
+def test_loader_names_unexpected_and_misshapen_tower_tensors(tok, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from model.checkpoint import CheckpointError
+
+    config = tiny_config("tiny-e2b", tok)
+    torch.manual_seed(5)
+    save_pretrained(Gemma4(config), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    extra = dict(tensors, **{"model.stray.weight": torch.zeros(2)})
+    save_file(extra, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"unexpected \['model.stray.weight'\]"):
+        load_pretrained(tmp_path)
+    key = "model.audio_tower.output_proj.bias"
+    wrong = dict(tensors, **{key: torch.zeros(3)})
+    save_file(wrong, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"audio_tower.output_proj.bias: checkpoint \(3,\)"):
+        load_pretrained(tmp_path)
+    del tensors["model.vision_tower.patch_embedder.input_proj.weight"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing \['vision_tower.patch_embedder.input_proj.weight'\]"):
+        load_pretrained(tmp_path)
