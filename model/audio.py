@@ -36,6 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from preprocess.budget import audio_tokens_from_frames as soft_tokens_from_frames
+
 from .clipped import ClippedLinear
 from .config import AudioConfig, ConfigError
 from .norm import RMSNorm
@@ -45,11 +47,6 @@ __all__ = ["AudioEncoder", "AudioInputError", "soft_tokens_from_frames"]
 
 class AudioInputError(ValueError):
     """Features or a frame mask the audio tower cannot take (wrong shape, non-prefix mask, empty clip)."""
-
-
-def soft_tokens_from_frames(valid_frames: int) -> int:
-    """Subsampled frames (= audio soft tokens) of a clip with ``valid_frames`` log-mel frames: ⌈⌈V/2⌉/2⌉."""
-    return ((valid_frames + 1) // 2 + 1) // 2
 
 
 def _clip_bound(config: AudioConfig, dtype: torch.dtype) -> float:
@@ -260,7 +257,7 @@ class RelativeAttention(nn.Module):
         v = packing.with_previous(self.v_proj(x).float().view(-1, chunk, n, h), chunk)  # (G, W, N, H)
         rel = self.relative_k_proj(sinusoids).float().view(-1, n, h).permute(1, 2, 0)  # (N, H, Q)
         logits = q @ k.permute(0, 2, 3, 1) + _rel_shift(q @ rel, 2 * chunk)  # (G, N, C, W)
-        logits = logits.div_(cfg.logit_cap).tanh_().mul_(cfg.logit_cap)  # soft-cap
+        logits = torch.tanh(logits.div_(cfg.logit_cap)) * cfg.logit_cap  # soft-cap (tanh keeps its output for autograd)
         weights = logits.masked_fill_(packing.hidden, cfg.invalid_logit).softmax(dim=-1)  # (G, N, C, W)
         out = (weights @ v.transpose(1, 2)).transpose(1, 2)  # (G, C, N, H)
         return self.post(out.reshape(x.shape).to(x.dtype), scratch=True)
@@ -321,33 +318,19 @@ class AudioEncoder(nn.Module):
         self.subsample_conv_projection = Subsampling(config)
         self.layers = nn.ModuleList(ConformerLayer(config) for _ in range(config.n_layers))
         self.output_proj = nn.Linear(config.d_model, config.output_dim, bias=True)
-        self.register_buffer("inv_timescales", torch.empty(config.d_model // 2), persistent=False)
-        self._sinusoids: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        # (Q, D) relative-position sinusoids: computed in float32, then cast with the module (the reference, cast
+        # to bfloat16, rounds its timescales and angles too; the difference is well inside bfloat16 noise).
+        self.register_buffer("sinusoids", torch.empty(config.chunk_size + 1, config.d_model), persistent=False)
         self.reset_buffers()
 
     def reset_buffers(self, device: str | torch.device | None = None) -> None:
-        """(Re)compute the non-persistent sinusoid timescales, e.g. after building on the meta device."""
-        device = torch.device(device) if device is not None else self.inv_timescales.device
-        self._sinusoids.clear()
+        """(Re)compute the non-persistent sinusoid table, e.g. after building on the meta device."""
+        device = torch.device(device) if device is not None else self.sinusoids.device
         if device.type == "meta":
             return
-        self.inv_timescales = _inverse_timescales(self.config.d_model, device)
-
-    def sinusoids(self, dtype: torch.dtype) -> torch.Tensor:
-        """(Q, D) relative-position sinusoids in ``dtype`` (cached per dtype and device).
-
-        Always computed in float32 and then cast, even when the module (and so ``inv_timescales``) was cast to a
-        low-precision dtype: the reference, cast to bfloat16, rounds the timescales and angles to bfloat16 too
-        (a difference well inside bfloat16 noise of the outputs)."""
-        device = self.inv_timescales.device
-        key = (dtype, device)
-        if key not in self._sinusoids:
-            timescales = self.inv_timescales
-            if timescales.dtype != torch.float32:
-                timescales = _inverse_timescales(self.config.d_model, device)
-            table = _relative_sinusoids(timescales, self.config.chunk_size + 1)
-            self._sinusoids[key] = table.to(dtype)
-        return self._sinusoids[key]
+        self.sinusoids = _relative_sinusoids(
+            _inverse_timescales(self.config.d_model, device), self.config.chunk_size + 1
+        )
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, F, M) float, mask (B, F) bool (True = valid; a non-empty prefix per clip) →
@@ -368,7 +351,7 @@ class AudioEncoder(nn.Module):
             assert clip.shape[0] == soft_tokens_from_frames(v), (clip.shape, v)
         packing = _Packing.build([clip.shape[0] for clip in clips], self.config.chunk_size, features.device)
         x = packing.pack(clips)  # (R, D)
-        sinusoids = self.sinusoids(x.dtype)
+        sinusoids = self.sinusoids.to(x.dtype)  # (Q, D)
         for layer in self.layers:
             x = layer(x, sinusoids, packing)
         out[out_mask] = self.output_proj(packing.valid_rows(x))  # (Σ T_b, E) scattered row-major

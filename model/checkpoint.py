@@ -61,27 +61,27 @@ def read_safetensors(directory: str | os.PathLike, dtype: torch.dtype | None = N
     return tensors
 
 
-def _text_prefix(tensors: dict[str, torch.Tensor]) -> str:
-    prefix = next((p for p in PREFIXES if any(k.startswith(p + "embed_tokens.") for k in tensors)), None)
-    if prefix is None:
+def _partition(tensors: dict[str, torch.Tensor], config: TextConfig) -> tuple[dict, dict, dict]:
+    """Split a checkpoint's tensors into (text weights by our decoder's names, tower weights by their names
+    below ``model.``, everything else but the tied output embedding)."""
+    text_prefix = next((p for p in PREFIXES if any(k.startswith(p + "embed_tokens.") for k in tensors)), None)
+    if text_prefix is None:
         raise CheckpointError("no text embedding (model[.language_model].embed_tokens.weight) in the checkpoint")
-    return prefix
-
-
-def _text_weights(tensors: dict[str, torch.Tensor], config: TextConfig) -> dict[str, torch.Tensor]:
-    prefix = _text_prefix(tensors)
-    out = {}
+    towers = tuple("model." + t for t in TOWERS)
+    text, tower, stray = {}, {}, {}
     for key, tensor in tensors.items():
-        if not key.startswith(prefix) or key.startswith(tuple("model." + t for t in TOWERS)):
-            continue  # the vision and audio towers and their embedders
-        name = key[len(prefix) :]
-        parts = name.split(".")
-        if parts[0] == "layers" and parts[2] == "self_attn" and parts[3] in ("k_proj", "v_proj", "k_norm"):
-            layer = int(parts[1])
-            if config.kv_source(layer) != layer:
-                continue  # a KV-shared layer's unused projection
-        out[name] = tensor
-    return out
+        if key.startswith(towers):
+            tower[key.removeprefix("model.")] = tensor
+        elif key.startswith(text_prefix):
+            name = key[len(text_prefix) :]
+            parts = name.split(".")
+            if parts[0] == "layers" and parts[2] == "self_attn" and parts[3] in ("k_proj", "v_proj", "k_norm"):
+                if config.kv_source(int(parts[1])) != int(parts[1]):
+                    continue  # a KV-shared layer's unused projection
+            text[name] = tensor
+        elif key != "lm_head.weight":  # the tied output embedding is the input embedding
+            stray[key] = tensor
+    return text, tower, stray
 
 
 def _config(directory: Path) -> dict:
@@ -99,8 +99,8 @@ def load_text_decoder(
     config = text_from_hf(_config(directory))
     with torch.device("meta"):
         model = TextDecoder(config)
-    weights = _text_weights(read_safetensors(directory, dtype), config)
-    return _assign(model, weights, directory, device)
+    text, _, _ = _partition(read_safetensors(directory, dtype), config)  # towers and the rest: not ours here
+    return _assign(model, text, directory, device)
 
 
 def load_pretrained(
@@ -114,13 +114,8 @@ def load_pretrained(
     config = model_from_hf(_config(directory))
     with torch.device("meta"):
         model = Gemma4(config)
-    tensors = read_safetensors(directory, dtype)
-    weights = {f"language_model.{k}": v for k, v in _text_weights(tensors, config.text).items()}
-    towers = tuple("model." + t for t in TOWERS)
-    weights.update({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith(towers)})
-    text = _text_prefix(tensors)
-    # Anything else (but the tied output embedding) is reported as unexpected rather than skipped.
-    weights.update({k: v for k, v in tensors.items() if k != "lm_head.weight" and not k.startswith((text, *towers))})
+    text, towers, stray = _partition(read_safetensors(directory, dtype), config.text)
+    weights = {f"language_model.{k}": v for k, v in text.items()} | towers | stray  # stray: reported unexpected
     return _assign(model, weights, directory, device)
 
 
@@ -148,25 +143,21 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Non
     """Write ``config.json`` + ``model.safetensors`` in the ``Gemma4ForConditionalGeneration`` layout (every
     weight under ``model.``, the tied output embedding not repeated); :func:`load_pretrained` and transformers
     both read it."""
-    from safetensors.torch import save_file
-
     config: ModelConfig = model.config
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    hf = dict(model_to_hf(config), architectures=["Gemma4ForConditionalGeneration"])
-    (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
-    tensors = {f"model.{name}": tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    _write(directory, dict(model_to_hf(config), architectures=["Gemma4ForConditionalGeneration"]), model)
 
 
 def save_text_decoder(model: TextDecoder, directory: str | os.PathLike) -> None:
     """Write ``config.json`` + ``model.safetensors`` in the ``Gemma4ForCausalLM`` layout (``model.`` prefix, the
     tied output embedding not repeated), which :func:`load_text_decoder` and transformers both read."""
+    _write(directory, dict(text_to_hf(model.config), architectures=["Gemma4ForCausalLM"]), model)
+
+
+def _write(directory: str | os.PathLike, hf_config: dict, model: torch.nn.Module) -> None:
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = dict(text_to_hf(model.config), architectures=["Gemma4ForCausalLM"])
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
     tensors = {f"model.{name}": tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})

@@ -168,7 +168,7 @@ class TextDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             rows = keep if i == narrow_from else 0
             if rows:  # from here on only the kept rows matter (this layer's K/V aside)
-                masks = {kind: m[:, :, -keep:] for kind, m in self._masks(attention_mask, mm_token_type_ids).items()}
+                masks = self._masks(attention_mask, mm_token_type_ids, rows=keep)
                 ple = None if ple is None else ple[:, -keep:]  # (B, keep, L, P)
             kind = "full" if c.is_full(i) else "sliding"
             source = c.kv_source(i)
@@ -177,22 +177,23 @@ class TextDecoder(nn.Module):
                 caches[i] = kv
             if rows:
                 rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
-        if logits_to_keep > 0:
-            h = h[:, -logits_to_keep:]  # (B, T', D)
-        logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, T', V), tied
+        logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, T', V), tied (h already narrowed)
         if c.final_logit_softcap:
             logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits
 
-    def _masks(self, attention_mask, mm_token_type_ids, banded_dtype: torch.dtype | None = None) -> dict:
-        """Masks per layer kind, (B, 1, T, T) bool. With ``banded_dtype`` (the layers' own pass): None where
-        SDPA's causal kernel gives the same result (no padding; for sliding layers also T ≤ W and no vision
-        block), and long sliding masks cut into blocks of query rows."""
+    def _masks(self, attention_mask, mm_token_type_ids, dtype: torch.dtype | None = None, rows: int = 0) -> dict:
+        """Masks per layer kind, (B, 1, T, S) bool. With ``rows`` > 0: the last ``rows`` query rows, as they
+        are. Otherwise (T = S) None where SDPA's causal kernel gives the same result (no padding; for sliding
+        layers also T ≤ W and no vision block), and long sliding masks cut into blocks in ``dtype``."""
         c = self.config
         t = attention_mask.shape[1]
         types = mm_token_type_ids if c.bidirectional == "vision" else None
-        if banded_dtype is None:
-            return {"full": full_mask(attention_mask), "sliding": sliding_mask(attention_mask, c.sliding_window, types)}
+        if rows:
+            return {
+                "full": full_mask(attention_mask, rows),
+                "sliding": sliding_mask(attention_mask, c.sliding_window, types, rows),
+            }
         plain = bool(attention_mask.all())
         vision = types is not None and bool(((types == 1) | (types == 2)).any())
         if plain and t <= c.sliding_window and not vision:
@@ -200,5 +201,5 @@ class TextDecoder(nn.Module):
         else:
             sliding = sliding_mask(attention_mask, c.sliding_window, types)
             if t > c.sliding_window + BAND_BLOCK:
-                sliding = banded_mask(sliding, BAND_BLOCK, banded_dtype)
+                sliding = banded_mask(sliding, BAND_BLOCK, dtype)
         return {"full": None if plain else full_mask(attention_mask), "sliding": sliding}

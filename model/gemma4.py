@@ -126,15 +126,14 @@ class Gemma4(nn.Module):
 
 
 def _scatter(x: torch.Tensor, slots: torch.Tensor, soft: torch.Tensor, label: str) -> torch.Tensor:
-    """Write ``soft`` (N, D) into the N positions where ``slots`` (B, T) is true, in row-major order."""
+    """Write ``soft`` (N, D) into the N positions where ``slots`` (B, T) is true, in row-major order, in place
+    (``x`` is the fresh embedding tensor of this forward pass)."""
     wanted = int(slots.sum())
     if wanted != soft.shape[0]:
         raise MediaCountError(
             f"the prompt has {wanted} {label} placeholder tokens, but the encoder produced {soft.shape[0]} "
             f"{label} soft tokens"
         )
-    if wanted == 0:
-        return x
-    x = x.clone()
-    x[slots] = soft.to(x.dtype)
+    if wanted:
+        x[slots] = soft.to(x.dtype)
     return x

@@ -33,28 +33,35 @@ def _finish(allowed: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
     return allowed[:, None]  # (B, 1, T, S)
 
 
-def full_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """attention_mask (B, T) bool/int (1 = real token) → (B, 1, T, T) causal mask."""
-    t = attention_mask.shape[1]
-    positions = torch.arange(t, device=attention_mask.device)
-    causal = positions[None, :] <= positions[:, None]  # (T, S)
-    return _finish(causal[None].expand(attention_mask.shape[0], t, t), attention_mask.bool())
+def full_mask(attention_mask: torch.Tensor, rows: int = 0) -> torch.Tensor:
+    """attention_mask (B, S) bool/int (1 = real token) → (B, 1, T, S) causal mask; T = S, or the last ``rows``
+    query positions when ``rows`` > 0."""
+    queries, keys = _positions(attention_mask, rows)
+    causal = keys[None, :] <= queries[:, None]  # (T, S)
+    return _finish(causal[None].expand(attention_mask.shape[0], -1, -1), attention_mask.bool())
 
 
 def sliding_mask(
-    attention_mask: torch.Tensor, window: int, mm_token_type_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor, window: int, mm_token_type_ids: torch.Tensor | None = None, rows: int = 0
 ) -> torch.Tensor:
-    """(B, 1, T, T) sliding-window mask; with ``mm_token_type_ids``, bidirectional inside vision blocks."""
-    b, t = attention_mask.shape
-    positions = torch.arange(t, device=attention_mask.device)
-    causal = positions[None, :] <= positions[:, None]  # (T, S)
-    recent = positions[None, :] > positions[:, None] - window  # (T, S)
-    allowed = causal[None].expand(b, t, t)
+    """(B, 1, T, S) sliding-window mask (rows as :func:`full_mask`); with ``mm_token_type_ids``, bidirectional
+    inside vision blocks."""
+    queries, keys = _positions(attention_mask, rows)
+    causal = keys[None, :] <= queries[:, None]  # (T, S)
+    recent = keys[None, :] > queries[:, None] - window  # (T, S)
+    allowed = causal[None].expand(attention_mask.shape[0], -1, -1)
     if mm_token_type_ids is not None:
-        blocks = vision_blocks(mm_token_type_ids)  # (B, T)
-        same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)  # (B, T, S)
+        blocks = vision_blocks(mm_token_type_ids)  # (B, S)
+        query_blocks = blocks[:, queries, None]  # (B, T, 1)
+        same = (query_blocks == blocks[:, None, :]) & (query_blocks >= 0)  # (B, T, S)
         allowed = allowed | same
     return _finish(allowed & recent[None], attention_mask.bool())
+
+
+def _positions(attention_mask: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query positions (T,) — all, or the last ``rows`` — and key positions (S,)."""
+    keys = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (keys[-rows:] if rows else keys), keys
 
 
 @dataclass(frozen=True)

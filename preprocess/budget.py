@@ -41,6 +41,7 @@ __all__ = [
     "AUDIO_MIN_SAMPLES",
     "audio_valid_frames",
     "audio_soft_tokens",
+    "audio_tokens_from_frames",
 ]
 
 SUPPORTED_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
@@ -224,7 +225,10 @@ def audio_soft_tokens(num_samples: int) -> int:
     Two stride-2 reductions of the valid-frame count ``V``: ``⌈⌈V/2⌉/2⌉`` (1 s → 25, 30 s → 750).
     Raises ``ValueError`` below 161 samples (no token at all) and above 480 000 (chunk first).
     """
-    valid = audio_valid_frames(num_samples)
-    half = (valid + 1) // 2  # ⌈V/2⌉
-    tokens = (half + 1) // 2  # ⌈⌈V/2⌉/2⌉
-    return min(tokens, AUDIO_MAX_TOKENS)
+    return min(audio_tokens_from_frames(audio_valid_frames(num_samples)), AUDIO_MAX_TOKENS)
+
+
+def audio_tokens_from_frames(valid_frames: int) -> int:
+    """Tokens the audio tower's two stride-2 convs leave of ``valid_frames`` log-mel frames: ``⌈⌈V/2⌉/2⌉``."""
+    half = (valid_frames + 1) // 2  # ⌈V/2⌉
+    return (half + 1) // 2  # ⌈⌈V/2⌉/2⌉

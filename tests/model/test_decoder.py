@@ -26,6 +26,16 @@ def reference_checkpoint(name: str, directory, seed: int = 0):
     return reference
 
 
+def reference_vision_logits(reference, ids, mask, types):
+    """The reference's logits with its bidirectional vision masks (its text-only model ignores the types)."""
+    modeling = pytest.importorskip("transformers.models.gemma4.modeling_gemma4")
+    embeds = reference.model.embed_tokens(ids)
+    positions = torch.arange(ids.shape[1])[None].expand_as(ids)
+    blocks = modeling.get_block_sequence_ids_for_mask(types, embeds.device)
+    masks = modeling.create_masks_for_vision_model(reference.config, embeds, mask, None, positions, blocks)
+    return reference(input_ids=ids, attention_mask=masks).logits
+
+
 def batch(seed: int = 1, length: int = 24):
     torch.manual_seed(seed)
     ids = torch.randint(10, 500, (3, length))
@@ -73,7 +83,6 @@ def test_long_sequences_take_the_banded_path_and_equal_reference(name, tmp_path)
 @pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b"])
 def test_short_unpadded_prompts_take_the_causal_kernel_and_equal_reference(name, tmp_path):
     """T ≤ W without padding: sliding layers run SDPA's causal kernel (no mask), as full layers do."""
-    modeling = pytest.importorskip("transformers.models.gemma4.modeling_gemma4")
     reference = reference_checkpoint(name, tmp_path, seed=6)
     ours = load_text_decoder(tmp_path)
     ids, _ = batch(seed=3, length=PRESETS[name].text.sliding_window)
@@ -83,12 +92,7 @@ def test_short_unpadded_prompts_take_the_causal_kernel_and_equal_reference(name,
             return
         types = torch.zeros_like(ids)
         types[:, 2:5] = 1  # an image block: the 31B-style preset then needs its bidirectional mask
-        embeds = reference.model.embed_tokens(ids)
-        positions = torch.arange(ids.shape[1])[None].expand_as(ids)
-        blocks = modeling.get_block_sequence_ids_for_mask(types, embeds.device)
-        ones = torch.ones_like(ids)
-        masks = modeling.create_masks_for_vision_model(reference.config, embeds, ones, None, positions, blocks)
-        expected = reference(input_ids=ids, attention_mask=masks).logits
+        expected = reference_vision_logits(reference, ids, torch.ones_like(ids), types)
         assert (expected - ours(ids, mm_token_type_ids=types)).abs().max() <= 1e-4
 
 
@@ -196,7 +200,6 @@ def test_banded_sliding_attention_equals_the_full_mask(block, length):
 
 def test_bidirectional_vision_blocks_equal_reference(tmp_path):
     """31B-style presets: sliding layers see a whole image block (spec §2.7), as the reference's vision masks."""
-    modeling = pytest.importorskip("transformers.models.gemma4.modeling_gemma4")
     reference = reference_checkpoint("tiny-31b", tmp_path)
     ours = load_text_decoder(tmp_path)
     ids, mask = batch(length=30)
@@ -206,11 +209,7 @@ def test_bidirectional_vision_blocks_equal_reference(tmp_path):
     types[1, 14:27] = 1
     types[2, 12:16] = 1
     with torch.no_grad():
-        embeds = reference.model.embed_tokens(ids)
-        positions = torch.arange(ids.shape[1])[None].expand_as(ids)
-        blocks = modeling.get_block_sequence_ids_for_mask(types, embeds.device)
-        masks = modeling.create_masks_for_vision_model(reference.config, embeds, mask, None, positions, blocks)
-        expected = reference(input_ids=ids, attention_mask=masks).logits
+        expected = reference_vision_logits(reference, ids, mask, types)
         got = ours(ids, mask, mm_token_type_ids=types)
         causal_only = ours(ids, mask)
     valid = mask.bool()
