@@ -1,48 +1,52 @@
 """The Gemma 4 audio conformer (spec §1.5, §4.2–4.5, soft-token count §4.7; checkpoint names §7.3).
 
-Log-mel features (B, F, 128) and their frame mask → the tower output after ``output_proj`` (before the
-multimodal embedder of §4.6) and the subsampled frame mask. Numerics follow transformers 5.23.0, including its
-12-key attention window (§4.4 item 7: each query sees itself and the 11 frames before it, not the 13 the
-13-row relative table suggests), the −1e9 invalid logit, the 50·tanh(x/50) soft-cap, float32 attention and
-the clamps at ``clip_value``.
+Log-mel features of every clip, packed (only valid frames, clips back to back, as
+``data_specs.batch.PackedAudio`` holds them) with each clip's frame count as host ints → the tower output after
+``output_proj`` (before the multimodal embedder of §4.6), packed the same way. Numerics follow transformers
+5.23.0, including its 12-key attention window (§4.4 item 7: each query sees itself and the 11 frames before it,
+not the 13 the 13-row relative table suggests), the −1e9 invalid logit, the 50·tanh(x/50) soft-cap, float32
+attention and the clamps at ``clip_value``.
 
 How it differs from the reference in layout, not in values on valid frames:
 
-* Padding is never computed. Each clip's valid frames are subsampled on their own (the reference zeroes padded
-  frames before each conv; a conv's zero padding at the clip's end is the same zeros). The conformer then runs on
-  the clips *packed* one after another, each rounded up to whole attention chunks (at most ``chunk_size − 1``
-  idle rows per clip), so a batch of mixed lengths costs what its valid frames cost.
+* Padding is never computed, and nothing is padded and unpadded again. Every index the pass needs is planned on
+  the host from the frame counts and sent without a synchronisation. The two subsampling convs run on all clips
+  at once, each clip in a slot followed by zero rows (the reference zeroes padded frames before each conv; a
+  clip's slot gives the convs the same zeros). The conformer then runs on the clips *packed* one after another,
+  each rounded up to whole attention chunks (at most ``chunk_size − 1`` idle rows per clip), so a batch of mixed
+  lengths costs what its valid frames cost.
 * The chunked attention is blocked on the packed rows: block ``g`` attends to block ``g − 1`` and itself, with
   one (G, C, 2C) visibility mask built per forward; a block that opens a clip sees no earlier block. The causal
   depthwise conv takes its 4 frames of left context from the previous block the same way (zeros at a clip's
   start), so clips never see each other.
-* Outputs at padded positions are 0 (the reference leaves whatever its padded rows computed there).
 * Only the Gemma 4 geometry is implemented: ``context_left = chunk_size + 1``, ``context_right = 0``, a conv
   kernel no longer than ``chunk_size + 1``.
 * Every RMSNorm uses ``rms_eps``; the reference hard-codes 1e-6 in the feed-forward and layer norms (the same
   value in every checkpoint).
 
-Shapes: B clips, F input frames, M mel bins, T subsampled frames (T_b for clip b), R packed rows (Σ_b T_b,
-each rounded up to a multiple of C), G = R / C blocks, C chunk size (12), W = 2C key slots per block, Q = C + 1
-relative distances, N heads, H head dim, D model dim, E output dim, K depthwise kernel (5).
+Shapes: B clips, F valid input frames of all clips, L_b slot rows of clip b, M mel bins, T subsampled frames
+(T_b for clip b), R packed rows (Σ_b T_b, each rounded up to a multiple of C), G = R / C blocks, C chunk size
+(12), W = 2C key slots per block, Q = C + 1 relative distances, N heads, H head dim, D model dim, E output dim,
+K depthwise kernel (5).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from preprocess.budget import audio_tokens_from_frames as soft_tokens_from_frames
-
 from .clipped import ClippedLinear
 from .config import AudioConfig, ConfigError
+from .host import offsets, to_device
 from .norm import RMSNorm
 
-__all__ = ["AudioEncoder", "AudioInputError", "soft_tokens_from_frames"]
+__all__ = ["AudioEncoder", "AudioInputError"]
 
 
 class AudioInputError(ValueError):
@@ -71,46 +75,63 @@ def _relative_sinusoids(inv_timescales: torch.Tensor, distances: int) -> torch.T
 # --- packing: clips one after another, in whole chunks -------------------------------------------------
 
 
+def _within(lengths: np.ndarray) -> np.ndarray:
+    """(Σ lengths,) index of each element inside its item, items of ``lengths`` back to back."""
+    return np.arange(lengths.sum()) - np.repeat(offsets(lengths)[:-1], lengths)
+
+
 @dataclass(frozen=True)
 class _Packing:
-    """Where each clip's subsampled frames sit in the packed (R, D) sequence, and the masks that keep clips apart."""
+    """Where each clip sits at every stage of one forward pass, planned on the host from the frame counts.
 
-    lengths: tuple[int, ...]  # T_b
-    offsets: tuple[int, ...]  # first packed row of clip b (a multiple of C)
-    rows: int  # R
+    Subsampling runs on all clips at once: clip b's V_b frames sit in a slot of L_b = 4·(⌈V_b/4⌉ + 1) rows, the
+    rest zeros, so each stride-2 conv sees exactly the zeros a clip alone would get past its ends (the slot
+    leaves at least one zero row between clips at both convs). The conformer then runs on the clips' T_b frames
+    packed one after another, each rounded up to whole attention chunks of C rows.
+    """
+
+    scatter: torch.Tensor  # (F,) slot row of each input frame
+    slots: int  # Σ L_b
+    keep_half: torch.Tensor  # (Σ L_b / 2,) float 1/0: first-conv outputs that hold a clip's frame
+    gather: torch.Tensor  # (R,) second-conv output row of each packed row; idle rows read the zero row Σ L_b / 4
+    valid: torch.Tensor  # (Σ T_b,) packed rows that hold a clip's frame, in order
     opens_clip: torch.Tensor  # (G,) bool: the block is a clip's first
     hidden: torch.Tensor  # (G, 1, C, W) bool: True where the key slot is invisible to the query
 
     @classmethod
-    def build(cls, lengths: list[int], chunk: int, device: torch.device) -> _Packing:
-        blocks = [-(-t // chunk) for t in lengths]
-        offsets = [chunk * sum(blocks[:b]) for b in range(len(blocks))]
-        rows = chunk * sum(blocks)
-        opens = torch.zeros(sum(blocks), dtype=torch.bool)
-        valid = torch.zeros(rows, dtype=torch.bool)
-        for offset, t in zip(offsets, lengths, strict=True):
-            opens[offset // chunk] = True
-            valid[offset : offset + t] = True
-        own = valid.view(-1, chunk)  # (G, C): the block's own rows that hold frames
-        previous = ~opens[:, None].expand(-1, chunk)  # (G, C): the previous block belongs to the same clip
-        keys = torch.cat([previous, own], dim=1)  # (G, W)
+    def build(cls, frames: tuple[int, ...], chunk: int, device: torch.device) -> _Packing:
+        v = np.asarray(frames, dtype=np.int64)  # (B,) V_b
+        slot = 4 * ((v + 3) // 4 + 1)  # (B,) L_b
+        start = offsets(slot)[:-1]  # (B,) first slot row of clip b (a multiple of 4)
+        half = (v + 1) // 2  # ⌈V/2⌉ first-conv frames
+        tokens = (half + 1) // 2  # T_b = ⌈⌈V/2⌉/2⌉
+        keep_half = np.zeros(slot.sum() // 2, dtype=np.float32)
+        keep_half[np.repeat(start // 2, half) + _within(half)] = 1.0
+        blocks = -(-tokens // chunk)  # (B,)
+        first_row = chunk * offsets(blocks)[:-1]  # (B,) packed row of each clip's first frame
+        rows = chunk * int(blocks.sum())
+        valid = np.repeat(first_row, tokens) + _within(tokens)  # (Σ T_b,)
+        gather = np.full(rows, slot.sum() // 4, dtype=np.int64)  # (R,) idle rows → the appended zero row
+        gather[valid] = np.repeat(start // 4, tokens) + _within(tokens)
+        opens = np.zeros(rows // chunk, dtype=bool)
+        opens[first_row // chunk] = True
+        own = np.zeros(rows, dtype=bool)
+        own[valid] = True
+        keys = np.concatenate([np.repeat(~opens[:, None], chunk, axis=1), own.reshape(-1, chunk)], axis=1)  # (G, W)
         # Slot j of block g holds time gC − C + j; query i (time gC + i) sees 0 ≤ i + C − j < C (HF: 12 keys).
-        slot = torch.arange(2 * chunk)
-        query = torch.arange(chunk)[:, None]
-        window = (slot > query) & (slot <= query + chunk)  # (C, W)
+        slot_index = np.arange(2 * chunk)
+        query = np.arange(chunk)[:, None]
+        window = (slot_index > query) & (slot_index <= query + chunk)  # (C, W)
         hidden = ~(window[None] & keys[:, None, :])  # (G, C, W)
-        return cls(tuple(lengths), tuple(offsets), rows, opens.to(device), hidden[:, None].to(device))
-
-    def pack(self, clips: list[torch.Tensor]) -> torch.Tensor:
-        """Per-clip (T_b, D) → (R, D), idle rows zero."""
-        x = clips[0].new_zeros(self.rows, clips[0].shape[-1])  # (R, D)
-        for clip, offset in zip(clips, self.offsets, strict=True):
-            x[offset : offset + clip.shape[0]] = clip
-        return x
-
-    def valid_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """(R, D) → (Σ T_b, D), the clips' frames in order."""
-        return torch.cat([x[o : o + t] for o, t in zip(self.offsets, self.lengths, strict=True)])
+        return cls(
+            scatter=to_device(np.repeat(start, v) + _within(v), device),
+            slots=int(slot.sum()),
+            keep_half=to_device(keep_half, device),
+            gather=to_device(gather, device),
+            valid=to_device(valid, device),
+            opens_clip=to_device(opens, device),
+            hidden=to_device(hidden[:, None], device),
+        )
 
     def with_previous(self, blocks: torch.Tensor, count: int) -> torch.Tensor:
         """(G, C, …) → (G, count + C, …): each block after the last ``count`` rows of the block before it (zeros
@@ -161,7 +182,8 @@ class MonoConvNormReLU(ConvNormReLU):
 
 
 class Subsampling(nn.Module):
-    """Two stride-2 convs and a projection: one clip's valid frames (V, M) → (⌈⌈V/2⌉/2⌉, D) (spec §4.2)."""
+    """Two stride-2 convs and a projection: every clip's valid frames (V_b, M) → (⌈⌈V_b/2⌉/2⌉, D) each, packed in
+    whole chunks (spec §4.2)."""
 
     def __init__(self, config: AudioConfig) -> None:
         super().__init__()
@@ -170,11 +192,17 @@ class Subsampling(nn.Module):
         self.layer1 = ConvNormReLU(c0, c1, config.rms_eps)
         self.input_proj_linear = nn.Linear(config.subsampled_dim, config.d_model, bias=False)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        # The clip alone: the convs' zero padding past its last frame is exactly the reference's masked zeros.
-        x = frames.to(self.input_proj_linear.weight.dtype)[None, :, :, None]  # (1, V, M, 1)
-        x = self.layer1(self.layer0(x))  # (1, T, M/4, C1)
-        return self.input_proj_linear(x.reshape(x.shape[1], -1))  # (T, M/4·C1): frequency major, channel minor
+    def forward(self, features: torch.Tensor, packing: _Packing) -> torch.Tensor:
+        """features (F, M), the clips' valid frames back to back → (R, D) packed rows, idle rows zero."""
+        dtype = self.input_proj_linear.weight.dtype
+        x = features.new_zeros((packing.slots, features.shape[1]), dtype=dtype)  # (Σ L, M)
+        x.index_copy_(0, packing.scatter, features.to(dtype))
+        x = self.layer0(x[None, :, :, None])  # (1, Σ L/2, M/2, C0)
+        # The reference zeroes padded frames before each conv: rows past a clip's end are zero again.
+        x = self.layer1(x * packing.keep_half.to(dtype)[None, :, None, None])  # (1, Σ L/4, M/4, C1)
+        x = x.reshape(x.shape[1], -1)  # (Σ L/4, M/4·C1): frequency major, channel minor
+        x = torch.cat([x, x.new_zeros(1, x.shape[1])])[packing.gather]  # (R, M/4·C1), idle rows zero
+        return self.input_proj_linear(x)  # (R, D)
 
 
 # --- conformer blocks -------------------------------------------------------------------------------
@@ -332,49 +360,33 @@ class AudioEncoder(nn.Module):
             _inverse_timescales(self.config.d_model, device), self.config.chunk_size + 1
         )
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, F, M) float, mask (B, F) bool (True = valid; a non-empty prefix per clip) →
-        (out (B, T, E) in the weights' dtype, 0 at padded positions; out_mask (B, T) bool), T = ⌈⌈F/2⌉/2⌉."""
-        valid = self._check(features, mask)
-        b, frames = mask.shape
-        width = soft_tokens_from_frames(frames)
-        dtype = self.output_proj.weight.dtype
-        out = features.new_zeros(b, width, self.config.output_dim, dtype=dtype)  # (B, T, E)
-        out_mask = (
-            torch.arange(width, device=mask.device)[None, :]
-            < mask.new_tensor([soft_tokens_from_frames(v) for v in valid], dtype=torch.long)[:, None]
-        )  # (B, T)
-        if b == 0:
-            return out, out_mask
-        clips = [self.subsample_conv_projection(features[i, :v]) for i, v in enumerate(valid)]  # (T_b, D) each
-        for clip, v in zip(clips, valid, strict=True):
-            assert clip.shape[0] == soft_tokens_from_frames(v), (clip.shape, v)
-        packing = _Packing.build([clip.shape[0] for clip in clips], self.config.chunk_size, features.device)
-        x = packing.pack(clips)  # (R, D)
+    def forward(self, features: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+        """features (F, M) float: every clip's valid log-mel frames, clips back to back; frames: each clip's frame
+        count (host ints) → (N, E) tower outputs of all clips in order, in the weights' dtype,
+        N = Σ ⌈⌈V_b/2⌉/2⌉. Everything is planned from the host-side counts: no value is read back."""
+        frames = self._check(features, frames)
+        if not frames:
+            return features.new_zeros((0, self.config.output_dim), dtype=self.output_proj.weight.dtype)
+        packing = _Packing.build(frames, self.config.chunk_size, features.device)
+        x = self.subsample_conv_projection(features, packing)  # (R, D)
         sinusoids = self.sinusoids.to(x.dtype)  # (Q, D)
         for layer in self.layers:
             x = layer(x, sinusoids, packing)
-        out[out_mask] = self.output_proj(packing.valid_rows(x))  # (Σ T_b, E) scattered row-major
-        return out, out_mask
+        return self.output_proj(x[packing.valid])  # (N, E)
 
-    def _check(self, features: torch.Tensor, mask: torch.Tensor) -> list[int]:
-        """Valid frames per clip; raises :class:`AudioInputError` naming the clip and the problem."""
+    def _check(self, features: torch.Tensor, frames: Sequence[int]) -> tuple[int, ...]:
+        """Shapes against the host-side counts; raises :class:`AudioInputError` naming the clip and the problem."""
         m = self.config.n_mels
-        if features.dim() != 3 or features.shape[-1] != m:
-            raise AudioInputError(f"features must be (B, F, {m}), got shape {tuple(features.shape)}")
+        if features.dim() != 2 or features.shape[-1] != m:
+            raise AudioInputError(f"features must be (frames, {m}), got shape {tuple(features.shape)}")
         if not features.is_floating_point():
             raise AudioInputError(f"features must be floating point, got {features.dtype}")
-        if mask.dtype != torch.bool or tuple(mask.shape) != tuple(features.shape[:2]):
+        frames = tuple(int(f) for f in frames)
+        for clip, count in enumerate(frames):
+            if count < 1:
+                raise AudioInputError(f"clip {clip}: {count} frames; every clip needs at least one valid frame")
+        if sum(frames) != features.shape[0]:
             raise AudioInputError(
-                f"mask must be bool of shape {tuple(features.shape[:2])} (features' B, F), "
-                f"got {mask.dtype} of shape {tuple(mask.shape)}"
+                f"the clips' frame counts sum to {sum(frames)}, but features has {features.shape[0]} rows"
             )
-        counts = mask.sum(dim=1)  # (B,)
-        prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < counts[:, None]  # (B, F)
-        broken = (prefix != mask).any(dim=1)  # (B,)
-        for clip, (count, bad) in enumerate(zip(counts.tolist(), broken.tolist(), strict=True)):
-            if bad:
-                raise AudioInputError(f"clip {clip}: mask is not a prefix of valid frames (padding must be last)")
-            if count == 0:
-                raise AudioInputError(f"clip {clip}: mask has no valid frame")
-        return counts.tolist()
+        return frames

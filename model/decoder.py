@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn.functional import gelu
 
+from data_specs.media import Modality
+
 from .attention import Attention
 from .config import TextConfig
 from .masks import banded_mask, full_mask, sliding_mask
@@ -195,7 +197,7 @@ class TextDecoder(nn.Module):
                 "sliding": sliding_mask(attention_mask, c.sliding_window, types, rows),
             }
         plain = bool(attention_mask.all())
-        vision = types is not None and bool(((types == 1) | (types == 2)).any())
+        vision = types is not None and bool(((types == Modality.IMAGE) | (types == Modality.VIDEO)).any())
         if plain and t <= c.sliding_window and not vision:
             sliding = None  # every earlier key is inside the window: plain causal attention
         else:

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
+from data_specs.media import Modality
+
 __all__ = ["vision_blocks", "full_mask", "sliding_mask", "BandedMask", "banded_mask"]
 
 
 def vision_blocks(mm_token_type_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) types → (B, T) int64 block ids: 0, 1, 2 … per run of image/video soft tokens, −1 elsewhere."""
-    vision = (mm_token_type_ids == 1) | (mm_token_type_ids == 2)  # (B, T)
+    vision = (mm_token_type_ids == Modality.IMAGE) | (mm_token_type_ids == Modality.VIDEO)  # (B, T)
     previous = torch.nn.functional.pad(vision[:, :-1], (1, 0), value=False)
     starts = vision & ~previous
     ids = starts.long().cumsum(dim=1) - 1  # (B, T)

@@ -5,31 +5,47 @@ attention and gated GELU-tanh MLP, clipped linears on the small tower), 3×3 mea
 ``× sqrt(D)`` in float32 and, on the large tower, standardisation. The output per image is what the reference
 ``Gemma4VisionModel`` returns for it, before the multimodal embedder (§3.8, ``model.embedder``).
 
-Deviation in layout, not in results: padding patches are stripped before any work. The real patches of all
-images are packed into one (T, D) tensor for every linear, norm and MLP, and attention runs image by image
-without a mask (an image's patches see each other and nothing else), so padding costs neither matmuls nor
-attention, and an image's output does not depend on what it is batched with. The reference instead computes
-every padded row and masks padding keys; the two agree to float rounding (the tests bound it).
+Deviation in layout, not in results: the tower takes packed patches (every image's real patches in raster
+order, images back to back, as ``data_specs.batch.PackedPatches`` holds them) with each image's grid as host
+ints. Positions and pooling groups are planned from the grids on the host and sent without a synchronisation;
+every linear, norm and MLP runs on the one packed (T, D) tensor, and attention runs per image without a mask
+(an image's patches see each other and nothing else), so padding costs nothing and an image's output does not
+depend on what it is batched with. The reference computes every padded row and masks padding keys; the two
+agree to float rounding (the tests bound it).
 
-Shapes: N images, M padded patches per image, T real patches of all images together, n patches of one image,
+Shapes: N soft tokens, I images, T real patches of all images together, n patches of one image,
 D model dim, N_h query heads, K KV heads, H head dim, F patch values (16·16·3 = 768), R×C patch grid (rows,
 columns), k pooling kernel (3).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.functional import gelu, scaled_dot_product_attention
 
 from .clipped import ClippedLinear
 from .config import VisionConfig
+from .host import offsets, to_device
 from .norm import RMSNorm, rms_norm
 
-__all__ = ["VisionEncoder", "VisionInputError", "axial_frequencies", "axial_cos_sin", "apply_axial_rope"]
+try:  # variable-length flash attention (CUDA only)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch
+    varlen_attn = None
+
+__all__ = [
+    "VisionEncoder",
+    "VisionInputError",
+    "axial_frequencies",
+    "axial_cos_sin",
+    "apply_axial_rope",
+    "plan_grids",
+]
 
 
 class VisionInputError(ValueError):
@@ -70,18 +86,36 @@ def apply_axial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
     """Full bidirectional attention inside each image, scale 1: q (T, N_h, H), k/v (T, K, H), T = Σ lengths
-    → (T, N_h, H). Images of one size go through one batched call; otherwise one call per image."""
+    → (T, N_h, H).
+
+    On CUDA in half precision, one variable-length flash-attention call covers every image. Elsewhere each run
+    of consecutive images of one length (the frames of a video, images of one shape) is one batched SDPA call
+    on views of the packed rows: no padding, no mask, no copy.
+    """
+    if _varlen_applies(q, k):
+        starts = to_device(offsets(lengths).astype(np.int32), q.device)  # (I + 1,)
+        longest = max(lengths)
+        return varlen_attn(q, k, v, starts, starts, longest, longest, scale=1.0)
     gqa = q.shape[1] != k.shape[1]
-    if len(set(lengths)) == 1:
-        b, n = len(lengths), lengths[0]
-        q, k, v = (t.view(b, n, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v))  # (B, N_h|K, n, H)
-        out = scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=gqa)  # (B, N_h, n, H)
-        return out.transpose(1, 2).reshape(b * n, out.shape[1], out.shape[3])  # (T, N_h, H)
-    outs = []
-    for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths), strict=True):
-        qi, ki, vi = (t.transpose(0, 1)[None] for t in (qi, ki, vi))  # (1, N_h|K, n, H)
-        outs.append(scaled_dot_product_attention(qi, ki, vi, scale=1.0, enable_gqa=gqa)[0].transpose(0, 1))
-    return torch.cat(outs)  # (T, N_h, H)
+    outs, start = [], 0
+    for n, run in itertools.groupby(lengths):
+        b = len(list(run))
+        span = slice(start, start + b * n)
+        qi, ki, vi = (t[span].view(b, n, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v))  # (b, ·, n, H)
+        out = scaled_dot_product_attention(qi, ki, vi, scale=1.0, enable_gqa=gqa)  # (b, N_h, n, H)
+        outs.append(out.transpose(1, 2).reshape(b * n, out.shape[1], out.shape[3]))  # (b·n, N_h, H)
+        start += b * n
+    return outs[0] if len(outs) == 1 else torch.cat(outs)  # (T, N_h, H)
+
+
+def _varlen_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
+    return (
+        varlen_attn is not None
+        and q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[1] == k.shape[1]
+        and not torch.is_grad_enabled()
+    )
 
 
 # --- modules ---------------------------------------------------------------------------------------------------
@@ -173,18 +207,29 @@ class VisionLayers(nn.Module):
         return h
 
 
-@dataclass(frozen=True)
-class _Grid:
-    """One image's real patch grid; ``order`` puts its patches in raster order (None: already are)."""
-
-    rows: int
-    cols: int
-    order: torch.Tensor | None
+def plan_grids(grids: Sequence[tuple[int, int]], kernel: int) -> tuple[np.ndarray, np.ndarray]:
+    """Host-side plan for packed items with patch ``grids`` (rows, cols), patches in raster order, items back to
+    back → positions (P, 2) int64 (x, y) of every patch, and pooling groups (N, k²) int64: the packed rows of
+    each soft token's k×k patches, soft tokens in raster order over each item's pooled grid, items in order."""
+    rows = np.array([r for r, _ in grids], dtype=np.int64)  # (I,)
+    cols = np.array([c for _, c in grids], dtype=np.int64)  # (I,)
+    counts = rows * cols  # (I,)
+    starts = offsets(counts)[:-1]  # (I,)
+    within = np.arange(counts.sum()) - np.repeat(starts, counts)  # (P,) index inside its item
+    y, x = np.divmod(within, np.repeat(cols, counts))  # (P,) each
+    positions = np.stack([x, y], axis=1)  # (P, 2)
+    tokens = (rows // kernel) * (cols // kernel)  # (I,)
+    token_cols = np.repeat(cols // kernel, tokens)  # (N,)
+    t = np.arange(tokens.sum()) - np.repeat(offsets(tokens)[:-1], tokens)  # (N,) index inside its item
+    a, b = np.divmod(t, token_cols)  # (N,) pooled row and column
+    top_left = np.repeat(starts, tokens) + a * kernel * np.repeat(cols, tokens) + b * kernel  # (N,)
+    di, dj = np.divmod(np.arange(kernel * kernel), kernel)  # (k²,) row and column offsets in the window
+    groups = top_left[:, None] + di[None, :] * np.repeat(cols, tokens)[:, None] + dj[None, :]  # (N, k²)
+    return positions, groups
 
 
 class VisionEncoder(nn.Module):
-    """Patches → soft tokens per image. ``forward(pixel_values, positions)`` for padded batches,
-    ``encode([(pixel_values, positions), …])`` for unpadded images; both return a list of (n_i, D)."""
+    """Packed patches with their grids → packed soft tokens (before the multimodal embedder)."""
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
@@ -208,78 +253,51 @@ class VisionEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.patch_embedder.input_proj.weight.dtype
 
-    def forward(self, pixel_values: torch.Tensor, positions: torch.Tensor) -> list[torch.Tensor]:
-        """pixel_values (N, M, F) float in [0, 1], zero rows for padding; positions (N, M, 2) int (x, y),
-        (−1, −1) for padding → one (n_i, D) tensor per image in the model dtype (n_i = R_i·C_i / k²)."""
-        if pixel_values.ndim != 3 or pixel_values.shape[-1] != self.config.patch_dim:
-            raise VisionInputError(
-                f"pixel_values must be (images, patches, {self.config.patch_dim}), got {tuple(pixel_values.shape)}"
-            )
-        if positions.shape != (*pixel_values.shape[:2], 2):
-            raise VisionInputError(
-                f"positions must be {(*pixel_values.shape[:2], 2)} to match pixel_values, got {tuple(positions.shape)}"
-            )
-        on_cpu = positions.cpu()
-        images = []
-        for i in range(pixel_values.shape[0]):
-            real = (on_cpu[i] != -1).any(dim=-1).nonzero().squeeze(1)  # (n,) rows that are not (−1, −1)
-            n = real.numel()
-            if n and int(real[-1]) == n - 1:  # the usual layout: real rows first, then padding
-                images.append((pixel_values[i, :n], on_cpu[i, :n]))
-            else:
-                images.append((pixel_values[i, real.to(pixel_values.device)], on_cpu[i, real]))
-        return self.encode(images)
+    def forward(self, patches: torch.Tensor, grids: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """patches (P, F) float in [0, 1]: every item's patches in raster order, items back to back; grids: each
+        item's (rows, cols) → (N, D) soft tokens of all items in order, in the model dtype (N = Σ R·C / k²).
 
-    def encode(self, images: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        """Unpadded images: pixel values (n_i, F) float in [0, 1] and positions (n_i, 2) int (x, y) each,
-        covering an R×C grid (R, C multiples of k) once, any order → one (n_i / k², D) tensor per image."""
-        if not images:
-            return []
-        grids = [self._grid(i, pixels, pos) for i, (pixels, pos) in enumerate(images)]
-        device = images[0][0].device
-        lengths = [pos.shape[0] for _, pos in images]
-        pixels = torch.cat([p for p, _ in images])  # (T, F)
-        positions = torch.cat([pos.to(device=device, dtype=torch.long) for _, pos in images])  # (T, 2)
-        h = self.patch_embedder(pixels, positions)  # (T, D)
-        cos, sin = axial_cos_sin(positions, self.rope_freq, h.dtype)  # (T, H) each
-        h = self.encoder(h, cos, sin, lengths)  # (T, D)
-        return [self._pool(hi, grid) for hi, grid in zip(h.split(lengths), grids, strict=True)]
+        Everything is planned from the host-side grids: no value is read back from the device."""
+        self._check(patches, grids)
+        if not grids:
+            return patches.new_zeros((0, self.config.d_model), dtype=self.dtype)
+        plan_positions, plan_groups = plan_grids(grids, self.config.pool_kernel)
+        positions = to_device(plan_positions, patches.device)  # (P, 2)
+        groups = to_device(plan_groups, patches.device)  # (N, k²)
+        h = self.patch_embedder(patches, positions)  # (P, D)
+        cos, sin = axial_cos_sin(positions, self.rope_freq, h.dtype)  # (P, H) each
+        h = self.encoder(h, cos, sin, [r * c for r, c in grids])  # (P, D)
+        return self._pool(h, groups)
 
-    def _pool(self, h: torch.Tensor, grid: _Grid) -> torch.Tensor:
-        """One image's h (n, D) → its soft tokens (n / k², D): k×k means in raster order over the pooled grid,
-        summed in float32 and cast to the model dtype, then × sqrt(D) (and standardised) in float32 (§3.7)."""
-        k, d = self.config.pool_kernel, h.shape[-1]
-        if grid.order is not None:
-            h = h[grid.order.to(h.device)]
-        blocks = h.float().view(grid.rows // k, k, grid.cols // k, k, d)  # (R/k, k, C/k, k, D)
-        pooled = (blocks * (1.0 / k**2)).sum(dim=(1, 3)).reshape(-1, d)  # (n/k², D)
+    def _pool(self, h: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """h (P, D), groups (N, k²) → soft tokens (N, D): means of each k×k window, summed in float32 and cast to
+        the model dtype, then × sqrt(D) (and standardised) in float32 (§3.7)."""
+        d = h.shape[-1]
+        windows = h.float()[groups]  # (N, k², D), a fresh tensor
+        pooled = windows.mul_(1.0 / groups.shape[1]).sum(dim=1)  # (N, D)
         pooled = pooled.to(h.dtype).float() * d**0.5  # the scale can leave the float16 range: float32
         if self.config.standardize:
             pooled = (pooled - self.std_bias.float()) * self.std_scale.float()
         return pooled.to(h.dtype)
 
-    def _grid(self, index: int, pixels: torch.Tensor, positions: torch.Tensor) -> _Grid:
-        """Validate image ``index`` (its real patches only) and read off its grid."""
+    def _check(self, patches: torch.Tensor, grids: Sequence[tuple[int, int]]) -> None:
+        """Shapes against the host-side grids; raises :class:`VisionInputError` naming the item."""
         c, k = self.config, self.config.pool_kernel
-
-        def fail(problem: str) -> VisionInputError:
-            return VisionInputError(f"image {index}: {problem}")
-
-        if pixels.ndim != 2 or pixels.shape[-1] != c.patch_dim or not pixels.is_floating_point():
-            raise fail(f"pixel values must be float (patches, {c.patch_dim}), got {pixels.dtype} {tuple(pixels.shape)}")
-        if positions.shape != (pixels.shape[0], 2) or positions.is_floating_point():
-            raise fail(f"positions must be int ({pixels.shape[0]}, 2), got {positions.dtype} {tuple(positions.shape)}")
-        if positions.shape[0] == 0:
-            raise fail("no real patches (every position is padding)")
-        positions = positions.cpu().long()
-        low, high = int(positions.min()), int(positions.max())
-        if low < 0 or high >= c.position_table_size:
-            raise fail(f"patch positions must lie in 0…{c.position_table_size - 1}, got {low}…{high}")
-        cols, rows = (int(v) + 1 for v in positions.max(dim=0).values)
-        if rows % k or cols % k:
-            raise fail(f"the patch grid {rows}×{cols} (rows×columns) is not a multiple of the {k}×{k} pooling kernel")
-        raster = positions[:, 1] * cols + positions[:, 0]  # (n,)
-        if positions.shape[0] != rows * cols or torch.bincount(raster, minlength=rows * cols).max() > 1:
-            raise fail(f"{positions.shape[0]} patches do not cover the {rows}×{cols} grid once each")
-        in_order = bool((raster == torch.arange(rows * cols)).all())
-        return _Grid(rows, cols, None if in_order else torch.argsort(raster))
+        if patches.ndim != 2 or patches.shape[-1] != c.patch_dim or not patches.is_floating_point():
+            raise VisionInputError(
+                f"patches must be float (patches, {c.patch_dim}), got {patches.dtype} {tuple(patches.shape)}"
+            )
+        for index, (rows, cols) in enumerate(grids):
+            if rows < k or cols < k or rows % k or cols % k:
+                raise VisionInputError(
+                    f"image {index}: the patch grid {rows}×{cols} (rows×columns) is not a positive multiple of the "
+                    f"{k}×{k} pooling kernel"
+                )
+            if max(rows, cols) > c.position_table_size:
+                raise VisionInputError(
+                    f"image {index}: the patch grid {rows}×{cols} exceeds the {c.position_table_size}-entry "
+                    "position table"
+                )
+        total = sum(r * c for r, c in grids)
+        if patches.shape[0] != total:
+            raise VisionInputError(f"the grids hold {total} patches, but patches has {patches.shape[0]} rows")

@@ -11,7 +11,7 @@ from .budget import (
     image_target_size,
 )
 from .chat import ChatFormatError, render_chat
-from .collate import bucket_by_length, collate, to_device, uncollate
+from .collate import bucket_by_length, collate, uncollate
 from .errors import (
     AudioTooLongError,
     AudioTooShortError,
@@ -77,7 +77,6 @@ __all__ = [
     "AudioFeatures",
     "collate",
     "uncollate",
-    "to_device",
     "bucket_by_length",
     "load_video",
     "VideoFrames",

@@ -1,4 +1,5 @@
-"""Token-budget arithmetic: pure integer math, no I/O, nothing heavier than ``math``.
+"""Token-budget arithmetic: pure integer math, no I/O, nothing heavier than ``math`` (and the shared media
+facts of ``data_specs.media``, themselves pure).
 
 Implements ../shared/spec/GEMMA4.md §6.1 (budgets), §6.2 (aspect-ratio-preserving target size) and §6.5
 (soft-token count), plus ``fit_image_budgets``, which no reference offers: choose one budget per image so that a
@@ -21,6 +22,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from numbers import Integral
+
+from data_specs.media import PATCH_SIZE, POOLING_KERNEL, audio_tokens_from_frames
 
 __all__ = [
     "SUPPORTED_BUDGETS",
@@ -45,8 +48,6 @@ __all__ = [
 ]
 
 SUPPORTED_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
-PATCH_SIZE = 16
-POOLING_KERNEL = 3
 SIDE_MULTIPLE = PATCH_SIZE * POOLING_KERNEL  # 48 px: one soft token is 48×48 px
 IMAGE_WRAPPER_TOKENS = 2  # <|image> … <image|> around each image's soft tokens
 
@@ -226,9 +227,3 @@ def audio_soft_tokens(num_samples: int) -> int:
     Raises ``ValueError`` below 161 samples (no token at all) and above 480 000 (chunk first).
     """
     return min(audio_tokens_from_frames(audio_valid_frames(num_samples)), AUDIO_MAX_TOKENS)
-
-
-def audio_tokens_from_frames(valid_frames: int) -> int:
-    """Tokens the audio tower's two stride-2 convs leave of ``valid_frames`` log-mel frames: ``⌈⌈V/2⌉/2⌉``."""
-    half = (valid_frames + 1) // 2  # ⌈V/2⌉
-    return (half + 1) // 2  # ⌈⌈V/2⌉/2⌉

@@ -1,13 +1,13 @@
-"""Batch collation of preprocessed examples, its inverse, and length bucketing.
+"""Batch collation of preprocessed examples into the packed :class:`data_specs.batch.Batch`, its inverse, and
+length bucketing.
 
-``collate`` pads token sequences (left by default, for generation), builds the attention mask and position
-ids, and stacks the media of all examples in order: image patches padded to the largest budget in the batch,
-audio segments padded to the longest, video frames padded like images. Patches stay uint8 (4× smaller to move);
-:func:`to_device` rescales them to float on the target device. ``uncollate`` recovers every example exactly,
-which the tests check.
+``collate`` pads token sequences (left by default, for generation) and builds the attention mask; it packs the
+media of all examples in order without padding: every image's uint8 patches back to back with its grid, every
+video frame likewise, every audio segment's valid log-mel frames back to back with its frame count. Patches stay
+uint8 (4× smaller to move); :meth:`Batch.to` rescales them to float on the target device. ``uncollate`` recovers
+every example exactly, which the tests check.
 
-Shapes: B examples, T tokens, I images, M patches per image (9 × the largest budget), S audio segments,
-F frames, V video frames.
+Shapes: B examples, T tokens, P patches of all images (or frames), F valid feature frames of all segments.
 """
 
 from __future__ import annotations
@@ -17,27 +17,43 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .budget import max_patches
-from .image import PATCH_VALUES, ImagePatches
+from data_specs.batch import Batch, PackedAudio, PackedPatches
+
+from .image import ImagePatches
 from .prompt import AudioFeatures, Example
 from .video import VideoPatches
 
-__all__ = ["collate", "uncollate", "to_device", "bucket_by_length"]
+__all__ = ["collate", "uncollate", "bucket_by_length"]
 
 
-def _pad_patches(items: Sequence[ImagePatches]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(I, M, 768) uint8 zero-padded patches and (I, M, 2) int64 positions, (−1, −1) for padding."""
-    width = max((max_patches(item.budget) for item in items), default=0)
-    patches = torch.zeros((len(items), width, PATCH_VALUES), dtype=torch.uint8)  # (I, M, 768)
-    positions = torch.full((len(items), width, 2), -1, dtype=torch.int64)  # (I, M, 2)
-    for row, item in enumerate(items):
-        patches[row, : item.num_patches] = torch.from_numpy(item.patches)
-        positions[row, : item.num_patches] = torch.from_numpy(np.array(item.positions))
-    return patches, positions
+def _pack_patches(items: Sequence[ImagePatches]) -> PackedPatches:
+    if not items:
+        return PackedPatches.empty()
+    values = torch.from_numpy(np.concatenate([item.patches for item in items]))  # (P, 768) uint8
+    return PackedPatches(values, tuple(item.grid for item in items))
 
 
-def collate(examples: Sequence[Example], *, pad_id: int, padding_side: str = "left") -> dict:
-    """One batch from ``examples`` (see the module docstring for the keys)."""
+def _valid_frames(segment: AudioFeatures, where: str) -> int:
+    """The segment's valid-frame count; its mask must be a prefix and its padded frames zero, so that the packed
+    form (valid frames only) loses nothing."""
+    valid = int(segment.mask.sum())
+    if not segment.mask[:valid].all():
+        raise ValueError(f"{where}: the feature mask is not a prefix of valid frames")
+    if segment.features[valid:].any():
+        raise ValueError(f"{where}: padded feature frames (mask False) must be zero")
+    return valid
+
+
+def _pack_audio(segments: Sequence[tuple[str, AudioFeatures]]) -> PackedAudio:
+    if not segments:
+        return PackedAudio.empty()
+    counts = [_valid_frames(segment, where) for where, segment in segments]
+    features = np.concatenate([s.features[:n] for (_, s), n in zip(segments, counts, strict=True)])  # (F, 128)
+    return PackedAudio(torch.from_numpy(features.astype(np.float32, copy=False)), tuple(counts))
+
+
+def collate(examples: Sequence[Example], *, pad_id: int, padding_side: str = "left") -> Batch:
+    """One packed :class:`Batch` of ``examples`` (see the module docstring), validated."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     lengths = [len(e.input_ids) for e in examples]
@@ -50,39 +66,27 @@ def collate(examples: Sequence[Example], *, pad_id: int, padding_side: str = "le
         input_ids[row, span] = torch.from_numpy(example.input_ids.astype(np.int64))
         types[row, span] = torch.from_numpy(example.mm_token_type_ids.astype(np.int64))
         attention[row, span] = True
-    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # (B, T): 0 on padding
-    images = [image for e in examples for image in e.images]
-    frames = [frame for e in examples for video in e.videos for frame in video.frames]
-    segments = [segment for e in examples for segment in e.audio]
-    pixel_values, image_positions = _pad_patches(images)
-    video_values, video_positions = _pad_patches(frames)
-    longest = max((s.features.shape[0] for s in segments), default=0)
-    features = torch.zeros((len(segments), longest, 128), dtype=torch.float32)  # (S, F, 128)
-    feature_mask = torch.zeros((len(segments), longest), dtype=torch.bool)  # (S, F)
-    for row, segment in enumerate(segments):
-        features[row, : segment.features.shape[0]] = torch.from_numpy(segment.features)
-        feature_mask[row, : segment.mask.shape[0]] = torch.from_numpy(segment.mask)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "position_ids": position_ids,
-        "mm_token_type_ids": types,
-        "pixel_values": pixel_values,  # uint8: see to_device
-        "image_position_ids": image_positions,
-        "num_soft_tokens_per_image": [i.num_soft_tokens for i in images],
-        "pixel_values_videos": video_values,  # uint8
-        "video_position_ids": video_positions,
-        "num_frames_per_video": [v.num_frames for e in examples for v in e.videos],
-        "input_features": features,
-        "input_features_mask": feature_mask,
-        "padding_side": padding_side,
-        "_examples": [_layout(e) for e in examples],  # what uncollate needs
-    }
+    segments = [
+        (f"example {row} audio segment {i}", a)
+        for row, e in enumerate(examples)
+        for i, a in enumerate(e.audio)
+    ]
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        mm_token_type_ids=types,
+        images=_pack_patches([image for e in examples for image in e.images]),
+        videos=_pack_patches([frame for e in examples for video in e.videos for frame in video.frames]),
+        audio=_pack_audio(segments),
+        layout=tuple(_layout(e, padding_side) for e in examples),
+    )
 
 
-def _layout(example: Example) -> dict:
+def _layout(example: Example, padding_side: str) -> dict:
+    """What the batch's tensors do not say about an example: enough for ``uncollate`` to rebuild it."""
     return {
         "length": len(example.input_ids),
+        "padding_side": padding_side,
         "images": [(i.size, i.original_size, i.budget) for i in example.images],
         "audio": [(a.features.shape[0], a.num_tokens, a.start_s, a.end_s, a.part) for a in example.audio],
         "videos": [(v.timestamps, v.budget, [(f.size, f.original_size) for f in v.frames]) for v in example.videos],
@@ -90,66 +94,49 @@ def _layout(example: Example) -> dict:
     }
 
 
-def uncollate(batch: dict) -> list[Example]:
-    """The examples a batch was made of, exactly (patches back to uint8 arrays, unpadded)."""
+def uncollate(batch: Batch) -> list[Example]:
+    """The examples a host batch from :func:`collate` was made of, exactly (patches as uint8 arrays, audio
+    segments with their padded frames and masks)."""
+    if len(batch) and not batch.layout:
+        raise ValueError("uncollate needs a batch made by collate (this one has no layout: e.g. Batch.from_hf)")
+    if batch.images.values.dtype != torch.uint8 or batch.device.type != "cpu":
+        raise ValueError("uncollate needs the host batch (uint8 patches on the CPU), not one moved with Batch.to")
+    images = iter(torch.split(batch.images.values, batch.images.num_patches))
+    frames = iter(torch.split(batch.videos.values, batch.videos.num_patches))
+    segments = iter(torch.split(batch.audio.features, batch.audio.frames))
+    width = batch.input_ids.shape[1]
     examples = []
-    image_row = frame_row = segment_row = 0
-    for row, layout in enumerate(batch["_examples"]):
+    for row, layout in enumerate(batch.layout):
         length = layout["length"]
-        width = batch["input_ids"].shape[1]
-        span = slice(width - length, width) if batch["padding_side"] == "left" else slice(0, length)
-        images = []
-        for size, original, budget in layout["images"]:
-            count = (size[0] // 16) * (size[1] // 16)
-            patches = batch["pixel_values"][image_row, :count].numpy().copy()
-            images.append(ImagePatches(patches=patches, size=size, original_size=original, budget=budget))
-            image_row += 1
+        span = slice(width - length, width) if layout["padding_side"] == "left" else slice(0, length)
+        example_images = [
+            ImagePatches(patches=next(images).numpy().copy(), size=size, original_size=original, budget=budget)
+            for size, original, budget in layout["images"]
+        ]
         audio = []
-        for frames, tokens, start, end, part in layout["audio"]:
-            audio.append(
-                AudioFeatures(
-                    batch["input_features"][segment_row, :frames].numpy().copy(),
-                    batch["input_features_mask"][segment_row, :frames].numpy().copy(),
-                    tokens,
-                    start,
-                    end,
-                    part,
-                )
-            )
-            segment_row += 1
+        for total, tokens, start, end, part in layout["audio"]:
+            valid = next(segments).numpy()
+            features = np.zeros((total, valid.shape[1]), dtype=np.float32)  # padded frames are zero
+            features[: valid.shape[0]] = valid
+            audio.append(AudioFeatures(features, np.arange(total) < valid.shape[0], tokens, start, end, part))
         videos = []
         for timestamps, budget, frame_sizes in layout["videos"]:
-            frames_out = []
-            for size, original in frame_sizes:
-                count = (size[0] // 16) * (size[1] // 16)
-                patches = batch["pixel_values_videos"][frame_row, :count].numpy().copy()
-                frames_out.append(ImagePatches(patches=patches, size=size, original_size=original, budget=budget))
-                frame_row += 1
-            videos.append(VideoPatches(frames=tuple(frames_out), timestamps=tuple(timestamps), budget=budget))
+            video_frames = tuple(
+                ImagePatches(patches=next(frames).numpy().copy(), size=size, original_size=original, budget=budget)
+                for size, original in frame_sizes
+            )
+            videos.append(VideoPatches(frames=video_frames, timestamps=tuple(timestamps), budget=budget))
         examples.append(
             Example(
-                input_ids=batch["input_ids"][row, span].numpy().astype(np.int32),
-                mm_token_type_ids=batch["mm_token_type_ids"][row, span].numpy().astype(np.int8),
-                images=images,
+                input_ids=batch.input_ids[row, span].numpy().astype(np.int32),
+                mm_token_type_ids=batch.mm_token_type_ids[row, span].numpy().astype(np.int8),
+                images=example_images,
                 audio=audio,
                 videos=videos,
                 summary=layout["summary"],
             )
         )
     return examples
-
-
-def to_device(batch: dict, device: str | torch.device, dtype: torch.dtype = torch.float32) -> dict:
-    """Move a batch's tensors to ``device``; uint8 patches become ``dtype`` in [0, 1] there (x / 255)."""
-    out = {}
-    for key, value in batch.items():
-        if not isinstance(value, torch.Tensor):
-            out[key] = value
-        elif value.dtype == torch.uint8:
-            out[key] = value.to(device, non_blocking=True).to(torch.float32).div_(255).to(dtype)
-        else:
-            out[key] = value.to(device, non_blocking=True)
-    return out
 
 
 def bucket_by_length(lengths: Sequence[int], batch_size: int, *, seed: int | None = None) -> list[list[int]]:

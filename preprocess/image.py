@@ -25,13 +25,17 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from .budget import PATCH_SIZE, SIDE_MULTIPLE, check_budget, image_target_size, max_patches
-from .image_io import DEFAULT_MAX_PIXELS, ImageSource, decode_image
+from data_specs.media import PATCH_SIZE, PATCH_VALUES
+
+from .budget import SIDE_MULTIPLE, check_budget, image_target_size, max_patches
+from .image_io import DEFAULT_MAX_PIXELS, DecodedImage, DraftFn, ImageSource, decode_image
 
 __all__ = [
     "PATCH_VALUES",
     "ImagePatches",
     "preprocess_image",
+    "patch_image",
+    "draft_for",
     "resize_to_target",
     "patchify",
     "patch_positions",
@@ -39,7 +43,6 @@ __all__ = [
     "preprocess_images",
 ]
 
-PATCH_VALUES = PATCH_SIZE * PATCH_SIZE * 3  # 768
 DRAFT_MARGIN = 1.25  # fast mode: the JPEG decoder may scale down while staying ≥ this × target
 
 
@@ -123,6 +126,27 @@ def patch_positions(rows: int, cols: int) -> np.ndarray:
     return positions
 
 
+def draft_for(budget: int) -> DraftFn:
+    """Fast mode's draft rule at ``budget``: the JPEG decoder may scale down while both sides stay at least
+    ``DRAFT_MARGIN`` × the target size of the upright original."""
+    budget = check_budget(budget)
+
+    def draft(original: tuple[int, int]) -> tuple[int, int]:
+        th, tw = image_target_size(*original, budget)
+        return int(th * DRAFT_MARGIN), int(tw * DRAFT_MARGIN)
+
+    return draft
+
+
+def patch_image(decoded: DecodedImage, budget: int, *, exact: bool = True) -> ImagePatches:
+    """An already decoded image → resized to the budget's target size (from its original size) and cut into
+    patches. The second half of :func:`preprocess_image`, for callers that decode first."""
+    budget = check_budget(budget)
+    size = image_target_size(*decoded.original_size, budget)
+    pixels = resize_to_target(decoded.image, size, exact=exact)
+    return ImagePatches(patches=patchify(pixels), size=size, original_size=decoded.original_size, budget=budget)
+
+
 def preprocess_image(
     image: ImageSource,
     budget: int = 280,
@@ -136,17 +160,8 @@ def preprocess_image(
     ``image`` is any source ``load_image`` accepts. ``name`` labels the input in error messages.
     """
     budget = check_budget(budget)
-    draft = None
-    if not exact:
-
-        def draft(original: tuple[int, int]) -> tuple[int, int]:
-            th, tw = image_target_size(*original, budget)
-            return int(th * DRAFT_MARGIN), int(tw * DRAFT_MARGIN)
-
-    decoded = decode_image(image, name=name, max_pixels=max_pixels, draft=draft)
-    size = image_target_size(*decoded.original_size, budget)
-    pixels = resize_to_target(decoded.image, size, exact=exact)
-    return ImagePatches(patches=patchify(pixels), size=size, original_size=decoded.original_size, budget=budget)
+    decoded = decode_image(image, name=name, max_pixels=max_pixels, draft=None if exact else draft_for(budget))
+    return patch_image(decoded, budget, exact=exact)
 
 
 def collate_images(items: Sequence[ImagePatches], *, max_patches_per_image: int | None = None) -> dict:

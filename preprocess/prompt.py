@@ -25,19 +25,20 @@ from typing import Any
 
 import numpy as np
 
+from data_specs.media import Modality
+
 from .audio import chunk_audio, frame_count, log_mel_batch
 from .audio_io import describe_audio_source, load_audio
 from .budget import SUPPORTED_BUDGETS, check_budget, fit_image_budgets, image_soft_tokens
 from .chat import PLACEHOLDERS, MediaPart, RenderedPrompt, render_chat, unprotect_segments
-from .image import ImagePatches, preprocess_image
+from .image import ImagePatches, draft_for, patch_image
 from .image_io import decode_image, describe_source
 from .tokenizer import SPECIAL_STRINGS, Tokenizer
 from .video import VideoPatches, preprocess_video
 from .video_io import describe_video_source
 
-__all__ = ["AudioFeatures", "Example", "build_example", "TOKEN_TYPES"]
+__all__ = ["AudioFeatures", "Example", "build_example"]
 
-TOKEN_TYPES = {"text": 0, "image": 1, "video": 2, "audio": 3}
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
 
 
@@ -136,14 +137,18 @@ def build_example(
         enable_thinking=enable_thinking,
         chat_template=chat_template if chat_template is not None else tokenizer.chat_template,
     )
-    # Decode every medium first: image sizes decide budgets, audio lengths and video frames decide tokens.
-    decoded_images, requested, audio_segments, videos = [], [], [], []
+    # Decode every medium once, first: image sizes decide budgets, audio lengths and video frames decide tokens.
+    requested = [check_budget(p.options.get("budget", image_budget)) for p in rendered.media if p.kind == "image"]
+    decoded_images, audio_segments, videos = [], [], []
     audio_parts = 0
     for part in rendered.media:
         if part.kind == "image":
-            decoded = decode_image(part.source, name=_label(part, describe_source(part.source)))
+            # Fast mode drafts JPEGs for the highest budget the image can end up with (max_tokens only lowers
+            # budgets, but may level them up to the largest requested one).
+            ceiling = max(requested) if max_tokens is not None else requested[len(decoded_images)]
+            draft = None if exact else draft_for(ceiling)
+            decoded = decode_image(part.source, name=_label(part, describe_source(part.source)), draft=draft)
             decoded_images.append((part, decoded))
-            requested.append(check_budget(part.options.get("budget", image_budget)))
         elif part.kind == "audio":
             audio_segments += _audio_features(part, audio_parts, exact)
             audio_parts += 1
@@ -157,23 +162,20 @@ def build_example(
             videos.append(video)
 
     budgets = _choose_budgets(rendered, tokenizer, decoded_images, requested, audio_segments, videos, max_tokens)
-    images = [
-        preprocess_image(decoded.image, budget, exact=exact, name=_label(part, decoded.source))
-        for (part, decoded), budget in zip(decoded_images, budgets, strict=True)
-    ]
+    images = [patch_image(d, budget, exact=exact) for (_, d), budget in zip(decoded_images, budgets, strict=True)]
     text = _expand(rendered, _expansions(rendered, [i.num_soft_tokens for i in images], audio_segments, videos))
     ids = np.asarray(_tokenize(tokenizer, text, rendered.protected), dtype=np.int32)
     special = tokenizer.special
-    types = np.zeros(ids.shape, dtype=np.int8)
-    types[ids == special.image] = TOKEN_TYPES["image"]
-    types[ids == special.video] = TOKEN_TYPES["video"]
-    types[ids == special.audio] = TOKEN_TYPES["audio"]
+    types = np.full(ids.shape, Modality.TEXT, dtype=np.int8)
+    types[ids == special.image] = Modality.IMAGE
+    types[ids == special.video] = Modality.VIDEO
+    types[ids == special.audio] = Modality.AUDIO
     summary = {
         "num_tokens": int(ids.size),
-        "text_tokens": int((types == 0).sum()),
-        "image_tokens": int((types == 1).sum()),
-        "video_tokens": int((types == 2).sum()),
-        "audio_tokens": int((types == 3).sum()),
+        "text_tokens": int((types == Modality.TEXT).sum()),
+        "image_tokens": int((types == Modality.IMAGE).sum()),
+        "video_tokens": int((types == Modality.VIDEO).sum()),
+        "audio_tokens": int((types == Modality.AUDIO).sum()),
         "image_budgets": list(budgets),
         "image_budgets_requested": list(requested),
         "audio_segments": [
@@ -237,6 +239,6 @@ def _choose_budgets(rendered, tokenizer, decoded_images, requested, audio_segmen
 
 def _check_counts(types: np.ndarray, images, audio_segments, videos) -> None:
     """Internal invariant: placeholders equal what the encoders will emit."""
-    assert (types == 1).sum() == sum(i.num_soft_tokens for i in images)
-    assert (types == 3).sum() == sum(a.num_tokens for a in audio_segments)
-    assert (types == 2).sum() == sum(v.num_soft_tokens for v in videos)
+    assert (types == Modality.IMAGE).sum() == sum(i.num_soft_tokens for i in images)
+    assert (types == Modality.AUDIO).sum() == sum(a.num_tokens for a in audio_segments)
+    assert (types == Modality.VIDEO).sum() == sum(v.num_soft_tokens for v in videos)

@@ -16,7 +16,7 @@ from PIL import Image
 from model.checkpoint import load_pretrained, save_pretrained
 from model.config import PRESETS, ModelConfig, TokenIds, model_to_hf
 from model.gemma4 import Gemma4, MediaCountError
-from preprocess.collate import collate, to_device
+from preprocess.collate import collate
 from preprocess.prompt import build_example
 from preprocess.tokenizer import SPECIAL_STRINGS, Tokenizer
 

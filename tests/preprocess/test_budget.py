@@ -202,7 +202,7 @@ def test_fit_budgets_errors():
 
 
 def test_budget_module_is_pure():
-    """budget.py imports nothing heavier than math (house style)."""
+    """budget.py imports nothing heavier than math and the pure shared facts (house style)."""
     import ast
     import inspect
 
@@ -213,4 +213,9 @@ def test_budget_module_is_pure():
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
-    assert imported <= {"__future__", "math", "collections", "numbers"}, imported
+    assert imported <= {"__future__", "math", "collections", "numbers", "data_specs"}, imported
+    from data_specs import media
+
+    facts = ast.parse(inspect.getsource(media))
+    assert {n.module for n in ast.walk(facts) if isinstance(n, ast.ImportFrom)} <= {"__future__", "enum"}
+    assert not [n for n in ast.walk(facts) if isinstance(n, ast.Import)]

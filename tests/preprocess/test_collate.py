@@ -1,4 +1,4 @@
-"""Collation: padding, masks, positions, media stacking; every example survives collate + uncollate."""
+"""Collation: padding, masks, packed media; every example survives collate + uncollate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from preprocess.collate import bucket_by_length, collate, to_device, uncollate
+from data_specs.batch import Batch, MediaCountError
+from data_specs.media import Modality
+from preprocess.collate import bucket_by_length, collate, uncollate
 from preprocess.prompt import build_example
 from preprocess.tokenizer import Tokenizer
 from tests.preprocess.test_video import encode_video
@@ -72,49 +74,79 @@ def test_round_trip(examples, side):
         assert_same(original, recovered)
 
 
-def test_padding_masks_positions(examples):
+def test_padding_masks_and_packed_media(examples):
     tok, items = examples
     batch = collate(items, pad_id=tok.special.pad)
+    assert isinstance(batch, Batch) and len(batch) == len(items)
     lengths = [len(e.input_ids) for e in items]
     width = max(lengths)
-    assert batch["input_ids"].shape == (len(items), width)
+    assert batch.input_ids.shape == (len(items), width)
     for row, length in enumerate(lengths):
-        assert batch["attention_mask"][row].sum() == length
-        assert batch["attention_mask"][row, width - length :].all()  # left padding
-        assert (batch["input_ids"][row, : width - length] == tok.special.pad).all()
-        assert torch.equal(batch["position_ids"][row, width - length :], torch.arange(length))
-    # images padded to 9 × the largest budget in the batch, uint8 until moved
-    assert batch["pixel_values"].dtype == torch.uint8
-    assert batch["pixel_values"].shape == (2, 9 * 280, 768)
-    assert (batch["image_position_ids"][0, items[1].images[0].num_patches :] == -1).all()
-    assert batch["num_soft_tokens_per_image"] == [
-        items[1].images[0].num_soft_tokens,
-        items[2].images[0].num_soft_tokens,
-    ]
+        assert batch.attention_mask[row].sum() == length
+        assert batch.attention_mask[row, width - length :].all()  # left padding
+        assert (batch.input_ids[row, : width - length] == tok.special.pad).all()
+    # images packed without padding, in order, uint8 until moved
+    images = [items[1].images[0], items[2].images[0]]
+    assert batch.images.values.dtype == torch.uint8
+    assert torch.equal(batch.images.values, torch.from_numpy(np.concatenate([i.patches for i in images])))
+    assert batch.images.grids == tuple(i.grid for i in images)
+    assert batch.images.num_soft_tokens == tuple(i.num_soft_tokens for i in images)
+    frames = [f for e in items for v in e.videos for f in v.frames]
+    assert len(batch.videos) == 4 and batch.videos.values.shape == (sum(f.num_patches for f in frames), 768)
+    # audio: only valid frames, segment by segment
     segments = [s for e in items for s in e.audio]
-    assert batch["input_features"].shape == (len(segments), max(s.features.shape[0] for s in segments), 128)
+    assert batch.audio.frames == tuple(int(s.mask.sum()) for s in segments)
+    assert torch.equal(
+        batch.audio.features, torch.from_numpy(np.concatenate([s.features[s.mask] for s in segments]))
+    )
     # Placeholders in the batch equal what the encoders receive.
-    assert int((batch["mm_token_type_ids"] == 1).sum()) == sum(batch["num_soft_tokens_per_image"])
-    assert int((batch["mm_token_type_ids"] == 3).sum()) == sum(s.num_tokens for s in segments)
-    assert int((batch["mm_token_type_ids"] == 2).sum()) == sum(v.num_soft_tokens for e in items for v in e.videos)
-    assert batch["pixel_values_videos"].shape == (4, 9 * 70, 768) and batch["num_frames_per_video"] == [4]
+    types = batch.mm_token_type_ids
+    assert int((types == Modality.IMAGE).sum()) == sum(batch.images.num_soft_tokens)
+    audio_tokens = sum(s.num_tokens for s in segments)
+    assert int((types == Modality.AUDIO).sum()) == audio_tokens == sum(batch.audio.num_soft_tokens)
+    assert int((types == Modality.VIDEO).sum()) == sum(v.num_soft_tokens for e in items for v in e.videos)
+    assert repr(batch) == (
+        f"Batch(B=5, T={width}, device=cpu, images=2 (({sum(i.num_patches for i in images)}, 768) uint8), "
+        f"videos=4 (({sum(f.num_patches for f in frames)}, 768) uint8), "
+        f"audio={len(segments)} segments (({sum(batch.audio.frames)}, 128) float32))"
+    )
 
 
 def test_to_device_rescales_patches(examples):
     tok, items = examples
     batch = collate(items, pad_id=tok.special.pad)
-    moved = to_device(batch, "cpu")
-    assert moved["pixel_values"].dtype == torch.float32
+    moved = batch.to("cpu")
+    assert moved.images.values.dtype == torch.float32
     expected = torch.from_numpy(items[1].images[0].pixel_values())
-    assert torch.equal(moved["pixel_values"][0, : items[1].images[0].num_patches], expected)
-    assert moved["input_ids"].dtype == torch.int64
-    half = to_device(batch, "cpu", dtype=torch.bfloat16)
-    assert half["pixel_values"].dtype == torch.bfloat16
+    assert torch.equal(moved.images.values[: items[1].images[0].num_patches], expected)
+    assert moved.input_ids.dtype == torch.int64 and moved.images.grids == batch.images.grids
+    half = batch.to("cpu", dtype=torch.bfloat16)
+    assert half.images.values.dtype == torch.bfloat16 and half.audio.features.dtype == torch.bfloat16
+    assert batch.images.values.dtype == torch.uint8  # the host batch is untouched
+    assert batch.pin_memory().images.values.data_ptr() == batch.images.values.data_ptr() or torch.cuda.is_available()
+
+
+def test_a_moved_batch_cannot_be_uncollated(examples):
+    tok, items = examples
+    with pytest.raises(ValueError, match="host batch"):
+        uncollate(collate(items, pad_id=tok.special.pad).to("cpu"))
+
+
+def test_placeholder_mismatch_is_caught_at_collation(examples):
+    tok, items = examples
+    broken = items[1]
+    ids, types = broken.input_ids.copy(), broken.mm_token_type_ids.copy()
+    first = int(np.argmax(types == Modality.IMAGE))
+    types[first] = Modality.TEXT
+    cut = type(broken)(ids, types, broken.images, [], [], {})
+    n = int((types == Modality.IMAGE).sum())
+    with pytest.raises(MediaCountError, match=f"{n} image placeholder tokens.*{n + 1} image soft tokens"):
+        collate([cut], pad_id=tok.special.pad)
 
 
 def test_empty_and_bad():
     batch = collate([], pad_id=0)
-    assert batch["input_ids"].shape == (0, 0) and uncollate(batch) == []
+    assert batch.input_ids.shape == (0, 0) and uncollate(batch) == []
     with pytest.raises(ValueError, match="padding_side"):
         collate([], pad_id=0, padding_side="middle")
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from preprocess import budget as B
 from preprocess.chat import ChatFormatError
-from preprocess.prompt import TOKEN_TYPES, build_example
+from data_specs.media import Modality
+from preprocess.prompt import build_example
 from preprocess.tokenizer import SPECIAL_STRINGS, Tokenizer
 
 hf_processor = pytest.importorskip("oracles.hf_processor")
@@ -113,7 +114,7 @@ def test_counts_and_types_match_media(tok):
     ]
     example = build_example(messages, tok, image_budget=140)
     assert len(example.audio) == 3
-    assert sum(a.num_tokens for a in example.audio) == int((example.mm_token_type_ids == TOKEN_TYPES["audio"]).sum())
+    assert sum(a.num_tokens for a in example.audio) == int((example.mm_token_type_ids == Modality.AUDIO).sum())
     ids = example.input_ids.tolist()
     assert ids.count(tok.special.boa) == 3 and ids.count(tok.special.eoa) == 3
     for segment in example.audio:
