@@ -192,9 +192,7 @@ class Batch:
 
     # --- moving -------------------------------------------------------------------------------------------
 
-    def to(
-        self, device: str | torch.device, dtype: torch.dtype | None = None, *, non_blocking: bool = True
-    ) -> Batch:
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None, *, non_blocking: bool = True) -> Batch:
         """Every tensor on ``device``; uint8 patches become float in [0, 1] there (x / 255 in float32, then
         ``dtype``), and floating media take ``dtype`` when it is given. Token tensors keep their dtypes."""
 
@@ -357,4 +355,3 @@ def _audio_from_hf(features: torch.Tensor | None, mask: torch.Tensor | None) -> 
         if count == 0:
             raise BatchError(f"input_features_mask segment {segment}: no valid frame")
     return PackedAudio(features[mask], tuple(counts.tolist()))  # (F, 128): row-major = segment by segment
-
