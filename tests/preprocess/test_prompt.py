@@ -9,9 +9,9 @@ import pytest
 import soundfile
 from PIL import Image
 
+from data_specs.media import Modality
 from preprocess import budget as B
 from preprocess.chat import ChatFormatError
-from data_specs.media import Modality
 from preprocess.prompt import build_example
 from preprocess.tokenizer import SPECIAL_STRINGS, Tokenizer
 
