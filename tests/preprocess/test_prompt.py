@@ -186,6 +186,50 @@ def test_bad_media(tok, part, exc, message):
         build_example([{"role": "user", "content": [part]}], tok)
 
 
+def test_every_image_is_decoded_once(tok, tmp_path, monkeypatch):
+    """One decode per image part, whatever its source; error labels are not doubled."""
+    import preprocess.image_io as image_io
+
+    calls = []
+    for name in ("_from_stream", "_from_pil", "_from_array"):
+        original = getattr(image_io, name)
+        monkeypatch.setattr(image_io, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    path = tmp_path / "pic.jpg"
+    image(300, 200, 1).save(path, quality=90)
+    content = [
+        {"type": "image", "image": str(path)},
+        {"type": "image", "image": image(90, 120, 2)},
+        {"type": "image", "image": np.zeros((60, 60, 3), np.uint8)},
+    ]
+    for exact in (True, False):
+        calls.clear()
+        build_example([{"role": "user", "content": content}], tok, exact=exact, max_tokens=4000)
+        assert sorted(calls) == ["_from_array", "_from_pil", "_from_stream"], (exact, calls)
+    with pytest.raises(ValueError) as caught:
+        build_example([{"role": "user", "content": [{"type": "image", "image": b"not an image"}]}], tok)
+    assert str(caught.value).count("messages[0].content[0]") == 1
+
+
+def test_fast_mode_draft_decodes_jpegs(tok, tmp_path, monkeypatch):
+    """exact=False lets the JPEG decoder scale down (≥ 1.25 × the target stays); exact mode never does."""
+    import preprocess.image as image_module
+
+    seen = []
+    resize = image_module.resize_to_target
+    monkeypatch.setattr(
+        image_module, "resize_to_target", lambda im, size, **k: seen.append(im.size) or resize(im, size, **k)
+    )
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)).resize((2400, 1600)).save(path)
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(path), "budget": 70}]}]
+    fast = build_example(messages, tok, exact=False)
+    exact = build_example(messages, tok)
+    assert seen[1] == (2400, 1600) and seen[0] in ((600, 400), (300, 200))  # 1/4 or 1/8 scale: drafted
+    target_h, target_w = fast.images[0].size
+    assert min(seen[0][1] / target_h, seen[0][0] / target_w) >= 1.25
+    assert fast.images[0].size == exact.images[0].size and fast.images[0].original_size == (1600, 2400)
+
+
 def test_template_with_wrong_placeholder_count(tok):
     template = "{% for m in messages %}{{ m.role }}{% endfor %}"
     with pytest.raises(ChatFormatError, match="0 <\\|image\\|> placeholder"):
