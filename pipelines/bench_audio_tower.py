@@ -23,7 +23,8 @@ from dataclasses import replace
 import torch
 
 from model.audio import AudioEncoder
-from model.config import PRESETS, AudioConfig, model_to_hf
+from model.checkpoint import model_to_hf
+from model.config import PRESETS, AudioConfig
 from preprocess.audio import log_mel_batch
 
 from .bench_audio import threads as thread_limit

@@ -45,7 +45,8 @@ def _batch(budget: int, count: int):
 def run(budgets: Sequence[int] = (280, 1120), *, repeat: int = 3, emit: Callable[[str], None] = print) -> list[Row]:
     import torch
 
-    from model.config import PRESETS, model_to_hf
+    from model.checkpoint import model_to_hf
+    from model.config import PRESETS
     from model.vision import VisionEncoder
 
     config = bench_config()
