@@ -19,7 +19,7 @@ from data_specs.example import SchemaError
 from pipelines import cli
 from pipelines.preprocess_job import JobMismatchError, PreprocessSettings, run_preprocess
 from pipelines.readback import open_output
-from pipelines.synthetic import write_sample_dataset
+from pipelines.sample_data import write_sample_dataset
 from preprocess.prompt import build_example
 from preprocess.tokenizer import Tokenizer
 from tests.preprocess.test_collate import assert_same

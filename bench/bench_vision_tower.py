@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from pipelines.sample_data import synthetic_image
+
 from .benchmarking import Row, best_time, format_row, reference
-from .synthetic import synthetic_image
 
 __all__ = ["run", "bench_config"]
 

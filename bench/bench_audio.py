@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from pipelines.sample_data import synthetic_speech
 from preprocess.audio import chunk_audio, log_mel, log_mel_batch
 
 from .benchmarking import Row, best_time, format_row, reference
-from .synthetic import synthetic_speech
 
 TARGET_ONE_THREAD = 2.5
 TARGET_SCALING = 0.8
