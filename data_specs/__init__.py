@@ -1,3 +1,14 @@
-"""Versioned schemas of the pipeline's inputs and outputs (see README.md here). Filled by the pipeline issues."""
+"""Versioned schemas of what goes into and comes out of the pipelines (see README.md here).
 
-__all__: list[str] = []
+One submodule per contract, imported directly (``from data_specs.example import example_schema``):
+
+* ``manifest``: the input manifest of ``gemma4 preprocess`` (``MANIFEST_VERSION``), row validation;
+* ``example``: the Arrow schema of one preprocessed example (``SCHEMA_VERSION``), rows ↔ examples;
+* ``errors_table``: the Arrow schema of the errors table;
+* ``batch``: the packed batch the front end hands the model.
+
+This package imports none of them (nor pyarrow or torch): model code imports ``data_specs.batch`` and must not
+pay for the Arrow schemas.
+"""
+
+__all__: list[str] = []  # the contracts live in the submodules above

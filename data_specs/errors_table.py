@@ -17,17 +17,10 @@ from .example import schema_metadata
 
 __all__ = ["error_schema", "ERROR_COLUMNS"]
 
-ERROR_COLUMNS = ("id", "row", "stage", "error_type", "message")
+ERROR_COLUMNS = ("id", "row", "stage", "error_type", "message")  # in table order; "row" is int64, the rest strings
 
 
 def error_schema(extra_metadata: dict[str, str] | None = None) -> pa.Schema:
-    return pa.schema(
-        [
-            ("id", pa.string()),
-            ("row", pa.int64()),
-            ("stage", pa.string()),
-            ("error_type", pa.string()),
-            ("message", pa.string()),
-        ],
-        metadata=schema_metadata(extra_metadata),
-    )
+    """The errors table's schema, its metadata carrying the schema version (and ``extra_metadata``)."""
+    columns = [(name, pa.int64() if name == "row" else pa.string()) for name in ERROR_COLUMNS]
+    return pa.schema(columns, metadata=schema_metadata(extra_metadata))

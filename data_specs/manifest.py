@@ -18,6 +18,10 @@ Example line::
 
 ``validate_row`` raises :class:`ManifestError` naming the row; it never touches the media (decoding errors
 belong to the preprocessing stages).
+
+``MANIFEST_VERSION`` is the version of this format as the job reads it: ``gemma4 preprocess`` writes it into
+``job.json`` and refuses to resume a job recorded under another version (the same input file could then mean
+other examples).
 """
 
 from __future__ import annotations

@@ -1,7 +1,21 @@
 """Gemma 4 in PyTorch: configs and presets (``model.config``), the text decoder, the vision and audio towers, the
-multimodal model (``model.gemma4``) and Hugging Face checkpoint I/O (``model.checkpoint``)."""
+multimodal model (``model.gemma4``) and Hugging Face checkpoint I/O with the
+reference's ``config.json`` keys and tensor names (``model.checkpoint``)."""
 
-from .checkpoint import CheckpointError, load_pretrained, load_text_decoder, save_pretrained, save_text_decoder
+from .checkpoint import (
+    CheckpointError,
+    TokenizerMismatchError,
+    check_tokenizer,
+    load_config,
+    load_pretrained,
+    load_text_decoder,
+    model_from_hf,
+    model_to_hf,
+    save_pretrained,
+    save_text_decoder,
+    text_from_hf,
+    text_to_hf,
+)
 from .config import (
     PRESETS,
     AudioConfig,
@@ -11,11 +25,7 @@ from .config import (
     TextConfig,
     TokenIds,
     VisionConfig,
-    model_from_hf,
-    model_to_hf,
     preset,
-    text_from_hf,
-    text_to_hf,
 )
 from .gemma4 import Gemma4, MediaCountError
 
@@ -30,7 +40,10 @@ __all__ = [
     "RopeConfig",
     "TextConfig",
     "TokenIds",
+    "TokenizerMismatchError",
     "VisionConfig",
+    "check_tokenizer",
+    "load_config",
     "load_pretrained",
     "load_text_decoder",
     "model_from_hf",

@@ -1,7 +1,7 @@
 """Gemma 4 configurations: frozen dataclasses and one ``PRESETS`` table (spec §1, §8, §10).
 
 ``TextConfig`` holds the decoder's hyper-parameters in the project's vocabulary (``d_model``, ``n_heads``,
-``n_kv_heads``, ``head_dim`` …); the Hugging Face names appear only in :func:`text_from_hf` / :func:`text_to_hf`.
+``n_kv_heads``, ``head_dim`` …); the Hugging Face ``config.json`` names appear only in :mod:`model.checkpoint`.
 Derived values (layer kinds, the KV-sharing map, per-layer MLP width, parameter counts, KV-cache bytes per
 token) are properties or methods, never stored fields. ``VisionConfig`` and ``AudioConfig`` describe the towers;
 ``ModelConfig`` joins the three parts with the multimodal token ids.
@@ -9,7 +9,6 @@ token) are properties or methods, never stored fields. ``VisionConfig`` and ``Au
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,11 +21,8 @@ __all__ = [
     "TextConfig",
     "TokenIds",
     "VisionConfig",
-    "model_from_hf",
-    "model_to_hf",
+    "interleaved_layer_types",
     "preset",
-    "text_from_hf",
-    "text_to_hf",
 ]
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -320,13 +316,14 @@ class ModelConfig:
         return counts
 
 
-def _layer_types(n_layers: int, period: int) -> tuple[str, ...]:
+def interleaved_layer_types(n_layers: int, period: int) -> tuple[str, ...]:
+    """Sliding layers with every ``period``-th layer (and the last) full: the Gemma 4 pattern (spec §1.2)."""
     return tuple(FULL if (i + 1) % period == 0 or i == n_layers - 1 else SLIDING for i in range(n_layers))
 
 
 def _make(**kw: Any) -> TextConfig:
     period = kw.pop("period")
-    return TextConfig(layer_types=_layer_types(kw["n_layers"], period), **kw)
+    return TextConfig(layer_types=interleaved_layer_types(kw["n_layers"], period), **kw)
 
 
 # Sources: spec §1.1 (GM `_gemma4.py` presets; HF config.json values). Tiny presets are for CPU tests: they keep
@@ -468,229 +465,3 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides)
-
-
-# --- Hugging Face config.json ---------------------------------------------------------------------------------
-
-_HF_NAMES = {  # ours → config.json (text_config)
-    "vocab_size": "vocab_size",
-    "d_model": "hidden_size",
-    "n_layers": "num_hidden_layers",
-    "n_heads": "num_attention_heads",
-    "n_kv_heads": "num_key_value_heads",
-    "n_global_kv_heads": "num_global_key_value_heads",
-    "head_dim": "head_dim",
-    "global_head_dim": "global_head_dim",
-    "d_ff": "intermediate_size",
-    "double_wide_mlp": "use_double_wide_mlp",
-    "sliding_window": "sliding_window",
-    "n_kv_shared_layers": "num_kv_shared_layers",
-    "k_eq_v": "attention_k_eq_v",
-    "ple_dim": "hidden_size_per_layer_input",
-    "ple_vocab_size": "vocab_size_per_layer_input",
-    "final_logit_softcap": "final_logit_softcapping",
-    "bidirectional": "use_bidirectional_attention",
-    "rms_eps": "rms_norm_eps",
-    "tie_embeddings": "tie_word_embeddings",
-}
-
-
-def text_from_hf(config: Mapping[str, Any]) -> TextConfig:
-    """A ``TextConfig`` from a checkpoint's ``config.json`` (the whole file or its ``text_config``)."""
-    text = config.get("text_config", config)
-    model_type = text.get("model_type", "gemma4_text")
-    if model_type not in ("gemma4_text", "gemma4"):
-        raise ConfigError(f"config.json describes model_type {model_type!r}, not a Gemma 4 text model")
-    if text.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
-        raise ConfigError(f"unsupported hidden_activation {text['hidden_activation']!r}")
-    if text.get("attention_bias"):
-        raise ConfigError("attention_bias=true is not a Gemma 4 architecture")
-    kw: dict[str, Any] = {}
-    for ours, theirs in _HF_NAMES.items():
-        if text.get(theirs) is not None:
-            kw[ours] = text[theirs]
-    if text.get("enable_moe_block"):
-        kw.update(
-            n_experts=text["num_experts"], top_k_experts=text["top_k_experts"], moe_d_ff=text["moe_intermediate_size"]
-        )
-    n_layers = kw["n_layers"]
-    kw["layer_types"] = tuple(text.get("layer_types") or _layer_types(n_layers, 6))
-    kw.update(_per_layer_overrides(text.get("per_layer_config") or {}, kw["layer_types"]))
-    rope = text.get("rope_parameters") or {}
-    sliding, full = rope.get(SLIDING, {}), rope.get(FULL, {})
-    for kind, params, allowed in ((SLIDING, sliding, ("default",)), (FULL, full, ("proportional",))):
-        if params.get("rope_type", allowed[0]) not in allowed:
-            raise ConfigError(
-                f"rope_parameters[{kind!r}] has rope_type {params['rope_type']!r}; expected {allowed[0]!r}"
-            )
-    kw["rope"] = RopeConfig(
-        sliding_theta=float(sliding.get("rope_theta", 10_000.0)),
-        full_theta=float(full.get("rope_theta", 1_000_000.0)),
-        full_partial_rotary=float(full.get("partial_rotary_factor", 0.25)),
-        sliding_factor=float(sliding.get("factor", 1.0)),
-        full_factor=float(full.get("factor", 1.0)),
-    )
-    if missing := [
-        m for m in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "sliding_window") if m not in kw
-    ]:
-        raise ConfigError(f"config.json lacks {', '.join(_HF_NAMES[m] for m in missing)}")
-    return TextConfig(**kw)
-
-
-def _per_layer_overrides(per_layer: Mapping[str, Mapping[str, Any]], layer_types: tuple[str, ...]) -> dict[str, int]:
-    """``global_head_dim`` / ``n_global_kv_heads`` from transformers' ``per_layer_config`` (how it saves them):
-    the same override on every full layer, none on sliding layers; anything else is not Gemma 4."""
-    found: dict[str, set] = {"head_dim": set(), "num_key_value_heads": set()}
-    for key, overrides in per_layer.items():
-        layer = int(key)
-        if not 0 <= layer < len(layer_types) or layer_types[layer] != FULL or set(overrides) - set(found):
-            raise ConfigError(f"per_layer_config[{key!r}] = {dict(overrides)} is not a Gemma 4 full-layer override")
-        for name, value in overrides.items():
-            found[name].add(value)
-    if any(len(values) > 1 for values in found.values()):
-        raise ConfigError(f"per_layer_config gives full layers different values: {found}")
-    out = {}
-    if found["head_dim"]:
-        out["global_head_dim"] = found["head_dim"].pop()
-    if found["num_key_value_heads"]:
-        out["n_global_kv_heads"] = found["num_key_value_heads"].pop()
-    return out
-
-
-def text_to_hf(config: TextConfig) -> dict[str, Any]:
-    """The ``text_config`` dict of ``config.json`` for ``config`` (inverse of :func:`text_from_hf`)."""
-    out: dict[str, Any] = {"model_type": "gemma4_text", "hidden_activation": "gelu_pytorch_tanh"}
-    for ours, theirs in _HF_NAMES.items():
-        out[theirs] = getattr(config, ours)
-    if out["num_global_key_value_heads"] is None:
-        del out["num_global_key_value_heads"]
-    if not config.ple_dim:
-        out["hidden_size_per_layer_input"] = 0
-    out["layer_types"] = list(config.layer_types)
-    out["enable_moe_block"] = bool(config.n_experts)
-    if config.n_experts:
-        out.update(
-            num_experts=config.n_experts, top_k_experts=config.top_k_experts, moe_intermediate_size=config.moe_d_ff
-        )
-    rope = config.rope
-    sliding = {"rope_type": "default", "rope_theta": rope.sliding_theta}
-    full = {
-        "rope_type": "proportional",
-        "partial_rotary_factor": rope.full_partial_rotary,
-        "rope_theta": rope.full_theta,
-    }
-    if rope.sliding_factor != 1.0:
-        sliding["factor"] = rope.sliding_factor
-    if rope.full_factor != 1.0:
-        full["factor"] = rope.full_factor
-    out["rope_parameters"] = {SLIDING: sliding, FULL: full}
-    return out
-
-
-_VISION_NAMES = {  # ours → config.json (vision_config)
-    "d_model": "hidden_size",
-    "n_layers": "num_hidden_layers",
-    "n_heads": "num_attention_heads",
-    "n_kv_heads": "num_key_value_heads",
-    "head_dim": "head_dim",
-    "d_ff": "intermediate_size",
-    "patch_size": "patch_size",
-    "position_table_size": "position_embedding_size",
-    "pool_kernel": "pooling_kernel_size",
-    "clipped_linears": "use_clipped_linears",
-    "standardize": "standardize",
-    "rms_eps": "rms_norm_eps",
-}
-_AUDIO_NAMES = {  # ours → config.json (audio_config)
-    "d_model": "hidden_size",
-    "n_layers": "num_hidden_layers",
-    "n_heads": "num_attention_heads",
-    "conv_kernel": "conv_kernel_size",
-    "residual_weight": "residual_weight",
-    "chunk_size": "attention_chunk_size",
-    "context_left": "attention_context_left",
-    "context_right": "attention_context_right",
-    "logit_cap": "attention_logit_cap",
-    "invalid_logit": "attention_invalid_logits_value",
-    "clip_value": "gradient_clipping",
-    "clipped_linears": "use_clipped_linears",
-    "output_dim": "output_proj_dims",
-    "rms_eps": "rms_norm_eps",
-}
-_TOKEN_NAMES = {  # ours → config.json (top level)
-    "image": "image_token_id",
-    "audio": "audio_token_id",
-    "video": "video_token_id",
-    "boi": "boi_token_id",
-    "eoi": "eoi_token_id",
-    "boa": "boa_token_id",
-    "eoa": "eoa_token_index",
-}
-
-
-def _pick(section: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
-    return {ours: section[theirs] for ours, theirs in names.items() if section.get(theirs) is not None}
-
-
-def vision_from_hf(vision: Mapping[str, Any]) -> VisionConfig:
-    if vision.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
-        raise ConfigError(f"vision_config: unsupported hidden_activation {vision['hidden_activation']!r}")
-    if vision.get("attention_bias"):
-        raise ConfigError("vision_config: attention_bias=true is not a Gemma 4 architecture")
-    rope = vision.get("rope_parameters") or {}
-    if rope.get("rope_type", "axial") != "axial":
-        raise ConfigError(f"vision_config: rope_type {rope['rope_type']!r}; expected 'axial'")
-    kw = _pick(vision, _VISION_NAMES)
-    if "head_dim" not in kw and "d_model" in kw and "n_heads" in kw:
-        kw["head_dim"] = kw["d_model"] // kw["n_heads"]
-    kw.setdefault("n_kv_heads", kw.get("n_heads", VisionConfig.n_kv_heads))
-    kw["rope_theta"] = float(rope.get("rope_theta", 100.0))
-    return VisionConfig(**kw)
-
-
-def audio_from_hf(audio: Mapping[str, Any]) -> AudioConfig:
-    if audio.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"audio_config: unsupported hidden_act {audio['hidden_act']!r}")
-    kw = _pick(audio, _AUDIO_NAMES)
-    if audio.get("subsampling_conv_channels") is not None:
-        kw["conv_channels"] = tuple(audio["subsampling_conv_channels"])
-    return AudioConfig(**kw)
-
-
-def model_from_hf(config: Mapping[str, Any]) -> ModelConfig:
-    """A ``ModelConfig`` from a checkpoint's ``config.json``: a ``Gemma4ForConditionalGeneration`` file (text,
-    optional vision and audio sections, token ids) or a text-only ``Gemma4ForCausalLM`` one."""
-    if config.get("model_type", "gemma4") not in ("gemma4", "gemma4_text"):
-        raise ConfigError(f"config.json describes model_type {config['model_type']!r}, not Gemma 4")
-    text = text_from_hf(config)
-    vision = vision_from_hf(config["vision_config"]) if config.get("vision_config") else None
-    audio = audio_from_hf(config["audio_config"]) if config.get("audio_config") else None
-    tokens = TokenIds(**_pick(config, _TOKEN_NAMES))
-    pad = config.get("text_config", config).get("pad_token_id")
-    if pad is not None:
-        tokens = replace(tokens, pad=pad)
-    return ModelConfig(text=text, vision=vision, audio=audio, tokens=tokens)
-
-
-def model_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """``config.json`` for ``config`` in the ``Gemma4ForConditionalGeneration`` layout (inverse of
-    :func:`model_from_hf`)."""
-    out: dict[str, Any] = {"model_type": "gemma4", "text_config": text_to_hf(config.text)}
-    out["text_config"]["pad_token_id"] = config.tokens.pad
-    out["tie_word_embeddings"] = config.text.tie_embeddings
-    out.update({theirs: getattr(config.tokens, ours) for ours, theirs in _TOKEN_NAMES.items()})
-    if config.vision is not None:
-        v = config.vision
-        out["vision_config"] = {"model_type": "gemma4_vision", "hidden_activation": "gelu_pytorch_tanh"}
-        out["vision_config"].update({theirs: getattr(v, ours) for ours, theirs in _VISION_NAMES.items()})
-        out["vision_config"]["rope_parameters"] = {"rope_type": "axial", "rope_theta": v.rope_theta}
-    else:
-        out["vision_config"] = None
-    if config.audio is not None:
-        a = config.audio
-        out["audio_config"] = {"model_type": "gemma4_audio", "hidden_act": "silu"}
-        out["audio_config"].update({theirs: getattr(a, ours) for ours, theirs in _AUDIO_NAMES.items()})
-        out["audio_config"]["subsampling_conv_channels"] = list(a.conv_channels)
-    else:
-        out["audio_config"] = None
-    return out

@@ -81,7 +81,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_images(args: argparse.Namespace) -> int:
-    from . import bench_images
+    from bench import bench_images
 
     bench_images.run(
         args.budget or (280, 1120), count=args.count, repeat=args.repeat, workers=args.workers, seed=args.seed
@@ -90,7 +90,7 @@ def _cmd_bench_images(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_audio(args: argparse.Namespace) -> int:
-    from . import bench_audio
+    from bench import bench_audio
 
     bench_audio.run(
         count=args.count, long_minutes=args.long_minutes, repeat=args.repeat, cores=args.threads, seed=args.seed
@@ -143,7 +143,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
-    from .synthetic import write_sample_dataset
+    from .sample_data import write_sample_dataset
 
     manifest, tokenizer = write_sample_dataset(args.directory, rows=args.rows, corrupt=args.corrupt)
     print(f"wrote {manifest} ({args.rows} rows) and a toy tokenizer in {tokenizer}")
@@ -151,21 +151,21 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_preprocess(args: argparse.Namespace) -> int:
-    from . import bench_preprocess
+    from bench import bench_preprocess
 
     bench_preprocess.run(rows=args.rows, workers=args.workers, seed=args.seed)
     return 0
 
 
 def _cmd_bench_model(args: argparse.Namespace) -> int:
-    from . import bench_model
+    from bench import bench_model
 
     bench_model.run(args.tokens or (512, 2048), repeat=args.repeat, all_logits=not args.prefill_only)
     return 0
 
 
 def _cmd_bench_encoders(args: argparse.Namespace) -> int:
-    from . import bench_audio_tower, bench_vision_tower
+    from bench import bench_audio_tower, bench_vision_tower
 
     if args.only in (None, "vision"):
         bench_vision_tower.run(repeat=args.repeat)

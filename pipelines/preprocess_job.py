@@ -14,6 +14,10 @@ completed shards are kept, anything else is redone. Every input row ends up in e
 
 Memory is bounded: the parent reads one shard of rows at a time and keeps at most ``2 × workers`` shards in
 flight; each worker holds one shard.
+
+Both engines (this module's local one and ``pipelines.ray_engine``) drive the same :class:`Job`:
+``Job.open`` → ``start`` → for each of ``pending_shards()``, :func:`process_shard` (in a worker) and
+``record`` → ``finish``. Only how shards reach the workers differs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,11 +41,21 @@ import pyarrow.parquet as pq
 
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, example_schema, example_to_row
-from data_specs.manifest import Manifest, ManifestError, open_manifest, resolve_media, validate_row
+from data_specs.manifest import MANIFEST_VERSION, Manifest, ManifestError, open_manifest, resolve_media, validate_row
 from preprocess.chat import ChatFormatError
 from preprocess.errors import InvalidAudioError, InvalidImageError, InvalidVideoError
 
-__all__ = ["PreprocessSettings", "JobMismatchError", "JobSummary", "run_preprocess", "process_rows"]
+__all__ = [
+    "Job",
+    "JobMismatchError",
+    "JobSummary",
+    "PreprocessSettings",
+    "ShardTarget",
+    "init_worker",
+    "process_rows",
+    "process_shard",
+    "run_preprocess",
+]
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
@@ -157,13 +172,25 @@ def process_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str
     return examples, errors
 
 
-# --- the local engine -------------------------------------------------------------------------------------
+# --- one shard (runs in a worker) --------------------------------------------------------------------------
 
 
-def _metadata(settings: PreprocessSettings, tokenizer_fingerprint: str) -> dict[str, str]:
-    return {
-        SETTINGS_KEY: json.dumps(dict(asdict(settings), tokenizer_fingerprint=tokenizer_fingerprint), sort_keys=True)
-    }
+@dataclass(frozen=True)
+class ShardTarget:
+    """What a worker needs to process and write any shard of one job (picklable: sent to processes and tasks)."""
+
+    settings: PreprocessSettings
+    base_dir: str  # relative media paths resolve against it
+    out_dir: str
+    metadata: dict[str, str]  # written into both Parquet files' schema metadata
+
+
+def init_worker() -> None:
+    """A worker process's (or Ray task's) setup: one torch thread, since parallelism comes from the workers, and
+    float results must not depend on the worker count."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -172,15 +199,14 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _run_shard(
-    shard: int, items: list[tuple], settings: PreprocessSettings, base_dir: str, out_dir: str, metadata: dict[str, str]
-) -> dict:
-    """Process one shard and write its two files; returns its statistics for job.json."""
-    examples, errors = process_rows(items, settings, base_dir)
-    shards = Path(out_dir) / "shards"
+def process_shard(shard: int, items: list[tuple], target: ShardTarget) -> dict:
+    """Process one shard (``items`` from :meth:`Job.pending_shards`) and write its two files atomically; returns
+    its statistics, for :meth:`Job.record`."""
+    examples, errors = process_rows(items, target.settings, target.base_dir)
+    shards = Path(target.out_dir) / "shards"
     example_path, error_path = shards / f"examples-{shard:05d}.parquet", shards / f"errors-{shard:05d}.parquet"
-    _write_atomic(pa.Table.from_pylist(examples, schema=example_schema(metadata)), example_path)
-    _write_atomic(pa.Table.from_pylist(errors, schema=error_schema(metadata)), error_path)
+    _write_atomic(pa.Table.from_pylist(examples, schema=example_schema(target.metadata)), example_path)
+    _write_atomic(pa.Table.from_pylist(errors, schema=error_schema(target.metadata)), error_path)
     tokens = Counter()
     for row in examples:
         summary = json.loads(row["summary"])
@@ -196,10 +222,92 @@ def _run_shard(
     }
 
 
-def _worker_init() -> None:
-    import torch
+# --- the job (runs in the driver) -------------------------------------------------------------------------
 
-    torch.set_num_threads(1)  # parallelism comes from the worker processes
+
+class Job:
+    """One output directory's job, new or resumed: its manifest, its ``job.json`` state and its progress.
+
+    ``Job.open`` sets up (and refuses a directory holding another job); ``start`` shows progress;
+    ``pending_shards`` yields the shards still to do; ``record`` saves each finished one in ``job.json``;
+    ``finish`` marks the job complete and returns its summary."""
+
+    def __init__(self, manifest: Manifest, out_dir: Path, state: dict, target: ShardTarget, *, started: float) -> None:
+        self.manifest, self.out_dir, self.state, self.target = manifest, out_dir, state, target
+        self.shard_count = -(-len(manifest) // target.settings.rows_per_shard)
+        self._done_before = len(state["shards"])
+        self._started = started  # time.perf_counter() when opening began: the summary's seconds count from it
+        self._bar = None
+
+    @classmethod
+    def open(
+        cls, input_path: str | os.PathLike, output_dir: str | os.PathLike, settings: PreprocessSettings
+    ) -> Job:
+        """Open the manifest and the output directory; stale temporary files of a killed run are removed, and
+        ``JobMismatchError`` is raised if the directory holds a job of another input, version or settings."""
+        from preprocess.tokenizer import Tokenizer
+
+        started = time.perf_counter()
+        manifest = open_manifest(input_path)
+        tokenizer = Tokenizer.from_pretrained(settings.tokenizer)
+        template_hash = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
+        out_dir = Path(output_dir)
+        (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+        for stale in (out_dir / "shards").glob(".*.tmp-*"):
+            stale.unlink()  # a shard half-written when the last run was killed
+        expected = {
+            "schema_version": SCHEMA_VERSION,
+            "manifest_version": MANIFEST_VERSION,
+            "input": manifest.fingerprint,
+            "settings": dict(
+                asdict(settings), tokenizer_fingerprint=tokenizer.fingerprint, chat_template=template_hash
+            ),
+            "rows": len(manifest),
+        }
+        target = ShardTarget(
+            settings=settings,
+            base_dir=os.fspath(manifest.base_dir),
+            out_dir=os.fspath(out_dir),
+            metadata=_metadata(settings, tokenizer.fingerprint),
+        )
+        return cls(manifest, out_dir, _load_state(out_dir, expected), target, started=started)
+
+    def start(self, progress: bool = True) -> None:
+        """Show the progress bar, counting the rows of shards done by earlier runs."""
+        self._bar = _progress(len(self.manifest), progress)
+        self._bar.update(sum(s["rows"] for s in self.state["shards"].values()))
+
+    def pending_shards(self) -> Iterator[tuple[int, list[tuple]]]:
+        """``(shard, items)`` of every shard not yet done, in order. Every shard's rows are read and validated,
+        done ones too: their ids still count for duplicate detection."""
+        seen: dict[str, int] = {}
+        for shard in range(self.shard_count):
+            items = _shard_items(self.manifest, shard, self.target.settings.rows_per_shard, seen)
+            if str(shard) not in self.state["shards"]:
+                yield shard, items
+
+    def record(self, shard: int, stats: dict) -> None:
+        """Save a finished shard's statistics (from :func:`process_shard`) in ``job.json``."""
+        self.state["shards"][str(shard)] = stats
+        _save_state(self.out_dir, self.state)
+        if self._bar is not None:
+            self._bar.update(stats["rows"])
+            self._bar.set_postfix(errors=sum(s["errors"] for s in self.state["shards"].values()))
+
+    def finish(self) -> JobSummary:
+        """Mark the job complete in ``job.json``; its summary."""
+        if self._bar is not None:
+            self._bar.close()
+        _save_state(self.out_dir, dict(self.state, complete=True))
+        summary = _summary(self.state, self.shard_count, self._done_before, time.perf_counter() - self._started)
+        assert summary.rows == len(self.manifest) == summary.examples + summary.errors, summary
+        return summary
+
+
+def _metadata(settings: PreprocessSettings, tokenizer_fingerprint: str) -> dict[str, str]:
+    return {
+        SETTINGS_KEY: json.dumps(dict(asdict(settings), tokenizer_fingerprint=tokenizer_fingerprint), sort_keys=True)
+    }
 
 
 def _load_state(out_dir: Path, expected: dict) -> dict:
@@ -208,7 +316,7 @@ def _load_state(out_dir: Path, expected: dict) -> dict:
         return dict(expected, shards={})
     state = json.loads(path.read_text())
     state.pop("complete", None)  # set again when this run finishes
-    for key in ("schema_version", "input", "settings", "rows"):
+    for key in ("schema_version", "manifest_version", "input", "settings", "rows"):
         if state.get(key) != expected[key]:
             raise JobMismatchError(
                 f"{os.fspath(out_dir)!r} holds a job with another {key} ({state.get(key)!r} there, {expected[key]!r} "
@@ -245,89 +353,6 @@ def _shard_items(manifest, shard: int, size: int, seen: dict[str, int]) -> list[
     return items
 
 
-def run_preprocess(
-    input_path: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    settings: PreprocessSettings,
-    *,
-    workers: int = 1,
-    progress: bool = True,
-) -> JobSummary:
-    """Run (or resume) the local job; see the module docstring."""
-
-    started = time.perf_counter()
-    manifest, out_dir, state, metadata = _open_job(input_path, output_dir, settings)
-    size = settings.rows_per_shard
-    count = -(-len(manifest) // size)
-    done_before = len(state["shards"])
-    bar = _progress(len(manifest), progress)
-    bar.update(sum(s["rows"] for s in state["shards"].values()))
-    seen: dict[str, int] = {}
-
-    def record(shard: int, stats: dict) -> None:
-        state["shards"][str(shard)] = stats
-        _save_state(out_dir, state)
-        bar.update(stats["rows"])
-        bar.set_postfix(errors=sum(s["errors"] for s in state["shards"].values()))
-
-    args = (settings, os.fspath(manifest.base_dir), os.fspath(out_dir), metadata)
-    if workers <= 1:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in worker processes: float results must not depend on the worker count
-        try:
-            for shard in range(count):
-                items = _shard_items(manifest, shard, size, seen)
-                if str(shard) not in state["shards"]:
-                    record(shard, _run_shard(shard, items, *args))
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-            running: dict = {}
-            for shard in range(count):
-                items = _shard_items(manifest, shard, size, seen)  # ids of done shards still count for duplicates
-                if str(shard) in state["shards"]:
-                    continue
-                while len(running) >= 2 * workers:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        record(running.pop(future), future.result())
-                running[pool.submit(_run_shard, shard, items, *args)] = shard
-            for future in list(running):
-                record(running.pop(future), future.result())
-    bar.close()
-    _save_state(out_dir, dict(state, complete=True))
-    summary = _summary(state, count, done_before, time.perf_counter() - started)
-    assert summary.rows == len(manifest) == summary.examples + summary.errors, summary
-    return summary
-
-
-def _open_job(
-    input_path: str | os.PathLike, output_dir: str | os.PathLike, settings: PreprocessSettings
-) -> tuple[Manifest, Path, dict, dict[str, str]]:
-    """Both engines' setup: (manifest, output directory, job state, shard metadata); stale temporary files of a
-    killed run are removed, and a directory holding another job is refused."""
-    from preprocess.tokenizer import Tokenizer
-
-    manifest = open_manifest(input_path)
-    tokenizer = Tokenizer.from_pretrained(settings.tokenizer)
-    template_hash = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
-    out_dir = Path(output_dir)
-    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-    for stale in (out_dir / "shards").glob(".*.tmp-*"):
-        stale.unlink()  # a shard half-written when the last run was killed
-    expected = {
-        "schema_version": SCHEMA_VERSION,
-        "input": manifest.fingerprint,
-        "settings": dict(asdict(settings), tokenizer_fingerprint=tokenizer.fingerprint, chat_template=template_hash),
-        "rows": len(manifest),
-    }
-    return manifest, out_dir, _load_state(out_dir, expected), _metadata(settings, tokenizer.fingerprint)
-
-
 def _summary(state: dict, count: int, done_before: int, seconds: float) -> JobSummary:
     """The summary of a finished ``state``."""
     shards = state["shards"].values()
@@ -353,3 +378,42 @@ def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="row", disable=not enabled, dynamic_ncols=True, desc="preprocess")
+
+
+# --- the local engine -------------------------------------------------------------------------------------
+
+
+def run_preprocess(
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    settings: PreprocessSettings,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> JobSummary:
+    """Run (or resume) the local job; see the module docstring."""
+    job = Job.open(input_path, output_dir, settings)
+    job.start(progress)
+    if workers <= 1:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in worker processes: float results must not depend on the worker count
+        try:
+            for shard, items in job.pending_shards():
+                job.record(shard, process_shard(shard, items, job.target))
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
+            running: dict = {}
+            for shard, items in job.pending_shards():
+                while len(running) >= 2 * workers:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        job.record(running.pop(future), future.result())
+                running[pool.submit(process_shard, shard, items, job.target)] = shard
+            for future in list(running):
+                job.record(running.pop(future), future.result())
+    return job.finish()

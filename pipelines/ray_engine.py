@@ -1,16 +1,17 @@
 """The Ray Data engine of ``gemma4 preprocess``: the job of ``pipelines.preprocess_job``, its shards run as Ray tasks.
 
 The output directory is the local engine's, file for file: the same shards (shard k holds input rows
-``k·S … (k+1)·S − 1``), written by the same ``preprocess_job._run_shard`` (same per-row functions, same atomic
-renames), the same ``job.json`` recorded after every shard, the same resumption and the same ``JobSummary``. A job
-may be started with one engine and finished with the other.
+``k·S … (k+1)·S − 1``), written by the same ``preprocess_job.process_shard`` (same per-row functions, same atomic
+renames), the same ``job.json`` recorded after every shard by the same ``Job``, the same resumption and the same
+``JobSummary``. A job may be started with one engine and finished with the other.
 
-How shards flow. The driver reads the manifest one shard at a time with the local engine's ``_shard_items``, so
-validation and duplicate-id detection are identical (the ids of finished shards still count). Each pending shard
+How shards flow. The driver reads the manifest one shard at a time with ``Job.pending_shards``, as the local
+engine does, so validation and duplicate-id detection are identical (the ids of finished shards still count).
+Each pending shard
 goes into the object store as a one-row Arrow block (shard index, pickled items), and the driver keeps only the
 reference. A window of such references becomes ``ray.data.from_arrow_refs(...)``, and
 ``map_batches(batch_size=1)`` runs ``_run_shard`` on each block in a Ray task that writes the shard's two files and
-returns its statistics. The driver consumes the stream with ``iter_rows`` and records each shard in ``job.json``
+returns its statistics. The driver consumes the stream with ``iter_rows`` and records each shard (``Job.record``)
 as it completes, so a killed job resumes like a local one.
 
 Memory is bounded. The driver holds one shard of rows at a time, the object store at most one window of pending
@@ -29,23 +30,11 @@ import itertools
 import json
 import os
 import pickle
-import time
 from collections.abc import Iterator
 
 import pyarrow as pa
 
-from data_specs.manifest import Manifest
-from pipelines.preprocess_job import (
-    JobSummary,
-    PreprocessSettings,
-    _open_job,
-    _progress,
-    _run_shard,
-    _save_state,
-    _shard_items,
-    _summary,
-    _worker_init,
-)
+from pipelines.preprocess_job import Job, JobSummary, PreprocessSettings, ShardTarget, init_worker, process_shard
 
 __all__ = ["run_preprocess_ray"]
 
@@ -69,8 +58,7 @@ def run_preprocess_ray(
     started) if ``output_dir`` holds another job.
     """
     ray = _import_ray()
-    started_at = time.perf_counter()
-    manifest, out_dir, state, metadata = _open_job(input_path, output_dir, settings)
+    job = Job.open(input_path, output_dir, settings)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(
@@ -81,7 +69,7 @@ def run_preprocess_ray(
             log_to_driver=False,
         )
     try:
-        return _run(ray, manifest, out_dir, state, metadata, settings, progress, started_at)
+        return _run(ray, job, progress)
     finally:
         if started_ray:
             ray.shutdown()
@@ -98,60 +86,34 @@ def _import_ray():
     return ray
 
 
-def _run(ray, manifest, out_dir, state, metadata, settings, progress, started_at) -> JobSummary:
-    size = settings.rows_per_shard
-    count = -(-len(manifest) // size)
-    done_before = len(state["shards"])
-    bar = _progress(len(manifest), progress)
-    bar.update(sum(s["rows"] for s in state["shards"].values()))
-
-    def record(shard: int, stats: dict) -> None:
-        state["shards"][str(shard)] = stats
-        _save_state(out_dir, state)
-        bar.update(stats["rows"])
-        bar.set_postfix(errors=sum(s["errors"] for s in state["shards"].values()))
-
-    fn_kwargs = {
-        "settings": settings,
-        "base_dir": os.fspath(manifest.base_dir),
-        "out_dir": os.fspath(out_dir),
-        "metadata": metadata,
-    }
+def _run(ray, job: Job, progress: bool) -> JobSummary:
+    job.start(progress)
     window = _WINDOW_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1)))
-    pending = _pending_blocks(ray, manifest, state, size, count)
+    pending = _pending_blocks(ray, job)
     while refs := list(itertools.islice(pending, window)):
         # ``refs`` stays alive until the window is consumed: the blocks are owned by this driver.
         dataset = ray.data.from_arrow_refs(refs).map_batches(
-            _process_shard, batch_size=1, batch_format="pyarrow", num_cpus=1, fn_kwargs=fn_kwargs
+            _process_shard, batch_size=1, batch_format="pyarrow", num_cpus=1, fn_kwargs={"target": job.target}
         )
-        dataset.context.enable_progress_bars = False  # this dataset's copy of the context; ``bar`` is the progress
+        dataset.context.enable_progress_bars = False  # this dataset's copy of the context; the job shows progress
         for row in dataset.iter_rows():
-            record(int(row["shard"]), json.loads(row["stats"]))
-    bar.close()
-    _save_state(out_dir, dict(state, complete=True))
-    summary = _summary(state, count, done_before, time.perf_counter() - started_at)
-    assert summary.rows == len(manifest) == summary.examples + summary.errors, summary
-    return summary
+            job.record(int(row["shard"]), json.loads(row["stats"]))
+    return job.finish()
 
 
-def _pending_blocks(ray, manifest: Manifest, state: dict, size: int, count: int) -> Iterator:
-    """References to one-row blocks (shard, pickled items) of the shards not in ``state``, in order."""
-    seen: dict[str, int] = {}
-    for shard in range(count):
-        items = _shard_items(manifest, shard, size, seen)  # ids of done shards still count for duplicates
-        if str(shard) not in state["shards"]:
-            # Pickled as the local engine's process pool would: items hold exceptions and arbitrary media values.
-            payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-            yield ray.put(pa.table({"shard": pa.array([shard], pa.int64()), "items": pa.array([payload], pa.binary())}))
+def _pending_blocks(ray, job: Job) -> Iterator:
+    """References to one-row blocks (shard, pickled items) of the job's pending shards, in order."""
+    for shard, items in job.pending_shards():
+        # Pickled as the local engine's process pool would: items hold exceptions and arbitrary media values.
+        payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+        yield ray.put(pa.table({"shard": pa.array([shard], pa.int64()), "items": pa.array([payload], pa.binary())}))
 
 
-def _process_shard(
-    batch: pa.Table, *, settings: PreprocessSettings, base_dir: str, out_dir: str, metadata: dict[str, str]
-) -> pa.Table:
+def _process_shard(batch: pa.Table, *, target: ShardTarget) -> pa.Table:
     """The Ray task: one shard per batch (``batch_size=1``) → one row (shard, its statistics as JSON)."""
     assert batch.num_rows == 1, batch.num_rows
     shard = batch["shard"][0].as_py()
-    _worker_init()  # one thread per task: parallelism comes from the tasks, as from the local engine's processes
-    stats = _run_shard(shard, pickle.loads(batch["items"][0].as_py()), settings, base_dir, out_dir, metadata)
+    init_worker()  # one thread per task: parallelism comes from the tasks, as from the local engine's processes
+    stats = process_shard(shard, pickle.loads(batch["items"][0].as_py()), target)
     # JSON, not a struct column: ``errors_by_stage`` and ``tokens`` have different keys from shard to shard.
     return pa.table({"shard": pa.array([shard], pa.int64()), "stats": [json.dumps(stats)]})

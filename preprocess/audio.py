@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,7 +66,6 @@ N_BINS = FFT_LENGTH // 2 + 1  # 257
 MEL_FLOOR = 1e-3
 MAX_FREQUENCY = 8000.0
 PAD_MULTIPLE = 128
-_INTRA_OP_LOCK = threading.Lock()
 BLOCK_FRAMES = 512  # CPU work unit: 512 frames keep every temporary (≤ 1 MB) in cache
 
 
@@ -182,14 +180,9 @@ def _log_mel_cpu(tensors: Sequence[torch.Tensor], exact: bool, threads: int) -> 
         for tensor, out in jobs:
             _log_mel_clip(tensor, out, exact)
         return features
-    # Our threads replace torch's intra-op threads for the duration: both at once oversubscribe the cores.
-    with _INTRA_OP_LOCK, ThreadPoolExecutor(min(threads, len(jobs))) as pool:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            list(pool.map(lambda job: _log_mel_clip(*job, exact), jobs))
-        finally:
-            torch.set_num_threads(previous)
+    # torch's intra-op thread count is the process's to set (entry points do), never changed here.
+    with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+        list(pool.map(lambda job: _log_mel_clip(*job, exact), jobs))
     return features
 
 
@@ -234,9 +227,10 @@ def log_mel_batch(
     float32 rounding differs from the reference's where a band is near silence beside a loud one (up to ~1e-2
     in log-mel for a full-scale pure tone, ~1e-4 on speech-like signals).
 
-    On the CPU, clips are spread over ``threads`` threads (default ``torch.get_num_threads()``), each computed
-    in blocks of 512 frames so that every temporary stays in cache; while they run, torch's own intra-op
-    thread count is set to 1 (and restored), since both at once would oversubscribe the cores.
+    On the CPU, clips are spread over ``threads`` threads (default 1: one after another on the calling thread),
+    each computed in blocks of 512 frames so that every temporary stays in cache. torch's own intra-op thread
+    count is left as the process set it: a caller spreading clips over N threads should run with one torch
+    thread (an entry point's setting, as ``gemma4 bench audio`` does), since both at once oversubscribe the cores.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     labels = list(names) if names is not None else [f"waveforms[{i}]" for i in range(len(waveforms))]
@@ -247,7 +241,7 @@ def log_mel_batch(
         return torch.zeros((0, 0, N_MELS), device=device), torch.zeros((0, 0), dtype=torch.bool, device=device)
     lengths = torch.tensor([t.shape[0] for t in tensors], device=device)
     if device.type == "cpu" or exact:  # exact mode's FFT is numpy's: computed on the CPU, then moved
-        features = _log_mel_cpu([t.cpu() for t in tensors], exact, threads or torch.get_num_threads()).to(device)
+        features = _log_mel_cpu([t.cpu() for t in tensors], exact, threads or 1).to(device)
     else:
         width = -(-int(lengths.max()) // PAD_MULTIPLE) * PAD_MULTIPLE
         samples = torch.zeros((len(tensors), width), dtype=torch.float32, device=device)  # (B, N)

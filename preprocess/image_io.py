@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 import os
-import threading
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +57,6 @@ DraftFn = Callable[[tuple[int, int]], tuple[int, int]]
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_BOMB_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ def _check_pixels(width: int, height: int, what: str, max_pixels: int | None) ->
 
 
 def _open(fp: BinaryIO, what: str, max_pixels: int | None) -> Image.Image:
-    """``Image.open`` with our pixel limit instead of Pillow's global one."""
+    """``Image.open`` with our pixel limit instead of Pillow's global one, which is read but never changed."""
     start = fp.tell()
     try:
         with warnings.catch_warnings():
@@ -132,20 +131,39 @@ def _open(fp: BinaryIO, what: str, max_pixels: int | None) -> Image.Image:
         pillow_limit = Image.MAX_IMAGE_PIXELS  # not None: Pillow only raises when a limit is set
         if max_pixels is not None and max_pixels <= 2 * pillow_limit:
             raise ImageTooLargeError(what, f"{exc} (limit {max_pixels} pixels)") from None
-        # The caller allows more than Pillow does: reopen with Pillow's guard off; ours runs next.
+        # The caller allows more than Pillow does: open it without Pillow's guard; ours runs next.
         fp.seek(start)
-        with _BOMB_LOCK:
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                return Image.open(fp)
-            finally:
-                Image.MAX_IMAGE_PIXELS = pillow_limit
+        return _open_unguarded(fp, what, exc)
     except UnidentifiedImageError:
         fp.seek(start)
         head = fp.read(8)
         raise NotAnImageError(what, f"not a recognised image format (starts with {head!r})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # e.g. a file cut inside its header
         raise CorruptImageError(what, f"cannot read the image header: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_unguarded(fp: BinaryIO, what: str, bomb: Image.DecompressionBombError) -> Image.Image:
+    """What ``Image.open`` does, minus its check against the process-wide ``Image.MAX_IMAGE_PIXELS``: the first
+    registered format plugin (``Image.ID`` order) that accepts the header opens the image. Setting the global to
+    ``None`` for the call instead would lift the guard for every other thread of the process meanwhile."""
+    start = fp.tell()
+    prefix = fp.read(16)  # as many bytes as Image.open shows the plugins' accept functions
+    Image.init()
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        accepted = accept(prefix) if accept else True
+        if not accepted or isinstance(accepted, str):  # a str is Pillow's "almost: here is why not"
+            continue
+        fp.seek(start)
+        try:
+            return factory(fp, "")
+        except Image.DecompressionBombError:  # a plugin that checks frames itself (GIF): nothing more to do
+            raise ImageTooLargeError(what, f"{bomb} (Pillow's own limit, raise Image.MAX_IMAGE_PIXELS)") from None
+        except (SyntaxError, IndexError, TypeError, struct.error):  # not this format: try the next, as Pillow does
+            continue
+        except (OSError, ValueError, EOFError) as exc:
+            raise CorruptImageError(what, f"cannot read the image header: {type(exc).__name__}: {exc}") from exc
+    raise CorruptImageError(what, f"cannot reopen the image without Pillow's pixel limit ({bomb})")
 
 
 def _orientation(im: Image.Image) -> int:

@@ -11,7 +11,7 @@ settings.load_profile("default")
 
 def train_tiny_sentencepiece(user_symbols: list[str], seed: int = 0) -> bytes:
     """The toy tokenizer with only ``user_symbols`` among the control strings (for absence tests)."""
-    from pipelines.synthetic import train_toy_tokenizer
+    from pipelines.sample_data import train_toy_tokenizer
     from preprocess.tokenizer import SPECIAL_STRINGS
 
     drop = tuple(
@@ -23,7 +23,7 @@ def train_tiny_sentencepiece(user_symbols: list[str], seed: int = 0) -> bytes:
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     """A checkpoint-like directory holding a tiny ``tokenizer.model`` with every Gemma 4 control string."""
-    from pipelines.synthetic import train_toy_tokenizer
+    from pipelines.sample_data import train_toy_tokenizer
 
     directory = tmp_path_factory.mktemp("tokenizer")
     (directory / "tokenizer.model").write_bytes(train_toy_tokenizer())

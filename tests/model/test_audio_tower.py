@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from model.audio import AudioEncoder, AudioInputError, soft_tokens_from_frames
-from model.config import PRESETS, ConfigError, model_to_hf
-from pipelines.synthetic import synthetic_speech
+from model.checkpoint import model_to_hf
+from model.config import PRESETS, ConfigError
+from pipelines.sample_data import synthetic_speech
 from preprocess.audio import log_mel_batch
 from preprocess.budget import audio_soft_tokens, audio_valid_frames
 

@@ -1,4 +1,5 @@
-"""Model configs: presets against the spec and the reference, config.json round trips, derived values."""
+"""Model configs: presets against the spec and the reference, derived values, validation (the config.json
+translation is tested in test_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from model.config import FULL, PRESETS, SLIDING, ConfigError, preset, text_from_hf, text_to_hf
+from model.checkpoint import text_to_hf
+from model.config import FULL, PRESETS, SLIDING, AudioConfig, ConfigError, VisionConfig, preset
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,16 +38,6 @@ def test_counts_equal_the_reference_model_on_meta(name):
     assert learned == PRESETS[name].text.num_parameters()["total"]
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_config_json_round_trip_through_the_reference(name):
-    ours = PRESETS[name].text
-    assert text_from_hf(text_to_hf(ours)) == ours
-    # What transformers itself writes back (with its own defaults and extra keys) parses to the same config.
-    written = transformers.Gemma4TextConfig(**text_to_hf(ours)).to_dict()
-    assert text_from_hf(written) == ours
-    assert text_from_hf({"text_config": written, "model_type": "gemma4"}) == ours
-
-
 def test_layer_pattern_and_kv_sharing_map():
     e2b, e4b = PRESETS["gemma4-e2b"].text, PRESETS["gemma4-e4b"].text
     assert [i for i in range(35) if e2b.is_full(i)] == [4, 9, 14, 19, 24, 29, 34]
@@ -68,16 +60,6 @@ def test_kv_cache_bytes_per_token():
     assert PRESETS["gemma4-31b"].text.kv_cache_bytes_per_token(2) == 50 * 2 * 16 * 256 * 2 + 10 * 4 * 512 * 2
 
 
-def test_rope_factor_and_explicit_layer_types_are_read():
-    hf = text_to_hf(PRESETS["tiny-31b"].text)
-    hf["rope_parameters"][FULL]["factor"] = 8.0
-    hf["layer_types"] = [SLIDING, FULL, SLIDING, SLIDING, SLIDING, FULL]
-    ours = text_from_hf(hf)
-    assert ours.rope.full_factor == 8.0 and ours.layer_types[1] == FULL
-    del hf["layer_types"]
-    assert text_from_hf(hf).layer_types == (SLIDING,) * 5 + (FULL,)  # the reference's period-6 fallback
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -95,23 +77,6 @@ def test_bad_configs(change, message):
         dataclasses.replace(PRESETS["tiny-e2b"].text, **change)
 
 
-def test_bad_config_json():
-    with pytest.raises(ConfigError, match="model_type 'llama'"):
-        text_from_hf({"model_type": "llama"})
-    with pytest.raises(ConfigError, match="hidden_size"):
-        text_from_hf({"model_type": "gemma4_text", "num_hidden_layers": 2})
-    bad = text_to_hf(PRESETS["tiny-e2b"].text)
-    bad["rope_parameters"][SLIDING]["rope_type"] = "yarn"
-    with pytest.raises(ConfigError, match="rope_type 'yarn'"):
-        text_from_hf(bad)
-    with pytest.raises(KeyError, match="unknown preset"):
-        preset("gemma4-1b")
-    assert (
-        preset("tiny-e2b", text=dataclasses.replace(PRESETS["tiny-e2b"].text, sliding_window=4)).text.sliding_window
-        == 4
-    )
-
-
 # Spec §8.2 "grand total" (text, towers and embedders).
 SPEC_GRAND_TOTALS = {
     "gemma4-e2b": 5_104_297_504,
@@ -126,24 +91,17 @@ def test_whole_model_counts_equal_spec(name):
     assert PRESETS[name].num_parameters()["total"] == SPEC_GRAND_TOTALS[name]
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_model_config_json_round_trip_through_the_reference(name):
-    from model.config import model_from_hf, model_to_hf
-
-    ours = PRESETS[name]
-    assert model_from_hf(model_to_hf(ours)) == ours
-    written = transformers.Gemma4Config(**model_to_hf(ours)).to_dict()
-    assert model_from_hf(written) == ours
+def test_preset_lookup_and_overrides():
+    with pytest.raises(KeyError, match="unknown preset"):
+        preset("gemma4-1b")
+    assert (
+        preset("tiny-e2b", text=dataclasses.replace(PRESETS["tiny-e2b"].text, sliding_window=4)).text.sliding_window
+        == 4
+    )
 
 
 def test_tower_config_errors():
-    from model.config import AudioConfig, VisionConfig, audio_from_hf, vision_from_hf
-
     with pytest.raises(ConfigError, match="head_dim=18 must be a multiple of 4"):
         VisionConfig(head_dim=18)
     with pytest.raises(ConfigError, match="not a multiple of n_heads"):
         AudioConfig(d_model=30, n_heads=4)
-    with pytest.raises(ConfigError, match="rope_type 'default'"):
-        vision_from_hf({"rope_parameters": {"rope_type": "default"}})
-    with pytest.raises(ConfigError, match="hidden_act 'gelu'"):
-        audio_from_hf({"hidden_act": "gelu"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, load_text_decoder
-from model.config import PRESETS, text_to_hf
+from model.checkpoint import CheckpointError, load_text_decoder, text_to_hf
+from model.config import PRESETS
 from model.masks import full_mask, sliding_mask, vision_blocks
 
 transformers = pytest.importorskip("transformers")

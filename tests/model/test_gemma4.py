@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.checkpoint import load_pretrained, save_pretrained
-from model.config import PRESETS, ModelConfig, TokenIds, model_to_hf
+from model.checkpoint import load_pretrained, model_to_hf, save_pretrained
+from model.config import PRESETS, ModelConfig, TokenIds
 from model.gemma4 import Gemma4, MediaCountError
 from preprocess.collate import collate
 from preprocess.prompt import build_example

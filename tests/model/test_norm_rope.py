@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import FULL, PRESETS, SLIDING, text_to_hf
+from model.checkpoint import text_to_hf
+from model.config import FULL, PRESETS, SLIDING
 from model.norm import RMSNorm, rms_norm
 from model.rope import apply_rope, inverse_frequencies, rope_cos_sin
 

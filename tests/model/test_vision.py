@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import PRESETS, model_to_hf
+from model.checkpoint import model_to_hf
+from model.config import PRESETS
 from model.vision import VisionEncoder, VisionInputError, apply_axial_rope, axial_cos_sin, axial_frequencies
 from preprocess.image import collate_images, preprocess_image
 

@@ -1,4 +1,4 @@
-"""The gemma4 command line: budget table, preview picture, image benchmark."""
+"""The gemma4 command line: budget table, preview picture, the bench commands."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import bench_images, cli
-from pipelines.synthetic import benchmark_sizes, synthetic_image
+from pipelines import cli
+from pipelines.sample_data import synthetic_image
 from preprocess import budget as B
 from preprocess.image import resize_to_target
 from preprocess.image_io import load_image
@@ -76,55 +76,6 @@ def test_preview_bad_input(tmp_path, capsys):
     assert cli.main(["preview", str(bad), "-o", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err
     assert "not-an-image.png" in err and "not a recognised image format" in err
-
-
-def test_benchmark_runs_and_reports_each_case():
-    lines: list[str] = []
-    rows = bench_images.run((70,), count=3, repeat=1, workers=2, emit=lines.append)
-    cases = [r.case for r in rows]
-    assert cases == [
-        "decoded, float32 outputs",
-        "decoded, uint8 patches",
-        "bound: bicubic resize alone",
-        "JPEG files, float32 outputs",
-        "JPEG files, fast mode",
-        "JPEG files, fast mode, uint8",
-        "worker processes, JPEG files",
-    ]
-    assert all(r.ours > 0 for r in rows)
-    assert all(r.baseline is not None and r.baseline > 0 for r in rows)  # the reference is installed in tests
-    assert [r.met is None for r in rows] == [False, False, True, True, False, False, False]
-    text = "\n".join(lines)
-    assert "PSNR vs exact mode" in text and "ratio" in text and "target" in text
-
-
-def test_benchmark_set_is_fixed():
-    sizes = benchmark_sizes()
-    assert len(sizes) == 48 and sizes == benchmark_sizes()
-    assert max(max(s) for s in sizes) == 3000 and min(max(s) for s in sizes) == 120
-    assert min(min(s) for s in sizes) >= 120
-    assert np.array_equal(synthetic_image(64, 80, seed=5), synthetic_image(64, 80, seed=5))
-    assert not np.array_equal(synthetic_image(64, 80, seed=5), synthetic_image(64, 80, seed=6))
-
-
-def test_audio_benchmark_runs_and_reports_each_case():
-    from pipelines import bench_audio
-
-    lines: list[str] = []
-    rows = bench_audio.run(count=2, long_minutes=(0.75,), repeat=1, cores=2, emit=lines.append)
-    assert [r.case for r in rows] == [
-        "bound: numpy FFT alone",
-        "one thread, exact",
-        "one thread, fast",
-        "batched, 2 threads, exact",
-        "batched, reference vs exact",
-        "batched, 2 threads, fast",
-        "chunk + features, one thread, exact",
-        "chunk + features, one thread, fast",
-    ]
-    assert all(r.ours > 0 and r.baseline is not None and r.baseline > 0 for r in rows)
-    text = "\n".join(lines)
-    assert "largest |Δ| vs reference" in text and "2 segments" in text and "audio s/s" in text
 
 
 def test_bench_audio_command_line(capsys):

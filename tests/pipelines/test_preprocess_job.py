@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_specs.example import SchemaError
+from data_specs.manifest import MANIFEST_VERSION
 from pipelines import cli
 from pipelines.preprocess_job import JobMismatchError, PreprocessSettings, run_preprocess
 from pipelines.readback import open_output
-from pipelines.synthetic import write_sample_dataset
+from pipelines.sample_data import write_sample_dataset
 from preprocess.prompt import build_example
 from preprocess.tokenizer import Tokenizer
 from tests.preprocess.test_collate import assert_same
@@ -122,6 +123,20 @@ def test_rerun_skips_completed_shards(sample, reference_run, tmp_path):
     assert (again.rows, again.examples, again.errors) == (first.rows, first.examples, first.errors)
     with pytest.raises(JobMismatchError, match="another settings"):
         run_preprocess(manifest, tmp_path, settings(tokenizer, image_budget=70), workers=1, progress=False)
+
+
+def test_a_job_of_another_manifest_version_is_not_resumed(sample, reference_run, tmp_path):
+    import shutil
+
+    manifest, tokenizer = sample
+    out, _ = reference_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    state = json.loads((copy / "job.json").read_text())
+    assert state["manifest_version"] == MANIFEST_VERSION
+    (copy / "job.json").write_text(json.dumps(dict(state, manifest_version=MANIFEST_VERSION + 1)))
+    with pytest.raises(JobMismatchError, match=f"another manifest_version \\({MANIFEST_VERSION + 1} there"):
+        run_preprocess(manifest, copy, settings(tokenizer), workers=1, progress=False)
 
 
 def test_kill_and_resume_gives_the_uninterrupted_output(sample, reference_run, tmp_path):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 from pipelines.preprocess_job import JobMismatchError, PreprocessSettings, run_preprocess  # noqa: E402
 from pipelines.ray_engine import run_preprocess_ray  # noqa: E402
 from pipelines.readback import open_output  # noqa: E402
-from pipelines.synthetic import write_sample_dataset  # noqa: E402
+from pipelines.sample_data import write_sample_dataset  # noqa: E402
 
 ROWS = 12 + 7  # write_sample_dataset(rows=12, corrupt=True): 12 good rows, 6 broken ones and an unreadable line
 SHARDS = 5  # ⌈19 / 4⌉

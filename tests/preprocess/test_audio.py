@@ -267,3 +267,17 @@ def test_chunk_errors():
         chunk_audio(np.zeros(1000, np.float32), max_samples=500_000)
     with pytest.raises(ValueError, match="plan was made for"):
         chunk_audio(np.zeros(1000, np.float32)).split(np.zeros(999, np.float32))
+
+
+@pytest.mark.parametrize("threads", [None, 1, 3])
+def test_log_mel_batch_leaves_the_thread_count_alone(monkeypatch, threads):
+    """Thread counts are the entry points' to set: the library never calls torch.set_num_threads."""
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    before = torch.get_num_threads()
+    xs = [np.random.default_rng(i).standard_normal(16_000 * (i + 1)).astype(np.float32) * 0.1 for i in range(3)]
+    batched, _ = log_mel_batch(xs, threads=threads)
+    assert calls == [] and torch.get_num_threads() == before
+    alone = [log_mel(x)[0] for x in xs]
+    for row, features in zip(batched, alone, strict=True):
+        torch.testing.assert_close(row[: len(features)], torch.as_tensor(features), rtol=0, atol=0)

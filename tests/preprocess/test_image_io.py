@@ -649,3 +649,22 @@ def test_no_decompression_bomb_warning_leaks(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
         assert load_image(data, max_pixels=10**6).size == (64, 64)
+
+
+def test_pillow_global_limit_is_never_changed_even_while_decoding(monkeypatch):
+    """Process-wide knobs are the entry points' to set: reopening past Pillow's limit must not lift it, not
+    even for the duration of the call (another thread would lose its guard meanwhile)."""
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    PIL.Image.init()
+    factory, accept = PIL.Image.OPEN["PNG"]
+    seen = []
+
+    def watching(fp, filename):
+        seen.append(PIL.Image.MAX_IMAGE_PIXELS)
+        return factory(fp, filename)
+
+    monkeypatch.setitem(PIL.Image.OPEN, "PNG", (watching, accept))
+    array = random_rgb(64, 64, seed=9)  # 4096 > 2 * 1000: Pillow alone refuses it
+    np.testing.assert_array_equal(pixels(load_image(encode(array, "PNG"), max_pixels=10**6)), array)
+    assert seen and set(seen) == {1000}  # Pillow's open and our reopen both ran with the limit in place
+    assert PIL.Image.MAX_IMAGE_PIXELS == 1000

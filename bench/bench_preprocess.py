@@ -53,8 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from .benchmarking import Row, format_row, reference
-from .synthetic import WORDS, _write_video, benchmark_sizes, synthetic_image, synthetic_speech, train_toy_tokenizer
+from pipelines.sample_data import WORDS, synthetic_image, synthetic_speech, train_toy_tokenizer, write_video
+
+from .benchmarking import Row, benchmark_sizes, format_row, reference
 
 __all__ = ["GeneratedDataset", "make_dataset", "run"]
 
@@ -116,7 +117,7 @@ def make_dataset(directory: str | os.PathLike, rows: int, seed: int = 0) -> Gene
     videos = []
     for i in range(min(POOLS["video"], needs["video"])):
         name = f"media/video{i}.mp4"
-        _write_video(directory / name, frames=int(rng.integers(8, 31)), seed=seed * 1000 + i)
+        write_video(directory / name, frames=int(rng.integers(8, 31)), seed=seed * 1000 + i)
         videos.append(name)
 
     used = Counter()
@@ -341,7 +342,7 @@ def run(
     Everything (dataset, outputs, the reference's caches) lives in a temporary directory, made under
     ``workdir`` (default: the system's) and removed at the end.
     """
-    from .preprocess_job import PreprocessSettings, run_preprocess
+    from pipelines.preprocess_job import PreprocessSettings, run_preprocess
 
     if rows < 1:
         raise ValueError(f"rows must be at least 1, got {rows}")

@@ -1,4 +1,5 @@
-"""What every ``gemma4 bench`` shares: best-of-N timing, one result line, side-by-side formatting."""
+"""What every ``gemma4 bench`` shares: best-of-N timing, one result line, side-by-side formatting, the fixed
+set of image sizes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-__all__ = ["Row", "best_time", "format_row", "reference"]
+import numpy as np
+
+__all__ = ["Row", "benchmark_sizes", "best_time", "format_row", "reference"]
 
 
 @dataclass
@@ -71,3 +74,18 @@ def reference(name: str) -> ModuleType | None:
     import oracles
 
     return oracles.load(name)
+
+
+def benchmark_sizes(count: int = 48, low: int = 120, high: int = 3000, seed: int = 0) -> list[tuple[int, int]]:
+    """``count`` (height, width) pairs: long side uniform in [low, high], ratios from 1:1 to 4:1, both
+    orientations; the first two are pinned to the extremes (``high`` and ``low`` long sides)."""
+    rng = np.random.default_rng(seed)
+    sizes = []
+    for _ in range(count):
+        long_side = int(rng.integers(low, high + 1))
+        ratio = float(rng.choice([1.0, 4 / 3, 3 / 2, 16 / 9, 2.0, 3.0, 4.0]))
+        short_side = max(low, int(round(long_side / ratio)))
+        sizes.append((long_side, short_side) if rng.random() < 0.4 else (short_side, long_side))
+    if count >= 2:
+        sizes[0], sizes[1] = (high, high * 3 // 4), (low, low)
+    return sizes[:count]

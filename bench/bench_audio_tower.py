@@ -23,12 +23,13 @@ from dataclasses import replace
 import torch
 
 from model.audio import AudioEncoder
-from model.config import PRESETS, AudioConfig, model_to_hf
+from model.checkpoint import model_to_hf
+from model.config import PRESETS, AudioConfig
+from pipelines.sample_data import synthetic_speech
 from preprocess.audio import log_mel_batch
 
 from .bench_audio import threads as thread_limit
 from .benchmarking import Row, best_time, format_row, reference
-from .synthetic import synthetic_speech
 
 __all__ = ["run"]
 

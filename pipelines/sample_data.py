@@ -1,14 +1,25 @@
-"""Deterministic synthetic images for demos and benchmarks (no downloads).
+"""Sample data, made here and never downloaded: what ``gemma4 sample-data`` writes, and what tests and benchmarks
+build their inputs from.
 
-Photographs are mostly smooth regions, edges and a little sensor noise; these images imitate that mix so
-that JPEG sizes, decode times and resampling errors behave like real photos rather than like white noise.
+A toy SentencePiece tokenizer with every Gemma 4 control string (:func:`train_toy_tokenizer`), deterministic
+photo-like images (:func:`synthetic_image`: photographs are mostly smooth regions, edges and a little sensor
+noise; these images imitate that mix so that JPEG sizes, decode times and resampling errors behave like real
+photos rather than like white noise), speech-like audio (:func:`synthetic_speech`), short videos
+(:func:`write_video`) and a small multimodal manifest using all of them (:func:`write_sample_dataset`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["synthetic_image", "benchmark_sizes"]
+__all__ = [
+    "WORDS",
+    "synthetic_image",
+    "synthetic_speech",
+    "train_toy_tokenizer",
+    "write_sample_dataset",
+    "write_video",
+]
 
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -32,21 +43,6 @@ def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
         image[inside] = colour
     image += 4.0 * rng.standard_normal(size=(height, width, 1), dtype=np.float32)  # luminance noise
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-def benchmark_sizes(count: int = 48, low: int = 120, high: int = 3000, seed: int = 0) -> list[tuple[int, int]]:
-    """``count`` (height, width) pairs: long side uniform in [low, high], ratios from 1:1 to 4:1, both
-    orientations; the first two are pinned to the extremes (``high`` and ``low`` long sides)."""
-    rng = np.random.default_rng(seed)
-    sizes = []
-    for _ in range(count):
-        long_side = int(rng.integers(low, high + 1))
-        ratio = float(rng.choice([1.0, 4 / 3, 3 / 2, 16 / 9, 2.0, 3.0, 4.0]))
-        short_side = max(low, int(round(long_side / ratio)))
-        sizes.append((long_side, short_side) if rng.random() < 0.4 else (short_side, long_side))
-    if count >= 2:
-        sizes[0], sizes[1] = (high, high * 3 // 4), (low, low)
-    return sizes[:count]
 
 
 def synthetic_speech(seconds: float, seed: int = 0, sample_rate: int = 16_000) -> np.ndarray:
@@ -159,7 +155,7 @@ def write_sample_dataset(directory, rows: int = 40, seed: int = 0, corrupt: bool
             content.append({"type": "audio", "audio": name})
         if kind == "video":
             name = f"media/video{i}.mp4"
-            _write_video(directory / name, frames=int(rng.integers(8, 30)), seed=i)
+            write_video(directory / name, frames=int(rng.integers(8, 30)), seed=i)
             content.append({"type": "video", "video": name, "num_frames": 4})
         lines.append({"id": f"ex{i:04d}", "messages": [{"role": "user", "content": content}]})
     if corrupt:
@@ -193,7 +189,8 @@ def write_sample_dataset(directory, rows: int = 40, seed: int = 0, corrupt: bool
     return manifest, directory / "tokenizer"
 
 
-def _write_video(path, frames: int, seed: int) -> None:
+def write_video(path, frames: int, seed: int) -> None:
+    """An MPEG-4 file of ``frames`` synthetic 64 × 96 frames at 10 frames per second."""
     import av
 
     with av.open(str(path), "w") as container:

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from pipelines.sample_data import synthetic_image
+
 from .benchmarking import Row, best_time, format_row, reference
-from .synthetic import synthetic_image
 
 __all__ = ["run", "bench_config"]
 
@@ -45,7 +46,8 @@ def _batch(budget: int, count: int):
 def run(budgets: Sequence[int] = (280, 1120), *, repeat: int = 3, emit: Callable[[str], None] = print) -> list[Row]:
     import torch
 
-    from model.config import PRESETS, model_to_hf
+    from model.checkpoint import model_to_hf
+    from model.config import PRESETS
     from model.vision import VisionEncoder
 
     config = bench_config()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench import bench_audio_tower, bench_model, bench_vision_tower
+from bench.benchmarking import reference
 from model.config import PRESETS
-from pipelines import bench_audio_tower, bench_model, bench_vision_tower
-from pipelines.benchmarking import reference
 
 
 def test_model_bench_prints_prefill_and_full_forward_lines():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pipelines import bench_preprocess
-from pipelines.benchmarking import reference
+from bench import bench_preprocess
+from bench.benchmarking import reference
 
 
 def test_make_dataset_mixes_every_kind(tmp_path):

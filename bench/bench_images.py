@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipelines.sample_data import synthetic_image
 from preprocess.budget import image_target_size
 from preprocess.image import preprocess_image, preprocess_images, resize_to_target
 
-from .benchmarking import Row, best_time, format_row, reference
-from .synthetic import benchmark_sizes, synthetic_image
+from .benchmarking import Row, benchmark_sizes, best_time, format_row, reference
 
 log = logging.getLogger(__name__)
 

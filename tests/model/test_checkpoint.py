@@ -1,0 +1,176 @@
+"""The checkpoint module: config.json translation both ways (against the reference), dtype names, and the
+tokenizer/checkpoint agreement check."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from model.checkpoint import (
+    DTYPES,
+    TokenizerMismatchError,
+    audio_from_hf,
+    check_tokenizer,
+    load_config,
+    load_pretrained,
+    load_text_decoder,
+    model_from_hf,
+    model_to_hf,
+    save_pretrained,
+    save_text_decoder,
+    text_from_hf,
+    text_to_hf,
+    vision_from_hf,
+)
+from model.config import FULL, PRESETS, SLIDING, ConfigError, TokenIds
+from model.decoder import TextDecoder
+from model.gemma4 import Gemma4
+from preprocess.tokenizer import Tokenizer
+
+
+@pytest.fixture
+def transformers():
+    return pytest.importorskip("transformers")
+
+
+# --- config.json --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_config_json_round_trip_through_the_reference(name, transformers):
+    ours = PRESETS[name].text
+    assert text_from_hf(text_to_hf(ours)) == ours
+    # What transformers itself writes back (with its own defaults and extra keys) parses to the same config.
+    written = transformers.Gemma4TextConfig(**text_to_hf(ours)).to_dict()
+    assert text_from_hf(written) == ours
+    assert text_from_hf({"text_config": written, "model_type": "gemma4"}) == ours
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_model_config_json_round_trip_through_the_reference(name, transformers):
+    ours = PRESETS[name]
+    assert model_from_hf(model_to_hf(ours)) == ours
+    written = transformers.Gemma4Config(**model_to_hf(ours)).to_dict()
+    assert model_from_hf(written) == ours
+
+
+def test_rope_factor_and_explicit_layer_types_are_read():
+    hf = text_to_hf(PRESETS["tiny-31b"].text)
+    hf["rope_parameters"][FULL]["factor"] = 8.0
+    hf["layer_types"] = [SLIDING, FULL, SLIDING, SLIDING, SLIDING, FULL]
+    ours = text_from_hf(hf)
+    assert ours.rope.full_factor == 8.0 and ours.layer_types[1] == FULL
+    del hf["layer_types"]
+    assert text_from_hf(hf).layer_types == (SLIDING,) * 5 + (FULL,)  # the reference's period-6 fallback
+
+
+def test_bad_config_json():
+    with pytest.raises(ConfigError, match="model_type 'llama'"):
+        text_from_hf({"model_type": "llama"})
+    with pytest.raises(ConfigError, match="hidden_size"):
+        text_from_hf({"model_type": "gemma4_text", "num_hidden_layers": 2})
+    bad = text_to_hf(PRESETS["tiny-e2b"].text)
+    bad["rope_parameters"][SLIDING]["rope_type"] = "yarn"
+    with pytest.raises(ConfigError, match="rope_type 'yarn'"):
+        text_from_hf(bad)
+    with pytest.raises(ConfigError, match="rope_type 'default'"):
+        vision_from_hf({"rope_parameters": {"rope_type": "default"}})
+    with pytest.raises(ConfigError, match="hidden_act 'gelu'"):
+        audio_from_hf({"hidden_act": "gelu"})
+
+
+# --- dtype names --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random multimodal checkpoint (float32) written by save_pretrained."""
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-e2b")
+    save_pretrained(Gemma4(PRESETS["tiny-e2b"]), directory)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        ("float32", torch.float32),
+        ("bf16", torch.bfloat16),
+        ("float16", torch.float16),
+        (torch.bfloat16, torch.bfloat16),
+    ],
+)
+def test_dtype_names_and_dtypes_are_accepted(tiny_checkpoint, dtype, expected):
+    model = load_pretrained(tiny_checkpoint, dtype=dtype)
+    assert {p.dtype for p in model.parameters()} == {expected}
+
+
+def test_text_decoder_takes_dtype_names(tmp_path):
+    save_text_decoder(TextDecoder(PRESETS["tiny-31b"].text), tmp_path)
+    model = load_text_decoder(tmp_path, dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert set(DTYPES) >= {"float32", "bfloat16", "float16", "fp32", "bf16", "fp16"}
+
+
+@pytest.mark.parametrize("bad", ["float64x", "int8", 32])
+def test_bad_dtype_name_names_the_value_and_the_choices(tiny_checkpoint, bad):
+    with pytest.raises(ValueError, match=f"dtype {bad!r} is not .* float32, fp32, bfloat16, bf16, float16, fp16"):
+        load_pretrained(tiny_checkpoint, dtype=bad)
+    with pytest.raises(ValueError, match=f"dtype {bad!r}"):
+        load_text_decoder(tiny_checkpoint, dtype=bad)
+
+
+# --- tokenizer agreement ------------------------------------------------------------------------------------
+
+
+def matching_config(tokenizer: Tokenizer):
+    """tiny-e2b with the toy tokenizer's control ids and vocabulary size."""
+    config = PRESETS["tiny-e2b"]
+    tokens = TokenIds(**{f.name: getattr(tokenizer.special, f.name) for f in dataclasses.fields(TokenIds)})
+    text = dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size, ple_vocab_size=tokenizer.vocab_size)
+    return dataclasses.replace(config, text=text, tokens=tokens)
+
+
+def test_a_mismatched_pair_raises_one_error_naming_every_difference(tokenizer_dir, tiny_checkpoint):
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    config = PRESETS["tiny-e2b"]
+    with pytest.raises(TokenizerMismatchError) as info:
+        load_pretrained(tiny_checkpoint, tokenizer=tokenizer)
+    expected = [
+        (f.name, getattr(tokenizer.special, f.name), getattr(config.tokens, f.name))
+        for f in dataclasses.fields(TokenIds)
+        if getattr(tokenizer.special, f.name) != getattr(config.tokens, f.name)
+    ] + [("vocab_size", 600, 512)]
+    assert info.value.differences == expected and len(expected) > 2
+    message = str(info.value)
+    assert "tokenizer.model" in message  # names the tokenizer
+    for name, ours, theirs in expected:
+        assert f"{name}: tokenizer {ours}, checkpoint {theirs}" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_a_single_difference_is_the_only_one_named(tokenizer_dir):
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    config = matching_config(tokenizer)
+    config = dataclasses.replace(config, tokens=dataclasses.replace(config.tokens, eoa=config.tokens.eoa + 1))
+    with pytest.raises(TokenizerMismatchError, match="eoa: tokenizer") as info:
+        check_tokenizer(config, tokenizer)
+    assert [d[0] for d in info.value.differences] == ["eoa"]
+
+
+def test_a_matching_pair_loads(tokenizer_dir, tmp_path):
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    config = matching_config(tokenizer)
+    check_tokenizer(config, tokenizer)  # no weights needed
+    torch.manual_seed(0)
+    save_pretrained(Gemma4(config), tmp_path)
+    assert load_config(tmp_path) == config
+    model = load_pretrained(tmp_path, tokenizer=tokenizer, dtype="fp32")
+    assert model.config == config
+
+
+def test_something_that_is_not_a_tokenizer_is_named():
+    with pytest.raises(TypeError, match="str is not a tokenizer"):
+        check_tokenizer(PRESETS["tiny-e2b"], "tokenizer.model")
