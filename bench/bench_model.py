@@ -28,6 +28,7 @@ __all__ = ["run", "bench_config"]
 
 TARGET_2048 = 1.3
 TARGET_512 = 1.0
+TOLERANCE = 1e-3  # float32 logits of the same weights; the engines differ only in rounding (kernels, op order)
 
 
 def bench_config():
@@ -57,6 +58,7 @@ _CHILD = r"""
 import json, resource, sys, time, torch
 engine, path = sys.argv[1], sys.argv[2]
 tokens, repeat, keep, vocab = (int(a) for a in sys.argv[3:7])
+out = sys.argv[7]
 torch.manual_seed(0)
 if engine == "reference":
     import oracles
@@ -70,14 +72,19 @@ ids = torch.randint(10, vocab, (1, tokens))
 with torch.no_grad():
     forward(ids)
     best = min((lambda s: (forward(ids), time.perf_counter() - s)[1])(time.perf_counter()) for _ in range(repeat))
+    torch.save(forward(ids)[0, -1].clone(), out)  # the last position's logits: the engines must agree
 print(json.dumps({"tokens_per_s": tokens / best, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
 def _measure(engine: str, path: str, tokens: int, repeat: int, keep: int, vocab: int) -> dict:
+    """One fresh process: best tokens/s, peak memory, and the last position's logits (a tensor)."""
+    import torch
+
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    out = os.path.join(path, f"logits-{engine}.pt")
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, engine, path, str(tokens), str(repeat), str(keep), str(vocab)],
+        [sys.executable, "-c", _CHILD, engine, path, str(tokens), str(repeat), str(keep), str(vocab), out],
         capture_output=True,
         text=True,
         env=env,
@@ -85,7 +92,7 @@ def _measure(engine: str, path: str, tokens: int, repeat: int, keep: int, vocab:
     )
     if done.returncode != 0:
         raise RuntimeError(f"{engine} at {tokens} tokens failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]), last_logits=torch.load(out))
 
 
 def run(
@@ -127,6 +134,11 @@ def run(
             note = f"peak memory: ours {ours['peak_mb']:.0f} MB" + (
                 f", reference {theirs['peak_mb']:.0f} MB" if theirs else ""
             )
+            agree = True
+            if theirs:
+                error = float((ours["last_logits"] - theirs["last_logits"]).abs().max())
+                agree = error <= TOLERANCE
+                note += f"; last logits max |Δ| {error:.1e} (bound {TOLERANCE:.0e})"
             row = Row(
                 f"{tokens} tokens",
                 case,
@@ -135,6 +147,7 @@ def run(
                 target,
                 unit="tok/s",
                 note=note,
+                extra_ok=agree,
             )
             rows.append(row)
             emit(format_row(row))

@@ -37,6 +37,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from data_specs.media import MEL_BINS
+
 from .budget import (
     AUDIO_FRAME,
     AUDIO_HOP,
@@ -60,7 +62,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-N_MELS = 128
+N_MELS = MEL_BINS  # data_specs.media: the width the audio tower takes
 FFT_LENGTH = 512
 N_BINS = FFT_LENGTH // 2 + 1  # 257
 MEL_FLOOR = 1e-3
