@@ -31,19 +31,21 @@ def test_run_prints_every_row_with_its_target(tmp_path):
     cases = [r.case for r in rows]
     assert cases == [
         "2 workers vs 1",
+        "fast vs exact mode, 2 workers",
         "ours vs datasets.map, 1 worker",
         "ours vs datasets.map, 2 workers",
         "Parquet bytes per image row",
         "Arrow bytes per image row",
     ]
-    assert all(r.ours > 0 for r in rows)
     assert "target ≥ 1.70×" in text and "target ≥ 2.00×" in text and "target ≤ 0.30×" in text
     assert "FAILED" not in text  # every generated row went through our job
+    assert rows[1].note == "25 examples, 0 errors (exact: 25, 0)"  # fast mode loses no row either
     assert list(tmp_path.iterdir()) == []  # the dataset and every output are removed
     if reference("hf_processor") is None:
         assert "transformers is not installed" in text
         return
     assert all(r.baseline is not None and r.baseline > 0 for r in rows)
-    scaling, one, many, parquet, _ = rows
+    scaling, fast, one, many, parquet, _ = rows
     assert one.ours == scaling.baseline and many.ours == scaling.ours  # like for like: the same runs of ours
+    assert fast.baseline == scaling.ours and fast.target is None  # fast mode against the same exact run
     assert parquet.met == (parquet.ours / parquet.baseline <= 0.3)  # lower is better
