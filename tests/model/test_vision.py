@@ -11,7 +11,14 @@ import torch
 
 from model.checkpoint import model_to_hf
 from model.config import PRESETS
-from model.vision import VisionEncoder, VisionInputError, apply_axial_rope, axial_cos_sin, axial_frequencies
+from model.vision import (
+    VisionEncoder,
+    VisionInputError,
+    apply_axial_rope,
+    axial_cos_sin,
+    axial_frequencies,
+    plan_grids,
+)
 from preprocess.image import collate_images, preprocess_image
 
 TINY = ["tiny-e2b", "tiny-31b"]  # small-style tower with clipped linears; large-style with standardisation
@@ -74,7 +81,13 @@ def patches():
 
 
 def as_tensors(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's padded form."""
     return torch.from_numpy(batch["pixel_values"]), torch.from_numpy(batch["image_position_ids"])
+
+
+def packed(items) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Our form, as ``collate`` packs images: real patches back to back (float in [0, 1]) and their grids."""
+    return torch.from_numpy(np.concatenate([p.pixel_values() for p in items])), [p.grid for p in items]
 
 
 def run_reference(reference, pixel_values, positions) -> torch.Tensor:
@@ -94,17 +107,17 @@ def test_outputs_equal_reference(towers, patches, padding):
     pixel_values, positions = as_tensors(batch)
     expected = run_reference(reference, pixel_values, positions)  # (Σ n_i, D)
     with torch.no_grad():
-        got = ours(pixel_values, positions)
-    assert [g.shape[0] for g in got] == batch["num_soft_tokens_per_image"]
-    assert all(g.dtype == torch.float32 and g.shape[1] == PRESETS[name].vision.d_model for g in got)
-    torch.testing.assert_close(torch.cat(got), expected, rtol=0, atol=TOLERANCE)
+        got = ours(*packed(patches))  # (Σ n_i, D)
+    assert got.shape == (sum(batch["num_soft_tokens_per_image"]), PRESETS[name].vision.d_model)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=TOLERANCE)
     assert expected.abs().max() > 10  # outputs are scaled by sqrt(D): the tolerance is relative to ~30
 
 
 def test_clip_bounds_and_standardisation_matter(towers, patches):
     """The parity test would not notice a skipped clamp or standardisation if they changed nothing."""
     name, _, ours = towers
-    pixel_values, positions = as_tensors(collate_images(patches[:1]))
+    one = packed(patches[:1])
     plain = VisionEncoder(PRESETS[name].vision).eval()
     state = ours.state_dict()
     for key in state:
@@ -114,20 +127,20 @@ def test_clip_bounds_and_standardisation_matter(towers, patches):
             state[key] = torch.full_like(state[key], math.inf if key.endswith("_max") else 1.0)
     plain.load_state_dict(state, strict=True)
     with torch.no_grad():
-        assert (ours(pixel_values, positions)[0] - plain(pixel_values, positions)[0]).abs().max() > 0.1
+        assert (ours(*one) - plain(*one)).abs().max() > 0.1
 
 
 def test_bfloat16_stays_close(towers, patches, reference_tower):
     name, reference, ours = towers
     pixel_values, positions = as_tensors(collate_images(patches))
     with torch.no_grad():
-        exact = torch.cat(ours(pixel_values, positions))
+        exact = ours(*packed(patches))
         ours16 = VisionEncoder(PRESETS[name].vision).eval()
         ours16.load_state_dict(ours.state_dict())
-        got = ours16.to(torch.bfloat16)(pixel_values, positions)
+        got = ours16.to(torch.bfloat16)(*packed(patches))
         theirs = run_reference(reference_tower(name).to(torch.bfloat16), pixel_values, positions).float()
-    assert all(g.dtype == torch.bfloat16 for g in got)
-    got = torch.cat(got).float()
+    assert got.dtype == torch.bfloat16
+    got = got.float()
     assert torch.isfinite(got).all()
     # bfloat16 keeps 8 significant bits: at outputs of ~20–30 one step is 0.125. Ours stays within two steps of
     # the reference run in bfloat16 (measured: one step), and within 4% of the range of float32 (measured 0.70
@@ -165,54 +178,49 @@ def test_meta_build_with_loaded_weights_and_reset_buffers_equals_a_plain_build(t
         late = VisionEncoder(PRESETS[name].vision)
     late.load_state_dict(ours.state_dict(), assign=True)
     late.reset_buffers("cpu")
-    pixel_values, positions = as_tensors(collate_images(patches[:2]))
     with torch.no_grad():
-        for a, b in zip(late(pixel_values, positions), ours(pixel_values, positions), strict=True):
-            assert torch.equal(a, b)
+        assert torch.equal(late(*packed(patches[:2])), ours(*packed(patches[:2])))
 
 
 # --- the input contract ----------------------------------------------------------------------------------------
 
 
-def test_padding_never_changes_an_image(towers, patches):
+def test_neighbours_never_change_an_image(towers, patches):
+    """An image's soft tokens do not depend on what it is packed with (other grids, before or after it)."""
     _, _, ours = towers
     small = patches[0]
-    alone = (torch.from_numpy(small.pixel_values()), torch.from_numpy(np.array(small.positions)))
     with torch.no_grad():
-        expected = ours.encode([alone])[0]
-        for batch in (collate_images([small]), collate_images([small, patches[2]]), collate_images(patches[::-1])):
-            index = 0 if batch["pixel_values"].shape[0] < 3 else 2
-            got = ours(*as_tensors(batch))[index]
-            torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)  # other images change only matmul blocking
+        expected = ours(*packed([small]))
+        for before, after in (([], [patches[2]]), (patches[:0:-1], []), ([patches[1]], [small])):
+            start = sum(p.num_soft_tokens for p in before)
+            got = ours(*packed([*before, small, *after]))[start : start + expected.shape[0]]
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)  # other images change only blocking
 
 
 def test_batched_equals_one_at_a_time_and_inputs_are_untouched(towers, patches):
     _, _, ours = towers
-    pixel_values, positions = as_tensors(collate_images(patches))
-    before = pixel_values.clone(), positions.clone()
+    values, grids = packed(patches)
+    before = values.clone()
     with torch.no_grad():
-        batched = ours(pixel_values, positions)
-        single = [ours(*as_tensors(collate_images([p])))[0] for p in patches]
-    assert torch.equal(pixel_values, before[0]) and torch.equal(positions, before[1])
-    for a, b in zip(batched, single, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert ours(pixel_values[:0], positions[:0]) == [] and ours.encode([]) == []
+        batched = ours(values, grids)
+        single = torch.cat([ours(*packed([p])) for p in patches])
+    assert torch.equal(values, before)
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-6)
+    assert ours(values[:0], []).shape == (0, PRESETS[towers[0]].vision.d_model)
 
 
-def test_patch_order_and_interleaved_padding_do_not_matter(towers, patches):
-    _, _, ours = towers
-    item = patches[1]
-    pixels, positions = torch.from_numpy(item.pixel_values()), torch.from_numpy(np.array(item.positions))
-    with torch.no_grad():
-        expected = ours.encode([(pixels, positions)])[0]
-        order = torch.randperm(pixels.shape[0], generator=torch.Generator().manual_seed(0))
-        shuffled = ours.encode([(pixels[order], positions[order])])[0]
-        padded_pixels = torch.zeros(1, 2 * pixels.shape[0], pixels.shape[1])
-        padded_positions = torch.full((1, 2 * pixels.shape[0], 2), -1)
-        padded_pixels[0, 1::2], padded_positions[0, 1::2] = pixels, positions  # padding between real rows
-        interleaved = ours(padded_pixels, padded_positions)[0]
-    torch.testing.assert_close(shuffled, expected, rtol=0, atol=2e-5)  # keys summed in another order (1.1e-5)
-    torch.testing.assert_close(interleaved, expected, rtol=0, atol=1e-6)
+def test_plan_puts_patches_and_pooling_windows_in_raster_order():
+    positions, groups = plan_grids([(3, 6), (6, 3)], kernel=3)
+    assert positions.shape == (36, 2) and groups.shape == (4, 9)
+    assert positions[:6].tolist() == [[x, 0] for x in range(6)] and positions[18:21].tolist() == [
+        [0, 0],
+        [1, 0],
+        [2, 0],
+    ]
+    assert groups[0].tolist() == [0, 1, 2, 6, 7, 8, 12, 13, 14]  # the 3×6 image's first window
+    assert groups[1].tolist() == [3, 4, 5, 9, 10, 11, 15, 16, 17]
+    assert groups[3].tolist() == [27, 28, 29, 30, 31, 32, 33, 34, 35]  # the 6×3 image's second window (rows 3–5)
+    assert sorted(groups.ravel().tolist()) == list(range(36))  # every patch pooled once
 
 
 def test_axial_rope_rotates_x_half_by_columns_and_y_half_by_rows():
@@ -233,52 +241,25 @@ def test_axial_rope_rotates_x_half_by_columns_and_y_half_by_rows():
 # --- bad input -------------------------------------------------------------------------------------------------
 
 
-def grid_positions(rows: int, cols: int) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    return torch.stack((xs.flatten(), ys.flatten()), dim=1)  # (rows·cols, 2)
-
-
 @pytest.fixture(scope="module")
 def small_tower():
     return VisionEncoder(PRESETS["tiny-e2b"].vision).eval()
 
 
-def test_bad_batch_shapes_are_refused(small_tower):
-    pixels = torch.rand(2, 18, 768)
-    positions = grid_positions(3, 6).expand(2, -1, -1).clone()
-    with pytest.raises(VisionInputError, match=r"pixel_values must be \(images, patches, 768\), got \(2, 18, 700\)"):
-        small_tower(torch.rand(2, 18, 700), positions)
-    with pytest.raises(VisionInputError, match=r"pixel_values .* got \(18, 768\)"):
-        small_tower(pixels[0], positions[0])
-    with pytest.raises(VisionInputError, match=r"positions must be \(2, 18, 2\) .* got \(2, 17, 2\)"):
-        small_tower(pixels, positions[:, :17])
-
-
 @pytest.mark.parametrize(
-    ("edit", "message"),
+    ("values", "grids", "message"),
     [
-        (lambda p: p.fill_(-1), r"image 1: no real patches"),
-        (lambda p: p[:9].copy_(grid_positions(3, 3)), r"image 1: 18 patches do not cover the 3×6 grid once each"),
-        (lambda p: p.copy_(grid_positions(2, 9)), r"image 1: the patch grid 2×9 .* not a multiple of the 3×3"),
-        (lambda p: p[4].fill_(10_240), r"image 1: patch positions must lie in 0…10239, got 0…10240"),
-        (lambda p: p[4, 0].fill_(-1), r"image 1: patch positions must lie in 0…10239, got -1…5"),
+        (torch.rand(18, 700), [(3, 6)], r"patches must be float \(patches, 768\), got torch.float32 \(18, 700\)"),
+        (torch.rand(2, 18, 768), [(3, 6)], r"got torch.float32 \(2, 18, 768\)"),
+        (torch.zeros(18, 768, dtype=torch.uint8), [(3, 6)], r"patches must be float"),
+        (torch.rand(27, 768), [(3, 6)], r"the grids hold 18 patches, but patches has 27 rows"),
+        (torch.rand(36, 768), [(3, 6), (2, 9)], r"image 1: the patch grid 2×9 .* not a positive multiple of the 3×3"),
+        (torch.rand(0, 768), [(0, 3)], r"image 0: the patch grid 0×3"),
+        (torch.rand(10_242 * 3, 768), [(3, 10_242)], r"image 0: the patch grid 3×10242 exceeds the 10240-entry"),
     ],
-    ids=["all padding", "duplicates", "grid not a multiple of 3", "beyond the table", "half padding"],
+    ids=["width", "rank", "uint8", "count", "grid not a multiple of 3", "empty grid", "beyond the table"],
 )
-def test_bad_positions_name_the_image(small_tower, edit, message):
-    pixels = torch.rand(2, 18, 768)
-    positions = grid_positions(3, 6).expand(2, -1, -1).clone()
-    edit(positions[1])
+def test_bad_input_names_the_image(small_tower, values, grids, message):
     with pytest.raises(VisionInputError, match=message):
-        small_tower(pixels, positions)
-
-
-def test_bad_unpadded_images_name_the_image(small_tower):
-    good = (torch.rand(9, 768), grid_positions(3, 3))
-    with pytest.raises(VisionInputError, match=r"image 1: pixel values must be float \(patches, 768\)"):
-        small_tower.encode([good, (torch.zeros(9, 768, dtype=torch.uint8), grid_positions(3, 3))])
-    with pytest.raises(VisionInputError, match=r"image 2: positions must be int \(9, 2\), got torch.int64 \(8, 2\)"):
-        small_tower.encode([good, good, (torch.rand(9, 768), grid_positions(3, 3)[:8])])
-    with pytest.raises(VisionInputError, match=r"image 0: no real patches"):
-        small_tower.encode([(torch.rand(0, 768), torch.zeros(0, 2, dtype=torch.long))])
+        small_tower(values, grids)
     assert isinstance(VisionInputError("x"), ValueError)
