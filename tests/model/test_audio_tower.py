@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.audio import AudioEncoder, AudioInputError, soft_tokens_from_frames
+from data_specs.media import audio_tokens_from_frames
+from model.audio import AudioEncoder, AudioInputError
 from model.checkpoint import model_to_hf
 from model.config import PRESETS, ConfigError
 from pipelines.sample_data import synthetic_speech
@@ -51,6 +52,11 @@ def ours_from(reference, config=TINY) -> AudioEncoder:
     return ours.eval()
 
 
+def packed(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Our form, as ``collate`` packs audio: every clip's valid frames back to back, and their counts."""
+    return features[mask], mask.sum(dim=1).tolist()
+
+
 @pytest.fixture(scope="module")
 def speech():
     clips = [synthetic_speech(s, seed=i) for i, s in enumerate(SECONDS)]
@@ -73,18 +79,16 @@ def test_output_equals_reference(reference_tower, speech):
     ours = ours_from(reference)
     with torch.no_grad():
         expected = reference(features, mask)
-        got, got_mask = ours(features, mask)
-    assert torch.equal(got_mask, expected.attention_mask)
-    assert got_mask.sum(1).tolist() == [audio_soft_tokens(len(c)) for c in clips]
-    torch.testing.assert_close(got[got_mask], expected.last_hidden_state[got_mask], rtol=0, atol=1e-5)
-    assert got[~got_mask].abs().max() == 0  # padded positions are zero
+        got = ours(*packed(features, mask))  # (N, E): every clip's outputs in order
+    assert expected.attention_mask.sum(1).tolist() == [audio_soft_tokens(len(c)) for c in clips]
+    torch.testing.assert_close(got, expected.last_hidden_state[expected.attention_mask], rtol=0, atol=1e-5)
     # The clip bounds bite: the same weights without them give another output.
     unclipped = ours_from(reference)
     for name, buffer in unclipped.named_buffers():
         if name.endswith(("_min", "_max")):
             buffer.fill_(-math.inf if name.endswith("_min") else math.inf)
     with torch.no_grad():
-        assert (unclipped(features, mask)[0] - got)[got_mask].abs().max() > 1e-2
+        assert (unclipped(*packed(features, mask)) - got).abs().max() > 1e-2
 
 
 def test_unpadded_clip_equals_reference(reference_tower):
@@ -95,7 +99,7 @@ def test_unpadded_clip_equals_reference(reference_tower):
     ours = ours_from(reference)
     with torch.no_grad():
         expected = reference(features, mask).last_hidden_state
-        torch.testing.assert_close(ours(features, mask)[0], expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours(features[0], [61]), expected[0], rtol=0, atol=1e-5)
         assert (reference(features).last_hidden_state - expected).abs().max() == 0  # mask=None: same window
 
 
@@ -118,94 +122,85 @@ def test_bfloat16_close_to_reference(reference_tower, speech):
     reference = reference_tower()
     ours = ours_from(reference)
     with torch.no_grad():
-        exact = ours(features, mask)[0]
-        expected = reference.to(torch.bfloat16)(features.bfloat16(), mask).last_hidden_state.float()
-        got, got_mask = ours.to(torch.bfloat16)(features.bfloat16(), mask)
+        exact = ours(*packed(features, mask))
+        theirs = reference.to(torch.bfloat16)(features.bfloat16(), mask)
+        expected = theirs.last_hidden_state.float()[theirs.attention_mask]
+        got = ours.to(torch.bfloat16)(*packed(features.bfloat16(), mask))
     assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
-    scale = exact[got_mask].abs().max().item()
+    scale = exact.abs().max().item()
     # bf16 keeps 8 bits of mantissa. Measured (seed 0): 0.8 % of the output range from the reference's own bf16
     # run, 2.2 % from our float32 run.
-    torch.testing.assert_close(got.float()[got_mask], expected[got_mask], rtol=0, atol=0.015 * scale)
-    torch.testing.assert_close(got.float()[got_mask], exact[got_mask], rtol=0, atol=0.025 * scale)
+    torch.testing.assert_close(got.float(), expected, rtol=0, atol=0.015 * scale)
+    torch.testing.assert_close(got.float(), exact, rtol=0, atol=0.025 * scale)
 
 
 # --- counts ---------------------------------------------------------------------------------------------
 
 
-def test_soft_tokens_from_frames_equals_budget():
+def test_tokens_from_frames_equals_budget():
     lengths = [161, 162, 320, 321, 480, 481, 16_000, 479_999, 480_000, *range(161, 480_000, 997)]
     for n in lengths:
-        assert soft_tokens_from_frames(audio_valid_frames(n)) == audio_soft_tokens(n), n
+        assert audio_tokens_from_frames(audio_valid_frames(n)) == audio_soft_tokens(n), n
 
 
 @pytest.mark.parametrize("frames", [1, 2, 3, 4, 5, 47, 48, 49, 50])
-def test_output_mask_counts(frames):
+def test_output_counts(frames):
+    """Every frame count, odd and even, short and chunk-crossing: ⌈⌈V/2⌉/2⌉ outputs per clip, in order."""
     torch.manual_seed(0)
     ours = AudioEncoder(TINY).eval()
-    features = torch.randn(2, 50, 128)
-    mask = torch.zeros(2, 50, dtype=torch.bool)
-    mask[0, :frames], mask[1] = True, True
+    features = torch.randn(frames + 50, 128)
     with torch.no_grad():
-        out, out_mask = ours(features, mask)
-    assert out.shape == (2, 13, TINY.output_dim) and out_mask.shape == (2, 13)
-    assert out_mask.sum(1).tolist() == [math.ceil(math.ceil(frames / 2) / 2), 13]
+        out = ours(features, [frames, 50])
+    assert out.shape == (math.ceil(math.ceil(frames / 2) / 2) + 13, TINY.output_dim)
     assert torch.isfinite(out).all()
 
 
 # --- batching -------------------------------------------------------------------------------------------
 
 
-def test_padding_never_changes_a_clip(speech):
+@pytest.mark.parametrize("order", [[1, 0, 2], [0, 2, 1], [2, 2, 0]])
+def test_neighbours_never_change_a_clip(speech, order):
+    """A clip's outputs do not depend on the clips packed around it (the shortest between two longer ones,
+    one clip twice): the subsampling slots and the attention blocks keep clips apart."""
     _, features, mask = speech
     torch.manual_seed(0)
     ours = AudioEncoder(TINY).eval()
-    noisy = features.clone()
-    noisy[~mask] = 1e4 * torch.randn(int((~mask).sum()), 128)  # garbage in padded frames must not matter
-    order = [1, 0, 2]  # the shortest clip between two longer ones: packed clips must not see each other
+    clips = [features[c][mask[c]] for c in order]
     with torch.no_grad():
-        batched, batched_mask = ours(noisy[order], mask[order])
-        for row, clip in enumerate(order):
-            valid = int(mask[clip].sum())
-            alone, alone_mask = ours(features[clip : clip + 1, :valid], mask[clip : clip + 1, :valid])
-            t = int(alone_mask.sum())
-            assert int(batched_mask[row].sum()) == t == alone.shape[1]
-            torch.testing.assert_close(batched[row, :t], alone[0], rtol=0, atol=1e-6)
+        batched = ours(torch.cat(clips), [c.shape[0] for c in clips])
+        alone = torch.cat([ours(c, [c.shape[0]]) for c in clips])
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-6)
 
 
 def test_contract_input_kept_and_empty_batch(speech):
     _, features, mask = speech
     ours = AudioEncoder(TINY).eval()
-    before, before_mask = features.clone(), mask.clone()
+    values, counts = packed(features, mask)
+    before = values.clone()
     with torch.no_grad():
-        out, _ = ours(features, mask)
-        empty, empty_mask = ours(torch.zeros(0, 40, 128), torch.zeros(0, 40, dtype=torch.bool))
-    assert torch.equal(features, before) and torch.equal(mask, before_mask)
-    assert out.dtype == torch.float32
-    assert empty.shape == (0, 10, TINY.output_dim) and empty_mask.shape == (0, 10)
+        out = ours(values, counts)
+        empty = ours(torch.zeros(0, 128), [])
+    assert torch.equal(values, before)
+    assert out.dtype == torch.float32 and out.shape[0] == sum(audio_tokens_from_frames(c) for c in counts)
+    assert empty.shape == (0, TINY.output_dim)
 
 
 # --- bad input ------------------------------------------------------------------------------------------
 
 
-def _mask(f: int, valid: list[int]) -> torch.Tensor:
-    return torch.arange(f)[None, :] < torch.tensor(valid)[:, None]
-
-
 @pytest.mark.parametrize(
-    ("features", "mask", "message"),
+    ("features", "frames", "message"),
     [
-        (torch.zeros(20, 128), torch.ones(20, dtype=torch.bool), "features must be (B, F, 128)"),
-        (torch.zeros(2, 20, 80), _mask(20, [20, 5]), "features must be (B, F, 128), got shape (2, 20, 80)"),
-        (torch.zeros(2, 20, 128, dtype=torch.long), _mask(20, [20, 5]), "features must be floating point"),
-        (torch.zeros(2, 20, 128), _mask(19, [19, 5]), "mask must be bool of shape (2, 20)"),
-        (torch.zeros(2, 20, 128), _mask(20, [20, 5]).long(), "mask must be bool"),
-        (torch.zeros(2, 20, 128), _mask(20, [20, 5]).flip(1), "clip 1: mask is not a prefix"),
-        (torch.zeros(2, 20, 128), _mask(20, [0, 5]), "clip 0: mask has no valid frame"),
+        (torch.zeros(2, 20, 128), [20, 20], "features must be (frames, 128), got shape (2, 20, 128)"),
+        (torch.zeros(25, 80), [20, 5], "features must be (frames, 128), got shape (25, 80)"),
+        (torch.zeros(25, 128, dtype=torch.long), [20, 5], "features must be floating point"),
+        (torch.zeros(25, 128), [20, 4], "the clips' frame counts sum to 24, but features has 25 rows"),
+        (torch.zeros(25, 128), [25, 0], "clip 1: 0 frames"),
     ],
 )
-def test_bad_input_raises(features, mask, message):
+def test_bad_input_raises(features, frames, message):
     with pytest.raises(AudioInputError) as caught:
-        AudioEncoder(TINY)(features, mask)
+        AudioEncoder(TINY)(features, frames)
     assert isinstance(caught.value, ValueError)
     assert message in str(caught.value)
 
