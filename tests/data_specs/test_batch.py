@@ -22,8 +22,7 @@ def tok(tokenizer_dir):
 
 
 @pytest.fixture
-def processor(tokenizer_dir):
-    hf_processor = pytest.importorskip("oracles.hf_processor")
+def processor(tokenizer_dir, hf_processor):
     return lambda budget: hf_processor.processor(
         tokenizer_dir / "tokenizer.model", list(SPECIAL_STRINGS.values()), image_budget=budget
     )

@@ -11,8 +11,6 @@ import torch
 from model.checkpoint import text_to_hf
 from model.config import FULL, PRESETS, SLIDING, AudioConfig, ConfigError, VisionConfig, preset
 
-transformers = pytest.importorskip("transformers")
-
 # Spec §8.2 "text total" (learned parameters; tied output once; per-layer scalars apart).
 SPEC_TEXT_TOTALS = {
     "gemma4-e2b": 4_628_569_344,
@@ -30,11 +28,11 @@ def test_full_size_counts_equal_spec(name):
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_counts_equal_the_reference_model_on_meta(name):
-    config = transformers.Gemma4TextConfig(**text_to_hf(PRESETS[name].text))
+def test_counts_equal_the_reference_model_on_meta(name, reference):
+    config = reference.Gemma4TextConfig(**text_to_hf(PRESETS[name].text))
     with torch.device("meta"):
-        reference = transformers.Gemma4ForCausalLM(config)
-    learned = sum(p.numel() for p in reference.parameters())  # the tied lm_head is the same tensor
+        theirs = reference.Gemma4ForCausalLM(config)
+    learned = sum(p.numel() for p in theirs.parameters())  # the tied lm_head is the same tensor
     assert learned == PRESETS[name].text.num_parameters()["total"]
 
 
