@@ -347,3 +347,20 @@ def test_gradients_reach_both_towers(tok):
     model(ours_batch(tok, True).to("cpu")).square().mean().backward()
     for tower in (model.vision_tower.patch_embedder.input_proj, model.audio_tower.output_proj):
         assert tower.weight.grad is not None and tower.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_towers_and_merge_do_not_synchronise_on_cuda(tok):
+    """The media path plans from host ints: with CUDA's sync debugging on "error", encoding both towers and merging
+    the soft tokens never waits for the device."""
+    torch.manual_seed(9)
+    model = Gemma4(tiny_config("tiny-e2b", tok)).eval().cuda().to(torch.bfloat16)
+    batch = ours_batch(tok, True).pin_memory().to("cuda", torch.bfloat16)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            x = model.language_model.embed(batch.input_ids)
+            model._merge(x, batch.mm_token_type_ids, batch.mm_token_type_ids != Modality.TEXT, batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
