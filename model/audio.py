@@ -92,7 +92,7 @@ class _Packing:
 
     scatter: torch.Tensor  # (F,) slot row of each input frame
     slots: int  # Σ L_b
-    keep_half: torch.Tensor  # (Σ L_b / 2,) float 1/0: first-conv outputs that hold a clip's frame
+    idle_half: torch.Tensor  # (Z,) first-conv output rows that hold no clip's frame (a few per slot)
     gather: torch.Tensor  # (R,) second-conv output row of each packed row; idle rows read the zero row Σ L_b / 4
     valid: torch.Tensor  # (Σ T_b,) packed rows that hold a clip's frame, in order
     opens_clip: torch.Tensor  # (G,) bool: the block is a clip's first
@@ -105,8 +105,8 @@ class _Packing:
         start = offsets(slot)[:-1]  # (B,) first slot row of clip b (a multiple of 4)
         half = (v + 1) // 2  # ⌈V/2⌉ first-conv frames
         tokens = (half + 1) // 2  # T_b = ⌈⌈V/2⌉/2⌉
-        keep_half = np.zeros(slot.sum() // 2, dtype=np.float32)
-        keep_half[np.repeat(start // 2, half) + _within(half)] = 1.0
+        busy = np.zeros(slot.sum() // 2, dtype=bool)
+        busy[np.repeat(start // 2, half) + _within(half)] = True
         blocks = -(-tokens // chunk)  # (B,)
         first_row = chunk * offsets(blocks)[:-1]  # (B,) packed row of each clip's first frame
         rows = chunk * int(blocks.sum())
@@ -126,7 +126,7 @@ class _Packing:
         return cls(
             scatter=to_device(np.repeat(start, v) + _within(v), device),
             slots=int(slot.sum()),
-            keep_half=to_device(keep_half, device),
+            idle_half=to_device(np.flatnonzero(~busy), device),
             gather=to_device(gather, device),
             valid=to_device(valid, device),
             opens_clip=to_device(opens, device),
@@ -198,8 +198,10 @@ class Subsampling(nn.Module):
         x = features.new_zeros((packing.slots, features.shape[1]), dtype=dtype)  # (Σ L, M)
         x.index_copy_(0, packing.scatter, features.to(dtype))
         x = self.layer0(x[None, :, :, None])  # (1, Σ L/2, M/2, C0)
-        # The reference zeroes padded frames before each conv: rows past a clip's end are zero again.
-        x = self.layer1(x * packing.keep_half.to(dtype)[None, :, None, None])  # (1, Σ L/4, M/4, C1)
+        # The reference zeroes padded frames before each conv: rows past a clip's end are zero again (in place
+        # when autograd is off: the tensor is large, the rows few).
+        fill = x.index_fill_ if not torch.is_grad_enabled() else x.index_fill
+        x = self.layer1(fill(1, packing.idle_half, 0.0))  # (1, Σ L/4, M/4, C1)
         x = x.reshape(x.shape[1], -1)  # (Σ L/4, M/4·C1): frequency major, channel minor
         x = torch.cat([x, x.new_zeros(1, x.shape[1])])[packing.gather]  # (R, M/4·C1), idle rows zero
         return self.input_proj_linear(x)  # (R, D)
