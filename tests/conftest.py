@@ -28,3 +28,27 @@ def tokenizer_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tokenizer")
     (directory / "tokenizer.model").write_bytes(train_toy_tokenizer())
     return directory
+
+
+# --- the reference (transformers, test-only) ----------------------------------------------------------------
+# Reached only through these fixtures, so a test that does not name one runs where transformers is missing.
+# Session-scoped because each is a pure import: Hypothesis tests may take them without a health-check
+# complaint, and a skip raised once is replayed for every test that asks.
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The ``transformers`` module; skips the test where it is not installed."""
+    return pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="session")
+def hf_modeling():
+    """``transformers.models.gemma4.modeling_gemma4``; skips the test where it is not installed."""
+    return pytest.importorskip("transformers.models.gemma4.modeling_gemma4")
+
+
+@pytest.fixture(scope="session")
+def hf_processor():
+    """The reference processor oracle ``oracles.hf_processor``; skips the test where transformers is missing."""
+    return pytest.importorskip("oracles.hf_processor")

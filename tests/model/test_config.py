@@ -9,8 +9,6 @@ import torch
 
 from model.config import FULL, PRESETS, SLIDING, ConfigError, preset, text_from_hf, text_to_hf
 
-transformers = pytest.importorskip("transformers")
-
 # Spec §8.2 "text total" (learned parameters; tied output once; per-layer scalars apart).
 SPEC_TEXT_TOTALS = {
     "gemma4-e2b": 4_628_569_344,
@@ -28,20 +26,20 @@ def test_full_size_counts_equal_spec(name):
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_counts_equal_the_reference_model_on_meta(name):
-    config = transformers.Gemma4TextConfig(**text_to_hf(PRESETS[name].text))
+def test_counts_equal_the_reference_model_on_meta(name, reference):
+    config = reference.Gemma4TextConfig(**text_to_hf(PRESETS[name].text))
     with torch.device("meta"):
-        reference = transformers.Gemma4ForCausalLM(config)
-    learned = sum(p.numel() for p in reference.parameters())  # the tied lm_head is the same tensor
+        theirs = reference.Gemma4ForCausalLM(config)
+    learned = sum(p.numel() for p in theirs.parameters())  # the tied lm_head is the same tensor
     assert learned == PRESETS[name].text.num_parameters()["total"]
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_config_json_round_trip_through_the_reference(name):
+def test_config_json_round_trip_through_the_reference(name, reference):
     ours = PRESETS[name].text
     assert text_from_hf(text_to_hf(ours)) == ours
     # What transformers itself writes back (with its own defaults and extra keys) parses to the same config.
-    written = transformers.Gemma4TextConfig(**text_to_hf(ours)).to_dict()
+    written = reference.Gemma4TextConfig(**text_to_hf(ours)).to_dict()
     assert text_from_hf(written) == ours
     assert text_from_hf({"text_config": written, "model_type": "gemma4"}) == ours
 
@@ -127,12 +125,12 @@ def test_whole_model_counts_equal_spec(name):
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_model_config_json_round_trip_through_the_reference(name):
+def test_model_config_json_round_trip_through_the_reference(name, reference):
     from model.config import model_from_hf, model_to_hf
 
     ours = PRESETS[name]
     assert model_from_hf(model_to_hf(ours)) == ours
-    written = transformers.Gemma4Config(**model_to_hf(ours)).to_dict()
+    written = reference.Gemma4Config(**model_to_hf(ours)).to_dict()
     assert model_from_hf(written) == ours
 
 

@@ -9,17 +9,14 @@ from model.config import FULL, PRESETS, SLIDING, text_to_hf
 from model.norm import RMSNorm, rms_norm
 from model.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
-transformers = pytest.importorskip("transformers")
-modeling = pytest.importorskip("transformers.models.gemma4.modeling_gemma4")
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("scale", [True, False])
-def test_rms_norm_equals_reference(dtype, scale):
+def test_rms_norm_equals_reference(dtype, scale, hf_modeling):
     torch.manual_seed(0)
     x = (torch.randn(3, 5, 64) * 4).to(dtype)
     ours = RMSNorm(64, scale=scale)
-    ref = modeling.Gemma4RMSNorm(64, with_scale=scale)
+    ref = hf_modeling.Gemma4RMSNorm(64, with_scale=scale)
     if scale:
         weight = torch.randn(64)
         ours.weight.data.copy_(weight)
@@ -33,11 +30,11 @@ def test_rms_norm_equals_reference(dtype, scale):
 
 @pytest.mark.parametrize("name", ["gemma4-e2b", "tiny-31b"])
 @pytest.mark.parametrize("factor", [1.0, 8.0])
-def test_rope_cos_sin_equal_reference(name, factor):
+def test_rope_cos_sin_equal_reference(name, factor, reference, hf_modeling):
     ours = PRESETS[name].text
     hf = text_to_hf(ours)
     hf["rope_parameters"][FULL]["factor"] = factor
-    reference = modeling.Gemma4TextRotaryEmbedding(transformers.Gemma4TextConfig(**hf))
+    rotary = hf_modeling.Gemma4TextRotaryEmbedding(reference.Gemma4TextConfig(**hf))
     positions = torch.tensor([[0, 1, 2, 3, 700, 5000], [9, 9, 10, 11, 12, 13]])
     for kind, head_dim, theta, partial, f in (
         (SLIDING, ours.head_dim, ours.rope.sliding_theta, 1.0, 1.0),
@@ -45,7 +42,7 @@ def test_rope_cos_sin_equal_reference(name, factor):
     ):
         for dtype in (torch.float32, torch.bfloat16):
             x = torch.zeros(1, dtype=dtype)
-            ref_cos, ref_sin = reference(x, positions, kind)
+            ref_cos, ref_sin = rotary(x, positions, kind)
             cos, sin = rope_cos_sin(positions, inverse_frequencies(head_dim, theta, partial, f), dtype)
             assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin), (kind, dtype)
 
@@ -62,14 +59,14 @@ def test_proportional_rope_rotates_only_its_dims():
     assert not torch.equal(y[..., :64], x[..., :64])
 
 
-def test_apply_rope_equals_reference_and_preserves_norm():
+def test_apply_rope_equals_reference_and_preserves_norm(hf_modeling):
     torch.manual_seed(1)
     x = torch.randn(2, 6, 4, 32)
     cos, sin = rope_cos_sin(torch.arange(6).repeat(2, 1), inverse_frequencies(32, 10_000.0), torch.float32)
     ours = apply_rope(x, cos, sin)
-    ref = modeling.apply_rotary_pos_emb(x, cos, sin, unsqueeze_dim=2)
-    assert torch.allclose(ours, ref, atol=1e-6)
-    assert torch.allclose(ours.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    ref = hf_modeling.apply_rotary_pos_emb(x, cos, sin, unsqueeze_dim=2)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.norm(dim=-1), x.norm(dim=-1), rtol=0, atol=1e-5)
     # Relative positions: the score between positions i and j depends only on i − j.
     q, k = torch.randn(32), torch.randn(32)
 

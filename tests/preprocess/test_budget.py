@@ -12,18 +12,21 @@ from hypothesis import strategies as st
 
 from preprocess import budget as B
 
-get_aspect_ratio_preserving_size = pytest.importorskip(
-    "transformers.models.gemma4.image_processing_pil_gemma4"
-).get_aspect_ratio_preserving_size
-
 sides = st.integers(min_value=1, max_value=20_000)
 budgets = st.sampled_from(B.SUPPORTED_BUDGETS)
 
 
-def reference_size(height: int, width: int, budget: int) -> tuple[int, int]:
-    return get_aspect_ratio_preserving_size(
-        height=height, width=width, patch_size=16, max_patches=9 * budget, pooling_kernel_size=3
-    )
+@pytest.fixture(scope="module")
+def reference_size(reference):
+    """The reference's target size for a budget (module-scoped: a pure function, shared by Hypothesis examples)."""
+    pil = pytest.importorskip("transformers.models.gemma4.image_processing_pil_gemma4")
+
+    def size(height: int, width: int, budget: int) -> tuple[int, int]:
+        return pil.get_aspect_ratio_preserving_size(
+            height=height, width=width, patch_size=16, max_patches=9 * budget, pooling_kernel_size=3
+        )
+
+    return size
 
 
 # --- target size -----------------------------------------------------------------------------------------
@@ -31,12 +34,12 @@ def reference_size(height: int, width: int, budget: int) -> tuple[int, int]:
 
 @settings(max_examples=3000, deadline=None)
 @given(sides, sides, budgets)
-def test_target_size_equals_reference(height, width, budget):
+def test_target_size_equals_reference(reference_size, height, width, budget):
     assert B.image_target_size(height, width, budget) == reference_size(height, width, budget)
 
 
 @pytest.mark.parametrize("other", [1, 3, 97, 2000, 20_000])
-def test_target_size_equals_reference_sweep(other):
+def test_target_size_equals_reference_sweep(reference_size, other):
     """Every height 1…20 000 against a few widths, both orientations, every budget."""
     for budget in B.SUPPORTED_BUDGETS:
         for side in range(1, 20_001):

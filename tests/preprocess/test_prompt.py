@@ -14,8 +14,6 @@ from preprocess.chat import ChatFormatError
 from preprocess.prompt import TOKEN_TYPES, build_example
 from preprocess.tokenizer import SPECIAL_STRINGS, Tokenizer
 
-hf_processor = pytest.importorskip("oracles.hf_processor")
-
 
 @pytest.fixture(scope="module")
 def tok(tokenizer_dir):
@@ -23,7 +21,8 @@ def tok(tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(tokenizer_dir):
+def reference(tokenizer_dir, hf_processor):
+    """The reference processor for a budget (here the reference is the processor; skips without it)."""
     processors = {}
 
     def get(budget: int = 280):
