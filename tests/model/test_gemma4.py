@@ -20,9 +20,6 @@ from preprocess.collate import collate, to_device
 from preprocess.prompt import build_example
 from preprocess.tokenizer import SPECIAL_STRINGS, Tokenizer
 
-transformers = pytest.importorskip("transformers")
-hf_processor = pytest.importorskip("oracles.hf_processor")
-
 
 @pytest.fixture(scope="module")
 def tok(tokenizer_dir):
@@ -40,25 +37,30 @@ def tiny_config(name: str, tok: Tokenizer) -> ModelConfig:
     return dataclasses.replace(base, text=text, tokens=tokens)
 
 
-def reference_model(config: ModelConfig, directory, seed: int = 0):
-    """A random ``Gemma4ForConditionalGeneration`` with perturbed norms, scalars and clip bounds, saved."""
-    torch.manual_seed(seed)
-    hf = transformers.Gemma4Config(**model_to_hf(config))
-    reference = transformers.Gemma4ForConditionalGeneration(hf).eval()
-    with torch.no_grad():
-        for key, tensor in list(reference.named_parameters()) + list(reference.named_buffers()):
-            if "norm" in key and tensor.dtype.is_floating_point:
-                tensor.add_(torch.randn_like(tensor) * 0.1)  # random init leaves every norm weight at 1
-            elif "layer_scalar" in key:
-                tensor.copy_(torch.rand_like(tensor) + 0.5)
-            elif key.endswith(("input_min", "output_min")):
-                tensor.fill_(-0.5 - torch.rand(()).item())  # finite bounds that bite on some values
-            elif key.endswith(("input_max", "output_max")):
-                tensor.fill_(0.5 + torch.rand(()).item())
-            elif key.endswith("per_dim_scale") or key.endswith(("std_bias", "std_scale")):
-                tensor.copy_(torch.randn_like(tensor) * 0.5 + (1.0 if key.endswith("std_scale") else 0.0))
-    reference.save_pretrained(directory)
-    return reference
+@pytest.fixture
+def reference_model(reference):
+    """A factory: a random ``Gemma4ForConditionalGeneration`` with perturbed norms, scalars and clip bounds,
+    saved."""
+
+    def build(config: ModelConfig, directory, seed: int = 0):
+        torch.manual_seed(seed)
+        model = reference.Gemma4ForConditionalGeneration(reference.Gemma4Config(**model_to_hf(config))).eval()
+        with torch.no_grad():
+            for key, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+                if "norm" in key and tensor.dtype.is_floating_point:
+                    tensor.add_(torch.randn_like(tensor) * 0.1)  # random init leaves every norm weight at 1
+                elif "layer_scalar" in key:
+                    tensor.copy_(torch.rand_like(tensor) + 0.5)
+                elif key.endswith(("input_min", "output_min")):
+                    tensor.fill_(-0.5 - torch.rand(()).item())  # finite bounds that bite on some values
+                elif key.endswith(("input_max", "output_max")):
+                    tensor.fill_(0.5 + torch.rand(()).item())
+                elif key.endswith("per_dim_scale") or key.endswith(("std_bias", "std_scale")):
+                    tensor.copy_(torch.randn_like(tensor) * 0.5 + (1.0 if key.endswith("std_scale") else 0.0))
+        model.save_pretrained(directory)
+        return model
+
+    return build
 
 
 def picture(h: int, w: int, seed: int) -> Image.Image:
@@ -111,7 +113,7 @@ def reference_inputs(batch):
 
 
 @pytest.mark.parametrize("name, with_audio", [("tiny-e2b", True), ("tiny-31b", False)])
-def test_logits_equal_reference_on_our_batches(name, with_audio, tok, tmp_path):
+def test_logits_equal_reference_on_our_batches(name, with_audio, tok, tmp_path, reference_model):
     config = tiny_config(name, tok)
     reference = reference_model(config, tmp_path)
     ours = load_pretrained(tmp_path)
@@ -121,23 +123,25 @@ def test_logits_equal_reference_on_our_batches(name, with_audio, tok, tmp_path):
         expected = reference(**reference_inputs(batch)).logits
         got = ours(**batch)
     valid = batch["attention_mask"].bool()
-    assert (expected - got)[valid].abs().max() <= 1e-4
+    torch.testing.assert_close(got[valid], expected[valid], rtol=0, atol=1e-4)
     with torch.no_grad():  # a prefill: the next-token logits only
-        assert (ours(**batch, logits_to_keep=1) - expected[:, -1:]).abs().max() <= 1e-4
+        torch.testing.assert_close(ours(**batch, logits_to_keep=1), expected[:, -1:], rtol=0, atol=1e-4)
     # The towers alone: pooled vision soft tokens and audio soft tokens (before and after the embedders).
     with torch.no_grad():
         ref_images = reference.model.get_image_features(batch["pixel_values"], batch["image_position_ids"])
         ours_images = torch.cat(ours.image_features(batch["pixel_values"], batch["image_position_ids"]))
-        assert (torch.cat(ref_images.pooler_output) - ours_images).abs().max() <= 1e-5
+        torch.testing.assert_close(ours_images, torch.cat(ref_images.pooler_output), rtol=0, atol=1e-5)
         if with_audio:
             features, mask = batch["input_features"], batch["input_features_mask"]
             ref_audio = reference.model.get_audio_features(features, mask)
             ref_tokens = ref_audio.pooler_output[ref_audio.attention_mask]
-            assert (ref_tokens - torch.cat(ours.audio_features(features, mask))).abs().max() <= 1e-5
+            torch.testing.assert_close(torch.cat(ours.audio_features(features, mask)), ref_tokens, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, with_audio", [("tiny-e2b", True), ("tiny-31b", False)])
-def test_logits_equal_reference_on_reference_processor_inputs(name, with_audio, tok, tokenizer_dir, tmp_path):
+def test_logits_equal_reference_on_reference_processor_inputs(
+    name, with_audio, tok, tokenizer_dir, tmp_path, reference_model, hf_processor
+):
     """The reference processor's tensors as they are (one budget per call there: 140)."""
     config = tiny_config(name, tok)
     reference = reference_model(config, tmp_path, seed=3)
@@ -157,7 +161,7 @@ def test_logits_equal_reference_on_reference_processor_inputs(name, with_audio, 
     with torch.no_grad():
         expected = reference(**inputs).logits
         got = ours(**inputs)
-    assert (expected - got).abs().max() <= 1e-4
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
 def test_vision_preset_derives_bidirectional_types(tok, tmp_path):
@@ -184,7 +188,8 @@ def test_padding_and_batching_do_not_change_a_row(tok, tmp_path):
     with torch.no_grad():
         together = model(**both)[1]
         single = model(**alone)[0]
-    assert (together - single).abs().max() <= 2e-4  # float32 rounding of other batch shapes; logits reach ±30
+    # float32 rounding of other batch shapes; logits reach ±30
+    torch.testing.assert_close(together, single, rtol=0, atol=2e-4)
 
 
 def test_count_mismatch_names_both_numbers(tok):
@@ -222,18 +227,18 @@ def test_save_load_round_trip_and_text_only_checkpoints(tok, tmp_path):
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_presets_on_meta_equal_spec_and_reference_counts(name):
+def test_presets_on_meta_equal_spec_and_reference_counts(name, reference):
     config = PRESETS[name]
     with torch.device("meta"):
         ours = Gemma4(config)
-        theirs = transformers.Gemma4ForConditionalGeneration(transformers.Gemma4Config(**model_to_hf(config)))
+        theirs = reference.Gemma4ForConditionalGeneration(reference.Gemma4Config(**model_to_hf(config)))
     learned = sum(p.numel() for p in ours.parameters())  # layer scalars and clip bounds are buffers
     assert learned == config.num_parameters()["total"]
     assert sum(p.numel() for p in theirs.parameters()) == learned
     assert set(ours.state_dict()) == {k.removeprefix("model.") for k in theirs.state_dict() if k != "lm_head.weight"}
 
 
-def test_bfloat16_model_takes_float32_batches(tok, tmp_path):
+def test_bfloat16_model_takes_float32_batches(tok, tmp_path, reference_model):
     """bf16 weights with the collated float32 batch: finite, and no further from float32 than the reference's
     own bf16 run is."""
     config = tiny_config("tiny-e2b", tok)
@@ -250,12 +255,13 @@ def test_bfloat16_model_takes_float32_batches(tok, tmp_path):
     valid = batch["attention_mask"].bool()
     ours_error = (exact - ours16.float())[valid].abs().max()
     their_error = (exact - theirs16.float())[valid].abs().max()
-    print(f"bf16 max |Δ| to float32: ours {ours_error:.3f}, reference {their_error:.3f}")
-    assert ours_error <= 1.5 * their_error + 0.05
+    # Measured max |Δ| to float32 here: ours 0.084, reference 0.081 (logits up to 0.68). Over seeds 0–5 on
+    # tiny-e2b and tiny-31b the ratio ours / reference ranges 0.84–1.33 (errors 0.05–0.30): 1.5 leaves a margin.
+    assert ours_error <= 1.5 * their_error, f"ours {ours_error:.3f}, theirs {their_error:.3f}"
 
 
 @pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b"])
-def test_video_prompt_equals_reference(name, tok, tmp_path):
+def test_video_prompt_equals_reference(name, tok, tmp_path, reference_model):
     """Video frames go through the vision tower into the <|video|> positions (bidirectional per frame on the
     31B-style preset)."""
     from tests.preprocess.test_video import encode_video
@@ -280,7 +286,7 @@ def test_video_prompt_equals_reference(name, tok, tmp_path):
     with torch.no_grad():
         expected = reference(**reference_inputs(batch)).logits
         got = ours(**batch)
-    assert (expected - got).abs().max() <= 1e-4
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
 def test_loader_names_unexpected_and_misshapen_tower_tensors(tok, tmp_path):
