@@ -12,16 +12,21 @@ from preprocess import budget as B
 from preprocess import errors
 from preprocess.audio import chunk_audio, log_mel, log_mel_batch, mel_filterbank
 
-Gemma4AudioFeatureExtractor = pytest.importorskip("transformers").Gemma4AudioFeatureExtractor
-EXTRACTOR = Gemma4AudioFeatureExtractor()
 SR = 16_000
 
 
-def reference(waveforms: list[np.ndarray], **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """The reference through its list form (its bare 1-D call path squeezes the wrong axis)."""
-    extractor = Gemma4AudioFeatureExtractor(**kwargs) if kwargs else EXTRACTOR
-    out = extractor(waveforms, return_tensors="np")
-    return out["input_features"], out["input_features_mask"]
+@pytest.fixture(scope="module")
+def reference_features(reference):
+    """The reference extractor through its list form (its bare 1-D call path squeezes the wrong axis).
+    Module-scoped, so Hypothesis examples share it."""
+    default = reference.Gemma4AudioFeatureExtractor()
+
+    def extract(waveforms: list[np.ndarray], **kwargs) -> tuple[np.ndarray, np.ndarray]:
+        extractor = reference.Gemma4AudioFeatureExtractor(**kwargs) if kwargs else default
+        out = extractor(waveforms, return_tensors="np")
+        return out["input_features"], out["input_features_mask"]
+
+    return extract
 
 
 def signal(kind: str, n: int, seed: int) -> np.ndarray:
@@ -53,60 +58,63 @@ LENGTHS = st.one_of(
 def assert_close(ours_f, ours_m, ref_f, ref_m, tol=1e-4):
     assert ours_f.shape == ref_f.shape and ours_f.dtype == np.float32
     assert np.array_equal(ours_m, ref_m)
-    assert np.abs(ours_f - ref_f)[ref_m].max(initial=0.0) <= tol
+    np.testing.assert_allclose(ours_f[ref_m], ref_f[ref_m], rtol=0, atol=tol)
     assert not ours_f[~ours_m].any()  # invalid frames are exactly zero
 
 
 # --- features ----------------------------------------------------------------------------------------------
 
 
-def test_filterbank_equals_reference():
+def test_filterbank_equals_reference(reference):
     assert mel_filterbank().shape == (257, 128)
-    assert np.abs(mel_filterbank() - EXTRACTOR.mel_filters).max() < 1e-12
+    np.testing.assert_allclose(
+        mel_filterbank(), reference.Gemma4AudioFeatureExtractor().mel_filters, rtol=0, atol=1e-12
+    )
 
 
 @settings(max_examples=40)
 @given(LENGTHS, KINDS, st.integers(0, 2**32 - 1))
-def test_single_parity(n, kind, seed):
+def test_single_parity(reference_features, n, kind, seed):
     x = signal(kind, n, seed)
     features, mask = log_mel(x)
-    ref_f, ref_m = reference([x])
+    ref_f, ref_m = reference_features([x])
     assert_close(features, mask, ref_f[0], ref_m[0])
 
 
 @settings(max_examples=15)
 @given(st.lists(st.tuples(LENGTHS, KINDS), min_size=1, max_size=4), st.integers(0, 2**32 - 1), st.integers(1, 3))
-def test_batch_parity(items, seed, threads):
+def test_batch_parity(reference_features, items, seed, threads):
     xs = [signal(kind, n, seed + i) for i, (n, kind) in enumerate(items)]
     features, mask = log_mel_batch(xs, threads=threads)
-    ref_f, ref_m = reference(xs)
+    ref_f, ref_m = reference_features(xs)
     assert isinstance(features, torch.Tensor) and features.dtype == torch.float32 and mask.dtype == torch.bool
     assert_close(features.numpy(), mask.numpy(), ref_f, ref_m)
 
 
 @settings(max_examples=20)
 @given(LENGTHS, st.sampled_from(["noise", "speechlike", "silence", "clicks"]), st.integers(0, 2**32 - 1))
-def test_fast_mode_parity_on_broadband_signals(n, kind, seed):
+def test_fast_mode_parity_on_broadband_signals(reference_features, n, kind, seed):
     """Fast mode (torch FFT) matches within 1e-4 wherever no band is near-silent beside a loud one."""
     x = signal(kind, n, seed)
     features, mask = log_mel(x, exact=False)
-    ref_f, ref_m = reference([x])
+    ref_f, ref_m = reference_features([x])
     assert_close(features, mask, ref_f[0], ref_m[0])
 
 
-def test_fast_mode_on_pure_tone_is_close_but_not_exact():
+def test_fast_mode_on_pure_tone_is_close_but_not_exact(reference_features):
     x = signal("tone", 48_000, seed=3)
     features, mask = log_mel(x, exact=False)
-    ref_f, ref_m = reference([x])
-    assert_close(features, mask, ref_f[0], ref_m[0], tol=5e-2)  # the documented bound of fast mode
+    ref_f, ref_m = reference_features([x])
+    # The README's bound for fast mode on a full-scale pure tone; measured 6.0e-3 here (2.9e-3–7.3e-3 over seeds 0–11).
+    assert_close(features, mask, ref_f[0], ref_m[0], tol=1e-2)
 
 
-def test_per_bin_normalisation():
+def test_per_bin_normalisation(reference_features):
     rng = np.random.default_rng(0)
     mean, std = rng.normal(size=128), rng.uniform(0.5, 2.0, size=128)
     x = signal("speechlike", 20_000, seed=1)
     features, mask = log_mel(x, per_bin_mean=mean, per_bin_stddev=std)
-    ref_f, ref_m = reference([x], per_bin_mean=list(mean), per_bin_stddev=list(std))
+    ref_f, ref_m = reference_features([x], per_bin_mean=list(mean), per_bin_stddev=list(std))
     assert_close(features, mask, ref_f[0], ref_m[0])
 
 
@@ -118,7 +126,7 @@ def test_batched_equals_one_at_a_time_and_input_untouched():
         single_f, single_m = log_mel_batch([x])
         frames = single_f.shape[1]
         assert torch.equal(mask[i, :frames], single_m[0]) and not mask[i, frames:].any()
-        assert torch.allclose(features[i, :frames], single_f[0], atol=1e-6)
+        torch.testing.assert_close(features[i, :frames], single_f[0], rtol=0, atol=1e-6)
         assert np.array_equal(x, copies[i])
 
 
@@ -128,7 +136,7 @@ def test_empty_batch_and_tensor_input():
     x = signal("noise", 4_000, 0)
     from_tensor, _ = log_mel(torch.from_numpy(x.astype(np.float64)))
     from_array, _ = log_mel(x)
-    assert np.allclose(from_tensor, from_array, atol=1e-6)
+    np.testing.assert_allclose(from_tensor, from_array, rtol=0, atol=1e-6)
 
 
 def test_mask_matches_valid_frame_formula():
@@ -190,8 +198,8 @@ def test_audio_tokens_match_mask_arithmetic(n, pad):
 
 @settings(max_examples=25)
 @given(LENGTHS)
-def test_audio_tokens_match_reference_mask(n):
-    _, ref_m = reference([np.zeros(n, np.float32)])
+def test_audio_tokens_match_reference_mask(reference_features, n):
+    _, ref_m = reference_features([np.zeros(n, np.float32)])
     assert B.audio_soft_tokens(n) == tokens_by_mask_arithmetic(ref_m[0])
 
 
