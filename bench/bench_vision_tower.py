@@ -24,7 +24,9 @@ from .benchmarking import Row, best_time, format_row, reference
 __all__ = ["run", "bench_config"]
 
 TARGET = 1.3
-TOLERANCE = 1e-4  # float32 soft tokens of magnitude ~30: the attention kernels' rounding, well inside this
+# max |Δ| between the towers' soft tokens relative to the largest one: float32 rounding (the reference itself is
+# 2.7e-6 of the range from a float64 run of the same weights; the towers differ by about 1e-6).
+TOLERANCE = 4e-6
 # (height, width) in px: landscape, portrait, 4:1 panorama, square; budget → how many of them to encode.
 SIZES = ((480, 640), (900, 506), (300, 1200), (800, 800))
 COUNTS = {280: 4, 1120: 2}
@@ -88,9 +90,10 @@ def run(budgets: Sequence[int] = (280, 1120), *, repeat: int = 3, emit: Callable
             ref_s = best_time(lambda b: oracle.run(theirs, *b), [padded], repeat) if theirs else None
             if theirs:
                 expected, got = oracle.run(theirs, *padded), ours(*packed)
-                error = float((expected - got).abs().max()) if expected.shape == got.shape else float("inf")
+                same = expected.shape == got.shape
+                error = float((expected - got).abs().max() / expected.abs().max()) if same else float("inf")
                 ok = error <= TOLERANCE
-                note += f"; max |Δ| of the soft tokens {error:.1e} (bound {TOLERANCE:.0e})"
+                note += f"; max |Δ| of the soft tokens {error:.1e} of their range (bound {TOLERANCE:.0e})"
         row = Row(
             f"budget {budget}",
             f"vision tower, {count} images",

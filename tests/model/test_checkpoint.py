@@ -30,29 +30,24 @@ from model.gemma4 import Gemma4
 from preprocess.tokenizer import Tokenizer
 
 
-@pytest.fixture
-def transformers():
-    return pytest.importorskip("transformers")
-
-
 # --- config.json --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_config_json_round_trip_through_the_reference(name, transformers):
+def test_config_json_round_trip_through_the_reference(name, reference):
     ours = PRESETS[name].text
     assert text_from_hf(text_to_hf(ours)) == ours
     # What transformers itself writes back (with its own defaults and extra keys) parses to the same config.
-    written = transformers.Gemma4TextConfig(**text_to_hf(ours)).to_dict()
+    written = reference.Gemma4TextConfig(**text_to_hf(ours)).to_dict()
     assert text_from_hf(written) == ours
     assert text_from_hf({"text_config": written, "model_type": "gemma4"}) == ours
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_model_config_json_round_trip_through_the_reference(name, transformers):
+def test_model_config_json_round_trip_through_the_reference(name, reference):
     ours = PRESETS[name]
     assert model_from_hf(model_to_hf(ours)) == ours
-    written = transformers.Gemma4Config(**model_to_hf(ours)).to_dict()
+    written = reference.Gemma4Config(**model_to_hf(ours)).to_dict()
     assert model_from_hf(written) == ours
 
 

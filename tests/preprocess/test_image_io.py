@@ -15,12 +15,17 @@ import numpy as np
 import PIL.Image
 import pytest
 from PIL import Image
-from transformers.image_transforms import convert_to_rgb as reference_convert_to_rgb
 
 from preprocess import errors
 from preprocess.image_io import DecodedImage, decode_image, describe_source, load_image
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="module")
+def reference_convert_to_rgb(reference):
+    """The reference's ``convert_to_rgb`` (alpha composited on white); skips the test without transformers."""
+    return pytest.importorskip("transformers.image_transforms").convert_to_rgb
 
 
 def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -347,7 +352,7 @@ def test_mode_f_nan_refused():
         expect_error(errors.UnsupportedImageError, load_image, Image.fromarray(values), names="mode F")
 
 
-def test_rgba_and_la_arrays_match_reference_convert_to_rgb():
+def test_rgba_and_la_arrays_match_reference_convert_to_rgb(reference_convert_to_rgb):
     # Every (colour, alpha) pair: colour varies along rows, alpha along columns.
     colour, alpha = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8), indexing="ij")
     rgba = np.dstack([colour, colour[::-1], np.roll(colour, 77, axis=0), alpha])
@@ -362,7 +367,7 @@ def test_rgba_and_la_arrays_match_reference_convert_to_rgb():
     np.testing.assert_array_equal(expected, composite_on_white(Image.fromarray(rgba, "RGBA")))
 
 
-def test_single_channel_array_matches_reference():
+def test_single_channel_array_matches_reference(reference_convert_to_rgb):
     grey = RGB_SOURCE[:, :, :1].copy()
     np.testing.assert_array_equal(pixels(load_image(grey)), reference_convert_to_rgb(grey, return_numpy=True))
 

@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 from av.sidedata.sidedata import Type as SideDataType
 from av.video.stream import VideoStream
-from transformers.models.gemma4.image_processing_pil_gemma4 import get_aspect_ratio_preserving_size
-from transformers.video_utils import VideoMetadata, default_sample_indices_fn
 
 from preprocess import budget as budget_math
 from preprocess import errors, video_io
@@ -31,6 +29,13 @@ from preprocess.video import VideoPatches, collate_videos, patch_video, preproce
 from preprocess.video_io import VideoFrames, format_timestamp, load_video, sample_indices
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="module")
+def video_utils(reference):
+    """``transformers.video_utils`` (the reference sampler and metadata); skips the test without it."""
+    return pytest.importorskip("transformers.video_utils")
+
 
 HEIGHT, WIDTH = 48, 64
 BLOCK = 16  # 3 × 4 blocks of 16 px: a 12-bit frame number, one bit per black or white block
@@ -115,10 +120,11 @@ def video_file(tmp_path, video37):
 # ------------------------------------------------------------------------------------------------ sampling
 
 
-def test_sample_indices_match_reference_sampler():
+def test_sample_indices_match_reference_sampler(video_utils):
+    sampler, metadata = video_utils.default_sample_indices_fn, video_utils.VideoMetadata
     for total in range(1, 70):
         for num in range(1, total + 1):
-            reference = default_sample_indices_fn(VideoMetadata(total_num_frames=total, fps=25.0), num_frames=num)
+            reference = sampler(metadata(total_num_frames=total, fps=25.0), num_frames=num)
             assert (
                 sample_indices(total, num)
                 == tuple(int(i) for i in reference)
@@ -126,7 +132,7 @@ def test_sample_indices_match_reference_sampler():
             )
     assert sample_indices(5, 32) == (0, 1, 2, 3, 4)  # the reference raises here; we take every frame
     with pytest.raises(ValueError):
-        default_sample_indices_fn(VideoMetadata(total_num_frames=5, fps=25.0), num_frames=32)
+        sampler(metadata(total_num_frames=5, fps=25.0), num_frames=32)
 
 
 @pytest.mark.parametrize("codec", sorted({CODEC, "mpeg4"}))
@@ -180,9 +186,9 @@ def test_fewer_frames_than_requested_gives_all_with_warning(caplog):
 # ------------------------------------------------------------------------------------------------ timestamps
 
 
-def test_constant_rate_timestamps_match_reference(video37):
+def test_constant_rate_timestamps_match_reference(video37, video_utils):
     video = load_video(video37, 8)
-    reference = VideoMetadata(total_num_frames=37, fps=25.0, frames_indices=list(video.indices)).timestamps
+    reference = video_utils.VideoMetadata(total_num_frames=37, fps=25.0, frames_indices=list(video.indices)).timestamps
     assert video.timestamps_s == pytest.approx(reference, abs=1e-12)
     assert video.timestamps_s == pytest.approx([i / 25 for i in video.indices], abs=1e-12)
 
@@ -458,10 +464,11 @@ def test_error_classes():
 
 
 @pytest.mark.parametrize("budget", [70, 280])
-def test_preprocess_video_agrees_with_budget_math(video37, budget):
+def test_preprocess_video_agrees_with_budget_math(video37, budget, reference):
+    pil_gemma4 = pytest.importorskip("transformers.models.gemma4.image_processing_pil_gemma4")
     video = preprocess_video(video37, 8, budget)
     size = budget_math.image_target_size(HEIGHT, WIDTH, budget)
-    assert size == get_aspect_ratio_preserving_size(HEIGHT, WIDTH, 16, 9 * budget, 3)
+    assert size == pil_gemma4.get_aspect_ratio_preserving_size(HEIGHT, WIDTH, 16, 9 * budget, 3)
     tokens = budget_math.image_soft_tokens(HEIGHT, WIDTH, budget)
     rows, cols = budget_math.image_grid(HEIGHT, WIDTH, budget)
     assert isinstance(video, VideoPatches) and video.budget == budget
@@ -540,28 +547,26 @@ def gradient_frame(number: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("budget", [70, 280])
-def test_matches_reference_video_processor(budget):
+def test_matches_reference_video_processor(budget, reference, video_utils):
     """Against ``Gemma4VideoProcessor`` (needs torchvision): same sampling, shapes, positions, counts; pixels
     differ only by the resampling filter (Pillow bicubic vs torchvision bicubic with antialiasing)."""
     pytest.importorskip("torchvision")
-    from transformers import Gemma4VideoProcessor
-
     data = encode_video(37, frame=gradient_frame)
     every = load_video(data, 37)
-    reference = Gemma4VideoProcessor(max_soft_tokens=budget)(
+    theirs = reference.Gemma4VideoProcessor(max_soft_tokens=budget)(
         videos=[every.frames],
-        video_metadata=[VideoMetadata(total_num_frames=every.total_frames, fps=every.fps)],
+        video_metadata=[video_utils.VideoMetadata(total_num_frames=every.total_frames, fps=every.fps)],
         num_frames=8,
         return_tensors="np",
         return_metadata=True,
     )
     video = preprocess_video(data, 8, budget)
     ours = collate_videos([video])
-    assert list(reference["video_metadata"][0].frames_indices) == [i * 37 // 8 for i in range(8)]
-    assert list(reference["num_frames_per_video"]) == ours["num_frames_per_video"]
-    assert list(reference["num_soft_tokens_per_video"]) == ours["num_soft_tokens_per_video"]
-    np.testing.assert_array_equal(reference["video_position_ids"], ours["video_position_ids"])
-    difference = np.abs(reference["pixel_values_videos"] - ours["pixel_values_videos"])
-    assert difference.shape == ours["pixel_values_videos"].shape
+    assert list(theirs["video_metadata"][0].frames_indices) == [i * 37 // 8 for i in range(8)]
+    assert list(theirs["num_frames_per_video"]) == ours["num_frames_per_video"]
+    assert list(theirs["num_soft_tokens_per_video"]) == ours["num_soft_tokens_per_video"]
+    np.testing.assert_array_equal(theirs["video_position_ids"], ours["video_position_ids"])
+    assert theirs["pixel_values_videos"].shape == ours["pixel_values_videos"].shape
     # Both filters are Pillow's a = -0.5 bicubic; only the uint8 rounding differs (measured: ≤ 2/255, mean 2e-5).
-    assert difference.max() <= 2 / 255 + 1e-6 and difference.mean() < 1e-4
+    np.testing.assert_allclose(ours["pixel_values_videos"], theirs["pixel_values_videos"], rtol=0, atol=2 / 255 + 1e-6)
+    assert np.abs(theirs["pixel_values_videos"] - ours["pixel_values_videos"]).mean() < 1e-4
