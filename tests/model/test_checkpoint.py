@@ -29,7 +29,6 @@ from model.decoder import TextDecoder
 from model.gemma4 import Gemma4
 from preprocess.tokenizer import Tokenizer
 
-
 # --- config.json --------------------------------------------------------------------------------------------
 
 
