@@ -92,7 +92,7 @@ class _Packing:
 
     scatter: torch.Tensor  # (F,) slot row of each input frame
     slots: int  # Σ L_b
-    idle_half: torch.Tensor  # (Z,) first-conv output rows that hold no clip's frame (a few per slot)
+    idle_half: torch.Tensor  # (Σ L_b / 2 + 4,) bool: first-conv rows that hold no frame (2 more either side)
     gather: torch.Tensor  # (R,) second-conv output row of each packed row; idle rows read the zero row Σ L_b / 4
     valid: torch.Tensor  # (Σ T_b,) packed rows that hold a clip's frame, in order
     opens_clip: torch.Tensor  # (G,) bool: the block is a clip's first
@@ -105,8 +105,8 @@ class _Packing:
         start = offsets(slot)[:-1]  # (B,) first slot row of clip b (a multiple of 4)
         half = (v + 1) // 2  # ⌈V/2⌉ first-conv frames
         tokens = (half + 1) // 2  # T_b = ⌈⌈V/2⌉/2⌉
-        busy = np.zeros(slot.sum() // 2, dtype=bool)
-        busy[np.repeat(start // 2, half) + _within(half)] = True
+        busy = np.zeros(slot.sum() // 2 + 4, dtype=bool)  # first-conv rows, 2 idle ones before and after
+        busy[2 + np.repeat(start // 2, half) + _within(half)] = True
         blocks = -(-tokens // chunk)  # (B,)
         first_row = chunk * offsets(blocks)[:-1]  # (B,) packed row of each clip's first frame
         rows = chunk * int(blocks.sum())
@@ -126,7 +126,7 @@ class _Packing:
         return cls(
             scatter=to_device(np.repeat(start, v) + _within(v), device),
             slots=int(slot.sum()),
-            idle_half=to_device(np.flatnonzero(~busy), device),
+            idle_half=to_device(~busy, device),
             gather=to_device(gather, device),
             valid=to_device(valid, device),
             opens_clip=to_device(opens, device),
@@ -181,6 +181,9 @@ class MonoConvNormReLU(ConvNormReLU):
         return y.view(1, t, m, -1)
 
 
+_CPU_CONV_BLOCK = 1024  # slot rows (a multiple of 4): the first conv's output stays near 17 MB
+
+
 class Subsampling(nn.Module):
     """Two stride-2 convs and a projection: every clip's valid frames (V_b, M) → (⌈⌈V_b/2⌉/2⌉, D) each, packed in
     whole chunks (spec §4.2)."""
@@ -195,16 +198,22 @@ class Subsampling(nn.Module):
     def forward(self, features: torch.Tensor, packing: _Packing) -> torch.Tensor:
         """features (F, M), the clips' valid frames back to back → (R, D) packed rows, idle rows zero."""
         dtype = self.input_proj_linear.weight.dtype
-        x = features.new_zeros((packing.slots, features.shape[1]), dtype=dtype)  # (Σ L, M)
-        x.index_copy_(0, packing.scatter, features.to(dtype))
-        x = self.layer0(x[None, :, :, None])  # (1, Σ L/2, M/2, C0)
-        # The reference zeroes padded frames before each conv: rows past a clip's end are zero again (in place
-        # when autograd is off: the tensor is large, the rows few).
-        fill = x.index_fill_ if not torch.is_grad_enabled() else x.index_fill
-        x = self.layer1(fill(1, packing.idle_half, 0.0))  # (1, Σ L/4, M/4, C1)
-        x = x.reshape(x.shape[1], -1)  # (Σ L/4, M/4·C1): frequency major, channel minor
-        x = torch.cat([x, x.new_zeros(1, x.shape[1])])[packing.gather]  # (R, M/4·C1), idle rows zero
-        return self.input_proj_linear(x)  # (R, D)
+        rows, m = packing.slots, features.shape[1]
+        x = features.new_zeros((rows + 8, m), dtype=dtype)  # (Σ L + 8, M): the slots, 4 zero rows either side
+        x.index_copy_(0, packing.scatter + 4, features.to(dtype))
+        out = x.new_zeros((rows // 4 + 1, self.input_proj_linear.in_features))  # (Σ L/4 + 1, M/4·C1), a zero row last
+        # Blocks of slot rows, each read with 4 rows of context either side (the two convs' reach): one block on an
+        # accelerator; on the CPU, blocks small enough that no intermediate passes the allocator's mmap size.
+        step = rows if x.device.type != "cpu" else _CPU_CONV_BLOCK
+        for s in range(0, rows, step):
+            e = min(s + step, rows)
+            h = self.layer0(x[None, s : e + 8, :, None])  # (1, (e − s)/2 + 4, M/2, C0): first-conv rows s/2 − 2 …
+            # The reference zeroes padded frames before each conv: rows past a clip's end are zero again.
+            idle = packing.idle_half[None, s // 2 : e // 2 + 4, None, None]
+            h = h.masked_fill_(idle, 0.0) if not torch.is_grad_enabled() else h.masked_fill(idle, 0.0)
+            h = self.layer1(h)[0, 1:-1]  # ((e − s)/4, M/4, C1): second-conv rows s/4 … e/4 − 1
+            out[s // 4 : e // 4] = h.reshape(h.shape[0], -1)  # frequency major, channel minor
+        return self.input_proj_linear(out[packing.gather])  # (R, D): idle rows read the zero row
 
 
 # --- conformer blocks -------------------------------------------------------------------------------

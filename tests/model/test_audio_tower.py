@@ -172,6 +172,27 @@ def test_neighbours_never_change_a_clip(speech, order):
     torch.testing.assert_close(batched, alone, rtol=0, atol=1e-6)
 
 
+def test_blocked_subsampling_equals_one_block_and_the_reference(reference_tower, monkeypatch):
+    """Clips longer than one CPU conv block (1024 slot rows), block edges inside clips: the same outputs as one
+    block (within float rounding) and as the reference. Frame counts of 2 mod 4 (1270, 30, 910) make the first
+    conv write a row past each clip's end, which must be zeroed before the second conv as the reference does."""
+    import model.audio as audio
+
+    clips = [synthetic_speech(14, seed=10 + i)[: 161 + 160 * (v - 1)] for i, v in enumerate((1270, 30, 910))]
+    features, mask = log_mel_batch(clips)
+    reference = reference_tower(seed=2)
+    ours = ours_from(reference)
+    values, counts = packed(features, mask)
+    assert counts == [1270, 30, 910] and sum(4 * (c // 4 + 2) for c in counts) > 2 * audio._CPU_CONV_BLOCK
+    with torch.no_grad():
+        blocked = ours(values, counts)
+        monkeypatch.setattr(audio, "_CPU_CONV_BLOCK", 1 << 30)
+        whole = ours(values, counts)
+        expected = reference(features, mask)
+    torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(blocked, expected.last_hidden_state[expected.attention_mask], rtol=0, atol=1e-5)
+
+
 def test_contract_input_kept_and_empty_batch(speech):
     _, features, mask = speech
     ours = AudioEncoder(TINY).eval()
