@@ -250,3 +250,30 @@ def test_preview_pixels_round_trip(reference_run):
     _, example = open_output(reference_run[0]).example("ex0001")
     image = example.images[0]
     assert np.array_equal(patchify(unpatchify(image.patches, image.size)), image.patches)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_every_image_is_decoded_once_and_fast_jobs_draft_decode_jpegs(sample, tmp_path, monkeypatch, fast):
+    """In a job (one in-process worker, so the counters see every call): one decode per image part that reaches
+    the decoder (the images in the output plus the undecodable one), and JPEG draft decoding in fast mode only."""
+    from PIL import JpegImagePlugin
+
+    import preprocess.image_io as image_io
+
+    manifest, tokenizer = sample
+    decodes, drafts = [], []
+    for name in ("_from_stream", "_from_pil", "_from_array"):
+        original = getattr(image_io, name)
+        monkeypatch.setattr(image_io, name, lambda *a, _f=original, **k: decodes.append(1) or _f(*a, **k))
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile, "draft", lambda im, *a, **k: drafts.append(a) or draft(im, *a, **k)
+    )
+    out = tmp_path / "out"
+    summary = run_preprocess(manifest, out, settings(tokenizer, exact=not fast), workers=1, progress=False)
+    output = open_output(out)
+    images = sum(len(json.loads(s)["image_budgets"]) for s in output.examples().to_table()["summary"].to_pylist())
+    image_errors = summary.errors_by_stage.get("image", 0)
+    assert images > 0 and image_errors == 1
+    assert len(decodes) == images + image_errors
+    assert bool(drafts) == fast  # every JPEG of the sample is drafted in fast mode, none in exact mode
