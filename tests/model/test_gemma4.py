@@ -187,6 +187,22 @@ def test_logits_equal_reference_on_reference_processor_inputs(
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b", "tiny-moe"])
+def test_text_logits_equal_reference_through_a_text_batch(name, tok, tmp_path, reference_model):
+    """Token ids with left padding through ``Batch.from_ids``: the whole model equals the reference's."""
+    config = tiny_config(name, tok)
+    reference = reference_model(config, tmp_path, seed=11)
+    ours = load_pretrained(tmp_path)
+    ids = torch.randint(20, tok.vocab_size, (2, 17), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, :6] = False  # left padding
+    ids[1, :6] = tok.special.pad
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask.long()).logits
+        got = ours(Batch.from_ids(ids, mask))
+    torch.testing.assert_close(got[mask], expected[mask], rtol=0, atol=1e-4)
+
+
 def test_vision_preset_attends_bidirectionally_inside_images(tok):
     """On the "vision" presets image tokens see each other (from the batch's mm_token_type_ids): the same
     weights with causal attention everywhere give other logits."""
