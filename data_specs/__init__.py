@@ -5,7 +5,8 @@ One submodule per contract, imported directly (``from data_specs.example import 
 * ``manifest``: the input manifest of ``gemma4 preprocess`` (``MANIFEST_VERSION``), row validation;
 * ``example``: the Arrow schema of one preprocessed example (``SCHEMA_VERSION``), rows ↔ examples;
 * ``errors_table``: the Arrow schema of the errors table;
-* ``batch``: the packed batch the front end hands the model.
+* ``batch``: the packed batch the front end hands the model (``BATCH_VERSION``);
+* ``media``: the media facts both sides share (modality ids, patch size, pooling, mel bins, frames → tokens).
 
 This package imports none of them (nor pyarrow or torch): model code imports ``data_specs.batch`` and must not
 pay for the Arrow schemas.
