@@ -19,7 +19,9 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if device.type == "cpu":
         return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()  # a page-locked copy: the transfer below does not wait for the device
+    return tensor.to(device, non_blocking=True)
 
 
 def offsets(lengths) -> np.ndarray:

@@ -112,6 +112,7 @@ def _varlen_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
     return (
         varlen_attn is not None
         and q.is_cuda
+        and torch.cuda.get_device_capability(q.device)[0] >= 8  # flash attention: Ampere or newer
         and q.dtype in (torch.float16, torch.bfloat16)
         and q.shape[1] == k.shape[1]
         and not torch.is_grad_enabled()
