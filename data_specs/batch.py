@@ -150,6 +150,7 @@ class Batch:
     videos: PackedPatches = field(default_factory=PackedPatches.empty)
     audio: PackedAudio = field(default_factory=PackedAudio.empty)
     layout: tuple[Any, ...] = ()  # front-end bookkeeping that lets ``uncollate`` rebuild the examples
+    padded: bool | None = None  # some row has padding: read on the host at construction, kept by ``to``
 
     def __post_init__(self) -> None:
         ids, mask, types = self.input_ids, self.attention_mask, self.mm_token_type_ids
@@ -164,6 +165,11 @@ class Batch:
             raise BatchError(f"mm_token_type_ids must be integer, got {types.dtype}")
         if self.layout and len(self.layout) != ids.shape[0]:
             raise BatchError(f"layout describes {len(self.layout)} examples, but input_ids has {ids.shape[0]} rows")
+        if _on_host(mask):
+            padded = not bool(mask.all())
+            if self.padded is not None and self.padded != padded:
+                raise BatchError(f"padded={self.padded} was given, but the attention mask says {padded}")
+            object.__setattr__(self, "padded", padded)
         if _on_host(types):
             self._check_placeholders()
 
@@ -236,6 +242,11 @@ class Batch:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def vision_span(self) -> int:
+        """The most soft tokens of one image or video frame (0 without either): how far a vision block reaches."""
+        return max((*self.images.num_soft_tokens, *self.videos.num_soft_tokens), default=0)
 
     @property
     def device(self) -> torch.device:

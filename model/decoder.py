@@ -144,19 +144,33 @@ class TextDecoder(nn.Module):
         mm_token_type_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        *,
+        padded: bool | None = None,
+        vision_span: int | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T) → logits (B, T, V) in the weights' dtype; only the last ``logits_to_keep``
         positions when it is positive. A prefill needs just the last one: the output projection then shrinks
         to one row, the KV-shared layers (which write no cache) run on the kept positions only, as the
         reference does, and so does all but the K/V projection of the last cache-writing layer (the reference
-        runs that layer on every position). Positions count real tokens."""
+        runs that layer on every position). Positions count real tokens.
+
+        ``padded`` (some row has padding) and ``vision_span`` (the most soft tokens of one image or video frame)
+        are host facts a :class:`data_specs.batch.Batch` carries; given, the masks are planned without reading the
+        device. Left out, they are read from ``attention_mask`` and ``mm_token_type_ids`` (a synchronisation)."""
         c = self.config
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+            attention_mask, padded = torch.ones_like(input_ids, dtype=torch.bool), False
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
         ple = self.per_layer_inputs(input_ids, x) if c.ple_dim else None  # (B, T, L, P)
-        masks = self._masks(attention_mask, mm_token_type_ids, x.dtype)
+        types = mm_token_type_ids if c.bidirectional == "vision" else None
+        if padded is None:
+            padded = not bool(attention_mask.all())
+        if types is None:
+            vision_span = 0
+        elif vision_span is None:  # a bound: the vision tokens of the fullest row
+            vision_span = int(((types == Modality.IMAGE) | (types == Modality.VIDEO)).sum(dim=1).max())
+        masks = self._masks(attention_mask, types, padded, vision_span, x.dtype)
         rope = {
             kind: rope_cos_sin(positions, freq, x.dtype)
             for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
@@ -170,7 +184,7 @@ class TextDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             rows = keep if i == narrow_from else 0
             if rows:  # from here on only the kept rows matter (this layer's K/V aside)
-                masks = self._masks(attention_mask, mm_token_type_ids, rows=keep)
+                masks = self._masks(attention_mask, types, padded, vision_span, rows=keep)
                 ple = None if ple is None else ple[:, -keep:]  # (B, keep, L, P)
             kind = "full" if c.is_full(i) else "sliding"
             source = c.kv_source(i)
@@ -184,24 +198,32 @@ class TextDecoder(nn.Module):
             logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits
 
-    def _masks(self, attention_mask, mm_token_type_ids, dtype: torch.dtype | None = None, rows: int = 0) -> dict:
+    def _masks(
+        self,
+        attention_mask: torch.Tensor,
+        types: torch.Tensor | None,
+        padded: bool,
+        vision_span: int,
+        dtype: torch.dtype | None = None,
+        rows: int = 0,
+    ) -> dict:
         """Masks per layer kind, (B, 1, T, S) bool. With ``rows`` > 0: the last ``rows`` query rows, as they
         are. Otherwise (T = S) None where SDPA's causal kernel gives the same result (no padding; for sliding
-        layers also T ≤ W and no vision block), and long sliding masks cut into blocks in ``dtype``."""
+        layers also T ≤ W and no vision block), and long sliding masks cut into blocks in ``dtype``. ``types``
+        only on the bidirectional presets; ``padded`` and ``vision_span`` are host facts (see ``forward``)."""
         c = self.config
         t = attention_mask.shape[1]
-        types = mm_token_type_ids if c.bidirectional == "vision" else None
         if rows:
             return {
                 "full": full_mask(attention_mask, rows),
                 "sliding": sliding_mask(attention_mask, c.sliding_window, types, rows),
             }
-        plain = bool(attention_mask.all())
-        vision = types is not None and bool(((types == Modality.IMAGE) | (types == Modality.VIDEO)).any())
-        if plain and t <= c.sliding_window and not vision:
+        plain = not padded
+        if plain and t <= c.sliding_window and not vision_span:
             sliding = None  # every earlier key is inside the window: plain causal attention
         else:
             sliding = sliding_mask(attention_mask, c.sliding_window, types)
             if t > c.sliding_window + BAND_BLOCK:
-                sliding = banded_mask(sliding, BAND_BLOCK, dtype)
+                reach = (c.sliding_window - 1, max(vision_span - 1, 0))  # window back; a vision block ahead
+                sliding = banded_mask(sliding, BAND_BLOCK, dtype, reach)
         return {"full": None if plain else full_mask(attention_mask), "sliding": sliding}

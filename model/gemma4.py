@@ -7,8 +7,9 @@ the placeholder positions in one pass: the positions of each modality (``mm_toke
 tokens in order, media in batch order, each one's tokens in their own order. The per-layer embeddings look up the
 pad id at placeholder positions and take their context part from the merged embeddings (spec §2.3).
 
-Placeholder counts are checked against the media when the batch is built (on the host); the forward pass reads
-nothing back from the device.
+Placeholder counts are checked against the media when the batch is built (on the host), which also records
+whether any row has padding; with that and the grids, neither the media path nor the attention masks read
+anything back from the device. (The MoE layers of the 26B-A4B still read their expert counts.)
 
 Shapes: B batch, T tokens, D text width, N soft tokens of all media together.
 """
@@ -89,6 +90,8 @@ class Gemma4(nn.Module):
             mm_token_type_ids=types,
             inputs_embeds=x,
             logits_to_keep=logits_to_keep,
+            padded=batch.padded,
+            vision_span=batch.vision_span,
         )
 
     def _merge(self, x: torch.Tensor, types: torch.Tensor, placeholders: torch.Tensor, batch: Batch) -> torch.Tensor:

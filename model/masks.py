@@ -77,19 +77,20 @@ class BandedMask:
     blocks: list[tuple[int, int, int, int, torch.Tensor]]
 
 
-def banded_mask(mask: torch.Tensor, block: int, dtype: torch.dtype) -> BandedMask:
-    """mask (B, 1, T, S) bool → :class:`BandedMask` with blocks of ``block`` rows; masks in ``dtype``."""
-    b, _, t, s = mask.shape
-    n_blocks = -(-t // block)
-    seen = mask.any(dim=0)[0]  # (T, S): keys some batch row may see
-    seen = torch.nn.functional.pad(seen, (0, 0, 0, n_blocks * block - t))  # (n·block, S)
-    per_block = seen.view(n_blocks, block, s).any(dim=1)  # (n, S)
-    first = per_block.int().argmax(dim=1).tolist()
-    stop = (s - per_block.flip(1).int().argmax(dim=1)).tolist()
+def banded_mask(mask: torch.Tensor, block: int, dtype: torch.dtype, reach: tuple[int, int]) -> BandedMask:
+    """mask (B, 1, T, S) bool → :class:`BandedMask` with blocks of ``block`` rows; masks in ``dtype``.
+
+    ``reach`` = (back, ahead): a query at q may see keys q − back … q + ahead at most (the window, and the longest
+    vision block on the bidirectional presets). The key columns of each block follow from it on the host, without
+    reading the mask back; columns the mask hides inside that range cost a little work and change nothing.
+    """
+    _, _, t, s = mask.shape
+    back, ahead = reach
     blocks = []
-    for i in range(n_blocks):
-        rows = slice(i * block, min(t, (i + 1) * block))
-        allowed = mask[:, :, rows, first[i] : stop[i]]  # (B, 1, rows, keys)
+    for start in range(0, t, block):
+        stop = min(t, start + block)
+        first, last = max(0, start - back), min(s, stop + ahead)
+        allowed = mask[:, :, start:stop, first:last]  # (B, 1, rows, keys)
         additive = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(~allowed, float("-inf"))
-        blocks.append((rows.start, rows.stop, first[i], stop[i], additive))
+        blocks.append((start, stop, first, last, additive))
     return BandedMask(blocks)

@@ -170,3 +170,8 @@ def test_text_batches_and_moving():
     assert torch.equal(Batch.from_hf(input_ids=ids, attention_mask=mask).attention_mask, batch.attention_mask)
     moved = batch.to("cpu", torch.bfloat16)
     assert moved.input_ids.dtype == torch.int64 and moved.images.values.dtype == torch.bfloat16
+    # Host facts for the model: padding read once at construction and carried along; no vision here.
+    assert batch.padded is True and moved.padded is True and batch.vision_span == 0
+    assert Batch.from_ids(ids).padded is False
+    with pytest.raises(BatchError, match="padded=False was given, but the attention mask says True"):
+        Batch(input_ids=ids, attention_mask=mask.bool(), mm_token_type_ids=torch.zeros_like(ids), padded=False)

@@ -199,12 +199,13 @@ def test_banded_sliding_attention_equals_the_full_mask(block, length):
     types[0, 5:20] = 1  # an image block wider than the window, crossing block boundaries
     positions = (mask2d.long().cumsum(1) - 1).clamp(min=0)
     cos, sin = rope_cos_sin(positions, inverse_frequencies(config.head_dim, 1e4), torch.float32)
-    for types_or_none in (None, types):
+    for types_or_none, span in ((None, 0), (types, 15)):
         mask = sliding_mask(mask2d, config.sliding_window, types_or_none)
-        banded = banded_mask(mask, block, torch.float32)
+        banded = banded_mask(mask, block, torch.float32, reach=(config.sliding_window - 1, max(span - 1, 0)))
         assert banded.blocks[-1][3] - banded.blocks[-1][2] < length  # the last rows do not read every key
-        with torch.no_grad():
-            torch.testing.assert_close(layer(x, cos, sin, banded)[0], layer(x, cos, sin, mask)[0], rtol=0, atol=1e-5)
+        with torch.no_grad():  # real rows (padding rows attend to whatever their block reads: never used)
+            got, expected = layer(x, cos, sin, banded)[0], layer(x, cos, sin, mask)[0]
+        torch.testing.assert_close(got[mask2d], expected[mask2d], rtol=0, atol=1e-5)
 
 
 def test_bidirectional_vision_blocks_equal_reference(tmp_path, reference_checkpoint, hf_modeling):
@@ -220,7 +221,9 @@ def test_bidirectional_vision_blocks_equal_reference(tmp_path, reference_checkpo
     with torch.no_grad():
         expected = reference_vision_logits(hf_modeling, reference, ids, mask, types)
         got = ours(ids, mask, mm_token_type_ids=types)
+        hinted = ours(ids, mask, mm_token_type_ids=types, padded=True, vision_span=13)  # host facts, no device read
         causal_only = ours(ids, mask)
+    torch.testing.assert_close(hinted, got, rtol=0, atol=0)
     valid = mask.bool()
     torch.testing.assert_close(got[valid], expected[valid], rtol=0, atol=1e-4)
     assert (expected - causal_only)[valid].abs().max() > 1e-2  # the overlay matters in this test
