@@ -181,20 +181,19 @@ class Batch:
                 f"got values {int(types.min())}…{int(types.max())}"
             )
         counts = torch.bincount(types.reshape(-1).long(), minlength=len(Modality)).tolist()
-        for kind, label, media in self._media():
+        labels = {Modality.IMAGE: "image", Modality.VIDEO: "video frame", Modality.AUDIO: "audio"}
+        for kind, media in self.media:
+            label = labels[kind]
             if counts[kind] != sum(media.num_soft_tokens):
                 raise MediaCountError(
                     f"the prompt has {counts[kind]} {label} placeholder tokens, but the batch's {label} items give "
                     f"{sum(media.num_soft_tokens)} {label} soft tokens"
                 )
 
-    def _media(self) -> tuple[tuple[Modality, str, PackedPatches | PackedAudio], ...]:
-        """(modality, label, packed media) in the order the model concatenates their soft tokens."""
-        return (
-            (Modality.IMAGE, "image", self.images),
-            (Modality.VIDEO, "video frame", self.videos),
-            (Modality.AUDIO, "audio", self.audio),
-        )
+    @property
+    def media(self) -> tuple[tuple[Modality, PackedPatches | PackedAudio], ...]:
+        """(modality, packed media) pairs, in the order the model concatenates their soft tokens."""
+        return (Modality.IMAGE, self.images), (Modality.VIDEO, self.videos), (Modality.AUDIO, self.audio)
 
     # --- moving -------------------------------------------------------------------------------------------
 

@@ -97,14 +97,11 @@ class Gemma4(nn.Module):
     def _merge(self, x: torch.Tensor, types: torch.Tensor, placeholders: torch.Tensor, batch: Batch) -> torch.Tensor:
         """x (B, T, D) with every placeholder position replaced by its soft token, in one pass and without reading
         the device: the rank of each position among its modality's positions (a running count) plus the
-        modality's offset indexes the soft tokens, images first, then video frames, then audio."""
+        modality's offset indexes the soft tokens, concatenated in the batch's media order."""
         soft, counts = [], []
-        for kind, media, encode in (
-            (Modality.IMAGE, batch.images, self.image_features),
-            (Modality.VIDEO, batch.videos, self.image_features),
-            (Modality.AUDIO, batch.audio, self.audio_features),
-        ):
+        for kind, media in batch.media:
             if len(media):
+                encode = self.audio_features if kind == Modality.AUDIO else self.image_features
                 soft.append(encode(media))  # (N_kind, D)
                 counts.append((kind, sum(media.num_soft_tokens)))
         if not soft:
