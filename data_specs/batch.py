@@ -26,6 +26,7 @@ F valid feature frames of all segments, 768 patch values, 128 mel bins.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,9 +99,6 @@ class PackedPatches:
         """Soft tokens each item becomes (rows·cols / 9)."""
         k = POOLING_KERNEL
         return tuple((r // k) * (c // k) for r, c in self.grids)
-
-    def _replace(self, values: torch.Tensor) -> PackedPatches:
-        return dataclasses.replace(self, values=values)
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,29 +210,28 @@ class Batch:
                 t = move(t)
             return t if dtype is None else t.to(dtype)
 
-        return dataclasses.replace(
-            self,
-            input_ids=move(self.input_ids),
-            attention_mask=move(self.attention_mask),
-            mm_token_type_ids=move(self.mm_token_type_ids),
-            images=self.images._replace(media(self.images.values)),
-            videos=self.videos._replace(media(self.videos.values)),
-            audio=dataclasses.replace(self.audio, features=media(self.audio.features)),
-        )
+        return self._map(move, media)
 
     def pin_memory(self) -> Batch:
         """The same batch in page-locked host memory, so that ``to(device, non_blocking=True)`` overlaps the copy
         with compute. Without an accelerator there is nothing to pin for: returns ``self``."""
         if not torch.cuda.is_available():
             return self
+        return self._map(torch.Tensor.pin_memory, torch.Tensor.pin_memory)
+
+    def _map(
+        self, tokens: Callable[[torch.Tensor], torch.Tensor], media: Callable[[torch.Tensor], torch.Tensor]
+    ) -> Batch:
+        """The batch with ``tokens`` applied to the token tensors and ``media`` to the media values; the host
+        metadata (grids, counts, layout, padding) stays as it is."""
         return dataclasses.replace(
             self,
-            input_ids=self.input_ids.pin_memory(),
-            attention_mask=self.attention_mask.pin_memory(),
-            mm_token_type_ids=self.mm_token_type_ids.pin_memory(),
-            images=self.images._replace(self.images.values.pin_memory()),
-            videos=self.videos._replace(self.videos.values.pin_memory()),
-            audio=dataclasses.replace(self.audio, features=self.audio.features.pin_memory()),
+            input_ids=tokens(self.input_ids),
+            attention_mask=tokens(self.attention_mask),
+            mm_token_type_ids=tokens(self.mm_token_type_ids),
+            images=dataclasses.replace(self.images, values=media(self.images.values)),
+            videos=dataclasses.replace(self.videos, values=media(self.videos.values)),
+            audio=dataclasses.replace(self.audio, features=media(self.audio.features)),
         )
 
     # --- describing ---------------------------------------------------------------------------------------

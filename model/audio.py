@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from .clipped import ClippedLinear
 from .config import AudioConfig, ConfigError
-from .host import offsets, to_device
+from .host import offsets, ranks, to_device
 from .norm import RMSNorm
 
 __all__ = ["AudioEncoder", "AudioInputError"]
@@ -75,11 +75,6 @@ def _relative_sinusoids(inv_timescales: torch.Tensor, distances: int) -> torch.T
 # --- packing: clips one after another, in whole chunks -------------------------------------------------
 
 
-def _within(lengths: np.ndarray) -> np.ndarray:
-    """(Σ lengths,) index of each element inside its item, items of ``lengths`` back to back."""
-    return np.arange(lengths.sum()) - np.repeat(offsets(lengths)[:-1], lengths)
-
-
 @dataclass(frozen=True)
 class _Packing:
     """Where each clip sits at every stage of one forward pass, planned on the host from the frame counts.
@@ -106,13 +101,13 @@ class _Packing:
         half = (v + 1) // 2  # ⌈V/2⌉ first-conv frames
         tokens = (half + 1) // 2  # T_b = ⌈⌈V/2⌉/2⌉
         busy = np.zeros(slot.sum() // 2 + 4, dtype=bool)  # first-conv rows, 2 idle ones before and after
-        busy[2 + np.repeat(start // 2, half) + _within(half)] = True
+        busy[2 + np.repeat(start // 2, half) + ranks(half)] = True
         blocks = -(-tokens // chunk)  # (B,)
         first_row = chunk * offsets(blocks)[:-1]  # (B,) packed row of each clip's first frame
         rows = chunk * int(blocks.sum())
-        valid = np.repeat(first_row, tokens) + _within(tokens)  # (Σ T_b,)
+        valid = np.repeat(first_row, tokens) + ranks(tokens)  # (Σ T_b,)
         gather = np.full(rows, slot.sum() // 4, dtype=np.int64)  # (R,) idle rows → the appended zero row
-        gather[valid] = np.repeat(start // 4, tokens) + _within(tokens)
+        gather[valid] = np.repeat(start // 4, tokens) + ranks(tokens)
         opens = np.zeros(rows // chunk, dtype=bool)
         opens[first_row // chunk] = True
         own = np.zeros(rows, dtype=bool)
@@ -124,7 +119,7 @@ class _Packing:
         window = (slot_index > query) & (slot_index <= query + chunk)  # (C, W)
         hidden = ~(window[None] & keys[:, None, :])  # (G, C, W)
         return cls(
-            scatter=to_device(np.repeat(start, v) + _within(v), device),
+            scatter=to_device(np.repeat(start, v) + ranks(v), device),
             slots=int(slot.sum()),
             idle_half=to_device(~busy, device),
             gather=to_device(gather, device),
@@ -201,7 +196,8 @@ class Subsampling(nn.Module):
         rows, m = packing.slots, features.shape[1]
         x = features.new_zeros((rows + 8, m), dtype=dtype)  # (Σ L + 8, M): the slots, 4 zero rows either side
         x.index_copy_(0, packing.scatter + 4, features.to(dtype))
-        out = x.new_zeros((rows // 4 + 1, self.input_proj_linear.in_features))  # (Σ L/4 + 1, M/4·C1), a zero row last
+        out = x.new_empty((rows // 4 + 1, self.input_proj_linear.in_features))  # (Σ L/4 + 1, M/4·C1)
+        out[-1] = 0.0  # the zero row idle packed rows read; the blocks below write every other row
         # Blocks of slot rows, each read with 4 rows of context either side (the two convs' reach): one block on an
         # accelerator; on the CPU, blocks small enough that no intermediate passes the allocator's mmap size.
         step = rows if x.device.type != "cpu" else _CPU_CONV_BLOCK

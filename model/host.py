@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["offsets", "to_device"]
+__all__ = ["offsets", "ranks", "to_device"]
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -29,3 +29,9 @@ def offsets(lengths) -> np.ndarray:
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out[1:])
     return out
+
+
+def ranks(lengths) -> np.ndarray:
+    """(Σ lengths,) int64 index of each element inside its item, items of ``lengths`` back to back."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.arange(lengths.sum()) - np.repeat(offsets(lengths)[:-1], lengths)

@@ -30,7 +30,7 @@ from torch.nn.functional import gelu, scaled_dot_product_attention
 
 from .clipped import ClippedLinear
 from .config import VisionConfig
-from .host import offsets, to_device
+from .host import offsets, ranks, to_device
 from .norm import RMSNorm, rms_norm
 
 try:  # variable-length flash attention (CUDA only)
@@ -216,13 +216,11 @@ def plan_grids(grids: Sequence[tuple[int, int]], kernel: int) -> tuple[np.ndarra
     cols = np.array([c for _, c in grids], dtype=np.int64)  # (I,)
     counts = rows * cols  # (I,)
     starts = offsets(counts)[:-1]  # (I,)
-    within = np.arange(counts.sum()) - np.repeat(starts, counts)  # (P,) index inside its item
-    y, x = np.divmod(within, np.repeat(cols, counts))  # (P,) each
+    y, x = np.divmod(ranks(counts), np.repeat(cols, counts))  # (P,) each: row and column inside its item
     positions = np.stack([x, y], axis=1)  # (P, 2)
     tokens = (rows // kernel) * (cols // kernel)  # (I,)
     token_cols = np.repeat(cols // kernel, tokens)  # (N,)
-    t = np.arange(tokens.sum()) - np.repeat(offsets(tokens)[:-1], tokens)  # (N,) index inside its item
-    a, b = np.divmod(t, token_cols)  # (N,) pooled row and column
+    a, b = np.divmod(ranks(tokens), token_cols)  # (N,) pooled row and column inside its item
     top_left = np.repeat(starts, tokens) + a * kernel * np.repeat(cols, tokens) + b * kernel  # (N,)
     di, dj = np.divmod(np.arange(kernel * kernel), kernel)  # (k²,) row and column offsets in the window
     groups = top_left[:, None] + di[None, :] * np.repeat(cols, tokens)[:, None] + dj[None, :]  # (N, k²)

@@ -78,15 +78,14 @@ def collate(examples: Sequence[Example], *, pad_id: int, padding_side: str = "le
         images=_pack_patches([image for e in examples for image in e.images]),
         videos=_pack_patches([frame for e in examples for video in e.videos for frame in video.frames]),
         audio=_pack_audio(segments),
-        layout=tuple(_layout(e, padding_side) for e in examples),
+        layout=tuple(_layout(e) for e in examples),
     )
 
 
-def _layout(example: Example, padding_side: str) -> dict:
-    """What the batch's tensors do not say about an example: enough for ``uncollate`` to rebuild it."""
+def _layout(example: Example) -> dict:
+    """What the batch's tensors do not say about an example: enough for ``uncollate`` to rebuild it (its tokens
+    are where the attention mask says)."""
     return {
-        "length": len(example.input_ids),
-        "padding_side": padding_side,
         "images": [(i.size, i.original_size, i.budget) for i in example.images],
         "audio": [(a.features.shape[0], a.num_tokens, a.start_s, a.end_s, a.part) for a in example.audio],
         "videos": [(v.timestamps, v.budget, [(f.size, f.original_size) for f in v.frames]) for v in example.videos],
@@ -104,11 +103,9 @@ def uncollate(batch: Batch) -> list[Example]:
     images = iter(torch.split(batch.images.values, batch.images.num_patches))
     frames = iter(torch.split(batch.videos.values, batch.videos.num_patches))
     segments = iter(torch.split(batch.audio.features, batch.audio.frames))
-    width = batch.input_ids.shape[1]
     examples = []
     for row, layout in enumerate(batch.layout):
-        length = layout["length"]
-        span = slice(width - length, width) if layout["padding_side"] == "left" else slice(0, length)
+        span = batch.attention_mask[row]  # (T,): the example's own tokens, whichever side the padding is
         example_images = [
             ImagePatches(patches=next(images).numpy().copy(), size=size, original_size=original, budget=budget)
             for size, original, budget in layout["images"]
