@@ -1,9 +1,12 @@
 """The input manifest of ``gemma4 preprocess``: one row per example, ``id`` + ``messages`` (version 1).
 
-Formats: JSON Lines (``.jsonl``, one object per line), Parquet (``.parquet``), CSV (``.csv``, ``messages`` as a
-JSON string), or a directory written by ``datasets.Dataset.save_to_disk``. Every row holds:
+Formats: JSON Lines (``.jsonl``, or ``.json`` with one object per line), a JSON array of objects (``.json``
+whose first character is ``[``), Parquet (``.parquet``, read one batch at a time), CSV (``.csv``, ``messages`` as a
+JSON string; ids are read as text, so ``007`` stays ``"007"``), or a directory written by
+``datasets.Dataset.save_to_disk``. Every row holds:
 
-* ``id``: a non-empty string (numbers are accepted and turned into strings), unique within the manifest;
+* ``id``: a non-empty string of valid UTF-8 (JSON numbers are accepted and turned into strings), unique within
+  the manifest;
 * ``messages``: the chat form of ``preprocess.chat`` (a list, or a JSON string of one). Media values are a
   path relative to the folder holding the manifest (file or ``save_to_disk`` directory) or absolute, raw
   ``bytes``, a ``datasets`` Image value (``{"bytes": …, "path": …}``) or Audio value
@@ -17,7 +20,13 @@ Example line::
         {"type": "text", "text": "What is happening?"}]}]}
 
 ``validate_row`` raises :class:`ManifestError` naming the row; it never touches the media (decoding errors
-belong to the preprocessing stages).
+belong to the preprocessing stages). It also refuses rows nested deeper than ``MAX_DEPTH`` levels and strings that
+are not valid Unicode (lone surrogates): both would otherwise fail later, far from the row (pickling a deep row to
+a worker overflows the stack; Parquet refuses invalid strings).
+
+``resolve_media(messages, base_dir, media_root=None)`` confines file paths to ``media_root`` when one is given
+(``gemma4 preprocess --media-root``, for manifests from elsewhere): a path that resolves outside it, symlinks
+followed, raises :class:`MediaOutsideRootError`.
 
 ``MANIFEST_VERSION`` is the version of this format as the job reads it: ``gemma4 preprocess`` writes it into
 ``job.json`` and refuses to resume a job recorded under another version (the same input file could then mean
@@ -32,14 +41,55 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST_VERSION", "ManifestError", "Manifest", "open_manifest", "validate_row", "resolve_media"]
+__all__ = [
+    "MANIFEST_VERSION",
+    "MAX_DEPTH",
+    "ManifestError",
+    "MediaOutsideRootError",
+    "Manifest",
+    "open_manifest",
+    "validate_row",
+    "resolve_media",
+]
 
 MANIFEST_VERSION = 1
 MEDIA_KINDS = ("image", "audio", "video")
+MAX_DEPTH = 64  # nesting levels of a row: ample for messages and tool schemas, far below the stack's limit
+_PARQUET_BATCH = 256  # rows decoded at a time from a Parquet manifest
 
 
 class ManifestError(ValueError):
     """A manifest row (or file) that does not follow the format."""
+
+
+class MediaOutsideRootError(PermissionError):
+    """A media path that resolves outside the allowed media root."""
+
+
+def _check_values(row: Any, where: str) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH`` and strings that cannot be encoded as UTF-8; iterative, so a
+    100 000-deep row cannot overflow the stack here."""
+    stack = [(row, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ManifestError(
+                    f"{where}: a string holds {value[exc.start : exc.end]!r} at position {exc.start}, which is not "
+                    "valid Unicode (a lone surrogate)"
+                ) from None
+            continue
+        if not isinstance(value, Mapping | list | tuple):
+            continue
+        if depth > MAX_DEPTH:
+            raise ManifestError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                stack.append((key, depth))
+            stack.append((item, depth + 1))
 
 
 def validate_row(row: Any, index: int) -> tuple[str, list]:
@@ -49,22 +99,31 @@ def validate_row(row: Any, index: int) -> tuple[str, list]:
         raise ManifestError(f"{where}: expected an object with 'id' and 'messages', got {type(row).__name__}")
     row_id = row.get("id")
     if isinstance(row_id, bool) or not isinstance(row_id, str | int) or row_id == "":
-        raise ManifestError(f"{where}: 'id' must be a non-empty string, got {row_id!r}")
+        raise ManifestError(f"{where}: 'id' must be a non-empty string, got {_short(row_id)}")
     row_id = str(row_id)
+    _check_values(row, where if len(row_id) > 200 else f"{where} (id {row_id!r})")
     messages = row.get("messages")
     if isinstance(messages, str):
         try:
             messages = json.loads(messages)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an integer of > 4300 digits
             raise ManifestError(f"{where} (id {row_id!r}): 'messages' is a string but not JSON: {exc}") from None
+        _check_values(messages, f"{where} (id {row_id!r})")
     if not isinstance(messages, list) or not messages:
         raise ManifestError(f"{where} (id {row_id!r}): 'messages' must be a non-empty list of chat messages")
     return row_id, messages
 
 
-def resolve_media(messages: list, base_dir: Path) -> list:
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def resolve_media(messages: list, base_dir: Path, media_root: str | os.PathLike | None = None) -> list:
     """A copy of ``messages`` whose media values are ready for ``build_example``: relative paths made
-    absolute against ``base_dir``, ``datasets`` Image/Audio values unpacked."""
+    absolute against ``base_dir``, ``datasets`` Image/Audio values unpacked. With ``media_root``, every path
+    must resolve (symlinks followed) inside it, else :class:`MediaOutsideRootError`."""
+    root = os.path.realpath(media_root) if media_root is not None else None
     out = []
     for message in messages:
         if not isinstance(message, Mapping) or not isinstance(message.get("content"), list):
@@ -74,24 +133,31 @@ def resolve_media(messages: list, base_dir: Path) -> list:
         for part in message["content"]:
             if isinstance(part, Mapping) and part.get("type") in MEDIA_KINDS and part.get(part["type"]) is not None:
                 kind = part["type"]
-                part = dict(part, **{kind: _resolve_value(part[kind], base_dir)})
+                part = dict(part, **{kind: _resolve_value(part[kind], base_dir, root, kind)})
             parts.append(part)
         out.append(dict(message, content=parts))
     return out
 
 
-def _resolve_value(value: Any, base_dir: Path) -> Any:
+def _resolve_value(value: Any, base_dir: Path, root: str | None, kind: str) -> Any:
     if isinstance(value, str):
-        return str(base_dir / value) if not os.path.isabs(value) else value
+        path = str(base_dir / value) if not os.path.isabs(value) else value
+        if root is not None:
+            real = os.path.realpath(path)
+            if os.path.commonpath([real, root]) != root:
+                raise MediaOutsideRootError(
+                    f"{kind} path {value!r} resolves to {real!r}, outside the media root {root!r}"
+                )
+        return path
     if isinstance(value, Mapping):
         if value.get("array") is not None and value.get("sampling_rate") is not None:
             import numpy as np
 
-            return (np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"]))
+            return (np.asarray(value["array"], dtype=np.float32), value["sampling_rate"])
         if value.get("bytes") is not None:
             return bytes(value["bytes"])
         if value.get("path"):
-            return _resolve_value(value["path"], base_dir)
+            return _resolve_value(value["path"], base_dir, root, kind)
     return value
 
 
@@ -103,6 +169,8 @@ class Manifest:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"manifest {os.fspath(path)!r} does not exist")
+        if not self.path.is_dir() and not self.path.is_file():
+            raise ManifestError(f"manifest {os.fspath(path)!r} is not a regular file or a directory")
         self.base_dir = self.path.parent  # relative media paths: siblings of the manifest (file or directory)
         suffix = self.path.suffix.lower()
         if self.path.is_dir():
@@ -111,20 +179,29 @@ class Manifest:
 
             self._dataset = datasets.load_from_disk(str(self.path))
             self._length = len(self._dataset)
+        elif suffix == ".json" and _starts_with(self.path, b"["):
+            self.kind = "json"
+            self._array = _read_array(self.path)
+            self._length = len(self._array)
         elif suffix in (".jsonl", ".json"):
             self.kind = "jsonl"
             self._offsets = _line_offsets(self.path)
             self._length = len(self._offsets)
-        elif suffix in (".parquet", ".csv"):
-            self.kind = suffix[1:]
-            import pyarrow.csv
+        elif suffix == ".parquet":
+            self.kind = "parquet"
             import pyarrow.parquet as pq
 
-            self._table = pq.read_table(self.path) if suffix == ".parquet" else pyarrow.csv.read_csv(self.path)
+            self._parquet = pq.ParquetFile(self.path)
+            self._length = self._parquet.metadata.num_rows
+            self._cursor: tuple[int, Iterator] | None = None  # (next row, iterator of the rest)
+        elif suffix == ".csv":
+            self.kind = "csv"
+            self._table = _read_csv(self.path)
             self._length = self._table.num_rows
         else:
             raise ManifestError(
-                f"manifest {os.fspath(path)!r}: unknown format (use .jsonl, .parquet, .csv or a datasets directory)"
+                f"manifest {os.fspath(path)!r}: unknown format (use .jsonl, .json, .parquet, .csv or a datasets "
+                "directory)"
             )
         stat = self.path.stat()
         self.fingerprint = f"{self.kind}:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self._length}"
@@ -138,15 +215,67 @@ class Manifest:
             with open(self.path, "rb") as fp:
                 for index in range(start, stop):
                     fp.seek(self._offsets[index])
-                    line = fp.readline()
-                    try:
-                        yield json.loads(line)
-                    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                        yield ManifestError(f"row {index}: line {index + 1} is not valid JSON: {exc}")
+                    yield _parse_line(fp.readline(), index)
+        elif self.kind == "json":
+            yield from self._array[start:stop]
         elif self.kind == "datasets":
             yield from (self._dataset[i] for i in range(start, stop))
+        elif self.kind == "parquet":
+            yield from self._parquet_rows(start, stop)
         else:
             yield from self._table.slice(start, stop - start).to_pylist()
+
+    def _parquet_rows(self, start: int, stop: int) -> Iterator[Any]:
+        """Streamed: rows are decoded ``_PARQUET_BATCH`` at a time, continuing from the last call (the job reads
+        shards in order); a jump backwards starts a new pass."""
+        if self._cursor is None or self._cursor[0] > start:
+            batches = self._parquet.iter_batches(batch_size=_PARQUET_BATCH)
+            self._cursor = (0, (row for batch in batches for row in batch.to_pylist()))
+        position, rest = self._cursor
+        for _ in range(start - position):
+            next(rest)
+        for _ in range(start, stop):
+            yield next(rest)
+            start += 1
+            self._cursor = (start, rest)
+
+
+def _parse_line(line: bytes, index: int) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError, and integers of more than 4300 digits
+        reason = "nested too deeply to parse" if isinstance(exc, RecursionError) else str(exc)
+        return ManifestError(f"row {index}: line {index + 1} is not valid JSON: {reason}")
+
+
+def _starts_with(path: Path, char: bytes) -> bool:
+    with open(path, "rb") as fp:
+        head = fp.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head[:1] == char
+
+
+def _read_array(path: Path) -> list:
+    """A ``.json`` file holding one JSON array of rows. Its elements are rows (validated later, one by one)."""
+    try:
+        rows = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply to parse" if isinstance(exc, RecursionError) else str(exc)
+        raise ManifestError(
+            f"manifest {os.fspath(path)!r} starts with '[' but is not a valid JSON array: {reason}"
+        ) from None
+    if not isinstance(rows, list):
+        raise ManifestError(f"manifest {os.fspath(path)!r} starts with '[' but is not a JSON array")
+    return rows
+
+
+def _read_csv(path: Path):
+    """A CSV manifest with every column read as text: ids ``007`` and ``7`` must stay two ids."""
+    import pyarrow as pa
+    import pyarrow.csv
+
+    header = pyarrow.csv.open_csv(path).schema.names
+    options = pyarrow.csv.ConvertOptions(column_types={name: pa.string() for name in header})
+    return pyarrow.csv.read_csv(path, convert_options=options)
 
 
 def _line_offsets(path: Path) -> list[int]:

@@ -2,10 +2,16 @@
 
 Layout of OUTPUT_DIR::
 
-    job.json                     the source of truth: settings, input fingerprint, completed shards
+    job.json                     the source of truth: settings, input fingerprint, completed shards and counts
+    .lock                        held (flock) by the job writing here; a second job is refused
     shards/examples-00000.parquet   data_specs.example schema, input rows 0 … S−1 that succeeded, in input order
     shards/errors-00000.parquet     data_specs.errors_table schema, the rows of the same range that failed
     …
+
+No file is written empty: a shard whose rows all failed has no ``examples-K.parquet``, one without errors no
+``errors-K.parquet`` (``job.json`` still records the shard with its counts), so ``datasets``, ``pyarrow.dataset``,
+polars or duckdb can read ``shards/examples-*.parquet`` directly. Rows are written in row groups of at most
+``ROW_GROUP_BYTES``, so a worker holds about that much output at a time whatever the shard size.
 
 Shard k always holds input rows ``k·S … (k+1)·S − 1`` (S = ``rows_per_shard``), so the contents do not depend on
 the number of workers. A shard is written under a temporary name and renamed when complete; only then is it
@@ -13,7 +19,14 @@ added to ``job.json`` (itself replaced atomically). Killed at any point, the sam
 completed shards are kept, anything else is redone. Every input row ends up in exactly one of the two tables.
 
 Memory is bounded: the parent reads one shard of rows at a time and keeps at most ``2 × workers`` shards in
-flight; each worker holds one shard.
+flight; each worker holds one shard's input rows, one row's media (``MediaLimits`` bound them before decoding) and
+one row group of output.
+
+Faults. A row that takes longer than ``row_timeout_s`` becomes an error row (stage ``timeout``). A worker that
+dies (killed for memory, a crash in a decoder) costs no finished work: finished shards are recorded as they finish,
+the shards it was running are retried alone in a fresh worker, and if one dies again its rows are run one per task
+so that only the rows that kill a worker go to the errors table (stage ``worker``). Workers are started only when
+there is more than one shard to do, and exit by themselves when the job's process dies.
 
 Both engines (this module's local one and ``pipelines.ray_engine``) drive the same :class:`Job`:
 ``Job.open`` → ``start`` → for each of ``pending_shards()``, :func:`process_shard` (in a worker) and
@@ -27,11 +40,15 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +58,15 @@ import pyarrow.parquet as pq
 
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, example_schema, example_to_row
-from data_specs.manifest import MANIFEST_VERSION, Manifest, ManifestError, open_manifest, resolve_media, validate_row
+from data_specs.manifest import (
+    MANIFEST_VERSION,
+    Manifest,
+    ManifestError,
+    MediaOutsideRootError,
+    open_manifest,
+    resolve_media,
+    validate_row,
+)
 from preprocess.chat import ChatFormatError
 from preprocess.errors import InvalidAudioError, InvalidImageError, InvalidVideoError
 
@@ -49,6 +74,8 @@ __all__ = [
     "Job",
     "JobMismatchError",
     "JobSummary",
+    "OutputBusyError",
+    "RowTimeoutError",
     "PreprocessSettings",
     "ShardTarget",
     "init_worker",
@@ -59,11 +86,21 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
+LOCK_FILE = ".lock"
 SETTINGS_KEY = "gemma4.settings"
+ROW_GROUP_BYTES = 64 << 20  # output a worker holds before writing a row group
 
 
 class JobMismatchError(ValueError):
     """OUTPUT_DIR holds a job made from another input or with other settings."""
+
+
+class OutputBusyError(OSError):
+    """Another live job is writing to OUTPUT_DIR."""
+
+
+class RowTimeoutError(Exception):
+    """A row took longer than ``row_timeout_s``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,16 +112,32 @@ class PreprocessSettings:
     video_budget: int = 70
     exact: bool = True
     rows_per_shard: int = 128
+    media_root: str | None = None  # when set, media paths must resolve inside it (manifests from elsewhere)
+    row_timeout_s: float | None = 300.0  # a row taking longer becomes an error row (stage "timeout")
 
     def __post_init__(self) -> None:
         from preprocess.budget import check_budget
 
         check_budget(self.image_budget)
         check_budget(self.video_budget)
-        if self.rows_per_shard < 1:
-            raise ValueError(f"rows_per_shard must be at least 1, got {self.rows_per_shard}")
+        for name in ("rows_per_shard", "video_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, got {self.max_tokens}")
+        if self.row_timeout_s is not None and not self.row_timeout_s > 0:
+            raise ValueError(f"row_timeout_s must be positive (or None for no limit), got {self.row_timeout_s}")
+        if self.media_root is not None and not os.path.isdir(self.media_root):
+            raise ValueError(f"media_root {self.media_root!r} is not a directory")
+
+    def comparable(self, tokenizer_fingerprint: str, template_hash: str) -> dict:
+        """What must match for a job to resume: the settings with paths replaced by what they designate (the
+        tokenizer by its fingerprint, the media root by its resolved path), so spellings do not matter."""
+        settings = asdict(self)
+        del settings["tokenizer"]
+        if self.media_root is not None:
+            settings["media_root"] = os.path.realpath(self.media_root)
+        return dict(settings, tokenizer_fingerprint=tokenizer_fingerprint, chat_template=template_hash)
 
 
 @dataclass
@@ -118,7 +171,9 @@ _STAGES = (  # the first matching class names the stage
     (InvalidAudioError, "audio"),
     (InvalidVideoError, "video"),
     (ManifestError, "manifest"),
-    (FileNotFoundError | IsADirectoryError | PermissionError, "media"),
+    (MediaOutsideRootError, "media"),
+    (RowTimeoutError, "timeout"),
+    (OSError, "media"),  # missing, unreadable, symlink loops …: per-row, while reading the row's media
     (ValueError | TypeError, "prompt"),
 )
 
@@ -139,37 +194,72 @@ def _tokenizer(settings: PreprocessSettings):
     return _WORKER["tokenizer"]
 
 
-def process_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str) -> tuple[list[dict], list[dict]]:
-    """``items`` = [(row index, id or None, messages or exception)] → (example rows, error rows), input order."""
+@contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`RowTimeoutError` in the block after ``seconds`` (SIGALRM: POSIX, main thread only; elsewhere
+    no limit). The signal interrupts blocking system calls too (an ``open`` of a FIFO, a stalled read)."""
+    if seconds is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise RowTimeoutError(f"the row took longer than row_timeout_s={seconds:g} s and was stopped")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _text(value: object, limit: int = 2000) -> str:
+    """``value`` as a string Parquet accepts (lone surrogates escaped, e.g. from undecodable file names), cut
+    to ``limit`` characters with a note saying so."""
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else f"{text[:limit]}… (message cut: {len(text)} characters)"
+
+
+def _error_row(index: int, row_id: str | None, stage: str, error_type: str, message: str) -> dict:
+    return {
+        "id": _text(row_id, 200) if row_id is not None else f"row {index}",
+        "row": index,
+        "stage": stage,
+        "error_type": error_type,
+        "message": _text(message),
+    }
+
+
+def _row_results(items: Iterable[tuple], settings: PreprocessSettings, base_dir: str) -> Iterator[tuple[str, dict]]:
+    """``("example", row)`` or ``("error", row)`` for each item, in input order."""
     from preprocess.prompt import build_example
 
     tokenizer = _tokenizer(settings)
-    examples, errors = [], []
     for index, row_id, payload in items:
         try:
             if isinstance(payload, BaseException):
                 raise payload
-            example = build_example(
-                resolve_media(payload, Path(base_dir)),
-                tokenizer,
-                image_budget=settings.image_budget,
-                max_tokens=settings.max_tokens,
-                video_frames=settings.video_frames,
-                video_budget=settings.video_budget,
-                exact=settings.exact,
-            )
-            examples.append(example_to_row(row_id, example))
+            with _time_limit(settings.row_timeout_s):
+                example = build_example(
+                    resolve_media(payload, Path(base_dir), settings.media_root),
+                    tokenizer,
+                    image_budget=settings.image_budget,
+                    max_tokens=settings.max_tokens,
+                    video_frames=settings.video_frames,
+                    video_budget=settings.video_budget,
+                    exact=settings.exact,
+                )
+            result = ("example", example_to_row(row_id, example))
         except Exception as exc:  # every failure is recorded with its reason; the job goes on
-            errors.append(
-                {
-                    "id": row_id if row_id is not None else f"row {index}",
-                    "row": index,
-                    "stage": _stage(exc),
-                    "error_type": type(exc).__name__,
-                    "message": str(exc),
-                }
-            )
-    return examples, errors
+            result = ("error", _error_row(index, row_id, _stage(exc), type(exc).__name__, str(exc)))
+        yield result
+
+
+def process_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str) -> tuple[list[dict], list[dict]]:
+    """``items`` = [(row index, id or None, messages or exception)] → (example rows, error rows), input order."""
+    results = list(_row_results(items, settings, base_dir))
+    return [r for kind, r in results if kind == "example"], [r for kind, r in results if kind == "error"]
 
 
 # --- one shard (runs in a worker) --------------------------------------------------------------------------
@@ -185,41 +275,112 @@ class ShardTarget:
     metadata: dict[str, str]  # written into both Parquet files' schema metadata
 
 
-def init_worker() -> None:
+def init_worker(parent: int | None = None) -> None:
     """A worker process's (or Ray task's) setup: one torch thread, since parallelism comes from the workers, and
-    float results must not depend on the worker count."""
+    float results must not depend on the worker count. With ``parent`` (the job's pid), a watchdog thread ends
+    this process when the job's process is gone, so a ``kill -9`` of the job leaves no orphans behind."""
     import torch
 
     torch.set_num_threads(1)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="gemma4-watchdog").start()
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")  # unique even across cluster nodes
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)  # the job is gone: nobody will read this worker's results
+
+
+def _row_bytes(row: dict) -> int:
+    """About how many bytes a row of the examples table holds (media bytes + 5 per token)."""
+    size = 5 * len(row["input_ids"])
+    size += sum(len(i["patches"]) for i in row["images"])
+    size += sum(len(a["features"]) + len(a["mask"]) for a in row["audio"])
+    size += sum(len(f["patches"]) for v in row["videos"] for f in v["frames"])
+    return size
+
+
+class _TableWriter:
+    """One Parquet file written in row groups of about ``ROW_GROUP_BYTES``, under a temporary name until
+    ``close``; a file that would hold no rows is not written (and an old one of a killed run is removed)."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path, self.schema = path, schema
+        self.rows: list[dict] = []
+        self.pending_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")  # unique even across nodes
+
+    def add(self, row: dict, size: int) -> None:
+        self.rows.append(row)
+        self.pending_bytes += size
+        if self.pending_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._temporary, self.schema)
+        self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema), row_group_size=len(self.rows))
+        self.rows, self.pending_bytes = [], 0
+
+    def close(self) -> int:
+        """Finish the file; its size in bytes (0 when there were no rows)."""
+        self._flush()
+        if self._writer is None:
+            self.path.unlink(missing_ok=True)
+            return 0
+        self._writer.close()
+        os.replace(self._temporary, self.path)
+        return self.path.stat().st_size
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._temporary.unlink(missing_ok=True)
+
+
+def write_shard(shard: int, results: Iterable[tuple[str, dict]], target: ShardTarget) -> dict:
+    """Write one shard's results (``("example" | "error", row)`` in input order) to its files; its statistics,
+    for :meth:`Job.record`."""
+    shards = Path(target.out_dir) / "shards"
+    examples = _TableWriter(shards / f"examples-{shard:05d}.parquet", example_schema(target.metadata))
+    errors = _TableWriter(shards / f"errors-{shard:05d}.parquet", error_schema(target.metadata))
+    tokens: Counter = Counter()
+    stages: Counter = Counter()
+    counts = Counter()
+    try:
+        for kind, row in results:
+            counts[kind] += 1
+            if kind == "example":
+                summary = json.loads(row["summary"])
+                for key in ("text", "image", "audio", "video"):
+                    tokens[key] += summary[f"{key}_tokens"]
+                examples.add(row, _row_bytes(row))
+            else:
+                stages[row["stage"]] += 1
+                errors.add(row, len(row["message"]))
+        written = examples.close() + errors.close()
+    except BaseException:
+        examples.abort()
+        errors.abort()
+        raise
+    return {
+        "rows": counts["example"] + counts["error"],
+        "examples": counts["example"],
+        "errors": counts["error"],
+        "errors_by_stage": dict(stages),
+        "tokens": dict(tokens),
+        "bytes": written,
+    }
 
 
 def process_shard(shard: int, items: list[tuple], target: ShardTarget) -> dict:
-    """Process one shard (``items`` from :meth:`Job.pending_shards`) and write its two files atomically; returns
+    """Process one shard (``items`` from :meth:`Job.pending_shards`) and write its files atomically; returns
     its statistics, for :meth:`Job.record`."""
-    examples, errors = process_rows(items, target.settings, target.base_dir)
-    shards = Path(target.out_dir) / "shards"
-    example_path, error_path = shards / f"examples-{shard:05d}.parquet", shards / f"errors-{shard:05d}.parquet"
-    _write_atomic(pa.Table.from_pylist(examples, schema=example_schema(target.metadata)), example_path)
-    _write_atomic(pa.Table.from_pylist(errors, schema=error_schema(target.metadata)), error_path)
-    tokens = Counter()
-    for row in examples:
-        summary = json.loads(row["summary"])
-        for key in ("text_tokens", "image_tokens", "audio_tokens", "video_tokens"):
-            tokens[key.removesuffix("_tokens")] += summary[key]
-    return {
-        "rows": len(items),
-        "examples": len(examples),
-        "errors": len(errors),
-        "errors_by_stage": dict(Counter(e["stage"] for e in errors)),
-        "tokens": dict(tokens),
-        "bytes": example_path.stat().st_size + error_path.stat().st_size,
-    }
+    return write_shard(shard, _row_results(items, target.settings, target.base_dir), target)
 
 
 # --- the job (runs in the driver) -------------------------------------------------------------------------
@@ -232,19 +393,38 @@ class Job:
     ``pending_shards`` yields the shards still to do; ``record`` saves each finished one in ``job.json``;
     ``finish`` marks the job complete and returns its summary."""
 
-    def __init__(self, manifest: Manifest, out_dir: Path, state: dict, target: ShardTarget, *, started: float) -> None:
+    def __init__(
+        self, manifest: Manifest, out_dir: Path, state: dict, target: ShardTarget, *, started: float, lock: int
+    ) -> None:
         self.manifest, self.out_dir, self.state, self.target = manifest, out_dir, state, target
         self.shard_count = -(-len(manifest) // target.settings.rows_per_shard)
         self._done_before = len(state["shards"])
         self._started = started  # time.perf_counter() when opening began: the summary's seconds count from it
         self._bar = None
+        self._lock: int | None = lock
+
+    @property
+    def pending_count(self) -> int:
+        return self.shard_count - len(self.state["shards"])
+
+    def close(self) -> None:
+        """Release the output directory (also done when the process ends)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @classmethod
-    def open(
-        cls, input_path: str | os.PathLike, output_dir: str | os.PathLike, settings: PreprocessSettings
-    ) -> Job:
-        """Open the manifest and the output directory; stale temporary files of a killed run are removed, and
-        ``JobMismatchError`` is raised if the directory holds a job of another input, version or settings."""
+    def open(cls, input_path: str | os.PathLike, output_dir: str | os.PathLike, settings: PreprocessSettings) -> Job:
+        """Open the manifest and the output directory, and lock the directory (``OutputBusyError`` if another live
+        job holds it); stale temporary files of a killed run are then removed, and ``JobMismatchError`` is raised
+        if the directory holds a job of another input, version or settings. Close the job (or use it as a context
+        manager) to release the directory."""
         from preprocess.tokenizer import Tokenizer
 
         started = time.perf_counter()
@@ -253,24 +433,28 @@ class Job:
         template_hash = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
         out_dir = Path(output_dir)
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        for stale in (out_dir / "shards").glob(".*.tmp-*"):
-            stale.unlink()  # a shard half-written when the last run was killed
-        expected = {
-            "schema_version": SCHEMA_VERSION,
-            "manifest_version": MANIFEST_VERSION,
-            "input": manifest.fingerprint,
-            "settings": dict(
-                asdict(settings), tokenizer_fingerprint=tokenizer.fingerprint, chat_template=template_hash
-            ),
-            "rows": len(manifest),
-        }
-        target = ShardTarget(
-            settings=settings,
-            base_dir=os.fspath(manifest.base_dir),
-            out_dir=os.fspath(out_dir),
-            metadata=_metadata(settings, tokenizer.fingerprint),
-        )
-        return cls(manifest, out_dir, _load_state(out_dir, expected), target, started=started)
+        lock = _lock(out_dir)
+        try:
+            for stale in (out_dir / "shards").glob(".*.tmp-*"):
+                stale.unlink()  # a shard half-written when the last run was killed (no live job: we hold the lock)
+            expected = {
+                "schema_version": SCHEMA_VERSION,
+                "manifest_version": MANIFEST_VERSION,
+                "input": manifest.fingerprint,
+                "settings": settings.comparable(tokenizer.fingerprint, template_hash),
+                "rows": len(manifest),
+            }
+            target = ShardTarget(
+                settings=settings,
+                base_dir=os.fspath(manifest.base_dir),
+                out_dir=os.fspath(out_dir),
+                metadata=_metadata(expected["settings"]),
+            )
+            state = _load_state(out_dir, expected)
+        except BaseException:
+            os.close(lock)
+            raise
+        return cls(manifest, out_dir, state, target, started=started, lock=lock)
 
     def start(self, progress: bool = True) -> None:
         """Show the progress bar, counting the rows of shards done by earlier runs."""
@@ -304,10 +488,46 @@ class Job:
         return summary
 
 
-def _metadata(settings: PreprocessSettings, tokenizer_fingerprint: str) -> dict[str, str]:
-    return {
-        SETTINGS_KEY: json.dumps(dict(asdict(settings), tokenizer_fingerprint=tokenizer_fingerprint), sort_keys=True)
-    }
+def _metadata(settings: dict) -> dict[str, str]:
+    """The Parquet files' schema metadata: the job's comparable settings, less the template hash."""
+    return {SETTINGS_KEY: json.dumps({k: v for k, v in settings.items() if k != "chat_template"}, sort_keys=True)}
+
+
+def _lock(out_dir: Path) -> int:
+    """Take the output directory's lock (an ``flock`` on ``.lock``, released by the kernel if the process dies);
+    its file descriptor. ``OutputBusyError`` names the pid of the job holding it."""
+    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise OutputBusyError(
+            f"another job is writing to {os.fspath(out_dir)!r} (pid {holder}); wait for it to finish or use another "
+            "output directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+_ABSENT = "(absent)"
+
+
+def _differences(there: dict, now: dict, prefix: str = "") -> list[str]:
+    """``key: value there, value now`` for each differing key (settings compared key by key)."""
+    lines = []
+    for key in sorted(set(there) | set(now)):
+        a, b = there.get(key, _ABSENT), now.get(key, _ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key}: {a!r} there, {b!r} now")
+    return lines
 
 
 def _load_state(out_dir: Path, expected: dict) -> dict:
@@ -316,12 +536,14 @@ def _load_state(out_dir: Path, expected: dict) -> dict:
         return dict(expected, shards={})
     state = json.loads(path.read_text())
     state.pop("complete", None)  # set again when this run finishes
-    for key in ("schema_version", "manifest_version", "input", "settings", "rows"):
-        if state.get(key) != expected[key]:
-            raise JobMismatchError(
-                f"{os.fspath(out_dir)!r} holds a job with another {key} ({state.get(key)!r} there, {expected[key]!r} "
-                "now); use a new output directory"
-            )
+    if isinstance(state.get("settings"), dict):
+        state["settings"].pop("tokenizer", None)  # a path: jobs before 2026-12 recorded it; its fingerprint counts
+    differences = _differences({key: state.get(key, _ABSENT) for key in expected}, expected)
+    if differences:
+        raise JobMismatchError(
+            f"{os.fspath(out_dir)!r} holds another job ({'; '.join(differences)}); use a new output directory, or "
+            "delete this one to start again"
+        )
     return state
 
 
@@ -391,29 +613,114 @@ def run_preprocess(
     workers: int = 1,
     progress: bool = True,
 ) -> JobSummary:
-    """Run (or resume) the local job; see the module docstring."""
-    job = Job.open(input_path, output_dir, settings)
-    job.start(progress)
-    if workers <= 1:
-        import torch
+    """Run (or resume) the local job; see the module docstring. With ``workers`` > 1 and more than one shard to
+    do, shards run in that many worker processes (at most one per pending shard); otherwise in this process."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    with Job.open(input_path, output_dir, settings) as job:
+        job.start(progress)
+        workers = min(workers, job.pending_count)
+        if workers <= 1:
+            _run_here(job)
+        else:
+            _run_pool(job, workers)
+        return job.finish()
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in worker processes: float results must not depend on the worker count
+
+def _run_here(job: Job) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in worker processes: float results must not depend on the worker count
+    try:
+        for shard, items in job.pending_shards():
+            job.record(shard, process_shard(shard, items, job.target))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # spawn: workers are children of this process (their watchdog sees it die), and no fork of a threaded parent
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(os.getpid(),))
+
+
+def _run_pool(job: Job, workers: int) -> None:
+    """Shards through a pool of ``workers`` processes, at most ``2 × workers`` in flight. If a worker dies, the
+    pool breaks: finished shards are recorded, the shards that were running are retried alone, and the rest go on
+    in a new pool."""
+    shards = job.pending_shards()
+    while True:
+        lost = _pool_pass(job, shards, workers)
+        if not lost:
+            return
+        for shard, items in lost:
+            _retry_alone(job, shard, items)
+
+
+def _pool_pass(job: Job, shards: Iterator, workers: int) -> list[tuple[int, list]]:
+    """Run shards until they are exhausted (returns ``[]``) or a worker dies (returns the shards it lost)."""
+    running: dict = {}
+    with _pool(workers) as pool:
+        for shard, items in shards:
+            try:
+                running[pool.submit(process_shard, shard, items, job.target)] = (shard, items)
+            except BrokenProcessPool:
+                return [(shard, items), *_collect(job, running, everything=True)]
+            while len(running) >= 2 * workers:
+                if lost := _collect(job, running, everything=False):
+                    return lost
+        return _collect(job, running, everything=True)
+
+
+def _collect(job: Job, running: dict, *, everything: bool) -> list[tuple[int, list]]:
+    """Record the finished futures of ``running`` (all of them with ``everything``, else at least one); the
+    shards whose worker died. Once one died the pool is broken, so every remaining future is collected too."""
+    done, _ = wait(running, return_when="ALL_COMPLETED" if everything else FIRST_COMPLETED)
+    lost = []
+    for future in [f for f in running if f in done] if not everything else list(running):
+        shard, items = running.pop(future)
         try:
-            for shard, items in job.pending_shards():
-                job.record(shard, process_shard(shard, items, job.target))
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
-            running: dict = {}
-            for shard, items in job.pending_shards():
-                while len(running) >= 2 * workers:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        job.record(running.pop(future), future.result())
-                running[pool.submit(process_shard, shard, items, job.target)] = shard
-            for future in list(running):
-                job.record(running.pop(future), future.result())
-    return job.finish()
+            job.record(shard, future.result())
+        except BrokenProcessPool:
+            lost.append((shard, items))
+    if lost and running:
+        lost += _collect(job, running, everything=True)
+    return sorted(lost, key=lambda x: x[0])
+
+
+_WORKER_DIED = (
+    "the worker process died while processing this row (killed by the system, e.g. for lack of memory, or crashed "
+    "in a decoder); it died again when the row was retried alone"
+)
+
+
+def _retry_alone(job: Job, shard: int, items: list) -> None:
+    """A shard whose worker died: retried alone in a fresh worker; if that dies too, its rows are run one per
+    task, and each row that kills its worker becomes an error row (stage ``worker``)."""
+    log.warning("a worker died while processing shard %d; retrying it alone", shard)
+    with _pool(1) as pool:
+        try:
+            job.record(shard, pool.submit(process_shard, shard, items, job.target).result())
+            return
+        except BrokenProcessPool:
+            log.warning("shard %d killed its worker again; running its %d rows one at a time", shard, len(items))
+    job.record(shard, write_shard(shard, _rows_alone(items, job.target), job.target))
+
+
+def _rows_alone(items: list, target: ShardTarget) -> Iterator[tuple[str, dict]]:
+    pool = _pool(1)
+    try:
+        for item in items:
+            try:
+                yield from pool.submit(_results_list, [item], target).result()
+            except BrokenProcessPool:
+                pool.shutdown()
+                pool = _pool(1)
+                yield "error", _error_row(item[0], item[1], "worker", "WorkerDiedError", _WORKER_DIED)
+    finally:
+        pool.shutdown()
+
+
+def _results_list(items: list, target: ShardTarget) -> list[tuple[str, dict]]:
+    return list(_row_results(items, target.settings, target.base_dir))

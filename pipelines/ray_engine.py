@@ -58,21 +58,21 @@ def run_preprocess_ray(
     started) if ``output_dir`` holds another job.
     """
     ray = _import_ray()
-    job = Job.open(input_path, output_dir, settings)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(
-            address=address,
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            ignore_reinit_error=True,
-            log_to_driver=False,
-        )
-    try:
-        return _run(ray, job, progress)
-    finally:
+    with Job.open(input_path, output_dir, settings) as job:
+        started_ray = not ray.is_initialized()
         if started_ray:
-            ray.shutdown()
+            ray.init(
+                address=address,
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                ignore_reinit_error=True,
+                log_to_driver=False,
+            )
+        try:
+            return _run(ray, job, progress)
+        finally:
+            if started_ray:
+                ray.shutdown()
 
 
 def _import_ray():

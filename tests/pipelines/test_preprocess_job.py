@@ -121,8 +121,15 @@ def test_rerun_skips_completed_shards(sample, reference_run, tmp_path):
     again = run_preprocess(manifest, tmp_path, settings(tokenizer), workers=1, progress=False)
     assert again.shards_skipped == again.shards == first.shards
     assert (again.rows, again.examples, again.errors) == (first.rows, first.examples, first.errors)
-    with pytest.raises(JobMismatchError, match="another settings"):
-        run_preprocess(manifest, tmp_path, settings(tokenizer, image_budget=70), workers=1, progress=False)
+    with pytest.raises(JobMismatchError) as info:
+        run_preprocess(
+            manifest, tmp_path, settings(tokenizer, image_budget=70, max_tokens=5000), workers=1, progress=False
+        )
+    # each differing key is named once with both values; nothing else is listed
+    message = str(info.value)
+    assert "settings.image_budget: 280 there, 70 now" in message
+    assert "settings.max_tokens: None there, 5000 now" in message
+    assert message.count(" there, ") == 2
 
 
 def test_a_job_of_another_manifest_version_is_not_resumed(sample, reference_run, tmp_path):
@@ -135,7 +142,7 @@ def test_a_job_of_another_manifest_version_is_not_resumed(sample, reference_run,
     state = json.loads((copy / "job.json").read_text())
     assert state["manifest_version"] == MANIFEST_VERSION
     (copy / "job.json").write_text(json.dumps(dict(state, manifest_version=MANIFEST_VERSION + 1)))
-    with pytest.raises(JobMismatchError, match=f"another manifest_version \\({MANIFEST_VERSION + 1} there"):
+    with pytest.raises(JobMismatchError, match=f"manifest_version: {MANIFEST_VERSION + 1} there, {MANIFEST_VERSION} now"):
         run_preprocess(manifest, copy, settings(tokenizer), workers=1, progress=False)
 
 

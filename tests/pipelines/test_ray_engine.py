@@ -129,7 +129,7 @@ def test_a_job_with_other_settings_is_refused(ray_run, sample, tmp_path):
     shutil.copytree(ray_run[0], out)
     before = (out / "job.json").read_text()
     other = dataclasses.replace(settings, image_budget=70)
-    with pytest.raises(JobMismatchError, match="another settings") as info:
+    with pytest.raises(JobMismatchError, match="settings.image_budget: 280 there, 70 now") as info:
         run_preprocess_ray(manifest, out, other, progress=False)
     assert str(out) in str(info.value)
     assert (out / "job.json").read_text() == before
