@@ -31,15 +31,15 @@ class OutputDir:
 
     @property
     def example_files(self) -> list[str]:
-        return [
-            str(self.path / "shards" / f"examples-{int(k):05d}.parquet") for k in sorted(self.state["shards"], key=int)
-        ]
+        return self._files("examples")
 
     @property
     def error_files(self) -> list[str]:
-        return [
-            str(self.path / "shards" / f"errors-{int(k):05d}.parquet") for k in sorted(self.state["shards"], key=int)
-        ]
+        return self._files("errors")
+
+    def _files(self, kind: str) -> list[str]:
+        paths = (self.path / "shards" / f"{kind}-{int(k):05d}.parquet" for k in sorted(self.state["shards"], key=int))
+        return [str(p) for p in paths if p.exists()]
 
     def examples(self) -> ds.Dataset:
         return ds.dataset(self.example_files, format="parquet")

@@ -142,7 +142,9 @@ def test_a_job_of_another_manifest_version_is_not_resumed(sample, reference_run,
     state = json.loads((copy / "job.json").read_text())
     assert state["manifest_version"] == MANIFEST_VERSION
     (copy / "job.json").write_text(json.dumps(dict(state, manifest_version=MANIFEST_VERSION + 1)))
-    with pytest.raises(JobMismatchError, match=f"manifest_version: {MANIFEST_VERSION + 1} there, {MANIFEST_VERSION} now"):
+    with pytest.raises(
+        JobMismatchError, match=f"manifest_version: {MANIFEST_VERSION + 1} there, {MANIFEST_VERSION} now"
+    ):
         run_preprocess(manifest, copy, settings(tokenizer), workers=1, progress=False)
 
 
@@ -284,3 +286,281 @@ def test_every_image_is_decoded_once_and_fast_jobs_draft_decode_jpegs(sample, tm
     assert images > 0 and image_errors == 1
     assert len(decodes) == images + image_errors
     assert bool(drafts) == fast  # every JPEG of the sample is drafted in fast mode, none in exact mode
+
+
+# --- output other tools read; reruns; faults (issue: new user and hostile input) ---------------------------
+
+
+def write_lines(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def text_row(row_id: str, text: str = "hi") -> dict:
+    return {"id": row_id, "messages": [{"role": "user", "content": text}]}
+
+
+def test_no_empty_parquet_files_and_other_readers_read_the_output(tokenizer_dir, tmp_path):
+    # shard 0: all good; shard 1: all bad; shard 2: mixed
+    rows = [text_row("a"), text_row("b"), {"id": "c"}, {"id": "d"}, text_row("e"), {"id": "f"}]
+    manifest = write_lines(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "out"
+    summary = run_preprocess(manifest, out, settings(tokenizer_dir, rows_per_shard=2), progress=False)
+    assert (summary.examples, summary.errors) == (3, 3)
+    files = sorted(p.name for p in (out / "shards").glob("*.parquet"))
+    assert files == ["errors-00001.parquet", "errors-00002.parquet", "examples-00000.parquet", "examples-00002.parquet"]
+    for path in (out / "shards").glob("*.parquet"):
+        assert pq.read_metadata(path).num_rows > 0
+    state = json.loads((out / "job.json").read_text())
+    assert state["shards"]["1"]["examples"] == 0 and state["shards"]["0"]["errors"] == 0
+
+    import datasets
+    import duckdb
+    import polars
+    import pyarrow.dataset as pads
+
+    pattern = str(out / "shards" / "examples-*.parquet")
+    loaded = datasets.load_dataset("parquet", data_files=pattern, split="train", cache_dir=str(tmp_path / "cache"))
+    assert sorted(loaded["id"]) == ["a", "b", "e"]
+    assert sorted(datasets.Dataset.from_parquet(pattern, cache_dir=str(tmp_path / "cache2"))["id"]) == ["a", "b", "e"]
+    assert sorted(pads.dataset(out / "shards", format="parquet").to_table(columns=["id"])["id"].to_pylist()) == [
+        "a", "b", "c", "d", "e", "f"
+    ]  # fmt: skip
+    assert sorted(polars.read_parquet(pattern)["id"].to_list()) == ["a", "b", "e"]
+    errors = duckdb.sql(f"select id, stage from read_parquet('{out}/shards/errors-*.parquet') order by id").fetchall()
+    assert errors == [("c", "manifest"), ("d", "manifest"), ("f", "manifest")]
+
+
+def test_a_rerun_that_now_has_no_rows_for_a_file_removes_the_stale_one(tokenizer_dir, tmp_path):
+    # a killed run may have renamed a shard's files without recording them; the redo writes what is right now
+    manifest = write_lines(tmp_path / "m.jsonl", [text_row("a")])
+    out = tmp_path / "out"
+    run_preprocess(manifest, out, settings(tokenizer_dir), progress=False)
+    stale = out / "shards" / "errors-00000.parquet"
+    pq.write_table(pa.table({"x": [1]}), stale)
+    state = json.loads((out / "job.json").read_text())
+    (out / "job.json").write_text(json.dumps(dict(state, shards={})))
+    run_preprocess(manifest, out, settings(tokenizer_dir), progress=False)
+    assert not stale.exists()
+
+
+def test_resume_compares_the_tokenizer_not_its_spelling(tokenizer_dir, tmp_path, monkeypatch):
+    manifest = write_lines(tmp_path / "m.jsonl", [text_row("a"), text_row("b")])
+    out = tmp_path / "out"
+    first = run_preprocess(manifest, out, settings(tokenizer_dir, rows_per_shard=1), progress=False)
+    monkeypatch.chdir(tokenizer_dir.parent)
+    relative = os.path.join(".", tokenizer_dir.name, "")  # another spelling of the same directory
+    again = run_preprocess(manifest, out, settings(relative, rows_per_shard=1), progress=False)
+    assert again.shards_skipped == first.shards == 2
+    # a copy of the tokenizer elsewhere is the same tokenizer
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "tokenizer.model").write_bytes((tokenizer_dir / "tokenizer.model").read_bytes())
+    assert run_preprocess(manifest, out, settings(copy, rows_per_shard=1), progress=False).shards_skipped == 2
+
+
+def test_a_single_shard_starts_no_worker_processes(tokenizer_dir, tmp_path, monkeypatch):
+    from pipelines import preprocess_job
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started for one shard")
+
+    monkeypatch.setattr(preprocess_job, "ProcessPoolExecutor", no_pool)
+    manifest = write_lines(tmp_path / "m.jsonl", [text_row("a"), text_row("b")])
+    summary = run_preprocess(manifest, tmp_path / "out", settings(tokenizer_dir, rows_per_shard=10), workers=8)
+    assert summary.examples == 2
+
+
+@pytest.mark.parametrize("workers", [0, -3, 1.5, True])
+def test_workers_must_be_a_positive_integer(tokenizer_dir, tmp_path, workers):
+    manifest = write_lines(tmp_path / "m.jsonl", [text_row("a")])
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        run_preprocess(manifest, tmp_path / "out", settings(tokenizer_dir), workers=workers, progress=False)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("video_frames", 0), ("rows_per_shard", 0), ("max_tokens", 0), ("row_timeout_s", 0.0)]
+)
+def test_settings_refuse_non_positive_values(tokenizer_dir, field, value):
+    with pytest.raises(ValueError, match=field):
+        settings(tokenizer_dir, **{field: value})
+
+
+def test_hostile_manifest_lines_become_error_rows(tokenizer_dir, tmp_path):
+    deep_key: object = "x"
+    for _ in range(600):
+        deep_key = {"k": deep_key}
+    lines = [
+        text_row("ok0"),
+        '{"id": "a", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"id": ' + "9" * 5000 + ', "messages": []}',
+        '{"id": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}',
+        '{"id": "s", "messages": [{"role": "user", "content": "x\\udfffy"}]}',
+        {"id": "deep", "messages": [{"role": "user", "content": "hi", "x": deep_key}]},
+        text_row("ok1"),
+    ]
+    manifest = write_lines(tmp_path / "m.jsonl", lines)
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        summary = run_preprocess(manifest, out, settings(tokenizer_dir, rows_per_shard=2), workers=workers)
+        assert (summary.rows, summary.examples, summary.errors) == (7, 2, 5)
+        errors = open_output(out).errors().to_pylist()
+        assert [e["row"] for e in errors] == [1, 2, 3, 4, 5]
+        assert {e["stage"] for e in errors} == {"manifest"}
+
+
+def test_a_slow_row_becomes_a_timeout_error_row(tokenizer_dir, tmp_path, monkeypatch):
+    import preprocess.prompt
+
+    real = preprocess.prompt.build_example
+
+    def build(messages, *args, **kwargs):
+        if messages[0]["content"] == "hang":
+            time.sleep(30)
+        return real(messages, *args, **kwargs)
+
+    monkeypatch.setattr(preprocess.prompt, "build_example", build)
+    manifest = write_lines(tmp_path / "m.jsonl", [text_row("a"), text_row("b", "hang"), text_row("c")])
+    started = time.perf_counter()
+    summary = run_preprocess(manifest, tmp_path / "out", settings(tokenizer_dir, row_timeout_s=0.5), progress=False)
+    assert time.perf_counter() - started < 20
+    assert (summary.examples, summary.errors_by_stage) == (2, {"timeout": 1})
+    error = open_output(tmp_path / "out").errors().to_pylist()[0]
+    assert error["id"] == "b" and "row_timeout_s=0.5" in error["message"]
+
+
+class _KillsItsWorker:
+    """Unpickling this in a worker process ends the process, as the kernel's OOM killer would."""
+
+    def __reduce__(self):
+        return os._exit, (9,)
+
+
+def test_a_dead_worker_costs_only_the_rows_that_kill_it(tokenizer_dir, tmp_path, monkeypatch):
+    from pipelines.preprocess_job import Job
+
+    rows = [text_row(f"r{i}") for i in range(8)]
+    manifest = write_lines(tmp_path / "m.jsonl", rows)
+    pending = Job.pending_shards
+
+    def poisoned(self):
+        for shard, items in pending(self):
+            yield shard, [(i, rid, [_KillsItsWorker()]) if rid == "r5" else (i, rid, m) for i, rid, m in items]
+
+    monkeypatch.setattr(Job, "pending_shards", poisoned)
+    out = tmp_path / "out"
+    summary = run_preprocess(manifest, out, settings(tokenizer_dir, rows_per_shard=2), workers=2, progress=False)
+    assert (summary.rows, summary.examples, summary.errors_by_stage) == (8, 7, {"worker": 1})
+    error = open_output(out).errors().to_pylist()[0]
+    assert (error["id"], error["row"]) == ("r5", 5) and "died again" in error["message"]
+    assert open_output(out).examples().to_table(columns=["id"])["id"].to_pylist() == [
+        f"r{i}" for i in range(8) if i != 5
+    ]
+
+
+def test_errors_with_undecodable_file_names_are_written(tokenizer_dir, tmp_path):
+    from pipelines.preprocess_job import ShardTarget, process_shard
+
+    target = ShardTarget(settings=settings(tokenizer_dir), base_dir=str(tmp_path), out_dir=str(tmp_path), metadata={})
+    (tmp_path / "shards").mkdir()
+    name = os.fsdecode(b"\xff.png")  # a file name that is not UTF-8: the surrogate escape \udcff
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(tmp_path / name)}]}]
+    stats = process_shard(0, [(0, "a", messages)], target)
+    assert stats["errors"] == 1
+    message = pq.read_table(tmp_path / "shards" / "errors-00000.parquet")["message"][0].as_py()
+    assert "\\udcff.png" in message
+
+
+def test_a_second_job_on_the_same_output_is_refused(tokenizer_dir, tmp_path):
+    from pipelines.preprocess_job import Job, OutputBusyError
+
+    manifest = write_lines(tmp_path / "m.jsonl", [text_row("a")])
+    out = tmp_path / "out"
+    with Job.open(manifest, out, settings(tokenizer_dir)):
+        live = out / "shards" / ".examples-00000.parquet.tmp-live"
+        live.write_bytes(b"being written")
+        with pytest.raises(OutputBusyError, match=f"another job is writing to .* \\(pid {os.getpid()}\\)"):
+            run_preprocess(manifest, out, settings(tokenizer_dir), progress=False)
+        assert live.exists()  # the live job's temporary file is untouched
+    assert run_preprocess(manifest, out, settings(tokenizer_dir), progress=False).examples == 1
+    assert not live.exists()  # now stale: removed
+
+
+def test_media_root_confines_rows_to_it(tokenizer_dir, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    rows = [
+        {"id": "in", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+        {"id": "out", "messages": [{"role": "user", "content": [{"type": "image", "image": "/etc/passwd"}]}]},
+    ]
+    manifest = write_lines(root / "m.jsonl", rows)
+    summary = run_preprocess(manifest, tmp_path / "o", settings(tokenizer_dir, media_root=str(root)), progress=False)
+    assert (summary.examples, summary.errors_by_stage) == (1, {"media": 1})
+    error = open_output(tmp_path / "o").errors().to_pylist()[0]
+    assert "outside the media root" in error["message"] and "root:" not in error["message"]
+
+
+def test_an_empty_manifest_completes(tokenizer_dir, tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    summary = run_preprocess(manifest, tmp_path / "out", settings(tokenizer_dir), workers=4, progress=False)
+    assert (summary.rows, summary.shards) == (0, 0)
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["complete"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_exit_when_the_job_is_killed(sample, tmp_path):
+    manifest, tokenizer = sample
+    command = [sys.executable, "-m", "pipelines.cli", "preprocess", str(manifest), str(tmp_path / "out")]
+    command += ["--tokenizer", str(tokenizer), "--workers", "2", "--rows-per-shard", "1"]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(children := _children(job.pid)) < 2 and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.02)
+        assert len(children) >= 2, "the job started no workers"
+        descendants = children + [c for child in children for c in _children(child)]
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in descendants) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in descendants if _alive(p)], "processes outlived the killed job"
+    finally:
+        if job.poll() is None:
+            job.kill()
+
+
+def test_workers_write_row_groups_as_they_go(sample, reference_run, tmp_path, monkeypatch):
+    from pipelines import preprocess_job
+
+    manifest, tokenizer = sample
+    monkeypatch.setattr(preprocess_job, "ROW_GROUP_BYTES", 1)  # every row is its own row group
+    run_preprocess(manifest, tmp_path, settings(tokenizer), workers=1, progress=False)
+    for path in (tmp_path / "shards").glob("examples-*.parquet"):
+        metadata = pq.read_metadata(path)
+        assert metadata.num_row_groups == metadata.num_rows
+    ours, theirs = tables(tmp_path), tables(reference_run[0])
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert ours[name].equals(theirs[name]), name
