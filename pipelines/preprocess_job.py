@@ -666,26 +666,27 @@ def _pool_pass(job: Job, shards: Iterator, workers: int) -> list[tuple[int, list
             try:
                 running[pool.submit(process_shard, shard, items, job.target)] = (shard, items)
             except BrokenProcessPool:
-                return [(shard, items), *_collect(job, running, everything=True)]
-            while len(running) >= 2 * workers:
-                if lost := _collect(job, running, everything=False):
-                    return lost
-        return _collect(job, running, everything=True)
+                return [(shard, items), *_collect(job, running, keep=0)]
+            if lost := _collect(job, running, keep=2 * workers - 1):
+                return lost
+        return _collect(job, running, keep=0)
 
 
-def _collect(job: Job, running: dict, *, everything: bool) -> list[tuple[int, list]]:
-    """Record the finished futures of ``running`` (all of them with ``everything``, else at least one); the
-    shards whose worker died. Once one died the pool is broken, so every remaining future is collected too."""
-    done, _ = wait(running, return_when="ALL_COMPLETED" if everything else FIRST_COMPLETED)
+def _collect(job: Job, running: dict, *, keep: int) -> list[tuple[int, list]]:
+    """Record every finished future of ``running`` as soon as it finishes, waiting until at most ``keep`` are
+    left; the shards whose worker died. Once one died the pool is broken: every remaining future is collected."""
     lost = []
-    for future in [f for f in running if f in done] if not everything else list(running):
-        shard, items = running.pop(future)
-        try:
-            job.record(shard, future.result())
-        except BrokenProcessPool:
-            lost.append((shard, items))
-    if lost and running:
-        lost += _collect(job, running, everything=True)
+    while running:
+        block = len(running) > keep or lost
+        done, _ = wait(running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        if not done:
+            break
+        for future in done:
+            shard, items = running.pop(future)
+            try:
+                job.record(shard, future.result())
+            except BrokenProcessPool:
+                lost.append((shard, items))
     return sorted(lost, key=lambda x: x[0])
 
 

@@ -10,7 +10,7 @@ engine does, so validation and duplicate-id detection are identical (the ids of 
 Each pending shard
 goes into the object store as a one-row Arrow block (shard index, pickled items), and the driver keeps only the
 reference. A window of such references becomes ``ray.data.from_arrow_refs(...)``, and
-``map_batches(batch_size=1)`` runs ``_run_shard`` on each block in a Ray task that writes the shard's two files and
+``map_batches(batch_size=1)`` runs ``_run_shard`` on each block in a Ray task that writes the shard's files and
 returns its statistics. The driver consumes the stream with ``iter_rows`` and records each shard (``Job.record``)
 as it completes, so a killed job resumes like a local one.
 
