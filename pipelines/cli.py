@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=_count, default=0, help="which image of the row to preview (default 0)")
     p.add_argument("--video", type=_count, default=None, help="preview a frame of this video of the row instead")
     p.add_argument(
-        "--frame", type=_count, default=None, help="which frame of the video (default 0; a row without images: video 0)"
+        "--frame", type=_count, default=None, help="which frame of the video (default 0; rows without images: video 0)"
     )
     p.add_argument("--preview", default=None, help="write the image (or video frame) as the model sees it to this PNG")
     p.set_defaults(func=_cmd_inspect)
