@@ -136,30 +136,6 @@ def test_budget_and_help_import_neither_torch_nor_the_heavy_libraries():
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
 
 
-def test_preprocess_package_resolves_every_public_name_lazily():
-    import subprocess
-    import sys
-
-    script = (
-        "import sys, preprocess\n"
-        "assert 'preprocess.image' not in sys.modules\n"
-        "from preprocess import Tokenizer, load_image, SUPPORTED_BUDGETS\n"
-        "assert 'preprocess.image_io' in sys.modules and 'preprocess.video' not in sys.modules\n"
-        "missing = [n for n in preprocess.__all__ if getattr(preprocess, n, None) is None]\n"
-        "assert not missing, missing\n"
-        "assert preprocess.image.patchify is not None  # a submodule as an attribute\n"
-        "try:\n"
-        "    preprocess.no_such_name\n"
-        "except AttributeError as exc:\n"
-        "    assert 'no_such_name' in str(exc)\n"
-        "else:\n"
-        "    raise AssertionError('no AttributeError')\n"
-        "print('ok')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.stdout.strip() == "ok", done.stderr
-
-
 def test_budget_table_and_preview_caption_write_sizes_height_first():
     lines = cli.budget_table(300, 500, [70]).splitlines()
     assert lines[0] == "input 300 x 500 px (h x w)"
