@@ -75,8 +75,11 @@ class OutputDir:
         return sum(s["errors"] for s in self.state["shards"].values())
 
     def examples(self) -> ds.Dataset:
-        """The example rows as one pyarrow dataset (empty, with the example schema, when there are none)."""
-        return ds.dataset(self.example_files, schema=example_schema(), format="parquet")
+        """The example rows as one pyarrow dataset (empty, with the example schema, when there are none); its
+        schema metadata holds the settings, as every file's does."""
+        files = self.example_files
+        schema = pq.read_schema(files[0]) if files else example_schema()
+        return ds.dataset(files, schema=schema, format="parquet")
 
     def errors(self) -> pa.Table:
         """The errors table (empty, with its schema, when no row failed)."""

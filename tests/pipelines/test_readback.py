@@ -33,6 +33,7 @@ def test_example_is_an_example_and_ids_are_in_input_order(small_output):
     assert isinstance(example, Example) and example.images and example.summary
     assert isinstance(output.example(1), Example)
     assert output.example(1).summary == example.summary
+    assert b"gemma4.settings" in output.examples().schema.metadata
 
 
 def test_reads_shards_that_have_only_one_of_their_two_files(small_output, tmp_path):
