@@ -39,9 +39,29 @@ def _side(text: str) -> int:
     return value
 
 
+def _whole_number(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least {minimum}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an int ≥ 1 (counts of workers, frames, rows per shard, tokens …)."""
+    return _whole_number(text, 1)
+
+
+def _count(text: str) -> int:
+    """An argparse type: an int ≥ 0 (an index, or a number of rows that may be zero)."""
+    return _whole_number(text, 0)
+
+
 def budget_table(height: int, width: int, budgets: Sequence[int] = SUPPORTED_BUDGETS) -> str:
     """The ``gemma4 budget`` table for one input size."""
-    header = ("budget", "target (h x w)", "patch grid", "soft tokens", "patches", "padding patches")
+    header = ("budget", "target px (h x w)", "patch grid (h x w)", "soft tokens", "patches", "padding patches")
     rows = []
     for b in budgets:
         th, tw = image_target_size(height, width, b)
@@ -57,7 +77,7 @@ def budget_table(height: int, width: int, budgets: Sequence[int] = SUPPORTED_BUD
             )
         )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"input {height} x {width} px"]
+    lines = [f"input {height} x {width} px (h x w)"]
     for r in [header, *rows]:
         lines.append("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)))
     lines.insert(2, "  ".join("-" * w for w in widths))
@@ -76,7 +96,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)
-    print(f"wrote {out} ({picture.width} x {picture.height} px)")
+    print(f"wrote {out} ({picture.height} x {picture.width} px, h x w)")
     return 0
 
 
@@ -123,30 +143,59 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .preview import draw_preview, unpatchify
     from .readback import open_output
 
     output = open_output(args.output)
     print("\n".join(output.report()))
     if args.row is None:
         return 0
-    example_id, example = output.example(int(args.row) if args.row.isdigit() else args.row)
+    if args.row.isdigit():
+        position = int(args.row)
+        example = output.example(position)
+        example_id = output.ids()[position]
+    else:
+        example, example_id = output.example(args.row), args.row
     print(f"row {example_id}: {len(example.input_ids)} tokens; summary {example.summary}")
     if args.preview is not None:
-        if not example.images:
-            raise ValueError(f"row {example_id} has no image to preview")
-        image = example.images[args.image]
+        image, what = _preview_source(example, example_id, args)
+        from .preview import draw_preview, unpatchify
+
         picture = draw_preview(unpatchify(image.patches, image.size), image.original_size, image.budget)
         picture.save(args.preview)
-        print(f"wrote {args.preview} ({picture.width} x {picture.height} px)")
+        print(f"wrote {args.preview} ({what}; {picture.height} x {picture.width} px, h x w)")
     return 0
 
 
+def _preview_source(example, example_id: str, args: argparse.Namespace):
+    """The image or video frame of a row that ``--preview`` draws, and a few words saying which it is: the
+    ``--image``-th image, or with ``--video``/``--frame`` (or in a row without images) a frame of a video."""
+    if args.video is None and args.frame is None and example.images:
+        if args.image >= len(example.images):
+            raise IndexError(f"row {example_id} has {len(example.images)} images; --image {args.image} is out of range")
+        return example.images[args.image], f"image {args.image}"
+    if not example.videos:
+        raise ValueError(f"row {example_id} has no {'video' if example.images else 'image or video'} to preview")
+    number, frame = args.video or 0, args.frame or 0
+    if number >= len(example.videos):
+        raise IndexError(f"row {example_id} has {len(example.videos)} videos; --video {number} is out of range")
+    video = example.videos[number]
+    if frame >= len(video.frames):
+        raise IndexError(
+            f"video {number} of row {example_id} has {len(video.frames)} frames; --frame {frame} is out of range"
+        )
+    return video.frames[frame], f"video {number}, frame {frame} at {video.timestamps[frame]}"
+
+
 def _cmd_sample_data(args: argparse.Namespace) -> int:
-    from .sample_data import write_sample_dataset
+    from .sample_data import BROKEN_ROWS, write_sample_checkpoint, write_sample_dataset
 
     manifest, tokenizer = write_sample_dataset(args.directory, rows=args.rows, corrupt=args.corrupt)
-    print(f"wrote {manifest} ({args.rows} rows) and a toy tokenizer in {tokenizer}")
+    checkpoint = write_sample_checkpoint(Path(args.directory) / "checkpoint", tokenizer)
+    lines = sum(1 for line in manifest.read_text().splitlines() if line.strip())
+    broken = f", {BROKEN_ROWS} of them broken on purpose" if args.corrupt else ""
+    print(f"wrote {manifest} ({lines} rows{broken})")
+    print(f"      {tokenizer}/tokenizer.model (a toy tokenizer)")
+    print(f"      {checkpoint} (a tiny random model that matches the tokenizer; its outputs mean nothing)")
     return 0
 
 
@@ -197,12 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output directory (re-running the same command resumes)")
     p.add_argument("--tokenizer", required=True, help="directory with tokenizer.model (and chat_template.jinja)")
     p.add_argument("--budget", type=_budget, default=280, help="image soft-token budget (default 280)")
-    p.add_argument("--max-tokens", type=int, default=None, help="lower image budgets so each example fits")
-    p.add_argument("--video-frames", type=int, default=32, help="frames sampled per video (default 32)")
+    p.add_argument("--max-tokens", type=_positive, default=None, help="lower image budgets so each example fits")
+    p.add_argument("--video-frames", type=_positive, default=32, help="frames sampled per video (default 32)")
     p.add_argument("--video-budget", type=_budget, default=70, help="budget per video frame (default 70)")
     p.add_argument("--fast", action="store_true", help="fast image/audio modes (not bit-identical)")
-    p.add_argument("--rows-per-shard", type=int, default=128, help="input rows per output shard (default 128)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
+    p.add_argument("--rows-per-shard", type=_positive, default=128, help="input rows per output shard (default 128)")
+    p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.set_defaults(func=_cmd_preprocess)
@@ -210,13 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="report on a preprocess output; show one row, preview one of its images")
     p.add_argument("output", help="output directory of gemma4 preprocess")
     p.add_argument("--row", default=None, help="a row id, or a position (digits)")
-    p.add_argument("--image", type=int, default=0, help="which image of the row to preview (default 0)")
-    p.add_argument("--preview", default=None, help="write the image as the model sees it to this PNG")
+    p.add_argument("--image", type=_count, default=0, help="which image of the row to preview (default 0)")
+    p.add_argument("--video", type=_count, default=None, help="preview a frame of this video of the row instead")
+    p.add_argument(
+        "--frame", type=_count, default=None, help="which frame of the video (default 0; rows without images: video 0)"
+    )
+    p.add_argument("--preview", default=None, help="write the image (or video frame) as the model sees it to this PNG")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("sample-data", help="write a small synthetic multimodal manifest and a toy tokenizer")
+    p = sub.add_parser(
+        "sample-data", help="write a small synthetic multimodal manifest, a toy tokenizer and a tiny checkpoint"
+    )
     p.add_argument("directory")
-    p.add_argument("--rows", type=int, default=40)
+    p.add_argument("--rows", type=_count, default=40, help="rows besides the broken ones (default 40)")
     p.add_argument("--corrupt", action="store_true", help="include broken rows (they go to the errors table)")
     p.set_defaults(func=_cmd_sample_data)
 
@@ -224,34 +279,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     b = bench.add_parser("images", help="image front end against the reference processor")
     b.add_argument("--budget", type=_budget, action="append", help="budget to measure (default 280 and 1120)")
-    b.add_argument("--count", type=int, default=48, help="images in the set (default 48)")
-    b.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
-    b.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    b.add_argument("--count", type=_positive, default=48, help="images in the set (default 48)")
+    b.add_argument("--repeat", type=_positive, default=3, help="timed passes; the best counts (default 3)")
+    b.add_argument("--workers", type=_positive, default=None, help="worker processes (default: CPU count)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_cmd_bench_images)
     b = bench.add_parser("audio", help="audio features against the reference feature extractor")
-    b.add_argument("--count", type=int, default=32, help="clips in the set (default 32)")
+    b.add_argument("--count", type=_positive, default=32, help="clips in the set (default 32)")
     b.add_argument(
         "--long-minutes", type=float, nargs="*", default=[5, 20], help="long recordings, minutes (default 5 20)"
     )
-    b.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
-    b.add_argument("--threads", type=int, default=None, help="threads for the batched rows (default: CPU count)")
+    b.add_argument("--repeat", type=_positive, default=3, help="timed passes; the best counts (default 3)")
+    b.add_argument("--threads", type=_positive, default=None, help="threads for the batched rows (default: CPU count)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_cmd_bench_audio)
     b = bench.add_parser("preprocess", help="the batch job against datasets.map with the reference processor")
-    b.add_argument("--rows", type=int, default=2000, help="rows in the generated dataset (default 2000)")
-    b.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    b.add_argument("--rows", type=_positive, default=2000, help="rows in the generated dataset (default 2000)")
+    b.add_argument("--workers", type=_positive, default=None, help="worker processes (default: CPU count)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_cmd_bench_preprocess)
     b = bench.add_parser("model", help="text decoder prefill against the reference")
-    b.add_argument("--tokens", type=int, action="append", help="prompt length (repeatable; default 512 and 2048)")
-    b.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
+    b.add_argument("--tokens", type=_positive, action="append", help="prompt length (repeatable; default 512 and 2048)")
+    b.add_argument("--repeat", type=_positive, default=3, help="timed passes; the best counts (default 3)")
     b.add_argument("--prefill-only", action="store_true", help="skip the informational all-logits lines")
     b.set_defaults(func=_cmd_bench_model)
     b = bench.add_parser("encoders", help="vision and audio towers against the reference")
     b.add_argument("--only", choices=("vision", "audio"), default=None, help="one tower only")
-    b.add_argument("--threads", type=int, default=None, help="threads for the audio tower (default: torch's)")
-    b.add_argument("--repeat", type=int, default=3, help="timed passes; the best counts (default 3)")
+    b.add_argument("--threads", type=_positive, default=None, help="threads for the audio tower (default: torch's)")
+    b.add_argument("--repeat", type=_positive, default=3, help="timed passes; the best counts (default 3)")
     b.set_defaults(func=_cmd_bench_encoders)
     return parser
 
@@ -262,8 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ValueError, OSError, KeyError, IndexError) as exc:  # bad input: one clear line, no traceback
-        print(f"gemma4 {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, LookupError) as exc:  # bad input: one clear line, no traceback
+        # A KeyError's str() is the repr of its message (quoted); print the message itself.
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"gemma4 {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

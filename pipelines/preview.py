@@ -1,6 +1,7 @@
 """``gemma4 preview``: the image as the model sees it, with its soft-token grid and its padding.
 
-The top panel is the resized image (exactly the pixels the patches are cut from) with a line every 48 px:
+Sizes are written height × width (``h x w``), as everywhere in the ``gemma4`` command line. The top panel is
+the resized image (exactly the pixels the patches are cut from) with a line every 48 px:
 each cell is one soft token (3×3 patches of 16 px). The bottom panel is the patch budget ``9·budget`` as a
 bar: the image's patches, then the zero padding patches that fill the rest.
 """
@@ -14,7 +15,7 @@ from preprocess.budget import SIDE_MULTIPLE, image_target_size, max_patches
 from preprocess.image import resize_to_target
 from preprocess.image_io import DEFAULT_MAX_PIXELS, ImageSource, decode_image
 
-__all__ = ["render_preview", "draw_preview", "unpatchify"]
+__all__ = ["render_preview", "draw_preview", "caption", "unpatchify"]
 
 GRID_COLOUR = (255, 0, 160, 150)
 USED_COLOUR = (46, 160, 67)
@@ -45,6 +46,18 @@ def unpatchify(patches: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return grid.transpose(0, 2, 1, 3, 4).reshape(size[0], size[1], 3)  # (R, py, C, px, ch) → (h, w, 3)
 
 
+def caption(original_size: tuple[int, int], size: tuple[int, int], budget: int) -> list[str]:
+    """The lines written under the picture. Sizes read "h x w" (height first), as in ``gemma4 budget``."""
+    (oh, ow), (th, tw) = original_size, size
+    used, total = (th // 16) * (tw // 16), max_patches(budget)
+    return [
+        f"input {oh} x {ow} px (h x w) -> {th} x {tw} px at budget {budget}",
+        f"{th // 16} x {tw // 16} patches = {(th // SIDE_MULTIPLE) * (tw // SIDE_MULTIPLE)} soft tokens "
+        f"({th // SIDE_MULTIPLE} x {tw // SIDE_MULTIPLE} cells of {SIDE_MULTIPLE} px)",
+        f"patches: {used} image + {total - used} padding = {total} (9 x budget)",
+    ]
+
+
 def draw_preview(pixels: np.ndarray, original_size: tuple[int, int], budget: int) -> Image.Image:
     """The picture for already-resized ``pixels`` (th, tw, 3) uint8 of an image originally ``original_size``."""
     th, tw = pixels.shape[:2]
@@ -59,14 +72,9 @@ def draw_preview(pixels: np.ndarray, original_size: tuple[int, int], budget: int
 
     total = max_patches(budget)
     used = (th // 16) * (tw // 16)
-    tokens = (th // SIDE_MULTIPLE) * (tw // SIDE_MULTIPLE)
     width = max(tw, 480)
     font = _font(14)
-    lines = [
-        f"input {original_size[0]}x{original_size[1]} px -> {th}x{tw} px at budget {budget}",
-        f"{th // 16}x{tw // 16} patches = {tokens} soft tokens ({th // 48}x{tw // 48} cells of 48 px)",
-        f"patches: {used} image + {total - used} padding = {total} (9 x budget)",
-    ]
+    lines = caption(original_size, (th, tw), budget)
     line_height, bar_height, margin = 18, 16, 8
     footer = margin + len(lines) * line_height + bar_height + margin
     canvas = Image.new("RGB", (width, th + footer), (255, 255, 255))

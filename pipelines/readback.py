@@ -1,9 +1,15 @@
 """Reading a ``gemma4 preprocess`` output back: checked datasets, one row as an example object, a report.
 
 ``open_output(dir)`` reads ``job.json``, refuses an unfinished job or another schema version, and checks every
-shard's schema (``data_specs.example.check_schema``) and settings metadata. Then ``examples()`` is a pyarrow
-dataset over the example shards, ``to_datasets()`` the same rows as a ``datasets.Dataset``, ``errors()`` the
-errors table, and ``example(key)`` one row (by id or position) as a ``preprocess.prompt.Example``.
+shard file's schema (``data_specs.example.check_schema``) and settings metadata. Then ``examples()`` is a
+pyarrow dataset over the example shards, ``to_datasets()`` the same rows as a ``datasets.Dataset``,
+``errors()`` the errors table, ``ids()`` the example ids in input order, and ``example(key)`` one row (by id
+or position) as a ``preprocess.prompt.Example``.
+
+Files are found from ``job.json`` and what exists: a shard whose rows all failed may have no examples file, a
+shard without failures no errors file (``job.json`` still lists it with its counts). A file that ``job.json``
+says holds rows but that is missing is an error; an output with no examples at all (an empty manifest, or
+every row broken) reads as empty tables.
 """
 
 from __future__ import annotations
@@ -14,14 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from data_specs.example import SCHEMA_VERSION, SchemaError, check_schema, row_to_example
+from data_specs.errors_table import error_schema
+from data_specs.example import SCHEMA_VERSION, SchemaError, check_schema, example_schema, row_to_example
 
 from .preprocess_job import JOB_FILE, SETTINGS_KEY
 
-__all__ = ["OutputDir", "open_output"]
+__all__ = ["OutputDir", "RowNotFoundError", "open_output"]
+
+
+class RowNotFoundError(KeyError):
+    """No example with the id asked for; the message says whether the row is in the errors table instead."""
+
+    def __str__(self) -> str:  # KeyError's str() is the repr of its argument: quotes around the whole message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -29,23 +44,49 @@ class OutputDir:
     path: Path
     state: dict
 
+    def _files(self, kind: str, count_key: str) -> list[str]:
+        """The ``kind`` ("examples" or "errors") files of the recorded shards, in shard order: those that exist.
+        A shard that ``job.json`` says has such rows must have its file."""
+        files = []
+        for k, stats in sorted(self.state["shards"].items(), key=lambda item: int(item[0])):
+            file = self.path / "shards" / f"{kind}-{int(k):05d}.parquet"
+            if file.is_file():
+                files.append(str(file))
+            elif stats.get(count_key, 0):
+                raise FileNotFoundError(
+                    f"{file} is missing: {JOB_FILE} records {stats[count_key]} {kind} rows in shard {int(k)}"
+                )
+        return files
+
     @property
     def example_files(self) -> list[str]:
-        return self._files("examples")
+        return self._files("examples", "examples")
 
     @property
     def error_files(self) -> list[str]:
-        return self._files("errors")
+        return self._files("errors", "errors")
 
-    def _files(self, kind: str) -> list[str]:
-        paths = (self.path / "shards" / f"{kind}-{int(k):05d}.parquet" for k in sorted(self.state["shards"], key=int))
-        return [str(p) for p in paths if p.exists()]
+    @property
+    def num_examples(self) -> int:
+        return sum(s["examples"] for s in self.state["shards"].values())
+
+    @property
+    def num_errors(self) -> int:
+        return sum(s["errors"] for s in self.state["shards"].values())
 
     def examples(self) -> ds.Dataset:
-        return ds.dataset(self.example_files, format="parquet")
+        """The example rows as one pyarrow dataset (empty, with the example schema, when there are none); its
+        schema metadata holds the settings, as every file's does."""
+        files = self.example_files
+        schema = pq.read_schema(files[0]) if files else example_schema()
+        return ds.dataset(files, schema=schema, format="parquet")
 
     def errors(self) -> pa.Table:
-        return pa.concat_tables([pq.read_table(f) for f in self.error_files])
+        """The errors table (empty, with its schema, when no row failed)."""
+        tables = [pq.read_table(f) for f in self.error_files]
+        if not tables:
+            return error_schema().empty_table()
+        return pa.concat_tables(tables)
 
     def to_datasets(self):
         """The examples as an in-memory ``datasets.Dataset`` (nothing is written to the datasets cache)."""
@@ -53,25 +94,46 @@ class OutputDir:
 
         return datasets.Dataset(datasets.table.InMemoryTable(self.examples().to_table()))
 
+    def ids(self) -> list[str]:
+        """The example ids, in input order (``ids()[k]`` is the id of ``example(k)``)."""
+        return self.examples().to_table(columns=["id"]).column("id").to_pylist()
+
     def example(self, key: str | int):
-        """``(id, Example)`` of the row with id ``key`` (a string) or at position ``key`` (an int)."""
+        """The ``preprocess.prompt.Example`` with id ``key`` (a string) or at position ``key`` (an int).
+
+        Raises :class:`RowNotFoundError` (a ``KeyError``) for an unknown id, saying so when the row is in the
+        errors table, and ``IndexError`` for a position out of range."""
         dataset = self.examples()
         if isinstance(key, int):
-            if not 0 <= key < dataset.count_rows():
-                raise IndexError(f"{self.path}: no example at position {key} ({dataset.count_rows()} examples)")
-            return row_to_example(dataset.take([key]).to_pylist()[0])
+            count = dataset.count_rows()
+            if not 0 <= key < count:
+                raise IndexError(f"{self.path}: no example at position {key} ({count} examples)")
+            return row_to_example(dataset.take([key]).to_pylist()[0])[1]
         rows = dataset.to_table(filter=ds.field("id") == key).to_pylist()
         if not rows:
-            raise KeyError(f"{self.path}: no example with id {key!r} (it may be in the errors table)")
-        return row_to_example(rows[0])
+            raise RowNotFoundError(self._not_found(key))
+        return row_to_example(rows[0])[1]
+
+    def _not_found(self, key: str) -> str:
+        errors = self.errors()
+        failed = errors.filter(pc.equal(errors["id"], key)).to_pylist()
+        if failed:
+            e = failed[0]
+            return (
+                f"row {key!r} of {self.path} produced no example: it failed at stage {e['stage']} "
+                f"(input row {e['row']}): {e['error_type']}: {e['message']}"
+            )
+        return (
+            f"no row with id {key!r} in {self.path} ({self.num_examples} examples, {self.num_errors} errors; "
+            f"a position is also accepted)"
+        )
 
     def report(self) -> list[str]:
-        shards = self.state["shards"].values()
+        shards = self.state["shards"]
         settings = self.state["settings"]
         lines = [
             f"{self.path}: schema version {self.state['schema_version']}, {len(shards)} shards, "
-            f"{sum(s['examples'] for s in shards)} examples + {sum(s['errors'] for s in shards)} errors "
-            f"= {self.state['rows']} input rows",
+            f"{self.num_examples} examples + {self.num_errors} errors = {self.state['rows']} input rows",
             "settings: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())),
         ]
         errors = self.errors()
@@ -101,7 +163,7 @@ def open_output(path: str | os.PathLike) -> OutputDir:
     expected_settings = {k: v for k, v in state["settings"].items() if k != "chat_template"}
     for file in out.example_files + out.error_files:
         schema = pq.read_schema(file)
-        if "examples-" in file:
+        if "examples-" in Path(file).name:
             check_schema(schema)
         stored = json.loads((schema.metadata or {}).get(SETTINGS_KEY.encode(), b"{}"))
         if stored != expected_settings:

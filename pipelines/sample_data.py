@@ -5,7 +5,9 @@ A toy SentencePiece tokenizer with every Gemma 4 control string (:func:`train_to
 photo-like images (:func:`synthetic_image`: photographs are mostly smooth regions, edges and a little sensor
 noise; these images imitate that mix so that JPEG sizes, decode times and resampling errors behave like real
 photos rather than like white noise), speech-like audio (:func:`synthetic_speech`), short videos
-(:func:`write_video`) and a small multimodal manifest using all of them (:func:`write_sample_dataset`).
+(:func:`write_video`), a small multimodal manifest using all of them (:func:`write_sample_dataset`) and a tiny
+random checkpoint whose config matches the toy tokenizer (:func:`write_sample_checkpoint`), so that the model
+runs on the sample's batches. Its weights are random: its outputs mean nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "BROKEN_ROWS",
     "WORDS",
     "synthetic_image",
     "synthetic_speech",
     "train_toy_tokenizer",
+    "write_sample_checkpoint",
     "write_sample_dataset",
     "write_video",
 ]
@@ -122,12 +126,26 @@ def train_toy_tokenizer(seed: int = 0, vocab_size: int = 600, drop: tuple[str, .
     return model.getvalue()
 
 
+# The rows ``write_sample_dataset(corrupt=True)`` adds, each broken in its own way, then one unreadable line.
+_BROKEN = (
+    {"id": "bad-image", "messages": [{"role": "user", "content": [{"type": "image", "image": "media/broken.jpg"}]}]},
+    {"id": "bad-audio", "messages": [{"role": "user", "content": [{"type": "audio", "audio": "media/broken.wav"}]}]},
+    {"id": "missing-file", "messages": [{"role": "user", "content": [{"type": "image", "image": "media/nope.png"}]}]},
+    {"id": "malformed", "messages": [{"role": "robot", "content": "hi"}]},
+    {"id": "no-messages"},
+    {"id": "unknown-type", "messages": [{"role": "user", "content": [{"type": "gif", "gif": "x"}]}]},
+)
+_UNREADABLE_LINE = "{this is not json"
+BROKEN_ROWS = len(_BROKEN) + 1  # manifest lines that ``corrupt=True`` adds to the ``rows`` good ones
+
+
 def write_sample_dataset(directory, rows: int = 40, seed: int = 0, corrupt: bool = False) -> tuple:
     """A small multimodal manifest (JSONL) with its media files and a toy tokenizer, all made here.
 
     Rows mix text-only, images (JPEG and PNG of many sizes), audio (WAV and FLAC, 1–40 s) and short videos.
-    With ``corrupt``, a few rows are broken on purpose (bad image bytes, bad audio, a missing file, malformed
-    messages, a placeholder mismatch). Returns (manifest path, tokenizer directory).
+    With ``corrupt``, :data:`BROKEN_ROWS` more lines are broken on purpose (bad image bytes, bad audio, a missing
+    file, malformed messages, an unknown part type, a line that is not JSON). Returns (manifest path, tokenizer
+    directory).
     """
     import json
     from pathlib import Path
@@ -161,31 +179,14 @@ def write_sample_dataset(directory, rows: int = 40, seed: int = 0, corrupt: bool
     if corrupt:
         (directory / "media" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
         (directory / "media" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-        bad = [
-            {
-                "id": "bad-image",
-                "messages": [{"role": "user", "content": [{"type": "image", "image": "media/broken.jpg"}]}],
-            },
-            {
-                "id": "bad-audio",
-                "messages": [{"role": "user", "content": [{"type": "audio", "audio": "media/broken.wav"}]}],
-            },
-            {
-                "id": "missing-file",
-                "messages": [{"role": "user", "content": [{"type": "image", "image": "media/nope.png"}]}],
-            },
-            {"id": "malformed", "messages": [{"role": "robot", "content": "hi"}]},
-            {"id": "no-messages"},
-            {"id": "unknown-type", "messages": [{"role": "user", "content": [{"type": "gif", "gif": "x"}]}]},
-        ]
-        for offset, row in enumerate(bad):
+        for offset, row in enumerate(_BROKEN):
             lines.insert(3 + 5 * offset, row)
     manifest = directory / "manifest.jsonl"
     with open(manifest, "w") as fp:
         for row in lines:
             fp.write(json.dumps(row) + "\n")
         if corrupt:
-            fp.write("{this is not json\n")
+            fp.write(_UNREADABLE_LINE + "\n")
     return manifest, directory / "tokenizer"
 
 
@@ -200,3 +201,36 @@ def write_video(path, frames: int, seed: int) -> None:
             picture = av.VideoFrame.from_ndarray(synthetic_image(64, 96, seed=seed * 100 + i), format="rgb24")
             container.mux(stream.encode(picture))
         container.mux(stream.encode())
+
+
+def write_sample_checkpoint(directory, tokenizer_dir, *, preset: str = "tiny-e2b", seed: int = 0):
+    """A complete checkpoint directory (``config.json``, ``model.safetensors``, ``tokenizer.model``) of the
+    ``preset`` tiny model (text decoder, vision and audio towers) with random weights, its vocabulary size and
+    control ids taken from the tokenizer in ``tokenizer_dir``, so that ``load_pretrained(directory,
+    tokenizer=...)`` accepts it and it runs on batches built with that tokenizer. Returns the directory."""
+    import shutil
+    from dataclasses import fields, replace
+    from pathlib import Path
+
+    import torch
+
+    from model.checkpoint import save_pretrained
+    from model.config import PRESETS, TokenIds
+    from model.gemma4 import Gemma4
+    from preprocess.tokenizer import Tokenizer
+
+    directory = Path(directory)
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    special = tokenizer.special
+    base = PRESETS[preset]
+    config = replace(
+        base,
+        text=replace(base.text, vocab_size=tokenizer.vocab_size, ple_vocab_size=tokenizer.vocab_size),
+        tokens=TokenIds(**{name: getattr(special, name) for name in (f.name for f in fields(TokenIds))}),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Gemma4(config)
+    save_pretrained(model, directory)
+    shutil.copyfile(Path(tokenizer_dir) / "tokenizer.model", directory / "tokenizer.model")
+    return directory

@@ -17,7 +17,7 @@ def test_budget_table_lists_every_budget(capsys):
     assert cli.main(["budget", "1080", "1920"]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
-    assert lines[0] == "input 1080 x 1920 px"
+    assert lines[0] == "input 1080 x 1920 px (h x w)"
     rows = [line.split() for line in lines[3:]]
     assert [int(r[0]) for r in rows] == list(B.SUPPORTED_BUDGETS)
     for r in rows:
@@ -88,3 +88,106 @@ def test_model_benchmark_runs(capsys):
     assert cli.main(["bench", "model", "--tokens", "64", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "gemma4 bench model" in out and "64 tokens" in out and "peak memory: ours" in out and "reference" in out
+
+
+PREPROCESS = ["preprocess", "m.jsonl", "out", "--tokenizer", "t"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([*PREPROCESS, "--video-frames", "0"], "--video-frames: 0: must be at least 1"),
+        ([*PREPROCESS, "--workers", "-3"], "--workers: -3: must be at least 1"),
+        ([*PREPROCESS, "--rows-per-shard", "0"], "--rows-per-shard: 0: must be at least 1"),
+        ([*PREPROCESS, "--max-tokens", "0"], "--max-tokens: 0: must be at least 1"),
+        ([*PREPROCESS, "--workers", "two"], "'two' is not a whole number"),
+        (["sample-data", "d", "--rows", "-1"], "--rows: -1: must be at least 0"),
+        (["inspect", "out", "--frame", "-1"], "--frame: -1: must be at least 0"),
+        (["bench", "images", "--count", "0"], "--count: 0: must be at least 1"),
+    ],
+)
+def test_counts_must_be_positive(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written, but if it were, not here
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_budget_and_help_import_neither_torch_nor_the_heavy_libraries():
+    """``gemma4 budget`` and ``gemma4 --help`` stay quick: the command line imports torch, numpy, Pillow and
+    pyarrow only inside the commands that need them, and ``preprocess`` resolves its names lazily."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, contextlib, io\n"
+        "import pipelines.cli as cli\n"
+        "cli.build_parser()\n"
+        "assert cli.main(['budget', '1080', '1920']) == 0\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as help_text, contextlib.suppress(SystemExit):\n"
+        "    cli.main(['--help'])\n"
+        "assert 'sample-data' in help_text.getvalue(), help_text.getvalue()\n"
+        "import preprocess, preprocess.budget\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'pyarrow', 'sentencepiece') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_budget_table_and_preview_caption_write_sizes_height_first():
+    lines = cli.budget_table(300, 500, [70]).splitlines()
+    assert lines[0] == "input 300 x 500 px (h x w)"
+    assert "target px (h x w)" in lines[1] and "patch grid (h x w)" in lines[1]
+    from pipelines.preview import caption
+
+    th, tw = B.image_target_size(300, 500, 70)
+    assert th < tw
+    first = caption((300, 500), (th, tw), 70)[0]
+    assert first == f"input 300 x 500 px (h x w) -> {th} x {tw} px at budget 70"
+
+
+def test_sample_data_reports_every_manifest_line(tmp_path, capsys):
+    assert cli.main(["sample-data", str(tmp_path / "s"), "--rows", "3", "--corrupt"]) == 0
+    out = capsys.readouterr().out
+    lines = (tmp_path / "s" / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+    assert f"({len(lines)} rows, 7 of them broken on purpose)" in out
+    assert "checkpoint" in out and (tmp_path / "s" / "checkpoint" / "config.json").is_file()
+    assert cli.main(["sample-data", str(tmp_path / "t"), "--rows", "3"]) == 0
+    assert "(3 rows)" in capsys.readouterr().out
+
+
+def test_inspect_missing_row_names_it_without_quotes_around_the_message(small_output, capsys):
+    out = small_output[1]
+    assert cli.main(["inspect", str(out), "--row", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    expected = f"no row with id 'nope' in {out} (5 examples, 7 errors; a position is also accepted)"
+    assert err == f"gemma4 inspect: error: {expected}"
+    assert cli.main(["inspect", str(out), "--row", "bad-image"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"gemma4 inspect: error: row 'bad-image' of {out} produced no example: it failed at stage ")
+    assert "CorruptImageError" in err or "NotAnImageError" in err
+
+
+def test_inspect_previews_a_video_frame(small_output, tmp_path, capsys):
+    from pipelines.readback import open_output
+
+    out = small_output[1]
+    video = open_output(out).example("ex0004").videos[0]
+    for extra, frame in (([], 0), (["--frame", "1"], 1)):
+        picture = tmp_path / f"frame{frame}.png"
+        assert cli.main(["inspect", str(out), "--row", "ex0004", "--preview", str(picture), *extra]) == 0
+        text = capsys.readouterr().out
+        assert f"video 0, frame {frame} at {video.timestamps[frame]}" in text
+        shown = np.asarray(Image.open(picture).convert("RGB"))
+        h, w = video.frames[frame].size
+        assert shown.shape[1] == max(w, 480) and shown.shape[0] > h
+    n = len(video.frames)
+    assert cli.main(["inspect", str(out), "--row", "ex0004", "--preview", str(picture), "--frame", str(n)]) == 2
+    assert f"has {n} frames; --frame {n} is out of range" in capsys.readouterr().err
+    assert cli.main(["inspect", str(out), "--row", "ex0000", "--preview", str(picture)]) == 2
+    assert "row ex0000 has no image or video to preview" in capsys.readouterr().err
+    assert cli.main(["inspect", str(out), "--row", "ex0001", "--preview", str(picture), "--video", "0"]) == 2
+    assert "row ex0001 has no video to preview" in capsys.readouterr().err

@@ -98,10 +98,9 @@ def test_rows_equal_building_the_example_directly(sample, reference_run):
         if row["id"] in BAD_IDS:
             continue
         expected = build_example(resolve_media(row["messages"], manifest.parent), tok)
-        example_id, example = output.example(row["id"])
-        assert example_id == row["id"]
-        assert_same(expected, example)
-    assert output.example(0)[0] == "ex0000"
+        assert_same(expected, output.example(row["id"]))
+    assert output.ids()[0] == "ex0000"
+    assert_same(output.example(0), output.example("ex0000"))
     with pytest.raises(KeyError, match="bad-image"):
         output.example("bad-image")
     dataset = output.to_datasets()
@@ -246,7 +245,7 @@ def test_inspect_command(reference_run, tmp_path, capsys):
     assert "20 examples + 7 errors = 27 input rows" in text and "bad-image" in text and picture.exists()
     from PIL import Image
 
-    _, example = open_output(out).example("ex0001")
+    example = open_output(out).example("ex0001")
     width = max(example.images[0].size[1], 480)
     assert Image.open(picture).width == width
     assert cli.main(["inspect", str(out), "--row", "ex0000", "--preview", str(picture)]) == 2  # text-only row
@@ -256,7 +255,7 @@ def test_preview_pixels_round_trip(reference_run):
     from pipelines.preview import unpatchify
     from preprocess.image import patchify
 
-    _, example = open_output(reference_run[0]).example("ex0001")
+    example = open_output(reference_run[0]).example("ex0001")
     image = example.images[0]
     assert np.array_equal(patchify(unpatchify(image.patches, image.size)), image.patches)
 

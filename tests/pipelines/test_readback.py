@@ -1,0 +1,93 @@
+"""Reading a preprocess output back: files found by what exists, empty outputs, one row as an Example."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import cli
+from pipelines.preprocess_job import PreprocessSettings, run_preprocess
+from pipelines.readback import RowNotFoundError, open_output
+from preprocess.prompt import Example
+
+
+def _without_empty_files(out, tmp_path):
+    """A copy of ``out`` without its 0-row Parquet files (what the job will write: none for an empty shard)."""
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    removed = []
+    for file in sorted((copy / "shards").glob("*.parquet")):
+        if pq.read_metadata(file).num_rows == 0:
+            file.unlink()
+            removed.append(file.name)
+    return copy, removed
+
+
+def test_example_is_an_example_and_ids_are_in_input_order(small_output):
+    output = open_output(small_output[1])
+    assert output.ids() == ["ex0000", "ex0001", "ex0002", "ex0003", "ex0004"]
+    example = output.example("ex0001")
+    assert isinstance(example, Example) and example.images and example.summary
+    assert isinstance(output.example(1), Example)
+    assert output.example(1).summary == example.summary
+    assert b"gemma4.settings" in output.examples().schema.metadata
+
+
+def test_reads_shards_that_have_only_one_of_their_two_files(small_output, tmp_path):
+    copy, removed = _without_empty_files(small_output[1], tmp_path)
+    assert removed == ["errors-00000.parquet", "examples-00002.parquet", "examples-00003.parquet"]
+    output = open_output(copy)
+    assert output.ids() == open_output(small_output[1]).ids()
+    assert output.errors().num_rows == 7
+    assert output.example("ex0004").videos
+    assert "5 examples + 7 errors = 12 input rows" in output.report()[0]
+
+
+def test_a_file_job_json_counts_rows_in_must_exist(small_output, tmp_path):
+    copy, _ = _without_empty_files(small_output[1], tmp_path)
+    (copy / "shards" / "examples-00001.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"examples-00001\.parquet is missing: job.json records 2 examples"):
+        open_output(copy)
+
+
+@pytest.mark.parametrize("lines", [[], ["{not json"]], ids=["empty-manifest", "only-errors"])
+def test_an_output_without_examples_reads_as_empty(small_output, tmp_path, capsys, lines):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(line + "\n" for line in lines))
+    settings = PreprocessSettings(tokenizer=str(small_output[0] / "tokenizer"))
+    out = tmp_path / "out"
+    run_preprocess(manifest, out, settings, workers=1, progress=False)
+    for file in (out / "shards").glob("*.parquet"):  # as the job writes it from now on: no 0-row files
+        if pq.read_metadata(file).num_rows == 0:
+            file.unlink()
+    output = open_output(out)
+    assert output.ids() == [] and output.examples().count_rows() == 0 and len(output.to_datasets()) == 0
+    assert output.errors().num_rows == len(lines)
+    with pytest.raises(IndexError, match="0 examples"):
+        output.example(0)
+    assert cli.main(["inspect", str(out)]) == 0
+    assert f"0 examples + {len(lines)} errors = {len(lines)} input rows" in capsys.readouterr().out
+
+
+def test_unknown_id_says_where_the_row_went(small_output):
+    output = open_output(small_output[1])
+    with pytest.raises(RowNotFoundError) as info:
+        output.example("bad-image")
+    message = str(info.value)
+    assert message.startswith("row 'bad-image' of ") and "stage image" in message and "input row 3" in message
+    with pytest.raises(KeyError) as info:  # RowNotFoundError is a KeyError
+        output.example("nope")
+    expected = f"no row with id 'nope' in {small_output[1]} (5 examples, 7 errors; a position is also accepted)"
+    assert str(info.value) == expected
+
+
+def test_job_json_shards_are_the_source_of_truth(small_output, tmp_path):
+    """A stray shard file that job.json does not list is not read."""
+    copy, _ = _without_empty_files(small_output[1], tmp_path)
+    shutil.copy(copy / "shards" / "examples-00000.parquet", copy / "shards" / "examples-00009.parquet")
+    assert len(open_output(copy).ids()) == 5
+    state = json.loads((copy / "job.json").read_text())
+    assert sorted(state["shards"], key=int) == ["0", "1", "2", "3"]
