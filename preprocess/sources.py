@@ -4,6 +4,7 @@ a regular file, reading a file object in place, and keeping file contents out of
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import stat
@@ -17,6 +18,7 @@ __all__ = ["describe", "read_stream", "open_regular", "scrub"]
 
 # A bytes literal as repr() writes it: decoders quote the bytes they could not parse (Pillow's "broken PNG file
 # (chunk b'...')", TIFF's header); those are file contents and never enter our messages.
+_FILE_REPR = re.compile(r"<_io\.\w+(?: name=[^<>]*| object at 0x[0-9a-fA-F]+)>")
 _BYTES_REPR = re.compile(r"b'(?:[^'\\]|\\.)*'" + "|" + r'b"(?:[^"\\]|\\.)*"')
 
 
@@ -66,8 +68,10 @@ def read_stream(fp: object, what: str, error: type[InvalidInputError]) -> bytes:
 
 
 def scrub(message: object) -> str:
-    """``str(message)`` (a decoder's error) with every bytes literal replaced by ``<bytes>``."""
-    return _BYTES_REPR.sub("<bytes>", str(message))
+    """``str(message)`` (a decoder's error) with every bytes literal replaced by ``<bytes>`` and every file
+    object's repr by ``<file>`` (it holds a memory address or a descriptor number, which differ from run to run,
+    and the message names the input already)."""
+    return _FILE_REPR.sub("<file>", _BYTES_REPR.sub("<bytes>", str(message)))
 
 
 def _file_kind(mode: int) -> str:
@@ -108,7 +112,9 @@ def open_regular(path: str | os.PathLike, what: str, error: type[NotAFileError])
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):  # replaced between stat and open
             raise error(what, f"is {_file_kind(mode)}, not a regular file; only regular files are read")
-        return os.fdopen(fd, "rb")
+        raw = io.FileIO(fd, "rb", closefd=True)
+        raw.name = os.fspath(path)  # as open() names it (decoders quote the name; a descriptor number varies)
+        return io.BufferedReader(raw)
     except BaseException:
         os.close(fd)
         raise

@@ -88,3 +88,10 @@ def test_scrub_removes_quoted_bytes():
     assert scrub("broken PNG file (chunk b'root')") == "broken PNG file (chunk <bytes>)"
     assert scrub("header b\"\\\"x\\\\\" and b'\\'' end") == "header <bytes> and <bytes> end"
     assert scrub(ValueError("no bytes here")) == "no bytes here"
+
+
+def test_scrub_removes_file_object_reprs():
+    """libsndfile names the file object it was given: a memory address or a descriptor number, which would make
+    the errors table differ from run to run."""
+    message = "Error opening <_io.BytesIO object at 0x7f04784dfa60>: bad; <_io.BufferedReader name=5>: worse"
+    assert scrub(message) == "Error opening <file>: bad; <file>: worse"
