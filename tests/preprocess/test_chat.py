@@ -174,3 +174,58 @@ def test_part_values_are_not_quoted_in_errors():
     with pytest.raises(ChatFormatError) as info:
         render_chat([{"role": "user", "content": [{"image": b"root:*:0:0"}]}])
     assert "root" not in str(info.value) and "image" in str(info.value)
+
+
+# In the style of a real checkpoint template (roles alternate, a system prefix, loop.first, slicing, trim).
+CHECKPOINT_STYLE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- set ns = namespace(turns=0) -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- set ns.turns = ns.turns + 1 -%}
+    {{ '<|turn>' + message['role'] + '\\n' + (first_user_prefix if loop.first else "") }}
+    {%- for item in message['content'] -%}
+        {%- if item['type'] == 'image' -%}{{ '<|image|>' }}{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ '<turn|>\\n' }}
+{%- endfor -%}
+{{ ns.turns }}{% for i in range(2)|reverse %}{{ loop.revindex }}{% endfor %}
+{%- if add_generation_prompt -%}{{ '<|turn>model\\n' }}{%- endif -%}"""
+
+
+def test_guards_do_not_change_what_a_template_renders():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": " What is "}, {"type": "image", "image": "x.png"}]},
+        {"role": "model", "content": "A cat."},
+        {"role": "user", "content": "And this?"},
+    ]
+    plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    expected = plain.from_string(CHECKPOINT_STYLE).render(
+        messages=[
+            {
+                "role": m["role"],
+                "content": [{"type": "text", "text": m["content"]}]
+                if isinstance(m["content"], str)
+                else [p if p["type"] == "text" else {"type": p["type"]} for p in m["content"]],
+            }
+            for m in messages
+        ],
+        add_generation_prompt=True,
+        bos_token="<bos>",
+    )
+    assert render_chat(messages, chat_template=CHECKPOINT_STYLE, limits=SMALL).text == expected
+    assert expected.endswith("321<|turn>model\n")
+    with pytest.raises(ChatFormatError, match="must alternate"):
+        render_chat(messages[:2] + messages[3:], chat_template=CHECKPOINT_STYLE)
