@@ -203,6 +203,9 @@ def _render_builtin(
 MAX_RANGE = 100_000  # items one range() may yield in a template (Jinja's sandbox uses the same bound)
 _WRITTEN_FACTOR = 4  # characters written anywhere (macros, set blocks) per character of allowed output
 _DIGITS_RE = re.compile(r"\d+")
+_PERCENT_SPEC_RE = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?")  # "%(key)-010.3f": width, precision
+_BRACE_SPEC_RE = re.compile(r"\{[^{}:]*:([^{}]*)\}")  # "{0:>10.3}": the spec after the colon
+_NESTED_SPEC_RE = re.compile(r"\{[^{}]*\{")  # "{:{width}}": a width taken from the arguments
 
 
 class _Guard:
@@ -254,10 +257,15 @@ class _Guard:
                         "(raise MediaLimits.max_template_chars)"
                     )
 
-    def format_string(self, fmt: object, what: str) -> None:
-        """Widths and precisions in a format string (``"%0999999999d"``, ``"{:>999999999}"``)."""
+    def format_string(self, fmt: object, what: str, args: Sequence[object] = ()) -> None:
+        """Widths and precisions in a format string (``"%0999999999d"``, ``"{:>999999999}"``), and in its
+        arguments when the string takes them from there (``"%*d"``, ``"{:{}}"``)."""
         if isinstance(fmt, str) and self.chars is not None:
-            for digits in _DIGITS_RE.findall(fmt):
+            if "*" in fmt or _NESTED_SPEC_RE.search(fmt):
+                self.numbers(args, what)
+            widths = [w for match in _PERCENT_SPEC_RE.finditer(fmt) for w in match.groups() if w]
+            widths += [w for match in _BRACE_SPEC_RE.finditer(fmt) for w in _DIGITS_RE.findall(match.group(1))]
+            for digits in widths:
                 if len(digits) > len(str(self.chars)) or int(digits) > self.chars:
                     raise self.fail(f"{what} asks for a width of {digits}, more than {self.chars} characters")
 
@@ -266,7 +274,11 @@ class _Guard:
         if not isinstance(subject, str):
             return
         if name in ("format", "format_map"):
-            self.format_string(subject, name)
+            self.format_string(
+                subject,
+                f"{name}()",
+                [*args, *(args[0].values() if name == "format_map" and args and isinstance(args[0], Mapping) else ())],
+            )
         elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
             old, new = args[0], args[1]
             count = len(subject) + 1 if old == "" else subject.count(old)
@@ -288,8 +300,8 @@ class _Guard:
             if int(right) > 0 and abs(int(left)) > 1 and int(left).bit_length() * int(right) > 1_000_000:
                 raise self.fail(f"{left} ** {right} is too large a number")
         elif operator == "%" and isinstance(left, str):
-            self.format_string(left, "a % format")
-            self.numbers(right if isinstance(right, tuple) else (right,), "a % format")
+            values = right if isinstance(right, tuple) else right.values() if isinstance(right, Mapping) else (right,)
+            self.format_string(left, "a % format", list(values))
 
     def iterate(self, iterable: object, literal_chars: int) -> Iterator[object]:
         """Every ``for`` loop's iterable: time checked at each step, the loop body's literal text counted."""
@@ -385,7 +397,7 @@ def _environment(guard: _Guard):
             subject = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)  # str.format is wrapped
             for value in (*args, *kwargs.values()):
                 guard.value(value, f"an argument of {name}()")
-            if isinstance(subject, str | list | tuple):  # widths and counts of ljust, center, zfill, …
+            if isinstance(subject, str | list | tuple) and name not in ("format", "format_map"):  # ljust, zfill, …
                 guard.numbers([*args, *kwargs.values()], f"{name}()")
             guard.expansion(name, subject, args)
             result = super().call(__context, __obj, *args, **kwargs)
@@ -398,9 +410,10 @@ def _environment(guard: _Guard):
         def wrapper(*args, **kwargs):
             guard.tick()
             values = [a for a in args if not isinstance(a, injected)]  # the filtered value, then its arguments
-            guard.numbers([*values[1:], *kwargs.values()], f"the {name} filter")
-            if name == "format" and values:
-                guard.format_string(values[0], "the format filter")
+            if name == "format" and values:  # value|format(*args): the arguments are what gets formatted
+                guard.format_string(values[0], "the format filter", [*values[1:], *kwargs.values()])
+            else:  # widths and counts: center(80), indent(4), truncate(255), …
+                guard.numbers([*values[1:], *kwargs.values()], f"the {name} filter")
             if name in ("replace", "join") and values:
                 guard.expansion(*_filter_subject(name, values, kwargs))
             return guard.value(function(*args, **kwargs), f"the result of the {name} filter")

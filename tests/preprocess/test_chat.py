@@ -166,6 +166,8 @@ def test_limits_allow_ordinary_templates():
     assert rendered.text == render_chat(SIMPLE, chat_template=TEMPLATE).text
     loops = "{% for i in range(3)|reverse %}{{ i }}{% endfor %}{{ range(5)|list|length }}{{ 'ab'|center(6) }}"
     assert render_with(loops).text == "2105  ab  "
+    numbers = "{{ 'call 12345678901: %05d' % 7 }} {{ 'id 98765432109 {:>4}'.format(1) }} {{ '%s'|format(10**11) }}"
+    assert render_with(numbers).text == "call 12345678901: 00007 id 98765432109    1 100000000000"
     unlimited = MediaLimits(max_template_seconds=None, max_template_chars=None)
     assert render_with("{{ 'x' * 20000 }}", unlimited).text == "x" * 20000
 
