@@ -29,6 +29,13 @@ exactly ``ceil(N · 16000 / rate)``, computed in integers. torchaudio evaluates 
 out one sample short for some lengths (first at 180 697 samples of 44.1 kHz audio, about 4.1 s); when that
 happens we resample again with the clip zero-padded, which adds output samples only after the ones we keep.
 
+Limits (:class:`preprocess.limits.MediaLimits`): ``max_audio_seconds`` (duration) and ``max_audio_samples``
+(samples × channels at the source rate) are checked from the file's header before anything is decoded (from the
+shape, for arrays; the 16 kHz length follows from the duration), and again while FFmpeg decodes, for containers
+whose header gives no duration. Sample rates must be integers from 1 000 Hz to 768 000 Hz (``16000.0`` is read
+as 16 000; ``16000.7`` is an error). A path must name a regular file (a FIFO is refused without being opened).
+Error messages never quote the file's bytes. :func:`probe_audio` reads only the header.
+
 Not checked here: the minimum length (feature extraction does that). Not detectable here: a WAV file cut inside
 its sample data — libsndfile trusts the file length over the header and returns the samples that are there.
 
@@ -44,6 +51,8 @@ from __future__ import annotations
 import io
 import math
 import os
+from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import BinaryIO
 
 import numpy as np
@@ -51,12 +60,36 @@ import soundfile
 import torch
 import torchaudio.functional
 
-from .errors import CorruptAudioError, EmptyAudioError, NonFiniteAudioError, UnsupportedAudioError
-from .sources import describe, read_stream
+from .errors import (
+    AudioNotAFileError,
+    AudioTooLargeError,
+    CorruptAudioError,
+    EmptyAudioError,
+    InvalidAudioError,
+    NonFiniteAudioError,
+    UnsupportedAudioError,
+)
+from .limits import DEFAULT_LIMITS, MediaLimits
+from .sources import describe, open_regular, read_stream, scrub
 
-__all__ = ["SAMPLE_RATE", "AudioSource", "describe_audio_source", "load_audio"]
+__all__ = [
+    "SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "MAX_SAMPLE_RATE",
+    "AudioSource",
+    "AudioInfo",
+    "describe_audio_source",
+    "load_audio",
+    "probe_audio",
+]
 
 SAMPLE_RATE = 16_000
+# Rates outside these are no audio format's: telephony's 8 kHz and DXD's 384 kHz are the usual extremes.
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 768_000
+# libsndfile reports a length this large (SF_COUNT_MAX) when the header gives none (a streamed FLAC).
+_UNKNOWN_FRAMES = 2**62
+_SO_FAR = "the samples decoded so far"
 
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | np.ndarray | torch.Tensor
 
@@ -70,96 +103,293 @@ MAX_FILTER_VALUES = 16_000_000
 _INT_SCALE = {("i", 1): (0, 128), ("u", 1): (128, 128), ("i", 2): (0, 32768), ("i", 4): (0, 2**31)}
 
 
+@dataclass(frozen=True)
+class AudioInfo:
+    """What an audio input's header (or an array's shape) says, before decoding.
+
+    frames: samples per channel at ``sample_rate``, or ``None`` when the header does not say.
+    """
+
+    sample_rate: int
+    channels: int
+    frames: int | None
+    source: str
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.frames is None else self.frames / self.sample_rate
+
+    @property
+    def samples_16k(self) -> int | None:
+        """Samples after resampling to 16 kHz: ``ceil(frames · 16000 / rate)``."""
+        return None if self.frames is None else -(-self.frames * SAMPLE_RATE // self.sample_rate)
+
+
 def describe_audio_source(source: object, name: str | None = None) -> str:
     """A short description of ``source`` for error messages: ``name`` if given, else the path or kind."""
     return describe(source, "audio", name)
 
 
-def load_audio(source: AudioSource, sample_rate: int | None = None, *, name: str | None = None) -> np.ndarray:
+def load_audio(
+    source: AudioSource,
+    sample_rate: int | None = None,
+    *,
+    name: str | None = None,
+    limits: MediaLimits | None = None,
+) -> np.ndarray:
     """Decode ``source`` into ``(M,)`` float32 mono samples at :data:`SAMPLE_RATE` (rules: module docstring).
 
     ``sample_rate`` is the rate of an array or tensor source (required there) and must be ``None`` for encoded
-    sources, which carry their own. The result is a new C-contiguous array.
+    sources, which carry their own. ``limits`` (default ``MediaLimits()``) bounds the duration and the decoded
+    size before decoding. The result is a new C-contiguous array.
     """
     what = describe_audio_source(source, name)
+    limits = limits or DEFAULT_LIMITS
     if isinstance(source, np.ndarray | torch.Tensor):
-        if sample_rate is None:
-            raise UnsupportedAudioError(what, "an array carries no sample rate: pass sample_rate= (e.g. 16000)")
-        rate = _check_rate(sample_rate, what)
+        rate = _array_rate(sample_rate, what)
         samples = _tensor_to_array(source, what) if isinstance(source, torch.Tensor) else source
-        return _to_16k_mono(_array_to_float(samples, what), rate, what)
-    if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview) or hasattr(source, "read"):
-        if sample_rate is not None:
+        wave = _array_to_float(samples, what)
+        _check_size(AudioInfo(rate, wave.shape[0], wave.shape[1], what), limits, "its shape")
+        return _to_16k_mono(wave, rate, what)
+    _check_encoded(source, sample_rate, what)
+    with _encoded_stream(source, what) as fp:
+        return _from_stream(fp, what, limits)
+
+
+def probe_audio(
+    source: AudioSource,
+    sample_rate: int | None = None,
+    *,
+    name: str | None = None,
+    limits: MediaLimits | None = None,
+) -> AudioInfo:
+    """The rate, channels and length of ``source`` from its header (or shape) alone, with the checks of
+    :func:`load_audio` that need no decoding (limits included)."""
+    what = describe_audio_source(source, name)
+    limits = limits or DEFAULT_LIMITS
+    if isinstance(source, np.ndarray | torch.Tensor):
+        rate = _array_rate(sample_rate, what)
+        shape = tuple(source.shape)
+        if len(shape) not in (1, 2):
             raise UnsupportedAudioError(
-                what, f"sample_rate={sample_rate!r} was given, but an audio file carries its own rate: pass None"
+                what, f"expected (samples,) or (channels, samples), got {len(shape)} dimensions"
             )
-        return _from_encoded(source, what)
-    raise UnsupportedAudioError(
-        what, "expected a path, bytes, a binary file object, or a numpy array / torch tensor of samples"
-    )
+        channels, frames = (1, shape[0]) if len(shape) == 1 else shape
+        info = AudioInfo(rate, channels, frames, what)
+    else:
+        _check_encoded(source, sample_rate, what)
+        with _encoded_stream(source, what) as fp:
+            info = _header(fp, what)
+    _check_size(info, limits, "its header" if info.frames is not None else "")
+    return info
 
 
-def _from_encoded(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, what: str) -> np.ndarray:
-    """A path, bytes-like object or binary file object, decoded by soundfile."""
+def _check_encoded(source: object, sample_rate: object, what: str) -> None:
+    if not (isinstance(source, str | os.PathLike | bytes | bytearray | memoryview) or hasattr(source, "read")):
+        raise UnsupportedAudioError(
+            what, "expected a path, bytes, a binary file object, or a numpy array / torch tensor of samples"
+        )
+    if sample_rate is not None:
+        raise UnsupportedAudioError(
+            what, f"sample_rate={sample_rate!r} was given, but an audio file carries its own rate: pass None"
+        )
+
+
+def _encoded_stream(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, what: str) -> BinaryIO:
+    """A seekable binary stream of an encoded source, to use in a ``with`` block."""
     if isinstance(source, str | os.PathLike):
-        with open(source, "rb") as fp:  # a missing file raises FileNotFoundError naming the path
-            return _from_stream(fp, what)
+        return open_regular(source, what, AudioNotAFileError)  # a missing file: FileNotFoundError
     if isinstance(source, bytes | bytearray | memoryview):
-        return _from_stream(io.BytesIO(source), what)  # BytesIO copies: the caller's buffer is untouched
-    data = read_stream(source, what, UnsupportedAudioError)  # soundfile seeks around: read from here
-    return _from_stream(io.BytesIO(data), what)
+        return io.BytesIO(source)  # BytesIO copies: the caller's buffer is untouched
+    return io.BytesIO(read_stream(source, what, UnsupportedAudioError))  # soundfile seeks around: read from here
+
+
+def _array_rate(sample_rate: object, what: str) -> int:
+    if sample_rate is None:
+        raise UnsupportedAudioError(what, "an array carries no sample rate: pass sample_rate= (e.g. 16000)")
+    return _check_rate(sample_rate, what)
 
 
 def _check_rate(sample_rate: object, what: str) -> int:
-    if isinstance(sample_rate, bool | np.bool_) or not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
+    """An int rate in ``MIN_SAMPLE_RATE … MAX_SAMPLE_RATE``; a float is accepted only when it is a whole number."""
+    rate = None
+    if isinstance(sample_rate, Integral) and not isinstance(sample_rate, bool | np.bool_):
+        rate = int(sample_rate)
+    elif isinstance(sample_rate, Real) and not isinstance(sample_rate, bool | np.bool_):
+        if math.isfinite(sample_rate) and float(sample_rate).is_integer():
+            rate = int(sample_rate)
+    if rate is None or rate <= 0:
         raise UnsupportedAudioError(
-            what, f"sample_rate must be a positive int (Hz), got {sample_rate!r} ({type(sample_rate).__name__})"
+            what,
+            f"sample_rate must be a positive int (Hz), got {sample_rate!r} ({type(sample_rate).__name__}); "
+            "a fractional rate is not rounded",
         )
-    return int(sample_rate)
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise UnsupportedAudioError(
+            what, f"sample_rate {rate} Hz is outside the supported {MIN_SAMPLE_RATE} … {MAX_SAMPLE_RATE} Hz"
+        )
+    return rate
 
 
-def _from_stream(fp: BinaryIO, what: str) -> np.ndarray:
+def _check_size(info: AudioInfo, limits: MediaLimits, found: str) -> None:
+    """Refuse audio longer than ``max_audio_seconds`` or with more samples × channels than ``max_audio_samples``."""
+    if info.frames is None:
+        return
+    where = f" (from {found})" if found else ""
+    seconds = info.frames / info.sample_rate
+    if limits.max_audio_seconds is not None and seconds > limits.max_audio_seconds:
+        raise AudioTooLargeError(
+            info.source,
+            f"lasts {seconds:.1f} s{where}, more than the limit of {limits.max_audio_seconds:g} s per audio part; "
+            "raise MediaLimits.max_audio_seconds to allow it, or cut the clip",
+        )
+    samples = info.frames * info.channels
+    if limits.max_audio_samples is not None and samples > limits.max_audio_samples:
+        raise AudioTooLargeError(
+            info.source,
+            f"decodes to {samples} samples ({info.frames} × {info.channels} channel(s) at {info.sample_rate} Hz)"
+            f"{where}, more than the limit of {limits.max_audio_samples}; raise MediaLimits.max_audio_samples to "
+            "allow it",
+        )
+
+
+def _header(fp: BinaryIO, what: str) -> AudioInfo:
+    """Rate, channels and length from the header: libsndfile's, else FFmpeg's (``frames`` may be unknown)."""
     start = fp.tell()
     if not fp.read(1):
         raise EmptyAudioError(what, "the input is empty (0 bytes)")
     fp.seek(start)
     try:
-        frames, rate = soundfile.read(fp, dtype="float32", always_2d=True)  # (N, C)
-        channels_first = frames.T  # (C, N), a view
-    except MemoryError:
+        with soundfile.SoundFile(fp) as sf:
+            return _sndfile_info(sf, what)
+    except InvalidAudioError:
         raise
-    except Exception as exc:  # LibsndfileError (a RuntimeError) mostly; damaged data can surface as others
+    except Exception as exc:
         fp.seek(start)
-        try:  # containers libsndfile does not read (M4A/AAC, WebM/Opus in video containers, …)
-            channels_first, rate = _decode_with_pyav(fp)
+        try:
+            import av
+
+            with av.open(fp, mode="r") as container:
+                return _pyav_info(container, what)
+        except InvalidAudioError:
+            raise
         except Exception as fallback:
-            raise CorruptAudioError(
-                what, f"cannot decode audio: {type(exc).__name__}: {exc}; PyAV: {type(fallback).__name__}: {fallback}"
-            ) from exc
-    if channels_first.shape[1] == 0:
-        raise EmptyAudioError(what, f"the file holds no samples (0 frames, {channels_first.shape[0]} channel(s))")
+            raise _undecodable(what, exc, fallback) from exc
+
+
+def _sndfile_info(sf: soundfile.SoundFile, what: str) -> AudioInfo:
+    if not sf.samplerate > 0:
+        raise CorruptAudioError(what, f"the file declares sample rate {sf.samplerate!r}")
+    frames = sf.frames if 0 <= sf.frames < _UNKNOWN_FRAMES else None
+    return AudioInfo(_file_rate(sf.samplerate, what), max(sf.channels, 1), frames, what)
+
+
+def _pyav_info(container, what: str) -> AudioInfo:
+    if not container.streams.audio:
+        raise ValueError("no audio stream in the container")
+    stream = container.streams.audio[0]
+    rate = _file_rate(stream.rate or stream.codec_context.sample_rate, what)
+    channels = max(int(stream.codec_context.channels or 1), 1)
+    seconds = None
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+    frames = None if seconds is None or seconds < 0 else math.ceil(seconds * rate)
+    return AudioInfo(rate, channels, frames, what)
+
+
+def _file_rate(rate: object, what: str) -> int:
     if not (isinstance(rate, int) and rate > 0):
         raise CorruptAudioError(what, f"the file declares sample rate {rate!r}")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise UnsupportedAudioError(
+            what, f"the file's sample rate {rate} Hz is outside the supported {MIN_SAMPLE_RATE} … {MAX_SAMPLE_RATE} Hz"
+        )
+    return rate
+
+
+def _undecodable(what: str, exc: BaseException, fallback: BaseException) -> CorruptAudioError:
+    return CorruptAudioError(
+        what,
+        f"cannot decode audio: {type(exc).__name__}: {scrub(exc)}; PyAV: {type(fallback).__name__}: {scrub(fallback)}",
+    )
+
+
+def _from_stream(fp: BinaryIO, what: str, limits: MediaLimits) -> np.ndarray:
+    start = fp.tell()
+    if not fp.read(1):
+        raise EmptyAudioError(what, "the input is empty (0 bytes)")
+    fp.seek(start)
+    try:
+        sf = soundfile.SoundFile(fp)
+    except Exception as exc:  # LibsndfileError (a RuntimeError) mostly
+        channels_first, rate = _pyav_or_error(fp, start, what, limits, exc)
+    else:
+        with sf:
+            info = _sndfile_info(sf, what)
+            _check_size(info, limits, "its header")
+            try:
+                channels_first, rate = _read_sndfile(sf, info, limits), info.sample_rate
+            except InvalidAudioError:
+                raise
+            except MemoryError:
+                raise
+            except Exception as exc:  # damaged data can surface as other types
+                channels_first, rate = _pyav_or_error(fp, start, what, limits, exc)
+    if channels_first.shape[1] == 0:
+        raise EmptyAudioError(what, f"the file holds no samples (0 frames, {channels_first.shape[0]} channel(s))")
     return _to_16k_mono(channels_first, rate, what)
 
 
-def _decode_with_pyav(fp: BinaryIO) -> tuple[np.ndarray, int]:
-    """(C, N) float32 samples and the rate of the first audio stream, decoded by FFmpeg through PyAV."""
+def _read_sndfile(sf: soundfile.SoundFile, info: AudioInfo, limits: MediaLimits) -> np.ndarray:
+    """(C, N) float32; a length the header does not give is read in blocks, within the limits."""
+    if info.frames is not None:
+        return sf.read(info.frames, dtype="float32", always_2d=True).T  # (C, N), a view
+    blocks, total = [], 0
+    while block := len(chunk := sf.read(1 << 20, dtype="float32", always_2d=True)):
+        total += block
+        _check_size(
+            AudioInfo(info.sample_rate, info.channels, total, info.source), limits, "the samples decoded so far"
+        )
+        blocks.append(chunk)
+    if not blocks:
+        return np.zeros((info.channels, 0), np.float32)
+    return np.concatenate(blocks).T  # (C, N)
+
+
+def _pyav_or_error(
+    fp: BinaryIO, start: int, what: str, limits: MediaLimits, exc: BaseException
+) -> tuple[np.ndarray, int]:
+    """Containers libsndfile does not read (M4A/AAC, WebM/Opus in video containers, …) through FFmpeg."""
+    fp.seek(start)
+    try:
+        return _decode_with_pyav(fp, what, limits)
+    except InvalidAudioError:
+        raise
+    except Exception as fallback:
+        raise _undecodable(what, exc, fallback) from exc
+
+
+def _decode_with_pyav(fp: BinaryIO, what: str, limits: MediaLimits) -> tuple[np.ndarray, int]:
+    """(C, N) float32 samples and the rate of the first audio stream, decoded by FFmpeg through PyAV; the
+    limits are checked from the header, then on the running count (a header may give no duration)."""
     import av
 
     with av.open(fp, mode="r") as container:
-        if not container.streams.audio:
-            raise ValueError("no audio stream in the container")
+        info = _pyav_info(container, what)
+        _check_size(info, limits, "its header")
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
-        chunks = []
+        chunks, total = [], 0
         for frame in container.decode(stream):
             chunks += [f.to_ndarray() for f in resampler.resample(frame)]  # (C, n) each
+            total += frame.samples
+            _check_size(AudioInfo(info.sample_rate, info.channels, total, what), limits, _SO_FAR)
         chunks += [f.to_ndarray() for f in resampler.resample(None)]
-        rate = int(stream.rate or stream.codec_context.sample_rate)
     if not chunks:
-        return np.zeros((1, 0), dtype=np.float32), rate
-    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate
+        return np.zeros((1, 0), dtype=np.float32), info.sample_rate
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), info.sample_rate
 
 
 def _tensor_to_array(tensor: torch.Tensor, what: str) -> np.ndarray:

@@ -22,6 +22,14 @@ __all__ = [
     "CorruptVideoError",
     "UnsupportedVideoError",
     "VideoTooLargeError",
+    "AudioTooLargeError",
+    "NotAFileError",
+    "ImageNotAFileError",
+    "AudioNotAFileError",
+    "VideoNotAFileError",
+    "StillImageAsVideoError",
+    "TooManyMediaError",
+    "TooManyTokensError",
 ]
 
 
@@ -55,7 +63,7 @@ class UnsupportedImageError(InvalidImageError):
 
 
 class ImageTooLargeError(InvalidImageError):
-    """More pixels than the decompression-bomb limit allows."""
+    """More pixels than the decompression-bomb limit (``MediaLimits.max_pixels``) allows."""
 
 
 class InvalidAudioError(InvalidInputError):
@@ -86,6 +94,10 @@ class AudioTooLongError(InvalidAudioError):
     """More samples than one 30 s segment where a single segment is required (chunk the audio first)."""
 
 
+class AudioTooLargeError(InvalidAudioError):
+    """Longer, or with more samples, than ``MediaLimits`` allows; found from the header, before decoding."""
+
+
 class InvalidVideoError(InvalidInputError):
     """A video input that cannot be turned into sampled RGB frames."""
 
@@ -103,4 +115,35 @@ class UnsupportedVideoError(InvalidVideoError):
 
 
 class VideoTooLargeError(InvalidVideoError):
-    """Frames of more pixels than the decompression-bomb limit allows."""
+    """More frames, or frames of more pixels, than ``MediaLimits`` allows; found before decoding."""
+
+
+class StillImageAsVideoError(InvalidVideoError):
+    """A still image (a file of an image format, e.g. JPEG or PNG) given as a video: send it as an image part."""
+
+
+class NotAFileError(InvalidInputError):
+    """A path that names no regular file: a FIFO, socket or device (never opened: reading a FIFO blocks until
+    some writer comes), or a path that cannot be resolved (a symbolic-link loop, a file used as a folder).
+    A directory raises ``IsADirectoryError`` and a missing file ``FileNotFoundError`` instead, as ``open`` does."""
+
+
+class ImageNotAFileError(NotAFileError, InvalidImageError):
+    """An image path that names no regular file."""
+
+
+class AudioNotAFileError(NotAFileError, InvalidAudioError):
+    """An audio path that names no regular file."""
+
+
+class VideoNotAFileError(NotAFileError, InvalidVideoError):
+    """A video path that names no regular file."""
+
+
+class TooManyMediaError(InvalidInputError):
+    """More media parts in one example than ``MediaLimits.max_media_parts``; refused before decoding any."""
+
+
+class TooManyTokensError(InvalidInputError):
+    """The example cannot fit ``max_tokens`` (nothing is truncated); when known from headers, refused before
+    decoding."""

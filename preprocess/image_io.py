@@ -13,10 +13,17 @@ binary file object, a ``PIL.Image.Image``, or an ``H×W`` / ``H×W×C`` (C = 1�
   reference calls ``convert("RGB")``, which clips every value above 255 to white.
 * 32-bit ``I`` and float ``F`` images are accepted when their values lie in 0…255; anything else is refused
   with a message rather than clipped.
-* A decompression-bomb guard refuses images of more than ``max_pixels`` pixels before decoding them.
+* A decompression-bomb guard refuses images of more than ``max_pixels`` pixels (default
+  ``MediaLimits.max_pixels``, Pillow's own warning threshold of about 89 MP) before decoding them.
+* A path must name a regular file: a FIFO, socket or device is refused without being opened (reading a FIFO
+  would block), as is a path that cannot be resolved (a symbolic-link loop).
+* Error messages never quote the file's bytes (a decoder's quoted bytes are replaced by ``<bytes>``).
+
+:func:`probe_image` reads only the header: the upright size a decode would report, with the same checks.
 
 Bad input raises a subclass of :class:`preprocess.errors.InvalidImageError` (a ``ValueError``) whose message
-starts with a description of the source; a missing file raises ``FileNotFoundError``. Inputs are never
+starts with a description of the source; a missing file raises ``FileNotFoundError`` and a directory
+``IsADirectoryError``. Inputs are never
 modified: arrays are copied, a file object's position is restored, and a PIL image is converted into a new
 image, except that an upright plain-RGB image is returned as it is (unmodified; copying it would cost time).
 """
@@ -37,17 +44,27 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import (
     CorruptImageError,
     EmptyImageError,
+    ImageNotAFileError,
     ImageTooLargeError,
     InvalidImageError,
     NotAnImageError,
     UnsupportedImageError,
 )
-from .sources import describe, read_stream
+from .limits import DEFAULT_LIMITS
+from .sources import describe, open_regular, read_stream, scrub
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "DecodedImage", "decode_image", "load_image", "describe_source"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageSource",
+    "DecodedImage",
+    "decode_image",
+    "load_image",
+    "probe_image",
+    "describe_source",
+]
 
-# Pillow's own hard limit (twice its default MAX_IMAGE_PIXELS): about 179 megapixels, 13 400 px square.
-DEFAULT_MAX_PIXELS = 178_956_970
+# MediaLimits.max_pixels: Pillow's default MAX_IMAGE_PIXELS (its warning threshold), about 89 megapixels.
+DEFAULT_MAX_PIXELS = DEFAULT_LIMITS.max_pixels
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
@@ -99,13 +116,38 @@ def decode_image(
     if isinstance(source, np.ndarray):
         return _from_array(source, what, max_pixels)
     if isinstance(source, str | os.PathLike):
-        with open(source, "rb") as fp:  # a missing file raises FileNotFoundError naming the path
+        with open_regular(source, what, ImageNotAFileError) as fp:  # a missing file: FileNotFoundError
             return _from_stream(fp, what, max_pixels, draft)
     if isinstance(source, bytes | bytearray | memoryview):
         return _from_stream(io.BytesIO(source), what, max_pixels, draft)
     if hasattr(source, "read"):
         data = read_stream(source, what, UnsupportedImageError)  # Pillow would seek to 0: read from here
         return _from_stream(io.BytesIO(data), what, max_pixels, draft)
+    raise UnsupportedImageError(what, "expected a path, bytes, a binary file object, a PIL image or a uint8 array")
+
+
+def probe_image(
+    source: ImageSource, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
+    """The upright ``(height, width)`` that :func:`decode_image` would report as ``original_size``, read from
+    the header only (no pixel data is decoded); raises what decoding would for a bad header or size."""
+    what = describe_source(source, name)
+    if isinstance(source, Image.Image):
+        _check_pixels(source.width, source.height, what, max_pixels)
+        turned = _orientation(source) in _TRANSPOSED_ORIENTATIONS
+        return (source.width, source.height) if turned else (source.height, source.width)
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (2, 3):
+            raise UnsupportedImageError(what, "expected an HxW or HxWxC array with C in 1…4 (channels last)")
+        _check_pixels(source.shape[1], source.shape[0], what, max_pixels)
+        return source.shape[0], source.shape[1]
+    if isinstance(source, str | os.PathLike):
+        with open_regular(source, what, ImageNotAFileError) as fp:
+            return _header(fp, what, max_pixels)[1]
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _header(io.BytesIO(source), what, max_pixels)[1]
+    if hasattr(source, "read"):
+        return _header(io.BytesIO(read_stream(source, what, UnsupportedImageError)), what, max_pixels)[1]
     raise UnsupportedImageError(what, "expected a path, bytes, a binary file object, a PIL image or a uint8 array")
 
 
@@ -116,7 +158,7 @@ def _check_pixels(width: int, height: int, what: str, max_pixels: int | None) ->
         raise ImageTooLargeError(
             what,
             f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-            "(a decompression-bomb guard; raise max_pixels to allow it)",
+            "(a decompression-bomb guard; raise max_pixels / MediaLimits.max_pixels to allow it)",
         )
 
 
@@ -130,16 +172,16 @@ def _open(fp: BinaryIO, what: str, max_pixels: int | None) -> Image.Image:
     except Image.DecompressionBombError as exc:
         pillow_limit = Image.MAX_IMAGE_PIXELS  # not None: Pillow only raises when a limit is set
         if max_pixels is not None and max_pixels <= 2 * pillow_limit:
-            raise ImageTooLargeError(what, f"{exc} (limit {max_pixels} pixels)") from None
+            raise ImageTooLargeError(
+                what, f"{exc} (limit {max_pixels} pixels; raise max_pixels / MediaLimits.max_pixels to allow it)"
+            ) from None
         # The caller allows more than Pillow does: open it without Pillow's guard; ours runs next.
         fp.seek(start)
         return _open_unguarded(fp, what, exc)
-    except UnidentifiedImageError:
-        fp.seek(start)
-        head = fp.read(8)
-        raise NotAnImageError(what, f"not a recognised image format (starts with {head!r})") from None
+    except UnidentifiedImageError:  # never quote the bytes: the "image" may be any file the manifest names
+        raise NotAnImageError(what, "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # e.g. a file cut inside its header
-        raise CorruptImageError(what, f"cannot read the image header: {type(exc).__name__}: {exc}") from exc
+        raise CorruptImageError(what, f"cannot read the image header: {type(exc).__name__}: {scrub(exc)}") from exc
 
 
 def _open_unguarded(fp: BinaryIO, what: str, bomb: Image.DecompressionBombError) -> Image.Image:
@@ -158,11 +200,11 @@ def _open_unguarded(fp: BinaryIO, what: str, bomb: Image.DecompressionBombError)
         try:
             return factory(fp, "")
         except Image.DecompressionBombError:  # a plugin that checks frames itself (GIF): nothing more to do
-            raise ImageTooLargeError(what, f"{bomb} (Pillow's own limit, raise Image.MAX_IMAGE_PIXELS)") from None
+            raise ImageTooLargeError(what, f"{bomb} (Pillow's own limit: raise Image.MAX_IMAGE_PIXELS)") from None
         except (SyntaxError, IndexError, TypeError, struct.error):  # not this format: try the next, as Pillow does
             continue
         except (OSError, ValueError, EOFError) as exc:
-            raise CorruptImageError(what, f"cannot read the image header: {type(exc).__name__}: {exc}") from exc
+            raise CorruptImageError(what, f"cannot read the image header: {type(exc).__name__}: {scrub(exc)}") from exc
     raise CorruptImageError(what, f"cannot reopen the image without Pillow's pixel limit ({bomb})")
 
 
@@ -173,17 +215,23 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _from_stream(fp: BinaryIO, what: str, max_pixels: int | None, draft: DraftFn | None) -> DecodedImage:
+def _header(fp: BinaryIO, what: str, max_pixels: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """The opened (not yet decoded) image and its upright (height, width), within ``max_pixels``."""
     start = fp.tell()
     if not fp.read(1):
         raise EmptyImageError(what, "the input is empty (0 bytes)")
     fp.seek(start)
     im = _open(fp, what, max_pixels)
+    _check_pixels(im.width, im.height, what, max_pixels)
+    turned = _orientation(im) in _TRANSPOSED_ORIENTATIONS
+    return im, ((im.width, im.height) if turned else (im.height, im.width))
+
+
+def _from_stream(fp: BinaryIO, what: str, max_pixels: int | None, draft: DraftFn | None) -> DecodedImage:
+    im, original = _header(fp, what, max_pixels)
     try:
-        _check_pixels(im.width, im.height, what, max_pixels)
         orientation = _orientation(im)
         turned = orientation in _TRANSPOSED_ORIENTATIONS
-        original = (im.width, im.height) if turned else (im.height, im.width)
         if draft is not None and im.format == "JPEG":
             min_h, min_w = draft(original)
             im.draft(None, (min_h, min_w) if turned else (min_w, min_h))  # PIL sizes are (width, height)
@@ -195,7 +243,7 @@ def _from_stream(fp: BinaryIO, what: str, max_pixels: int | None, draft: DraftFn
         raise
     except Exception as exc:  # Pillow signals damaged data with many types (OSError, SyntaxError, …)
         fmt = im.format or "image"
-        raise CorruptImageError(what, f"cannot decode {fmt} data: {type(exc).__name__}: {exc}") from exc
+        raise CorruptImageError(what, f"cannot decode {fmt} data: {type(exc).__name__}: {scrub(exc)}") from exc
 
 
 def _from_pil(im: Image.Image, what: str, max_pixels: int | None) -> DecodedImage:
@@ -214,7 +262,7 @@ def _from_pil(im: Image.Image, what: str, max_pixels: int | None) -> DecodedImag
         except InvalidImageError:
             raise
         except Exception as exc:
-            raise CorruptImageError(what, f"cannot read pixels: {type(exc).__name__}: {exc}") from exc
+            raise CorruptImageError(what, f"cannot read pixels: {type(exc).__name__}: {scrub(exc)}") from exc
     finally:
         if frame:
             im.seek(frame)  # leave the caller's image on the frame it was on

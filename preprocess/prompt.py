@@ -14,6 +14,14 @@ derive from (the media item itself), so placeholder counts cannot disagree with 
 
 ``max_tokens`` lowers image budgets with :func:`preprocess.budget.fit_image_budgets` (images only: text,
 audio and video are never cut); if even budget 70 cannot fit, a clear error. Nothing is truncated.
+
+Bounded work per example (:class:`preprocess.limits.MediaLimits`, ``limits=``): the number of media parts is
+checked first, then every part's header is read (image sizes, audio durations, video frame sizes and counts)
+with every limit checked, and — with ``max_tokens`` — a lower bound of the example's tokens (text, audio from
+header durations, video frames × their tokens, each image at budget 70) is compared with ``max_tokens``, all
+before any medium is decoded. Then audio and video are decoded one part at a time, the image budgets are
+chosen from the header sizes, and each image is decoded, resized and cut into patches in turn, so at most one
+full-resolution image is held at a time (fast mode drafts each JPEG for the budget it gets).
 """
 
 from __future__ import annotations
@@ -28,14 +36,24 @@ import numpy as np
 from data_specs.media import Modality
 
 from .audio import chunk_audio, frame_count, log_mel_batch
-from .audio_io import describe_audio_source, load_audio
-from .budget import SUPPORTED_BUDGETS, check_budget, fit_image_budgets, image_soft_tokens
+from .audio_io import AudioInfo, describe_audio_source, load_audio, probe_audio
+from .budget import (
+    AUDIO_MAX_SAMPLES,
+    AUDIO_SAMPLE_RATE,
+    IMAGE_WRAPPER_TOKENS,
+    SUPPORTED_BUDGETS,
+    check_budget,
+    fit_image_budgets,
+    image_soft_tokens,
+)
 from .chat import PLACEHOLDERS, MediaPart, RenderedPrompt, render_chat, unprotect_segments
+from .errors import CorruptImageError, TooManyMediaError, TooManyTokensError
 from .image import ImagePatches, draft_for, patch_image
-from .image_io import decode_image, describe_source
+from .image_io import decode_image, describe_source, probe_image
+from .limits import DEFAULT_LIMITS, MediaLimits
 from .tokenizer import SPECIAL_STRINGS, Tokenizer
 from .video import VideoPatches, preprocess_video
-from .video_io import describe_video_source
+from .video_io import describe_video_source, probe_video
 
 __all__ = ["AudioFeatures", "Example", "build_example"]
 
@@ -74,19 +92,21 @@ def _label(part: MediaPart, description: str) -> str:
     return f"{part.where}: {description}"
 
 
-def _audio_waveform(part: MediaPart) -> np.ndarray:
+def _audio_source(part: MediaPart) -> tuple[Any, int | None, str]:
+    """(samples or encoded source, sample rate or None, label) of an audio part."""
     source = part.source
     if isinstance(source, tuple):
         if len(source) != 2:
             raise ValueError(f"{part.where}: audio given as a tuple must be (samples, sample_rate)")
         samples, rate = source
-        return load_audio(samples, rate, name=_label(part, describe_audio_source(samples)))
-    return load_audio(source, name=_label(part, describe_audio_source(source)))
+        return samples, rate, _label(part, describe_audio_source(samples))
+    return source, None, _label(part, describe_audio_source(source))
 
 
-def _audio_features(part: MediaPart, index: int, exact: bool) -> list[AudioFeatures]:
+def _audio_features(part: MediaPart, index: int, exact: bool, limits: MediaLimits) -> list[AudioFeatures]:
     """Decode an audio part, split it into ≤ 30 s segments and compute each segment's features."""
-    waveform = _audio_waveform(part)
+    source, rate, label = _audio_source(part)
+    waveform = load_audio(source, rate, name=label, limits=limits)
     plan = chunk_audio(waveform, max_duration_s=part.options.get("max_duration_s"), name=part.where)
     pieces = plan.split(waveform)
     features, masks = log_mel_batch(pieces, exact=exact, names=[part.where] * len(pieces), threads=1)
@@ -125,44 +145,51 @@ def build_example(
     add_generation_prompt: bool = True,
     enable_thinking: bool = False,
     exact: bool = True,
+    limits: MediaLimits | None = None,
 ) -> Example:
     """Messages (see :mod:`preprocess.chat`) → :class:`Example`. Per-part options override the defaults:
     ``{"type": "image", "image": …, "budget": 560}``, ``{"type": "video", …, "num_frames": 16, "budget": 70}``,
     ``{"type": "audio", …, "max_duration_s": 60}``. ``exact`` selects exact or fast image and audio modes.
-    ``chat_template`` defaults to the tokenizer's checkpoint template, else the built-in layout."""
+    ``chat_template`` defaults to the tokenizer's checkpoint template, else the built-in layout. ``limits``
+    (default ``MediaLimits()``) bounds the media and the template rendering, checked before decoding."""
+    limits = limits or DEFAULT_LIMITS
     check_budget(image_budget)
     rendered = render_chat(
         messages,
         add_generation_prompt=add_generation_prompt,
         enable_thinking=enable_thinking,
         chat_template=chat_template if chat_template is not None else tokenizer.chat_template,
+        limits=limits,
     )
-    # Decode every medium once, first: image sizes decide budgets, audio lengths and video frames decide tokens.
+    _check_media_count(rendered.media, limits)
     requested = [check_budget(p.options.get("budget", image_budget)) for p in rendered.media if p.kind == "image"]
-    decoded_images, audio_segments, videos = [], [], []
+    # Headers only, every limit checked: nothing is decoded until the whole example is known to be within them.
+    headers = [_probe(part, video_frames, video_budget, limits) for part in rendered.media]
+    if max_tokens is not None:
+        _check_lower_bound(rendered, tokenizer, headers, max_tokens)
+    # Audio and video tokens are fixed: decode them first, one part at a time.
+    audio_segments, videos = [], []
     audio_parts = 0
     for part in rendered.media:
-        if part.kind == "image":
-            # Fast mode drafts JPEGs for the highest budget the image can end up with (max_tokens only lowers
-            # budgets, but may level them up to the largest requested one).
-            ceiling = max(requested) if max_tokens is not None else requested[len(decoded_images)]
-            draft = None if exact else draft_for(ceiling)
-            decoded = decode_image(part.source, name=_label(part, describe_source(part.source)), draft=draft)
-            decoded_images.append((part, decoded))
-        elif part.kind == "audio":
-            audio_segments += _audio_features(part, audio_parts, exact)
+        if part.kind == "audio":
+            audio_segments += _audio_features(part, audio_parts, exact, limits)
             audio_parts += 1
-        else:
+        elif part.kind == "video":
             video = preprocess_video(
                 part.source,
                 num_frames=part.options.get("num_frames", video_frames),
                 budget=part.options.get("budget", video_budget),
                 name=_label(part, describe_video_source(part.source)),
+                limits=limits,
             )
             videos.append(video)
-
-    budgets = _choose_budgets(rendered, tokenizer, decoded_images, requested, audio_segments, videos, max_tokens)
-    images = [patch_image(d, budget, exact=exact) for (_, d), budget in zip(decoded_images, budgets, strict=True)]
+    # Image budgets from the header sizes; then one full-resolution image at a time becomes patches.
+    image_parts = [(p, size) for p, (kind, size) in zip(rendered.media, headers, strict=True) if kind == "image"]
+    sizes = [size for _, size in image_parts]
+    budgets = _choose_budgets(rendered, tokenizer, sizes, requested, audio_segments, videos, max_tokens)
+    images = [
+        _image(part, size, budget, exact, limits) for (part, size), budget in zip(image_parts, budgets, strict=True)
+    ]
     text = _expand(rendered, _expansions(rendered, [i.num_soft_tokens for i in images], audio_segments, videos))
     ids = np.asarray(_tokenize(tokenizer, text, rendered.protected), dtype=np.int32)
     special = tokenizer.special
@@ -187,6 +214,86 @@ def build_example(
     return Example(ids, types, images, audio_segments, videos, summary)
 
 
+def _check_media_count(media: Sequence[MediaPart], limits: MediaLimits) -> None:
+    if limits.max_media_parts is not None and len(media) > limits.max_media_parts:
+        kinds = ", ".join(f"{sum(m.kind == k for m in media)} {k}" for k in ("image", "audio", "video"))
+        raise TooManyMediaError(
+            "messages",
+            f"{len(media)} media parts ({kinds}) exceed the limit of {limits.max_media_parts} per example; raise "
+            "MediaLimits.max_media_parts or split the conversation",
+        )
+
+
+def _probe(part: MediaPart, video_frames: int, video_budget: int, limits: MediaLimits) -> tuple[str, Any]:
+    """(kind, what its header says): an image's upright (height, width), an audio part's :class:`AudioInfo`, a
+    video's (:class:`VideoInfo`, budget). Every limit is checked here; nothing is decoded."""
+    if part.kind == "image":
+        label = _label(part, describe_source(part.source))
+        return "image", probe_image(part.source, name=label, max_pixels=limits.max_pixels)
+    if part.kind == "audio":
+        source, rate, label = _audio_source(part)
+        return "audio", (probe_audio(source, rate, name=label, limits=limits), part.options.get("max_duration_s"))
+    budget = check_budget(part.options.get("budget", video_budget))
+    label = _label(part, describe_video_source(part.source))
+    info = probe_video(part.source, part.options.get("num_frames", video_frames), name=label, limits=limits)
+    return "video", (info, budget)
+
+
+def _audio_tokens_at_least(info: AudioInfo, max_duration_s: float | None) -> int:
+    """A lower bound of the tokens (wrappers included) of an audio part from its header length: 1 % and 2048
+    samples are taken off for headers that estimate. A segment of n samples has ⌈⌊(n − 1)/160⌋ / 4⌉ ≥
+    (n − 161)/640 soft tokens, and ``chunk_audio`` makes segments of at least 464 000 samples but the last two,
+    so k segments of M samples in all have at least (M − 161·k)/640."""
+    samples = info.samples_16k
+    if samples is None:
+        return 0
+    if max_duration_s is not None and max_duration_s > 0:
+        samples = min(samples, round(max_duration_s * AUDIO_SAMPLE_RATE))
+    samples -= samples // 100 + 2048
+    if samples <= 0:
+        return 0
+    most_segments = samples // (AUDIO_MAX_SAMPLES - AUDIO_SAMPLE_RATE) + 2
+    fewest_segments = -(-samples // AUDIO_MAX_SAMPLES)
+    return max((samples - 161 * most_segments) // 640, 0) + 2 * fewest_segments
+
+
+def _check_lower_bound(rendered: RenderedPrompt, tokenizer: Tokenizer, headers: list, max_tokens: int) -> None:
+    """Refuse, before decoding, an example whose tokens cannot fit ``max_tokens`` whatever the image budgets."""
+    # Each placeholder is one control token, as each expansion starts and ends with one: the text around it
+    # tokenizes as it will. A video's first timestamp joins the text before it: one token of slack per video.
+    text = len(_tokenize(tokenizer, rendered.text, rendered.protected)) - len(headers)
+    text -= sum(kind == "video" for kind, _ in headers)
+    media = 0
+    for kind, header in headers:
+        if kind == "image":
+            media += image_soft_tokens(*header, SUPPORTED_BUDGETS[0]) + IMAGE_WRAPPER_TOKENS
+        elif kind == "audio":
+            media += _audio_tokens_at_least(*header)
+        else:
+            info, budget = header
+            media += info.sampled * (image_soft_tokens(info.height, info.width, budget) + IMAGE_WRAPPER_TOKENS)
+    if text + media > max_tokens:
+        raise TooManyTokensError(
+            "messages",
+            f"the example needs at least {text + media} tokens ({max(text, 0)} of text; {media} of media at the "
+            f"lowest image budget, from the media headers), more than max_tokens={max_tokens}; nothing was "
+            "decoded (text, audio and video are never cut, and nothing is truncated: raise max_tokens or send "
+            "fewer media)",
+        )
+
+
+def _image(part: MediaPart, size: tuple[int, int], budget: int, exact: bool, limits: MediaLimits) -> ImagePatches:
+    """Decode one image part (fast mode: drafted for its budget) and cut its patches; the full-resolution image
+    is dropped on return."""
+    label = _label(part, describe_source(part.source))
+    decoded = decode_image(
+        part.source, name=label, max_pixels=limits.max_pixels, draft=None if exact else draft_for(budget)
+    )
+    if decoded.original_size != size:  # the budget was chosen for the header's size
+        raise CorruptImageError(label, f"decodes to {decoded.original_size} (height, width) but its header said {size}")
+    return patch_image(decoded, budget, exact=exact)
+
+
 def _expansions(rendered: RenderedPrompt, image_tokens: Sequence[int], audio_segments, videos) -> list[str]:
     """The replacement string of every placeholder, in order of appearance."""
     s = SPECIAL_STRINGS
@@ -206,8 +313,9 @@ def _expansions(rendered: RenderedPrompt, image_tokens: Sequence[int], audio_seg
     return out
 
 
-def _choose_budgets(rendered, tokenizer, decoded_images, requested, audio_segments, videos, max_tokens) -> list[int]:
-    """The requested image budgets, lowered with ``fit_image_budgets`` when ``max_tokens`` demands it."""
+def _choose_budgets(rendered, tokenizer, sizes, requested, audio_segments, videos, max_tokens) -> list[int]:
+    """The requested image budgets, lowered with ``fit_image_budgets`` when ``max_tokens`` demands it; ``sizes``
+    are the images' upright (height, width)."""
     if max_tokens is None:
         return requested
     # Image soft tokens sit between control tokens, so the rest of the sequence tokenizes the same whatever N is.
@@ -218,22 +326,24 @@ def _choose_budgets(rendered, tokenizer, decoded_images, requested, audio_segmen
             rendered.protected,
         )
     )
-    sizes = [decoded.original_size for _, decoded in decoded_images]
     if fixed + sum(image_soft_tokens(h, w, b) for (h, w), b in zip(sizes, requested, strict=True)) <= max_tokens:
         return requested
     if not sizes:
-        raise ValueError(
-            f"the example needs {fixed} tokens (text, audio and video are never cut), more than max_tokens={max_tokens}"
+        raise TooManyTokensError(
+            "messages",
+            f"the example needs {fixed} tokens (text, audio and video are never cut), more than "
+            f"max_tokens={max_tokens}",
         )
     levels = [b for b in SUPPORTED_BUDGETS if b <= max(requested)]
     room = max_tokens - fixed + 2 * len(sizes)  # fit_image_budgets counts the two wrapper tokens itself
     try:
         return fit_image_budgets(sizes, room, budgets=levels)
     except ValueError as exc:
-        raise ValueError(
+        raise TooManyTokensError(
+            "messages",
             f"the example needs {fixed} tokens besides image soft tokens, and its {len(sizes)} image(s) need at "
             f"least {sum(image_soft_tokens(h, w, levels[0]) for h, w in sizes)} more at budget {levels[0]}: more "
-            f"than max_tokens={max_tokens} (nothing is truncated; raise max_tokens or send fewer media)"
+            f"than max_tokens={max_tokens} (nothing is truncated; raise max_tokens or send fewer media)",
         ) from exc
 
 

@@ -27,8 +27,8 @@ from PIL import Image
 
 from .budget import check_budget, image_target_size
 from .image import ImagePatches, collate_images, patchify, resize_to_target
-from .image_io import DEFAULT_MAX_PIXELS
-from .video_io import DEFAULT_NUM_FRAMES, VideoFrames, VideoSource, load_video
+from .limits import MediaLimits
+from .video_io import DEFAULT_NUM_FRAMES, FROM_LIMITS, VideoFrames, VideoSource, load_video
 
 __all__ = ["DEFAULT_VIDEO_BUDGET", "VideoPatches", "patch_video", "preprocess_video", "collate_videos"]
 
@@ -98,14 +98,16 @@ def preprocess_video(
     budget: int = DEFAULT_VIDEO_BUDGET,
     *,
     name: str | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_pixels=FROM_LIMITS,
+    limits: MediaLimits | None = None,
 ) -> VideoPatches:
-    """Decode and sample ``source`` (see :func:`preprocess.video_io.load_video`), then :func:`patch_video`.
+    """Decode and sample ``source`` (see :func:`preprocess.video_io.load_video`, which also says what
+    ``max_pixels`` and ``limits`` bound), then :func:`patch_video`.
 
     ``name`` labels the input in error messages. The budget is checked before anything is decoded.
     """
     budget = check_budget(budget)
-    return patch_video(load_video(source, num_frames, name=name, max_pixels=max_pixels), budget)
+    return patch_video(load_video(source, num_frames, name=name, max_pixels=max_pixels, limits=limits), budget)
 
 
 def collate_videos(videos: Sequence[VideoPatches]) -> dict:

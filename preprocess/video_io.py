@@ -25,7 +25,13 @@ sampling) and the timestamps of §5.1 (``"MM:SS "`` before each frame's ``<|imag
   ``rotate`` tag, an H.264/HEVC orientation SEI, …) is applied exactly as the ``ffmpeg`` command line's
   autorotate does: 90°/180°/270° rotations and mirror flips, so a phone's portrait video arrives upright. A
   matrix that is not a multiple of 90° (no camera writes one) is ignored with a warning.
-* A decompression-bomb guard refuses frames of more than ``max_pixels`` pixels before converting them.
+* Limits (:class:`preprocess.limits.MediaLimits`), all checked before any frame is decoded: ``num_frames`` at
+  most ``max_video_frames``; frames of at most ``max_video_frame_pixels`` pixels (from the stream header, and
+  again for every decoded frame); sampled frames × pixels per frame at most ``max_video_pixels`` (the frames held
+  at once).
+* A still image (a file in an image format: FFmpeg's ``image2`` and ``*_pipe`` demuxers, or a one-frame GIF,
+  APNG or WebP) is refused with :class:`preprocess.errors.StillImageAsVideoError`: send it as an image part.
+* A path must name a regular file (a FIFO is refused without being opened); messages never quote file bytes.
 
 **Deviations from the reference** (``transformers.video_utils.read_video_pyav`` + ``Gemma4Processor``):
 (1) a video with fewer frames than requested gives all its frames and a logged warning (the reference raises
@@ -48,7 +54,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from numbers import Integral
 from typing import BinaryIO
@@ -60,18 +66,22 @@ from av.sidedata.sidedata import Type as SideDataType
 from .errors import (
     CorruptVideoError,
     EmptyVideoError,
+    StillImageAsVideoError,
     UnsupportedVideoError,
+    VideoNotAFileError,
     VideoTooLargeError,
 )
-from .image_io import DEFAULT_MAX_PIXELS
-from .sources import describe, read_stream
+from .limits import DEFAULT_LIMITS, MediaLimits
+from .sources import describe, open_regular, read_stream, scrub
 
 __all__ = [
     "DEFAULT_NUM_FRAMES",
     "DEFAULT_FPS",
     "VideoSource",
     "VideoFrames",
+    "VideoInfo",
     "load_video",
+    "probe_video",
     "sample_indices",
     "format_timestamp",
     "describe_video_source",
@@ -83,6 +93,32 @@ DEFAULT_NUM_FRAMES = 32  # the reference video processor's num_frames
 DEFAULT_FPS = 24.0  # the reference's assumption when a video declares no frame rate
 
 VideoSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+
+# FFmpeg demuxers of still-image formats besides the "*_pipe" family; and animated-image formats, which are a
+# still image when they hold one frame.
+_IMAGE_DEMUXERS = frozenset({"image2", "image2pipe"})
+_ANIMATED_IMAGE_DEMUXERS = frozenset({"gif", "apng", "webp"})
+
+
+class _FromLimits:
+    def __repr__(self) -> str:
+        return "FROM_LIMITS"
+
+
+FROM_LIMITS = _FromLimits()  # max_pixels default: MediaLimits.max_video_frame_pixels
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video's header says, before decoding: the stream's frame size (as stored), the frame count the
+    container gives (or a count of its packets), the frames that will be sampled, and the frame rate."""
+
+    width: int
+    height: int
+    frames: int
+    sampled: int
+    fps: float
+    source: str
 
 
 @dataclass(frozen=True)
@@ -140,25 +176,66 @@ def load_video(
     num_frames: int = DEFAULT_NUM_FRAMES,
     *,
     name: str | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None | _FromLimits = FROM_LIMITS,
+    limits: MediaLimits | None = None,
 ) -> VideoFrames:
     """Decode ``source`` and return ``num_frames`` uniformly sampled upright RGB frames (rules: module docstring).
 
     Fewer frames than ``num_frames`` in the video: all of them, with a logged warning. ``name`` labels the input
-    in error messages and warnings.
+    in error messages and warnings. ``limits`` defaults to ``MediaLimits()``; ``max_pixels``, when given,
+    replaces its ``max_video_frame_pixels`` (``None``: no limit per frame).
     """
     what = describe_video_source(source, name)
+    limits = _limits(limits, max_pixels)
+    num_frames = _check_num_frames(num_frames, what, limits)
+    with _stream(source, what) as fp:
+        return _from_stream(fp, what, num_frames, limits)
+
+
+def probe_video(
+    source: VideoSource,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    *,
+    name: str | None = None,
+    limits: MediaLimits | None = None,
+) -> VideoInfo:
+    """What :func:`load_video` would find before decoding (frame size, frame count, sampled frames), with the
+    same checks: every limit, still images, streams. Demuxes packets when the container gives no frame count,
+    decodes nothing."""
+    what = describe_video_source(source, name)
+    limits = limits or DEFAULT_LIMITS
+    num_frames = _check_num_frames(num_frames, what, limits)
+    with _stream(source, what) as fp:
+        return _header(fp, what, num_frames, limits)
+
+
+def _limits(limits: MediaLimits | None, max_pixels: int | None | _FromLimits) -> MediaLimits:
+    limits = limits or DEFAULT_LIMITS
+    if isinstance(max_pixels, _FromLimits):
+        return limits
+    return replace(limits, max_video_frame_pixels=max_pixels)
+
+
+def _check_num_frames(num_frames: object, what: str, limits: MediaLimits) -> int:
     if isinstance(num_frames, bool) or not isinstance(num_frames, Integral) or num_frames < 1:
         raise UnsupportedVideoError(what, f"num_frames must be a positive int, got {num_frames!r}")
-    num_frames = int(num_frames)
+    if limits.max_video_frames is not None and num_frames > limits.max_video_frames:
+        raise VideoTooLargeError(
+            what,
+            f"num_frames={num_frames} exceeds the limit of {limits.max_video_frames} sampled frames per video; "
+            "raise MediaLimits.max_video_frames to allow it",
+        )
+    return int(num_frames)
+
+
+def _stream(source: object, what: str) -> BinaryIO:
+    """A seekable binary stream of ``source`` starting at offset 0, to use in a ``with`` block."""
     if isinstance(source, str | os.PathLike):
-        with open(source, "rb") as fp:  # a missing file raises FileNotFoundError naming the path
-            return _from_stream(fp, what, num_frames, max_pixels)
+        return open_regular(source, what, VideoNotAFileError)  # a missing file: FileNotFoundError
     if isinstance(source, bytes | bytearray | memoryview):
-        return _from_stream(io.BytesIO(source), what, num_frames, max_pixels)  # BytesIO copies the buffer
+        return io.BytesIO(source)  # BytesIO copies the buffer
     if hasattr(source, "read"):
-        data = read_stream(source, what, UnsupportedVideoError)  # FFmpeg seeks to absolute offsets
-        return _from_stream(io.BytesIO(data), what, num_frames, max_pixels)
+        return io.BytesIO(read_stream(source, what, UnsupportedVideoError))  # FFmpeg seeks to absolute offsets
     raise UnsupportedVideoError(what, "expected a path, bytes or a binary file object")
 
 
@@ -172,24 +249,50 @@ class _Pass:
     seconds: list[float]
 
 
-def _from_stream(fp: BinaryIO, what: str, num_frames: int, max_pixels: int | None) -> VideoFrames:
-    """Decode a seekable binary stream that starts at offset 0."""
+def _header(fp: BinaryIO, what: str, num_frames: int, limits: MediaLimits) -> VideoInfo:
+    """The stream's facts before decoding, every limit checked (a seekable stream that starts at offset 0)."""
     if not fp.read(1):
         raise EmptyVideoError(what, "the input is empty (0 bytes)")
     with _open(fp, what) as container:
         stream = _video_stream(container, what)
-        _check_pixels(stream.codec_context.width, stream.codec_context.height, what, max_pixels)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        _check_pixels(width, height, what, limits.max_video_frame_pixels)
         fps = _fps(stream, what)
         estimate = _frame_estimate(stream)
+        demuxer = container.format.name
+    if demuxer in _IMAGE_DEMUXERS or demuxer.endswith("_pipe"):
+        raise StillImageAsVideoError(what, f"is a still image ({demuxer} format); send it as an image part")
     if estimate is None:
         with _open(fp, what) as container:
             estimate = _count_packets(container, _video_stream(container, what), what)
-    found = _decode(fp, what, sample_indices(estimate, num_frames), fps, max_pixels)
+    if demuxer in _ANIMATED_IMAGE_DEMUXERS and estimate <= 1:
+        raise StillImageAsVideoError(what, f"is a still image (one frame of {demuxer}); send it as an image part")
+    sampled = min(num_frames, estimate)
+    _check_total(sampled, sampled * width * height, what, limits, f"{width}x{height} each, from its header")
+    return VideoInfo(width=width, height=height, frames=estimate, sampled=sampled, fps=fps, source=what)
+
+
+def _check_total(frames: int, pixels: int, what: str, limits: MediaLimits, found: str) -> None:
+    """``frames`` sampled frames of ``pixels`` pixels in all must stay within ``max_video_pixels``."""
+    if limits.max_video_pixels is not None and pixels > limits.max_video_pixels:
+        raise VideoTooLargeError(
+            what,
+            f"{frames} sampled frames make {pixels} pixels ({found}), more than the limit of "
+            f"{limits.max_video_pixels} per video; sample fewer frames (num_frames) or raise "
+            "MediaLimits.max_video_pixels",
+        )
+
+
+def _from_stream(fp: BinaryIO, what: str, num_frames: int, limits: MediaLimits) -> VideoFrames:
+    """Decode a seekable binary stream that starts at offset 0."""
+    info = _header(fp, what, num_frames, limits)
+    fps, estimate = info.fps, info.frames
+    found = _decode(fp, what, sample_indices(estimate, num_frames), fps, limits)
     if found.total == 0:
         raise EmptyVideoError(what, "the video stream holds no decodable frame")
     if found.total != estimate:
         log.info("%s: the container announces %d frames but %d decode; decoding again", what, estimate, found.total)
-        second = _decode(fp, what, sample_indices(found.total, num_frames), fps, max_pixels)
+        second = _decode(fp, what, sample_indices(found.total, num_frames), fps, limits)
         if second.total != found.total:
             raise CorruptVideoError(what, f"decoding gave {found.total} frames once and {second.total} the next time")
         found = second
@@ -225,7 +328,7 @@ def _open(fp: BinaryIO, what: str) -> Iterator[av.container.InputContainer]:
     try:
         container = av.open(fp, mode="r")
     except av.FFmpegError as exc:
-        raise CorruptVideoError(what, f"not a video container FFmpeg can open: {exc}") from exc
+        raise CorruptVideoError(what, f"not a video container FFmpeg can open: {scrub(exc)}") from exc
     try:
         yield container
     finally:
@@ -254,7 +357,7 @@ def _check_pixels(width: int, height: int, what: str, max_pixels: int | None) ->
         raise VideoTooLargeError(
             what,
             f"{width}x{height} = {width * height} pixels per frame exceeds the limit of {max_pixels} "
-            "(a decompression-bomb guard; raise max_pixels to allow it)",
+            "(a decompression-bomb guard; raise MediaLimits.max_video_frame_pixels to allow it)",
         )
 
 
@@ -276,12 +379,14 @@ def _count_packets(container: av.container.InputContainer, stream: av.VideoStrea
     try:
         return sum(1 for packet in container.demux(stream) if packet.size)  # the final flush packet is empty
     except av.FFmpegError as exc:
-        raise CorruptVideoError(what, f"cannot read the video stream: {exc}") from exc
+        raise CorruptVideoError(what, f"cannot read the video stream: {scrub(exc)}") from exc
 
 
-def _decode(fp: BinaryIO, what: str, keep: tuple[int, ...], fps: float, max_pixels: int | None) -> _Pass:
-    """Decode every frame once; convert and keep those whose index is in ``keep``."""
+def _decode(fp: BinaryIO, what: str, keep: tuple[int, ...], fps: float, limits: MediaLimits) -> _Pass:
+    """Decode every frame once; convert and keep those whose index is in ``keep`` (within the limits: a frame
+    may be larger than the stream header said)."""
     wanted = frozenset(keep)
+    kept_pixels = 0
     found = _Pass(total=0, frames=[], indices=[], seconds=[])
     with _open(fp, what) as container:
         stream = _video_stream(container, what)
@@ -294,12 +399,14 @@ def _decode(fp: BinaryIO, what: str, keep: tuple[int, ...], fps: float, max_pixe
                     origin = frame.pts
                 if index not in wanted:
                     continue
-                _check_pixels(frame.width, frame.height, what, max_pixels)
+                _check_pixels(frame.width, frame.height, what, limits.max_video_frame_pixels)
+                kept_pixels += frame.width * frame.height
+                _check_total(len(found.frames) + 1, kept_pixels, what, limits, "as decoded")
                 found.frames.append(_upright(frame.to_ndarray(format="rgb24"), _display_matrix(frame), what))
                 found.indices.append(index)
                 found.seconds.append(_seconds(frame, stream, origin, index, fps))
         except av.FFmpegError as exc:
-            raise CorruptVideoError(what, f"cannot decode frame {found.total}: {exc}") from exc
+            raise CorruptVideoError(what, f"cannot decode frame {found.total}: {scrub(exc)}") from exc
     return found
 
 

@@ -655,10 +655,25 @@ def test_missing_sample_rate_for_arrays():
     raises(errors.UnsupportedAudioError, torch.zeros(10), names="audio tensor")
 
 
-@pytest.mark.parametrize("rate", [0, -16000, 16000.0, True, np.bool_(True), "16000", 44100.5, np.float64(16000)])
+@pytest.mark.parametrize(
+    "rate", [0, -16000, True, np.bool_(True), "16000", 44100.5, 16000.7, np.float64(16000.7), float("nan"), None]
+)
 def test_bad_sample_rate(rate):
     exc = raises(errors.UnsupportedAudioError, np.zeros(10, np.float32), rate, names="audio array")
-    assert "positive int" in str(exc)
+    assert "positive int" in str(exc) or "carries no sample rate" in str(exc)
+
+
+@pytest.mark.parametrize("rate", [16000.0, np.float64(16000), np.int64(16000)])
+def test_whole_number_float_rate_is_that_int(rate):
+    samples = tone(16000, 0.05)
+    np.testing.assert_array_equal(load_audio(samples, rate), load_audio(samples, 16000))
+
+
+@pytest.mark.parametrize("rate", [2**63 - 1, 10**30, 999, 768_001, 1])
+def test_sample_rate_out_of_range(rate):
+    """Huge rates raised OverflowError in the resampler; tiny ones resample a few samples into gigabytes."""
+    exc = raises(errors.UnsupportedAudioError, np.zeros(10, np.float32), rate, names="audio array")
+    assert "1000" in str(exc) and "768000" in str(exc)
 
 
 def test_sample_rate_given_for_encoded_source(tmp_path):
@@ -793,3 +808,123 @@ def test_odd_rate_goes_through_swresample_and_keeps_the_tone(monkeypatch):
     # A friendly rate still uses torchaudio.
     load_audio(tone, 44_100)
     assert calls == [(441, 160)]
+
+
+# ------------------------------------------------------------------------------------------------ limits, files
+
+
+def flac_claiming(frames: int, rate: int = 16_000) -> bytes:
+    """A tiny FLAC whose STREAMINFO claims ``frames`` samples (the 36-bit total in bytes 18…25)."""
+    data = bytearray(encode(np.zeros(64), rate, "FLAC", "PCM_16"))
+    assert data[:4] == b"fLaC"
+    packed = int.from_bytes(data[18:26], "big")
+    packed = (packed & ~((1 << 36) - 1)) | frames
+    data[18:26] = packed.to_bytes(8, "big")
+    return bytes(data)
+
+
+def test_duration_limit_from_the_header_before_decoding(monkeypatch):
+    """A FLAC header claiming 40 min of audio is refused from the header (the claimed length would have been
+    allocated by the decoder first); a two-hour silent 48 kHz stereo FLAC is 1.4 MB and needs 10.7 GB."""
+    from preprocess import audio_io
+
+    data = flac_claiming(40 * 60 * 16_000)
+    assert soundfile.info(io.BytesIO(data)).frames == 40 * 60 * 16_000  # precondition: libsndfile trusts it
+    monkeypatch.setattr(soundfile.SoundFile, "read", lambda *a, **k: pytest.fail("decoded past the limit"))
+    exc = raises(errors.AudioTooLargeError, data, names="audio bytes")
+    assert "2400.0 s" in str(exc) and "1800 s" in str(exc) and "MediaLimits.max_audio_seconds" in str(exc)
+    info = audio_io.probe_audio(data, limits=audio_io.MediaLimits(max_audio_seconds=None))
+    assert (info.frames, info.sample_rate, info.channels, info.duration_s) == (38_400_000, 16_000, 1, 2400.0)
+
+
+def test_decoded_samples_limit_counts_channels():
+    from preprocess.limits import MediaLimits
+
+    stereo = encode(np.zeros((1000, 2)), 16_000)
+    limits = MediaLimits(max_audio_samples=1999)
+    exc = raises(errors.AudioTooLargeError, stereo, limits=limits, names="audio bytes")
+    assert "1000 × 2 channel(s)" in str(exc) and "max_audio_samples" in str(exc)
+    assert load_audio(stereo, limits=MediaLimits(max_audio_samples=2000)).shape == (1000,)
+
+
+def test_limits_apply_to_arrays_and_tensors():
+    from preprocess.limits import MediaLimits
+
+    limits = MediaLimits(max_audio_seconds=1.0)
+    raises(errors.AudioTooLargeError, np.zeros(16_001, np.float32), 16_000, limits=limits, names="audio array")
+    raises(errors.AudioTooLargeError, torch.zeros(2, 8_001), 8_000, limits=limits, names="audio tensor")
+    raises(
+        errors.AudioTooLargeError,
+        np.zeros((2, 100), np.int16),
+        16_000,
+        limits=MediaLimits(max_audio_samples=199),
+        names="audio array",
+    )
+    assert load_audio(np.zeros(16_000, np.float32), 16_000, limits=limits).shape == (16_000,)
+    # The default: 30 min per part. An array at 1 kHz of 31 min is refused (it would resample to 30 M samples).
+    raises(errors.AudioTooLargeError, np.zeros(31 * 60 * 1000, np.int8), 1000, names="audio array")
+
+
+def test_file_with_an_absurd_rate_is_refused_before_resampling():
+    """A 40 KB WAV at 1 Hz would resample to 320 M samples."""
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(1)
+        out.writeframes(bytes(2000))
+    exc = raises(errors.UnsupportedAudioError, buf.getvalue(), names="audio bytes")
+    assert "1 Hz" in str(exc) and "1000" in str(exc)
+
+
+def test_pyav_limits_from_the_header_and_while_decoding(monkeypatch):
+    from preprocess import audio_io
+    from preprocess.limits import MediaLimits
+
+    data = _encode_with_pyav("mp4", "aac", 16_000, 2.0)
+    limits = MediaLimits(max_audio_seconds=1.0)
+    exc = raises(errors.AudioTooLargeError, data, limits=limits, names="audio bytes")
+    assert "from its header" in str(exc)
+    # A container whose header gives no duration is stopped by the running count.
+    unknown = audio_io._pyav_info
+
+    def no_duration(container, what):
+        return audio_io.AudioInfo(**{**unknown(container, what).__dict__, "frames": None})
+
+    monkeypatch.setattr(audio_io, "_pyav_info", no_duration)
+    assert audio_io.probe_audio(data).frames is None
+    exc = raises(errors.AudioTooLargeError, data, limits=limits, names="audio bytes")
+    assert "decoded so far" in str(exc)
+
+
+def test_limits_validation():
+    from preprocess.limits import MediaLimits
+
+    for field, bad in [("max_audio_seconds", 0), ("max_audio_seconds", float("inf")), ("max_audio_samples", 1.5)]:
+        with pytest.raises(ValueError, match=field):
+            MediaLimits(**{field: bad})
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs")
+def test_fifo_and_symlink_loop_are_refused(tmp_path):
+    import os
+
+    from preprocess.audio_io import probe_audio
+    from tests.preprocess.test_sources import unblocking_fifo
+
+    with unblocking_fifo(tmp_path / "pipe.wav") as path:
+        for load in (load_audio, probe_audio):
+            with pytest.raises(errors.AudioNotAFileError, match="FIFO") as info:
+                load(path)
+            assert str(path) in str(info.value)
+    loop = tmp_path / "loop.wav"
+    os.symlink(loop, loop)
+    raises(errors.AudioNotAFileError, loop, names=f"audio file {str(loop)!r}")
+
+
+def test_decoder_errors_never_quote_file_bytes():
+    secret = b"root:*:0:0:System Administrator:/var/root:/bin/sh\n" * 4
+    exc = raises(errors.CorruptAudioError, secret, names="audio bytes")
+    assert "root" not in str(exc)

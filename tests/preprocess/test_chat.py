@@ -89,3 +89,145 @@ def test_sandbox_blocks_unsafe_templates():
 def test_bad_messages(messages, message):
     with pytest.raises(ChatFormatError, match=message):
         render_chat(messages)
+
+
+# ------------------------------------------------------------------------------------------------ bounded templates
+
+from preprocess.limits import MediaLimits  # noqa: E402
+
+HELLO = [{"role": "user", "content": "hi"}]
+SMALL = MediaLimits(max_template_seconds=0.5, max_template_chars=10_000)
+
+
+def render_with(template: str, limits: MediaLimits = SMALL, messages=HELLO):
+    return render_chat(messages, chat_template=template, limits=limits)
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{% for i in range(10**9) %}x{% endfor %}", "more than 100000 items"),
+        ("{% for i in range(10**30) %}x{% endfor %}", "more than 100000 items"),
+        ("{{ 'x' * 10**10 }}", "repetition"),
+        ("{{ ['x'] * 10**10 }}", "repetition"),
+        ("{{ 'x'|center(10**10) }}", "center filter got the number 10000000000"),
+        ("{{ 'x'.ljust(10**10) }}", "ljust"),
+        ("{{ '%010000000000d' % 1 }}", "width"),
+        ("{{ '%*d' % (10**10, 1) }}", "10000000000"),
+        ("{{ '{:>10000000000}'.format(1) }}", "width"),
+        ("{{ '%010000000000d'|format(1) }}", "width"),
+        ("{{ ('x' * 1000)|replace('', 'y' * 1000) }}", "replace"),
+        ("{{ ('x' * 1000).replace('', 'y' * 1000) }}", "replace"),
+        ("{{ (',' * 1000).join('y' * 1000) }}", "join"),
+        ("{{ ('y' * 1000)|join(',' * 1000) }}", "join"),
+        ("{{ ('\t' * 1000).expandtabs(1000) }}", "expandtabs"),
+        ("{{ 10 ** 10000000 }}", "too large a number"),
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+            "namespace",
+        ),
+        (
+            "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s }}{% endif %}{% endmacro %}"
+            "{{ d('x', 64) }}",
+            "argument",
+        ),
+        ("{% set big %}{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}{% endset %}", "wrote more than"),
+        ("{% set big %}{% for i in range(100000) %}" + "z" * 1000 + "{% endfor %}{% endset %}", "wrote more than"),
+        ("{% for i in range(100000) %}{{ messages[0].role * 100 }}{% endfor %}", "more than 10000"),
+        ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "recursion"),
+        ("{{ 1 // 0 }}", "ZeroDivisionError"),
+    ],
+    ids=lambda v: v[:40] if isinstance(v, str) else None,
+)
+def test_hostile_templates_are_refused(template, message):
+    """A checkpoint's chat template is code: loops, sizes and recursion are bounded, and every refusal is a
+    ChatFormatError (stage "messages") naming what went over."""
+    with pytest.raises(ChatFormatError, match=message) as info:
+        render_with(template)
+    assert str(info.value).startswith("chat template")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% set s = 'x' * 10000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
+        "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+    ],
+    ids=["nested-range", "nested-string", "fan-out-macro"],
+)
+def test_endless_templates_stop_at_the_time_limit(template):
+    with pytest.raises(ChatFormatError, match="longer than 0.5 s.*max_template_seconds"):
+        render_with(template)
+
+
+def test_limits_allow_ordinary_templates():
+    rendered = render_chat(SIMPLE, chat_template=TEMPLATE, limits=SMALL)
+    assert rendered.text == render_chat(SIMPLE, chat_template=TEMPLATE).text
+    loops = "{% for i in range(3)|reverse %}{{ i }}{% endfor %}{{ range(5)|list|length }}{{ 'ab'|center(6) }}"
+    assert render_with(loops).text == "2105  ab  "
+    numbers = "{{ 'call 12345678901: %05d' % 7 }} {{ 'id 98765432109 {:>4}'.format(1) }} {{ '%s'|format(10**11) }}"
+    assert render_with(numbers).text == "call 12345678901: 00007 id 98765432109    1 100000000000"
+    unlimited = MediaLimits(max_template_seconds=None, max_template_chars=None)
+    assert render_with("{{ 'x' * 20000 }}", unlimited).text == "x" * 20000
+
+
+def test_part_values_are_not_quoted_in_errors():
+    with pytest.raises(ChatFormatError) as info:
+        render_chat([{"role": "user", "content": [{"image": b"root:*:0:0"}]}])
+    assert "root" not in str(info.value) and "image" in str(info.value)
+
+
+# In the style of a real checkpoint template (roles alternate, a system prefix, loop.first, slicing, trim).
+CHECKPOINT_STYLE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- set ns = namespace(turns=0) -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- set ns.turns = ns.turns + 1 -%}
+    {{ '<|turn>' + message['role'] + '\\n' + (first_user_prefix if loop.first else "") }}
+    {%- for item in message['content'] -%}
+        {%- if item['type'] == 'image' -%}{{ '<|image|>' }}{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ '<turn|>\\n' }}
+{%- endfor -%}
+{{ ns.turns }}{% for i in range(2)|reverse %}{{ loop.revindex }}{% endfor %}
+{%- if add_generation_prompt -%}{{ '<|turn>model\\n' }}{%- endif -%}"""
+
+
+def test_guards_do_not_change_what_a_template_renders():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": " What is "}, {"type": "image", "image": "x.png"}]},
+        {"role": "model", "content": "A cat."},
+        {"role": "user", "content": "And this?"},
+    ]
+    plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    expected = plain.from_string(CHECKPOINT_STYLE).render(
+        messages=[
+            {
+                "role": m["role"],
+                "content": [{"type": "text", "text": m["content"]}]
+                if isinstance(m["content"], str)
+                else [p if p["type"] == "text" else {"type": p["type"]} for p in m["content"]],
+            }
+            for m in messages
+        ],
+        add_generation_prompt=True,
+        bos_token="<bos>",
+    )
+    assert render_chat(messages, chat_template=CHECKPOINT_STYLE, limits=SMALL).text == expected
+    assert expected.endswith("321<|turn>model\n")
+    with pytest.raises(ChatFormatError, match="must alternate"):
+        render_chat(messages[:2] + messages[3:], chat_template=CHECKPOINT_STYLE)

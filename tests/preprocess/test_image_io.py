@@ -673,3 +673,75 @@ def test_pillow_global_limit_is_never_changed_even_while_decoding(monkeypatch):
     np.testing.assert_array_equal(pixels(load_image(encode(array, "PNG"), max_pixels=10**6)), array)
     assert seen and set(seen) == {1000}  # Pillow's open and our reopen both ran with the limit in place
     assert PIL.Image.MAX_IMAGE_PIXELS == 1000
+
+
+# ------------------------------------------------------------------------------------------------ limits, files
+
+
+def png_header_only(width: int, height: int, bit_depth: int = 1) -> bytes:
+    """A PNG declaring ``width × height`` grey pixels whose IDAT holds almost nothing: tiny on disk, and the
+    header is all that a size check may read."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_default_pixel_limit_is_pillows_warning_threshold():
+    """A 12 000 × 8 000 1-bit PNG (96 MP, a few hundred bytes) is refused by default before decoding (it
+    would need ~290 MB as RGB); the old default (179 MP) let it through."""
+    from preprocess.limits import MediaLimits
+
+    assert MediaLimits().max_pixels == 89_478_485 == PIL.Image.MAX_IMAGE_PIXELS
+    data = png_header_only(12_000, 8_000)
+    exc = expect_error(errors.ImageTooLargeError, load_image, data, names="image bytes")
+    assert "89478485" in str(exc) and "MediaLimits.max_pixels" in str(exc)
+
+
+def test_probe_image_reads_the_upright_size_from_the_header(tmp_path):
+    from preprocess.image_io import probe_image
+
+    data = png_header_only(12_000, 8_000)
+    assert probe_image(data, max_pixels=None) == (8_000, 12_000)
+    expect_error(errors.ImageTooLargeError, probe_image, data, names="image bytes")
+    array = random_rgb(30, 50)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90°: width and height swap
+    turned = encode(array, "JPEG", exif=exif.tobytes())
+    path = tmp_path / "turned.jpg"
+    path.write_bytes(turned)
+    for source in (turned, path, io.BytesIO(turned), Image.open(io.BytesIO(turned)), array, Image.fromarray(array)):
+        assert probe_image(source) == decode_image(source).original_size
+    assert probe_image(turned) == (50, 30)
+
+
+def test_unrecognised_bytes_are_not_quoted():
+    """The errors table must never hold file contents (e.g. a manifest pointing at /etc/master.passwd)."""
+    secret = b"root:*:0:0:System Administrator:/var/root:/bin/sh\n"
+    exc = expect_error(errors.NotAnImageError, load_image, secret, names="image bytes")
+    assert "root" not in str(exc) and "b'" not in str(exc)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs")
+def test_fifo_path_is_refused_without_blocking(tmp_path):
+    from preprocess.image_io import probe_image
+    from tests.preprocess.test_sources import unblocking_fifo
+
+    with unblocking_fifo(tmp_path / "pipe.png") as path:
+        for load in (load_image, probe_image):
+            exc = expect_error(errors.ImageNotAFileError, load, path, names=str(path))
+            assert "FIFO" in str(exc)
+
+
+def test_symlink_loop_and_directory(tmp_path):
+    import os
+
+    loop = tmp_path / "loop.png"
+    os.symlink(loop, loop)
+    expect_error(errors.ImageNotAFileError, load_image, loop, names=str(loop))
+    with pytest.raises(IsADirectoryError, match=str(tmp_path)):
+        load_image(tmp_path)

@@ -292,3 +292,116 @@ def test_checkpoint_chat_template_is_used(tokenizer_dir, tmp_path):
         messages, templated, chat_template="{{ bos_token }}{% for m in messages %}<|image|>{% endfor %}"
     )
     assert templated.decode(explicit.input_ids.tolist()).startswith("<bos><|image>")
+
+
+# ------------------------------------------------------------------------------------------------ limits
+
+
+def fail_if_called(name: str):
+    def fail(*args, **kwargs):
+        pytest.fail(f"{name} was called: the example should have been refused before decoding")
+
+    return fail
+
+
+def test_too_many_media_parts_are_refused_before_decoding(tok, monkeypatch):
+    import preprocess.prompt as prompt
+    from preprocess import errors
+    from preprocess.limits import MediaLimits
+
+    content = [{"type": "image", "image": image(8, 8)} for _ in range(65)]
+    for name in ("probe_image", "decode_image"):
+        monkeypatch.setattr(prompt, name, fail_if_called(name))
+    with pytest.raises(errors.TooManyMediaError, match="65 media parts \\(65 image.*limit of 64.*max_media_parts"):
+        build_example([{"role": "user", "content": content}], tok)
+    with pytest.raises(errors.TooManyMediaError, match="limit of 2"):
+        build_example([{"role": "user", "content": content[:3]}], tok, limits=MediaLimits(max_media_parts=2))
+
+
+def test_token_lower_bound_is_checked_before_decoding(tok, monkeypatch):
+    import preprocess.prompt as prompt
+    from preprocess import errors
+    from tests.preprocess.test_video import encode_video
+
+    for name in ("decode_image", "load_audio", "preprocess_video"):
+        monkeypatch.setattr(prompt, name, fail_if_called(name))
+    cases = [
+        ([{"type": "image", "image": image(600, 800, i)} for i in range(3)], 200),
+        ([{"type": "audio", "audio": (np.zeros(60 * 16_000, np.float32), 16_000)}], 1000),  # ~1500 tokens
+        ([{"type": "video", "video": encode_video(37), "num_frames": 32}], 500),  # 32 frames × (≥ 2 + 2)
+    ]
+    for content, max_tokens in cases:
+        with pytest.raises(errors.TooManyTokensError, match=f"at least .* max_tokens={max_tokens}.*nothing was"):
+            build_example([{"role": "user", "content": content}], tok, max_tokens=max_tokens)
+
+
+@pytest.mark.parametrize("seconds", [0.5, 29.99, 30.5, 65.0, 95.0])
+def test_token_lower_bound_never_refuses_an_example_that_fits(tok, seconds):
+    """The header estimate is a lower bound: an example built without a limit fits its own token count."""
+    from tests.preprocess.test_video import encode_video
+
+    clip = io.BytesIO()
+    soundfile.write(clip, tone(seconds, 44_100), 44_100, format="FLAC")
+    content = [
+        {"type": "text", "text": "Hear, see and watch:"},
+        {"type": "audio", "audio": clip.getvalue()},
+        {"type": "image", "image": image(90, 200), "budget": 70},
+        {"type": "video", "video": encode_video(12), "num_frames": 8},
+        {"type": "audio", "audio": (tone(seconds), 16_000)},
+    ]
+    messages = [{"role": "user", "content": content}]
+    full = build_example(messages, tok)
+    exact = build_example(messages, tok, max_tokens=full.summary["num_tokens"])
+    assert exact.summary == full.summary
+
+
+def test_limits_reach_every_medium(tok):
+    from preprocess import errors
+    from preprocess.limits import MediaLimits
+    from tests.preprocess.test_video import encode_video
+
+    def build(part, **limits):
+        return build_example([{"role": "user", "content": [part]}], tok, limits=MediaLimits(**limits))
+
+    with pytest.raises(errors.ImageTooLargeError, match=r"messages\[0\].content\[0\]"):
+        build({"type": "image", "image": image(20, 20)}, max_pixels=399)
+    with pytest.raises(errors.AudioTooLargeError, match="max_audio_seconds"):
+        build({"type": "audio", "audio": (tone(2.0), 16_000)}, max_audio_seconds=1.0)
+    with pytest.raises(errors.VideoTooLargeError, match="max_video_frames"):
+        build({"type": "video", "video": encode_video(4), "num_frames": 4}, max_video_frames=3)
+    with pytest.raises(ChatFormatError, match="max_template_chars"):
+        build_example(
+            [{"role": "user", "content": "hi"}],
+            tok,
+            chat_template="{{ 'x' * 100 }}",
+            limits=MediaLimits(max_template_chars=99),
+        )
+
+
+def test_one_full_resolution_image_at_a_time(tok, monkeypatch):
+    """Budgets come from header sizes, so each image is decoded and cut into patches before the next is decoded
+    (300 image parts in one row took 3.1 GB when all were decoded first)."""
+    import preprocess.prompt as prompt
+
+    calls = []
+    decode, patch = prompt.decode_image, prompt.patch_image
+    monkeypatch.setattr(prompt, "decode_image", lambda *a, **k: calls.append("decode") or decode(*a, **k))
+    monkeypatch.setattr(prompt, "patch_image", lambda *a, **k: calls.append("patch") or patch(*a, **k))
+    content = [{"type": "image", "image": image(200 + 10 * i, 300, i)} for i in range(3)]
+    for max_tokens in (None, 400):
+        calls.clear()
+        build_example([{"role": "user", "content": content}], tok, image_budget=560, max_tokens=max_tokens)
+        assert calls == ["decode", "patch"] * 3
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs")
+def test_fifo_media_is_an_input_error(tok, tmp_path):
+    from preprocess import errors
+    from tests.preprocess.test_sources import unblocking_fifo
+
+    with unblocking_fifo(tmp_path / "pipe") as path:
+        for kind, error in (("image", errors.InvalidImageError), ("audio", errors.InvalidAudioError)):
+            with pytest.raises(error, match="FIFO"):
+                build_example([{"role": "user", "content": [{"type": kind, kind: str(path)}]}], tok)
+        with pytest.raises(errors.InvalidVideoError, match="FIFO"):
+            build_example([{"role": "user", "content": [{"type": "video", "video": str(path)}]}], tok)

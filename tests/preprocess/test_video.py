@@ -570,3 +570,93 @@ def test_matches_reference_video_processor(budget, reference, video_utils):
     # Both filters are Pillow's a = -0.5 bicubic; only the uint8 rounding differs (measured: ≤ 2/255, mean 2e-5).
     np.testing.assert_allclose(ours["pixel_values_videos"], theirs["pixel_values_videos"], rtol=0, atol=2 / 255 + 1e-6)
     assert np.abs(theirs["pixel_values_videos"] - ours["pixel_values_videos"]).mean() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ limits, files
+
+
+def test_num_frames_over_the_limit_is_refused_before_opening():
+    """``num_frames: 100000`` on an 11 MB video took 6.4 GB; now the request itself is refused."""
+    with pytest.raises(errors.VideoTooLargeError) as exc_info:
+        load_video(b"not even read", 100_000, name="clip")
+    check_error(exc_info, "clip")
+    assert "256" in str(exc_info.value) and "MediaLimits.max_video_frames" in str(exc_info.value)
+    from preprocess.limits import MediaLimits
+
+    with pytest.raises(errors.VideoTooLargeError):
+        load_video(b"x", 9, limits=MediaLimits(max_video_frames=8))
+
+
+def test_sampled_pixels_limit_is_checked_from_the_header(video37, monkeypatch):
+    from preprocess.limits import MediaLimits
+
+    limits = MediaLimits(max_video_pixels=8 * WIDTH * HEIGHT)
+    assert load_video(video37, 8, limits=limits).num_frames == 8
+    monkeypatch.setattr(video_io, "_decode", lambda *a, **k: pytest.fail("decoded past the limit"))
+    with pytest.raises(errors.VideoTooLargeError) as exc_info:
+        load_video(video37, 9, limits=limits, name="clip")
+    check_error(exc_info, "clip")
+    assert "max_video_pixels" in str(exc_info.value) and f"{WIDTH}x{HEIGHT}" in str(exc_info.value)
+    with pytest.raises(errors.VideoTooLargeError, match="max_video_frame_pixels"):
+        load_video(video37, 1, limits=MediaLimits(max_video_frame_pixels=WIDTH * HEIGHT - 1))
+
+
+def test_frames_larger_than_the_header_said_are_stopped_while_decoding(video37, monkeypatch):
+    """The header check can be fooled (frame size changes mid-stream); every kept frame counts against the limit."""
+    from preprocess.limits import MediaLimits
+
+    header_check = video_io._header
+    monkeypatch.setattr(
+        video_io, "_header", lambda fp, what, n, limits: header_check(fp, what, n, MediaLimits(max_video_pixels=None))
+    )
+    with pytest.raises(errors.VideoTooLargeError, match="as decoded"):
+        load_video(video37, 8, limits=MediaLimits(max_video_pixels=3 * WIDTH * HEIGHT))
+
+
+def test_probe_video_reads_only_headers(video37, monkeypatch):
+    monkeypatch.setattr(video_io, "_decode", lambda *a, **k: pytest.fail("probe decoded frames"))
+    info = video_io.probe_video(video37, 8)
+    assert (info.width, info.height, info.frames, info.sampled, info.fps) == (WIDTH, HEIGHT, 37, 8, 25.0)
+    assert video_io.probe_video(video37, 100).sampled == 37
+
+
+def still(fmt: str, frames: int = 1) -> bytes:
+    from PIL import Image
+
+    pictures = [Image.fromarray(numbered_frame(i + 1)) for i in range(frames)]
+    buf = io.BytesIO()
+    pictures[0].save(buf, fmt, save_all=frames > 1, append_images=pictures[1:])
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "TIFF", "GIF"])
+def test_still_image_is_not_a_video(fmt):
+    with pytest.raises(errors.StillImageAsVideoError) as exc_info:
+        load_video(still(fmt), name="photo")
+    check_error(exc_info, "photo")
+    assert "image part" in str(exc_info.value)
+    assert issubclass(errors.StillImageAsVideoError, errors.InvalidVideoError)
+
+
+def test_animated_gif_is_a_video():
+    video = load_video(still("GIF", 3), 3)
+    assert video.num_frames == 3 and [frame_number(f) for f in video.frames] == [1, 2, 3]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs")
+def test_fifo_and_symlink_loop_are_refused(tmp_path):
+    import os
+
+    from tests.preprocess.test_sources import unblocking_fifo
+
+    with unblocking_fifo(tmp_path / "pipe.mp4") as path:
+        for load in (load_video, video_io.probe_video):
+            with pytest.raises(errors.VideoNotAFileError, match="FIFO") as exc_info:
+                load(path)
+            check_error(exc_info, f"video file {str(path)!r}")
+    loop = tmp_path / "loop.mp4"
+    os.symlink(loop, loop)
+    with pytest.raises(errors.VideoNotAFileError, match="symbolic-link loop"):
+        load_video(loop)
+    with pytest.raises(IsADirectoryError):
+        load_video(tmp_path)
