@@ -54,6 +54,48 @@ def _positive(text: str) -> int:
     return _whole_number(text, 1)
 
 
+def _seconds(text: str) -> float | None:
+    """An argparse type: a positive number of seconds, or ``none`` for no limit."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (or 'none')") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive number of seconds (or 'none')")
+    return value
+
+
+def _limit(text: str) -> tuple[str, str]:
+    """An argparse type: ``NAME=VALUE`` for one ``MediaLimits`` field (checked when the limits are built)."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE, e.g. max_audio_seconds=3600")
+    return name.strip().replace("-", "_"), value.strip()
+
+
+def _media_limits(pairs: Sequence[tuple[str, str]]):
+    """``MediaLimits`` with the ``--limit`` overrides; ``ValueError`` naming a bad name or value."""
+    from dataclasses import fields
+
+    from preprocess.limits import MediaLimits
+
+    known = {f.name for f in fields(MediaLimits)}
+    overrides: dict[str, float | int | None] = {}
+    for name, value in pairs:
+        if name not in known:
+            raise ValueError(f"--limit {name}: unknown limit (known: {', '.join(sorted(known))})")
+        if value.lower() == "none":
+            overrides[name] = None
+            continue
+        try:
+            overrides[name] = float(value) if name.endswith("_seconds") else int(value)
+        except ValueError:
+            raise ValueError(f"--limit {name}={value}: not a number (or 'none' for no limit)") from None
+    return MediaLimits(**overrides)
+
+
 def _count(text: str) -> int:
     """An argparse type: an int ≥ 0 (an index, or a number of rows that may be zero)."""
     return _whole_number(text, 0)
@@ -129,6 +171,9 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         video_budget=args.video_budget,
         exact=not args.fast,
         rows_per_shard=args.rows_per_shard,
+        media_root=args.media_root,
+        row_timeout_s=args.row_timeout,
+        limits=_media_limits(args.limit or ()),
     )
     if args.engine == "ray":
         from .ray_engine import run_preprocess_ray
@@ -254,6 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument(
+        "--media-root", default=None, help="media paths must resolve inside this directory (manifests from elsewhere)"
+    )
+    p.add_argument(
+        "--row-timeout", type=_seconds, default=300.0, help="seconds a row may take, or 'none' (default 300)"
+    )
+    p.add_argument(
+        "--limit",
+        type=_limit,
+        action="append",
+        metavar="NAME=VALUE",
+        help="raise or lift ('none') one input limit, checked before decoding (repeatable): max_pixels, "
+        "max_audio_seconds, max_audio_samples, max_video_frames, max_video_frame_pixels, max_video_pixels, "
+        "max_media_parts, max_template_seconds, max_template_chars",
+    )
     p.set_defaults(func=_cmd_preprocess)
 
     p = sub.add_parser("inspect", help="report on a preprocess output; show one row, preview one of its images")

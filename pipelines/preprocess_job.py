@@ -49,7 +49,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ from data_specs.manifest import (
 )
 from preprocess.chat import ChatFormatError
 from preprocess.errors import InvalidAudioError, InvalidImageError, InvalidVideoError
+from preprocess.limits import MediaLimits
 
 __all__ = [
     "Job",
@@ -114,6 +115,7 @@ class PreprocessSettings:
     rows_per_shard: int = 128
     media_root: str | None = None  # when set, media paths must resolve inside it (manifests from elsewhere)
     row_timeout_s: float | None = 300.0  # a row taking longer becomes an error row (stage "timeout")
+    limits: MediaLimits = field(default_factory=MediaLimits)  # checked from headers, before decoding
 
     def __post_init__(self) -> None:
         from preprocess.budget import check_budget
@@ -249,6 +251,7 @@ def _row_results(items: Iterable[tuple], settings: PreprocessSettings, base_dir:
                     video_frames=settings.video_frames,
                     video_budget=settings.video_budget,
                     exact=settings.exact,
+                    limits=settings.limits,
                 )
             result = ("example", example_to_row(row_id, example))
         except Exception as exc:  # every failure is recorded with its reason; the job goes on

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -191,3 +194,42 @@ def test_inspect_previews_a_video_frame(small_output, tmp_path, capsys):
     assert "row ex0000 has no image or video to preview" in capsys.readouterr().err
     assert cli.main(["inspect", str(out), "--row", "ex0001", "--preview", str(picture), "--video", "0"]) == 2
     assert "row ex0001 has no video to preview" in capsys.readouterr().err
+
+
+def test_preprocess_limits_timeout_and_media_root_reach_the_job(tmp_path, capsys):
+    from pipelines.readback import open_output
+    from pipelines.sample_data import write_sample_dataset
+
+    manifest, tokenizer = write_sample_dataset(tmp_path / "s", rows=8)
+    out = tmp_path / "out"
+    argv = ["preprocess", str(manifest), str(out), "--tokenizer", str(tokenizer), "--workers", "1"]
+    argv += ["--limit", "max_media_parts=1", "--limit", "max-audio-seconds=none", "--row-timeout", "none"]
+    argv += ["--media-root", str(tmp_path / "s")]
+    assert cli.main(argv) == 0
+    state = json.loads((out / "job.json").read_text())["settings"]
+    assert state["limits"]["max_media_parts"] == 1 and state["limits"]["max_audio_seconds"] is None
+    assert state["row_timeout_s"] is None and state["media_root"] == os.path.realpath(tmp_path / "s")
+    errors = open_output(out).errors().to_pylist()
+    assert errors and {e["error_type"] for e in errors} == {"TooManyMediaError"}
+    assert all("max_media_parts" in e["message"] for e in errors)
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        (["--limit", "max_pixel=5"], "unknown limit"),
+        (["--limit", "max_pixels=lots"], "not a number"),
+        (["--limit", "max_pixels=0"], "max_pixels must be a positive int"),
+    ],
+)
+def test_bad_limits_are_named(tmp_path, capsys, extra, problem):
+    argv = ["preprocess", str(tmp_path / "m.jsonl"), str(tmp_path / "o"), "--tokenizer", str(tmp_path), *extra]
+    assert cli.main(argv) == 2
+    assert problem in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--limit", "max_pixels"], ["--row-timeout", "0"], ["--row-timeout", "soon"]])
+def test_bad_limit_syntax_is_refused_by_the_parser(args, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["preprocess", "m.jsonl", "o", "--tokenizer", "t", *args])
+    assert "error:" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """``gemma4 preprocess`` over a corpus of hostile rows: every row ends in the examples or the errors table, the job
 exits cleanly (no traceback), nothing hangs, and no process grows past a bound.
 
-The corpus holds what an adversarial pass fed the job: FIFOs, memory bombs (a WAV at 1 Hz, a header claiming two
-hours of 48 kHz stereo, a 13 000² 1-bit PNG, 300 images in a row, 100 000 video frames), a JPEG sent as a video,
+The corpus holds what an adversarial pass fed the job: FIFOs, memory bombs (a WAV at 1 Hz, a FLAC header claiming
+two hours of 48 kHz stereo, a 13 000² 1-bit PNG, 300 images in a row, 100 000 video frames), a JPEG sent as a video,
 a symlink loop, paths outside the manifest's folder, unparsable and over-deep lines, huge integers, lone
 surrogates, a non-integer sample rate.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import wave
@@ -47,12 +46,19 @@ def wav_at_one_hertz(path: Path) -> None:
         w.writeframes(bytes(40_000))
 
 
-def wav_claiming_two_hours(path: Path) -> None:
-    channels, rate, width = 2, 48_000, 2
-    data = 7200 * rate * channels * width
-    header = b"RIFF" + struct.pack("<I", 36 + data) + b"WAVE"
-    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * width, channels * width, 16)
-    path.write_bytes(header + b"data" + struct.pack("<I", data) + bytes(4096))
+def flac_claiming_two_hours(path: Path) -> None:
+    """A FLAC of 48 kHz stereo whose STREAMINFO claims two hours (the 36-bit total in bytes 18…25): what a real
+    1.4 MB file of two silent hours tells the decoder, without spending a minute encoding one."""
+    import io
+
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros((64, 2)), 48_000, format="FLAC", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    packed = int.from_bytes(data[18:26], "big")
+    data[18:26] = ((packed & ~((1 << 36) - 1)) | 7200 * 48_000).to_bytes(8, "big")
+    path.write_bytes(bytes(data))
 
 
 def build_corpus(directory: Path) -> tuple[Path, Path, int]:
@@ -63,7 +69,7 @@ def build_corpus(directory: Path) -> tuple[Path, Path, int]:
     for name in ("image.fifo", "audio.fifo", "video.fifo"):
         os.mkfifo(media_dir / name)
     wav_at_one_hertz(media_dir / "one-hertz.wav")
-    wav_claiming_two_hours(media_dir / "two-hours.wav")
+    flac_claiming_two_hours(media_dir / "two-hours.flac")
     Image.new("1", (13_000, 13_000)).save(media_dir / "huge.png", optimize=True)
     Image.fromarray(synthetic_image(64, 64)).save(media_dir / "small.png")
     Image.fromarray(synthetic_image(96, 128)).save(media_dir / "still.jpg")
@@ -80,7 +86,7 @@ def build_corpus(directory: Path) -> tuple[Path, Path, int]:
         {"id": "fifo-audio", "messages": user(media("audio", "hostile/audio.fifo"))},
         {"id": "fifo-video", "messages": user(media("video", "hostile/video.fifo"))},
         {"id": "one-hertz", "messages": user(media("audio", "hostile/one-hertz.wav"))},
-        {"id": "two-hours", "messages": user(media("audio", "hostile/two-hours.wav"))},
+        {"id": "two-hours", "messages": user(media("audio", "hostile/two-hours.flac"))},
         {"id": "huge-png", "messages": user(media("image", "hostile/huge.png"))},
         {"id": "300-images", "messages": user(*[media("image", "hostile/small.png")] * 300)},
         {"id": "100k-frames", "messages": user(media("video", "hostile/clip.mp4", num_frames=100_000))},
