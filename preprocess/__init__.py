@@ -90,6 +90,14 @@ __all__ = [
     "NonFiniteAudioError",
     "AudioTooShortError",
     "AudioTooLongError",
+    "AudioTooLargeError",
+    "InvalidVideoError",
+    "VideoTooLargeError",
+    "StillImageAsVideoError",
+    "NotAFileError",
+    "TooManyMediaError",
+    "TooManyTokensError",
+    "MediaLimits",
     "Tokenizer",
     "SpecialTokens",
     "MissingSpecialTokenError",
@@ -138,6 +146,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from .chat import ChatFormatError, render_chat
     from .collate import bucket_by_length, collate, uncollate
     from .errors import (
+        AudioTooLargeError,
         AudioTooLongError,
         AudioTooShortError,
         CorruptAudioError,
@@ -148,13 +157,20 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
         InvalidAudioError,
         InvalidImageError,
         InvalidInputError,
+        InvalidVideoError,
         NonFiniteAudioError,
+        NotAFileError,
         NotAnImageError,
+        StillImageAsVideoError,
+        TooManyMediaError,
+        TooManyTokensError,
         UnsupportedAudioError,
         UnsupportedImageError,
+        VideoTooLargeError,
     )
     from .image import ImagePatches, collate_images, preprocess_image, preprocess_images
     from .image_io import load_image
+    from .limits import MediaLimits
     from .prompt import AudioFeatures, Example, build_example
     from .tokenizer import MissingSpecialTokenError, SpecialTokens, Tokenizer
     from .video import VideoPatches, collate_videos, preprocess_video
