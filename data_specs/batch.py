@@ -149,6 +149,9 @@ class Batch:
     audio: PackedAudio = field(default_factory=PackedAudio.empty)
     layout: tuple[Any, ...] = ()  # front-end bookkeeping that lets ``uncollate`` rebuild the examples
     padded: bool | None = None  # some row has padding: read on the host at construction, kept by ``to``
+    # (lowest, highest) id at text positions, read on the host at construction and kept by ``to``: the model
+    # checks it against its vocabulary without reading the device (placeholder ids are never looked up)
+    text_id_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         ids, mask, types = self.input_ids, self.attention_mask, self.mm_token_type_ids
@@ -168,6 +171,12 @@ class Batch:
             if self.padded is not None and self.padded != padded:
                 raise BatchError(f"padded={self.padded} was given, but the attention mask says {padded}")
             object.__setattr__(self, "padded", padded)
+        if _on_host(ids) and _on_host(types):
+            text = ids[types == Modality.TEXT]
+            found = (int(text.min()), int(text.max())) if text.numel() else None
+            if found is not None and found[0] < 0:
+                raise BatchError(f"input_ids hold the negative id {found[0]}")
+            object.__setattr__(self, "text_id_range", found)
         if _on_host(types):
             self._check_placeholders()
 

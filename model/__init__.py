@@ -27,7 +27,7 @@ from .config import (
     VisionConfig,
     preset,
 )
-from .gemma4 import Gemma4, MediaCountError
+from .gemma4 import Gemma4, MediaCountError, TokenIdError
 
 __all__ = [
     "PRESETS",
@@ -38,6 +38,7 @@ __all__ = [
     "MediaCountError",
     "ModelConfig",
     "RopeConfig",
+    "TokenIdError",
     "TextConfig",
     "TokenIds",
     "TokenizerMismatchError",

@@ -28,7 +28,11 @@ from .decoder import TextDecoder
 from .embedder import MultimodalEmbedder
 from .vision import VisionEncoder
 
-__all__ = ["Gemma4", "MediaCountError"]
+
+class TokenIdError(ValueError):
+    """A batch holds token ids beyond the checkpoint's vocabulary (it was made with another tokenizer)."""
+
+__all__ = ["Gemma4", "MediaCountError", "TokenIdError"]
 
 
 class Gemma4(nn.Module):
@@ -79,6 +83,7 @@ class Gemma4(nn.Module):
                 f"Gemma4.forward takes a data_specs.batch.Batch (collate(...), Batch.from_hf(**processor_output) "
                 f"or Batch.from_ids(ids)), got {type(batch).__name__}"
             )
+        self._check_ids(batch)
         types = batch.mm_token_type_ids
         placeholders = types != Modality.TEXT  # (B, T)
         text_ids = batch.input_ids.masked_fill(placeholders, self.config.tokens.pad)  # (B, T)
@@ -93,6 +98,17 @@ class Gemma4(nn.Module):
             padded=batch.padded,
             vision_span=batch.vision_span,
         )
+
+    def _check_ids(self, batch: Batch) -> None:
+        """A batch made with another tokenizer (ids beyond this checkpoint's vocabulary) is refused by name, from
+        the range the batch read on the host, instead of an ``IndexError`` (or a device assert) in the lookup."""
+        vocab = self.config.text.vocab_size
+        if batch.text_id_range is not None and batch.text_id_range[1] >= vocab:
+            raise TokenIdError(
+                f"the batch holds token id {batch.text_id_range[1]}, but this checkpoint's vocabulary has {vocab} "
+                "tokens: the batch was made with another tokenizer (load_pretrained(path, tokenizer=...) checks "
+                "a tokenizer against the checkpoint)"
+            )
 
     def _merge(self, x: torch.Tensor, types: torch.Tensor, placeholders: torch.Tensor, batch: Batch) -> torch.Tensor:
         """x (B, T, D) with every placeholder position replaced by its soft token, in one pass and without reading

@@ -17,7 +17,7 @@ from data_specs.batch import Batch, MediaCountError, PackedPatches
 from data_specs.media import Modality
 from model.checkpoint import load_pretrained, model_to_hf, save_pretrained
 from model.config import PRESETS, ModelConfig, TokenIds
-from model.gemma4 import Gemma4
+from model.gemma4 import Gemma4, TokenIdError
 from preprocess.collate import collate, uncollate
 from preprocess.image import collate_images
 from preprocess.prompt import build_example
@@ -248,6 +248,21 @@ def test_count_mismatch_names_both_numbers(tok):
         text_only(batch.to("cpu"))
     with pytest.raises(TypeError, match="takes a data_specs.batch.Batch"):
         model(batch.input_ids)
+
+
+def test_a_batch_from_another_tokenizer_is_named_not_an_index_error(tok):
+    # a preset's own vocabulary (512) is smaller than the test tokenizer's: ids ≥ 512 reach the embedding
+    base = PRESETS["tiny-e2b"]
+    assert base.text.vocab_size < tok.vocab_size
+    model = Gemma4(dataclasses.replace(base, vision=None, audio=None)).eval()
+    ids = torch.tensor([[2, base.text.vocab_size + 3, 5]])
+    batch = Batch.from_ids(ids)
+    assert batch.text_id_range == (2, base.text.vocab_size + 3)
+    with pytest.raises(TokenIdError, match=f"token id {base.text.vocab_size + 3}.*vocabulary has 512 tokens"):
+        model(batch)
+    assert batch.to("cpu").text_id_range == batch.text_id_range  # kept when moved
+    with torch.no_grad():
+        assert model(Batch.from_ids(ids.clamp(max=511))).shape == (1, 3, 512)
 
 
 def test_save_load_round_trip_and_text_only_checkpoints(tok, tmp_path):
