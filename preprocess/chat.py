@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
 
+from .errors import ChatFormatError
 from .limits import DEFAULT_LIMITS, MediaLimits
 from .tokenizer import SPECIAL_STRINGS
 
@@ -52,10 +53,6 @@ _PROTECT_RE = re.compile(
     "|".join(re.escape(s) for s in sorted(SPECIAL_STRINGS.values(), key=len, reverse=True))
     + f"|[{SENTINEL_OPEN}{SENTINEL_CLOSE}]"
 )
-
-
-class ChatFormatError(ValueError):
-    """Messages that do not follow the chat form, or a template whose placeholders disagree with them."""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ChatFormatError",
     "InvalidInputError",
     "InvalidImageError",
     "EmptyImageError",
@@ -147,3 +148,7 @@ class TooManyMediaError(InvalidInputError):
 class TooManyTokensError(InvalidInputError):
     """The example cannot fit ``max_tokens`` (nothing is truncated); when known from headers, refused before
     decoding."""
+
+
+class ChatFormatError(ValueError):
+    """Messages that do not follow the chat form, or a template whose placeholders disagree with them."""
