@@ -1,16 +1,26 @@
-"""Chat messages → the prompt string of the Gemma 4 turn layout (spec §5.4), with user text protected.
+"""Chat messages (and tools) → the prompt string of the Gemma 4 instruction-tuned format (spec §5.4.1), with
+protected text.
 
-Messages take the widely used form ``[{"role": "system"|"user"|"assistant"|"model", "content": str | [parts]}]``
-with parts ``{"type": "text", "text": …}``, ``{"type": "image", "image": …, "budget": 280?}``,
-``{"type": "audio", "audio": path | bytes | (array, sample_rate)}`` and
-``{"type": "video", "video": …, "num_frames": 32?, "budget": 70?}``.
+Messages take the transformers chat form: ``[{"role": …, "content": str | [parts] | None, "tool_calls"?: […],
+"tool_responses"?: […]}]``, roles ``system``, ``developer``, ``user``, ``assistant`` (written ``model``),
+``model`` and ``tool``. Parts: ``{"type": "text", "text": …}``, ``{"type": "image", "image": …, "budget": 280?}``,
+``{"type": "audio", "audio": path | bytes | (array, sample_rate)}``, ``{"type": "video", "video": …,
+"num_frames": 32?, "budget": 70?}``, and OpenAI's ``image_url`` / ``input_audio`` parts (converted by
+:mod:`preprocess.openai_parts`; remote URLs are refused, nothing is fetched). ``tool_calls`` are OpenAI's
+``{"type": "function", "function": {"name", "arguments": mapping | str}}`` (or ``{"name", "arguments"}``),
+``tool_responses`` are ``{"name", "response"}``; ``tools`` are OpenAI-style function specs.
 
-Rendering: with no template, the built-in layout — one ``<bos>``, then ``<|turn>ROLE\\n`` + content +
-``<turn|>\\n`` per message (``assistant`` is written ``model``), then ``<|turn>model\\n`` when a generation
-prompt is asked for; ``enable_thinking`` puts ``<|think|>`` at the start of the system turn (adding one if
-needed). Media parts become ``<|image|>``, ``<|audio|>`` and ``<|video|>`` in place. With a checkpoint's
-``chat_template.jinja``, the template is rendered instead in a sandboxed Jinja environment (``trim_blocks``,
-``lstrip_blocks``, as transformers renders chat templates), so the checkpoint's exact whitespace is used.
+Rendering. With no template, the built-in layout: our Python implementation of the rules of spec §5.4.1, byte
+for byte what the checkpoints' ``chat_template.jinja`` renders for every conversation it accepts (the system
+turn with ``<|think|>`` and tool declarations, text stripped, blank lines around images and videos, tool calls
+and responses in the format of :mod:`preprocess.tool_format`, thinking removed from model turns, the empty
+thought channel after the generation prompt when thinking is off). One deliberate difference: a first
+``system``/``developer`` message whose content is a list of text parts is written as its text (the template
+would print the Python list). With a checkpoint's template, it is rendered instead in a sandboxed Jinja
+environment (``trim_blocks``, ``lstrip_blocks``, as transformers renders chat templates), receiving what
+transformers gives it: the messages (string content stays a string, unknown keys pass through, media parts
+keep their type and options but not their data), ``tools``, ``add_generation_prompt``, ``enable_thinking``,
+``bos_token``/``eos_token``/``pad_token`` and any ``template_kwargs``.
 
 A template is code from a checkpoint, so its rendering is bounded (``MediaLimits.max_template_seconds`` and
 ``max_template_chars``; :class:`ChatFormatError` names the limit): the elapsed time is checked at every loop
@@ -22,10 +32,12 @@ macros and ``set`` blocks included, counts against a budget of 4 × ``max_templa
 for Python, a ``MemoryError`` or an arithmetic error become :class:`ChatFormatError` too. This bounds the
 known ways to exhaust time and memory from a template; it is a guard in process, not an operating-system limit.
 
-Protection: before rendering, every control string inside user text (and any private-use sentinel character)
-is replaced by a sentinel ``\\ue000<k>\\ue001``; :class:`RenderedPrompt` keeps the originals so the tokenizer
-encodes them as plain text. Every control string left in the rendered prompt was therefore written by the
-template, and every media placeholder in it belongs to a media part, in order.
+Protection: before rendering, every control string inside text from anyone but the model (system, developer,
+user and tool text, tool responses, tool declarations) and any private-use sentinel character is replaced by a
+sentinel ``\\ue000<k>\\ue001``; :class:`RenderedPrompt` keeps the originals so the tokenizer encodes them as
+plain text. Text of model turns and tool-call arguments are the model's own output and keep their control
+strings (so thought channels can be removed), except media placeholders. Every media placeholder in the
+rendered prompt therefore belongs to a media part, in order.
 """
 
 from __future__ import annotations
@@ -42,17 +54,24 @@ from .errors import ChatFormatError
 from .limits import DEFAULT_LIMITS, MediaLimits
 from .tokenizer import SPECIAL_STRINGS
 
-__all__ = ["ChatFormatError", "MediaPart", "RenderedPrompt", "parse_messages", "render_chat"]
+__all__ = ["ChatFormatError", "MediaPart", "RenderedPrompt", "render_chat", "strip_thinking"]
 
-ROLES = {"system": "system", "user": "user", "assistant": "model", "model": "model"}
+ROLES = ("system", "developer", "user", "assistant", "model", "tool")
 MEDIA_KINDS = ("image", "audio", "video")
 PLACEHOLDERS = {kind: SPECIAL_STRINGS[kind] for kind in MEDIA_KINDS}  # image → "<|image|>", …
 SENTINEL_OPEN, SENTINEL_CLOSE = "\ue000", "\ue001"
 _SENTINEL_RE = re.compile(f"{SENTINEL_OPEN}(\\d+){SENTINEL_CLOSE}")
+_SENTINELS = f"|[{SENTINEL_OPEN}{SENTINEL_CLOSE}]"
 _PROTECT_RE = re.compile(
-    "|".join(re.escape(s) for s in sorted(SPECIAL_STRINGS.values(), key=len, reverse=True))
-    + f"|[{SENTINEL_OPEN}{SENTINEL_CLOSE}]"
+    "|".join(re.escape(s) for s in sorted(SPECIAL_STRINGS.values(), key=len, reverse=True)) + _SENTINELS
 )
+_PROTECT_MEDIA_RE = re.compile("|".join(re.escape(s) for s in PLACEHOLDERS.values()) + _SENTINELS)
+# What the layout writes around each media part (spec §5.4.1 item 3).
+_MEDIA_TEXT = {
+    "image": f"\n\n{PLACEHOLDERS['image']}\n\n",
+    "audio": PLACEHOLDERS["audio"],
+    "video": f"\n\n{PLACEHOLDERS['video']}\n\n",
+}
 
 
 @dataclass(frozen=True)
@@ -67,11 +86,16 @@ class MediaPart:
 
 @dataclass(frozen=True)
 class RenderedPrompt:
-    """The rendered prompt; ``protected[k]`` is the user text hidden behind sentinel ``k``."""
+    """The rendered prompt; ``protected[k]`` is the literal text hidden behind sentinel ``k``."""
 
     text: str
     protected: tuple[str, ...]
     media: tuple[MediaPart, ...]
+
+    def literal(self) -> str:
+        """The prompt as plain text, sentinels replaced by what they hide (what a template renders from the raw
+        messages; tokenising it would turn the hidden control strings into control tokens)."""
+        return "".join(run for _, run in unprotect_segments(self.text, self.protected))
 
 
 def _kind_of(part: object) -> str:
@@ -81,90 +105,179 @@ def _kind_of(part: object) -> str:
     return type(part).__name__
 
 
-def _parts(message: Mapping[str, Any], index: int) -> list[dict[str, Any]]:
-    content = message.get("content")
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if not isinstance(content, Sequence) or isinstance(content, bytes | bytearray):
-        raise ChatFormatError(
-            f"messages[{index}].content must be a string or a list of parts, got {type(content).__name__}"
-        )
-    parts = []
-    for j, part in enumerate(content):
-        where = f"messages[{index}].content[{j}]"
+class _Protector:
+    """Hides control strings behind sentinels ``\\ue000<k>\\ue001`` and remembers them. Text from anyone but the
+    model loses every control string; the model's own turns keep theirs (they are its output: thought channels,
+    tool calls) except media placeholders, which only media parts may put in a prompt."""
+
+    def __init__(self) -> None:
+        self.protected: list[str] = []
+
+    def _hide(self, match: re.Match) -> str:
+        self.protected.append(match.group())
+        return f"{SENTINEL_OPEN}{len(self.protected) - 1}{SENTINEL_CLOSE}"
+
+    def text(self, text: str, *, model: bool = False) -> str:
+        return (_PROTECT_MEDIA_RE if model else _PROTECT_RE).sub(self._hide, text)
+
+    def values(self, value: Any, *, model: bool = False) -> Any:
+        """Every string inside ``value`` (mapping values, list items) protected; mapping keys are kept."""
+        if isinstance(value, str):
+            return self.text(value, model=model)
+        if isinstance(value, Mapping):
+            return {key: self.values(item, model=model) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.values(item, model=model) for item in value]
+        return value
+
+
+class _Conversation:
+    """Validated messages in the shape transformers hands a chat template (string content stays a string; unknown
+    keys pass through), with protected text, and the media parts in order."""
+
+    def __init__(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None) -> None:
+        if isinstance(messages, str | bytes) or not isinstance(messages, Sequence) or not messages:
+            raise ChatFormatError("messages must be a non-empty list of {'role': …, 'content': …} dicts")
+        self.protect = _Protector()
+        self.media: list[MediaPart] = []
+        self.messages = [self._message(message, i) for i, message in enumerate(messages)]
+        self.tools = self._tools(tools)
+
+    def _message(self, message: Any, index: int) -> dict[str, Any]:
+        where = f"messages[{index}]"
+        if not isinstance(message, Mapping):
+            raise ChatFormatError(f"{where} must be a dict, got {type(message).__name__}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ChatFormatError(f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}")
+        model = role in ("assistant", "model")
+        out = dict(message)
+        calls = self._tool_calls(message.get("tool_calls"), where, model)
+        responses = self._tool_responses(message.get("tool_responses"), where)
+        if calls is not None:
+            out["tool_calls"] = calls
+        if responses is not None:
+            out["tool_responses"] = responses
+        content = message.get("content")
+        if isinstance(content, str):
+            out["content"] = self.protect.text(content, model=model)
+        elif content is None and (calls or responses):
+            out["content"] = None
+        elif isinstance(content, Sequence) and not isinstance(content, bytes | bytearray):
+            out["content"] = [self._part(part, f"{where}.content[{j}]", model) for j, part in enumerate(content)]
+            if role in ("system", "developer") and index == 0 and any(p["type"] != "text" for p in out["content"]):
+                raise ChatFormatError(f"{where}: a {role} message holds text only (its media would be lost)")
+        else:
+            raise ChatFormatError(f"{where}.content must be a string or a list of parts, got {type(content).__name__}")
+        return out
+
+    def _part(self, part: Any, where: str, model: bool) -> dict[str, Any]:
+        if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_audio"):
+            from .openai_parts import normalize_part
+
+            part = normalize_part(part, where)
         if not isinstance(part, Mapping) or "type" not in part:
             raise ChatFormatError(f"{where} must be a dict with a 'type', got {_kind_of(part)}")
         kind = part["type"]
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise ChatFormatError(f"{where}: a text part needs a string 'text'")
-        elif kind in MEDIA_KINDS:
-            if part.get(kind) is None:
-                raise ChatFormatError(f"{where}: an {kind} part needs its data under {kind!r}")
-        else:
-            raise ChatFormatError(f"{where}: unknown content type {kind!r}; expected text, image, audio or video")
-        parts.append(dict(part, _where=where))
-    return parts
+            return dict(part, text=self.protect.text(part["text"], model=model))
+        if kind not in MEDIA_KINDS:
+            raise ChatFormatError(
+                f"{where}: unknown content type {kind!r}; expected text, image, audio, video (or OpenAI's image_url, "
+                "input_audio)"
+            )
+        if part.get(kind) is None:
+            raise ChatFormatError(f"{where}: an {kind} part needs its data under {kind!r}")
+        options = {k: v for k, v in part.items() if k not in ("type", kind)}
+        self.media.append(MediaPart(kind, part[kind], options, where))
+        return {"type": kind, **options}  # the data stays out of the template's reach
 
+    def _tool_calls(self, calls: Any, where: str, model: bool) -> list[dict[str, Any]] | None:
+        if calls is None:
+            return None
+        if not isinstance(calls, list | tuple):
+            raise ChatFormatError(f"{where}.tool_calls must be a list, got {type(calls).__name__}")
+        out = []
+        for j, call in enumerate(calls):
+            at = f"{where}.tool_calls[{j}]"
+            if not isinstance(call, Mapping):
+                raise ChatFormatError(f"{at} must be a dict, got {type(call).__name__}")
+            function = call.get(
+                "function", call
+            )  # OpenAI's {"type": "function", "function": {…}}, or {name, arguments}
+            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
+                raise ChatFormatError(f"{at} needs a function name (a string)")
+            arguments = function.get("arguments", {})
+            if not isinstance(arguments, Mapping | str):
+                raise ChatFormatError(f"{at}: arguments must be a mapping or a string, got {type(arguments).__name__}")
+            function = dict(function, arguments=self.protect.values(arguments, model=model))
+            extra = {k: v for k, v in call.items() if k not in ("function", "name", "arguments")}
+            out.append({"type": "function", **extra, "function": function})
+        return out
 
-def parse_messages(messages: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Validate ``messages``: [(role as written in the prompt, parts)]."""
-    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence) or not messages:
-        raise ChatFormatError("messages must be a non-empty list of {'role': …, 'content': …} dicts")
-    parsed = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise ChatFormatError(f"messages[{i}] must be a dict, got {type(message).__name__}")
-        role = message.get("role")
-        if role not in ROLES:
-            raise ChatFormatError(f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}")
-        parsed.append((role, _parts(message, i)))
-    return parsed
+    def _tool_responses(self, responses: Any, where: str) -> list[dict[str, Any]] | None:
+        if responses is None:
+            return None
+        if not isinstance(responses, list | tuple):
+            raise ChatFormatError(f"{where}.tool_responses must be a list, got {type(responses).__name__}")
+        out = []
+        for j, response in enumerate(responses):
+            at = f"{where}.tool_responses[{j}]"
+            if not isinstance(response, Mapping) or "response" not in response:
+                raise ChatFormatError(f"{at} must be a dict with a 'response' (and a 'name')")
+            if not isinstance(response.get("name", ""), str):
+                raise ChatFormatError(f"{at}: name must be a string")
+            out.append(self.protect.values(dict(response)))  # a tool's output: none of its text is a control string
+        return out
 
-
-class _Protector:
-    def __init__(self) -> None:
-        self.protected: list[str] = []
-
-    def __call__(self, text: str) -> str:
-        def hide(match: re.Match) -> str:
-            self.protected.append(match.group())
-            return f"{SENTINEL_OPEN}{len(self.protected) - 1}{SENTINEL_CLOSE}"
-
-        return _PROTECT_RE.sub(hide, text)
+    def _tools(self, tools: Any) -> list[dict[str, Any]] | None:
+        if tools is None:
+            return None
+        if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence):
+            raise ChatFormatError(f"tools must be a list of tool specs, got {type(tools).__name__}")
+        for j, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, Mapping) else None
+            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+                raise ChatFormatError(
+                    f"tools[{j}] must be {{'type': 'function', 'function': {{'name': …, 'description': …, "
+                    f"'parameters': …}}}}, got {_kind_of(tool)}"
+                )
+        return [self.protect.values(dict(tool)) for tool in tools]
 
 
 def render_chat(
     messages: Sequence[Mapping[str, Any]],
     *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
     add_generation_prompt: bool = True,
     enable_thinking: bool = False,
     chat_template: str | None = None,
     limits: MediaLimits | None = None,
+    **template_kwargs: Any,
 ) -> RenderedPrompt:
-    """Render ``messages`` (see the module docstring) into a prompt string with protected user text.
+    """Render ``messages`` (see the module docstring) and ``tools`` (OpenAI-style function specs) into a prompt
+    string with protected text. ``template_kwargs`` reach a checkpoint template (the built-in layout reads none);
     ``limits`` (default ``MediaLimits()``) bounds the rendering of ``chat_template``."""
-    parsed = parse_messages(messages)
-    protect = _Protector()
-    media: list[MediaPart] = []
-    safe_messages = []
-    for role, parts in parsed:
-        safe_parts = []
-        for part in parts:
-            if part["type"] == "text":
-                safe_parts.append({"type": "text", "text": protect(part["text"])})
-            else:
-                kind = part["type"]
-                options = {k: v for k, v in part.items() if k not in ("type", kind, "_where")}
-                media.append(MediaPart(kind, part[kind], options, part["_where"]))
-                safe_parts.append({"type": kind})
-        safe_messages.append((role, safe_parts))
+    conversation = _Conversation(messages, tools)
     if chat_template is None:
-        text = _render_builtin(safe_messages, add_generation_prompt, enable_thinking)
+        if template_kwargs:
+            raise ChatFormatError(
+                f"template arguments {sorted(template_kwargs)} given, but there is no chat template to receive them "
+                "(the built-in layout takes none)"
+            )
+        text = _render_builtin(conversation, add_generation_prompt, enable_thinking)
     else:
         text = _render_template(
-            chat_template, safe_messages, add_generation_prompt, enable_thinking, limits or DEFAULT_LIMITS
+            chat_template,
+            conversation,
+            add_generation_prompt,
+            enable_thinking,
+            limits or DEFAULT_LIMITS,
+            template_kwargs,
         )
+    media = conversation.media
     for kind in MEDIA_KINDS:
         wanted = sum(m.kind == kind for m in media)
         found = text.count(PLACEHOLDERS[kind])
@@ -172,28 +285,61 @@ def render_chat(
             raise ChatFormatError(
                 f"the chat template wrote {found} {PLACEHOLDERS[kind]} placeholder(s) for {wanted} {kind} part(s)"
             )
-    return RenderedPrompt(text=text, protected=tuple(protect.protected), media=tuple(media))
+    return RenderedPrompt(text=text, protected=tuple(conversation.protect.protected), media=tuple(media))
 
 
-def _content_string(parts: list[dict[str, Any]]) -> str:
-    return "".join(p["text"] if p["type"] == "text" else PLACEHOLDERS[p["type"]] for p in parts)
+def strip_thinking(text: str) -> str:
+    """A model turn's text without its thought channels (spec §5.4.1 item 6): of each piece before a
+    ``<channel|>``, only what precedes its ``<|channel>`` is kept; the result is stripped."""
+    opening, closing = SPECIAL_STRINGS["channel_start"], SPECIAL_STRINGS["channel_end"]
+    return "".join(piece.split(opening)[0] if opening in piece else piece for piece in text.split(closing)).strip()
 
 
-def _render_builtin(
-    messages: list[tuple[str, list[dict[str, Any]]]], add_generation_prompt: bool, thinking: bool
-) -> str:
+def _render_builtin(conversation: _Conversation, add_generation_prompt: bool, thinking: bool) -> str:
+    """The instruction-tuned checkpoints' layout (spec §5.4.1), byte for byte, in Python."""
+    from .tool_format import format_call, format_declaration, format_response
+
     s = SPECIAL_STRINGS
-    turns = [(ROLES[role], _content_string(parts)) for role, parts in messages]
-    if thinking:
-        if turns[0][0] == "system":
-            turns[0] = ("system", s["think"] + turns[0][1])
-        else:
-            turns.insert(0, ("system", s["think"]))
+    messages, tools = conversation.messages, conversation.tools
     out = [s["bos"]]
-    for role, content in turns:
-        out.append(f"{s['turn_start']}{role}\n{content}{s['turn_end']}\n")
+    last = None  # what the last message ended with: "tool_call", "tool_response" or a media kind
+    if thinking or tools or messages[0]["role"] in ("system", "developer"):
+        out.append(f"{s['turn_start']}system\n")
+        if thinking:
+            out.append(s["think"])
+        if messages[0]["role"] in ("system", "developer"):
+            content = messages[0]["content"]
+            out.append((content if isinstance(content, str) else "".join(p["text"] for p in content)).strip())
+            messages = messages[1:]
+        for tool in tools or ():
+            out.append(f"{s['tool_start']}{format_declaration(tool)}{s['tool_end']}")
+        out.append(f"{s['turn_end']}\n")
+    for message in messages:
+        last = None
+        role = "model" if message["role"] == "assistant" else message["role"]
+        out.append(f"{s['turn_start']}{role}\n")
+        for call in message.get("tool_calls") or ():
+            out.append(format_call(call["function"]["name"], call["function"].get("arguments")))
+            last = "tool_call"
+        for response in message.get("tool_responses") or ():
+            out.append(format_response(response.get("name", "unknown"), response["response"]))
+            last = "tool_response"
+        content = message["content"]
+        if isinstance(content, str):
+            out.append(strip_thinking(content) if role == "model" else content.strip())
+        for part in content if isinstance(content, list) else ():
+            if part["type"] == "text":
+                out.append(strip_thinking(part["text"]) if role == "model" else part["text"].strip())
+            else:
+                out.append(_MEDIA_TEXT[part["type"]])
+                last = part["type"]
+        if not (message.get("tool_responses") and not content):
+            out.append(f"{s['turn_end']}\n")
     if add_generation_prompt:
-        out.append(f"{s['turn_start']}model\n")
+        if last != "tool_response":
+            out.append(f"{s['turn_start']}model\n")
+        if not thinking:
+            out.append(f"{s['channel_start']}thought\n{s['channel_end']}")
     return "".join(out)
 
 
@@ -441,10 +587,11 @@ def _filter_subject(name: str, values: list, kwargs: dict) -> tuple[str, object,
 
 def _render_template(
     template: str,
-    messages: list[tuple[str, list[dict[str, Any]]]],
+    conversation: _Conversation,
     add_generation_prompt: bool,
     thinking: bool,
     limits: MediaLimits,
+    template_kwargs: Mapping[str, Any],
 ) -> str:
     from jinja2 import TemplateError
 
@@ -457,14 +604,18 @@ def _render_template(
     out: list[str] = []
     length = 0
     try:
-        chunks = env.from_string(template).generate(
-            messages=[{"role": role, "content": parts} for role, parts in messages],
-            add_generation_prompt=add_generation_prompt,
-            enable_thinking=thinking,
-            bos_token=SPECIAL_STRINGS["bos"],
-            eos_token=SPECIAL_STRINGS["eos"],
-            tools=None,
-        )
+        context = {
+            "bos_token": SPECIAL_STRINGS["bos"],
+            "eos_token": SPECIAL_STRINGS["eos"],
+            "pad_token": SPECIAL_STRINGS["pad"],
+            **template_kwargs,
+            # as transformers passes them: the conversation, its tools (None when there are none), the two flags
+            "messages": conversation.messages,
+            "tools": conversation.tools,
+            "add_generation_prompt": add_generation_prompt,
+            "enable_thinking": thinking,
+        }
+        chunks = env.from_string(template).generate(**context)
         for chunk in chunks:  # the output is checked as it grows, the clock between chunks
             length += len(chunk)
             guard.size(length, "the rendered prompt")

@@ -26,23 +26,29 @@ TEMPLATE = (
 def test_builtin_layout():
     rendered = render_chat(SIMPLE)
     text = rendered.text
-    assert text.startswith("<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nWhat is <|image|><turn|>\n")
+    # text stripped, blank lines around the image (spec §5.4.1 item 3)
+    assert text.startswith("<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nWhat is\n\n<|image|>\n\n<turn|>\n")
     assert "<|turn>model\nA cat.<turn|>\n" in text
-    assert text.endswith("<|turn>model\n")
+    assert text.endswith("<|turn>model\n<|channel>thought\n<channel|>")  # thinking off: an empty thought channel
     assert text.count("<bos>") == 1
     assert [m.kind for m in rendered.media] == ["image"] and rendered.media[0].where == "messages[1].content[1]"
     # The user's literal control strings are hidden behind sentinels and kept verbatim.
     assert rendered.protected == ("<|image|>", "<turn|>")
     assert text.count("<|image|>") == 1
     runs = unprotect_segments(text, rendered.protected)
-    assert "".join(r for _, r in runs).endswith("And this? <|image|> <turn|><turn|>\n<|turn>model\n")
+    assert rendered.literal().endswith(
+        "And this? <|image|> <turn|><turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
+    )
     assert [r for literal, r in runs if literal] == ["<|image|>", "<turn|>"]
 
 
 def test_generation_prompt_and_thinking():
-    assert not render_chat(SIMPLE, add_generation_prompt=False).text.endswith("<|turn>model\n")
+    assert render_chat(SIMPLE, add_generation_prompt=False).text.endswith(
+        "<|turn>user\nAnd this? \ue0000\ue001 \ue0001\ue001<turn|>\n"
+    )
     thinking = render_chat(SIMPLE, enable_thinking=True).text
     assert thinking.startswith("<bos><|turn>system\n<|think|>Be brief.")
+    assert thinking.endswith("<|turn>model\n")  # the model writes its own thought channel
     no_system = render_chat(SIMPLE[1:], enable_thinking=True).text
     assert no_system.startswith("<bos><|turn>system\n<|think|><turn|>\n<|turn>user\n")
 
@@ -76,6 +82,15 @@ def test_sandbox_blocks_unsafe_templates():
         ([], "non-empty list"),
         ("hello", "non-empty list"),
         ([{"role": "robot", "content": "x"}], r"messages\[0\].role is 'robot'"),
+        ([{"role": "user"}], r"messages\[0\].content must be a string or a list"),
+        ([{"role": "assistant", "tool_calls": [{"function": {"arguments": {}}}]}], r"tool_calls\[0\] needs a function"),
+        ([{"role": "assistant", "tool_calls": {"name": "f"}}], r"tool_calls must be a list"),
+        ([{"role": "assistant", "tool_calls": [{"name": "f", "arguments": 3}]}], "arguments must be a mapping"),
+        (
+            [{"role": "tool", "tool_responses": [{"name": "f"}]}],
+            r"tool_responses\[0\] must be a dict with a 'response'",
+        ),
+        ([{"role": "system", "content": [{"type": "image", "image": "x"}]}], "holds text only"),
         ([{"role": "user", "content": 5}], r"messages\[0\].content must be a string or a list"),
         (
             [{"role": "user", "content": [{"type": "gif", "gif": 1}]}],
