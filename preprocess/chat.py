@@ -162,7 +162,7 @@ class _Conversation:
         if isinstance(content, str):
             out["content"] = self.protect.text(content, model=model)
         elif content is None and (calls or responses):
-            out["content"] = None
+            pass  # absent (or None) stays as given: a template sees what transformers would pass
         elif isinstance(content, Sequence) and not isinstance(content, bytes | bytearray):
             out["content"] = [self._part(part, f"{where}.content[{j}]", model) for j, part in enumerate(content)]
             if role in ("system", "developer") and index == 0 and any(p["type"] != "text" for p in out["content"]):
@@ -324,7 +324,7 @@ def _render_builtin(conversation: _Conversation, add_generation_prompt: bool, th
         for response in message.get("tool_responses") or ():
             out.append(format_response(response.get("name", "unknown"), response["response"]))
             last = "tool_response"
-        content = message["content"]
+        content = message.get("content")
         if isinstance(content, str):
             out.append(strip_thinking(content) if role == "model" else content.strip())
         for part in content if isinstance(content, list) else ():
@@ -568,12 +568,33 @@ def _environment(guard: _Guard):
             guard.write(len(value))
         return value
 
-    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, finalize=finalize)
+    env = BoundedSandbox(
+        trim_blocks=True, lstrip_blocks=True, finalize=finalize, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = _tojson  # as chat templates expect it: plain JSON, not HTML-escaped, keys in order
     env.filters = {name: bounded_filter(name, f) for name, f in env.filters.items()}
+    env.globals["strftime_now"] = _strftime_now
     env.globals["range"] = functools.partial(_GuardedRange, guard)
     env.globals["namespace"] = BoundedNamespace
     env.globals["_bounded_iterate"] = guard.iterate
     return env
+
+
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False
+) -> str:
+    """The ``tojson`` filter chat templates are written for: ``json.dumps`` with these defaults (Jinja's own
+    escapes ``<`` and ``>`` for HTML, which would break control strings, and sorts keys)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(format: str) -> str:  # noqa: A002 - the name templates call it with
+    """The current local time, formatted (templates write today's date into system prompts)."""
+    import datetime
+
+    return datetime.datetime.now().strftime(format)
 
 
 def _filter_subject(name: str, values: list, kwargs: dict) -> tuple[str, object, list]:

@@ -222,22 +222,19 @@ CHECKPOINT_STYLE = """{{ bos_token }}
 def test_guards_do_not_change_what_a_template_renders():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    messages = [
-        {"role": "system", "content": "Be brief."},
+    def text(t):
+        return [{"type": "text", "text": t}]
+
+    messages = [  # a Gemma 3 style template reads every content as a list of parts
+        {"role": "system", "content": text("Be brief.")},
         {"role": "user", "content": [{"type": "text", "text": " What is "}, {"type": "image", "image": "x.png"}]},
-        {"role": "model", "content": "A cat."},
-        {"role": "user", "content": "And this?"},
+        {"role": "model", "content": text("A cat.")},
+        {"role": "user", "content": text("And this?")},
     ]
     plain = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     expected = plain.from_string(CHECKPOINT_STYLE).render(
-        messages=[
-            {
-                "role": m["role"],
-                "content": [{"type": "text", "text": m["content"]}]
-                if isinstance(m["content"], str)
-                else [p if p["type"] == "text" else {"type": p["type"]} for p in m["content"]],
-            }
-            for m in messages
+        messages=[  # as we hand them over: a media part keeps its type (and options), not its data
+            dict(m, content=[p if p["type"] == "text" else {"type": p["type"]} for p in m["content"]]) for m in messages
         ],
         add_generation_prompt=True,
         bos_token="<bos>",

@@ -169,7 +169,7 @@ CASES = {
             {"role": "assistant", "content": "Noon."},
         ],
         {"add_generation_prompt": False},
-        '<bos><|turn>user\nTime?<turn|>\n<|turn>model\n'
+        "<bos><|turn>user\nTime?<turn|>\n<|turn>model\n"
         '<|tool_call>call:now{{"tz": "UTC"}}<tool_call|>Checking.<turn|>\n'
         "<|turn>user\n<|tool_response>response:now{value:12}<tool_response|><|turn>model\nNoon.<turn|>\n",
     ),
@@ -206,7 +206,7 @@ def test_user_text_is_protected_and_model_text_is_not():
     rendered = render_chat(messages, tools=tools)
     assert rendered.text.count("<|image|>") == 0 and rendered.text.count("<|tool_call>") == 0
     assert rendered.text.count("<turn|>") == 3  # the layout's own only
-    assert rendered.protected == ("<|turn>", "<|image|>", "<turn|>", "<|tool_call>", "<|image|>", "<turn|>", "<|turn>")
+    assert rendered.protected == ("<|image|>", "<turn|>", "<|tool_call>", "<|image|>", "<turn|>", "<|turn>", "<|turn>")
     # the model's own thought channel was seen (and removed); its media placeholder stays text
     assert "secret" not in rendered.text and "Sure done" in rendered.literal()
 

@@ -96,9 +96,7 @@ def test_padding_masks_and_packed_media(examples):
     # audio: only valid frames, segment by segment
     segments = [s for e in items for s in e.audio]
     assert batch.audio.frames == tuple(int(s.mask.sum()) for s in segments)
-    assert torch.equal(
-        batch.audio.features, torch.from_numpy(np.concatenate([s.features[s.mask] for s in segments]))
-    )
+    assert torch.equal(batch.audio.features, torch.from_numpy(np.concatenate([s.features[s.mask] for s in segments])))
     # Placeholders in the batch equal what the encoders receive.
     types = batch.mm_token_type_ids
     assert int((types == Modality.IMAGE).sum()) == sum(batch.images.num_soft_tokens)
