@@ -1,4 +1,4 @@
-"""The Gemma 4 front end: budget math, images, audio, video, tokenizer, chat format, interleaving, collation.
+"""The Gemma 4 front end: budget math, images, audio, video, tokenizer, chat format, replies, interleaving, collation.
 
 The public names are resolved lazily (PEP 562 ``__getattr__``): ``import preprocess`` or
 ``from preprocess.budget import …`` loads no submodule it does not name, so the budget math and the
@@ -52,6 +52,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("Tokenizer", "SpecialTokens", "MissingSpecialTokenError"),
     "chat": ("render_chat", "ChatFormatError"),
     "prompt": ("build_example", "Example", "AudioFeatures"),
+    "reply": ("parse_reply", "Reply", "ToolCall"),
     "collate": ("collate", "uncollate", "bucket_by_length"),
     "video_io": ("load_video", "VideoFrames"),
     "video": ("preprocess_video", "VideoPatches", "collate_videos"),
@@ -106,6 +107,9 @@ __all__ = [
     "build_example",
     "Example",
     "AudioFeatures",
+    "parse_reply",
+    "Reply",
+    "ToolCall",
     "collate",
     "uncollate",
     "bucket_by_length",
@@ -172,6 +176,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from .image_io import load_image
     from .limits import MediaLimits
     from .prompt import AudioFeatures, Example, build_example
+    from .reply import Reply, ToolCall, parse_reply
     from .tokenizer import MissingSpecialTokenError, SpecialTokens, Tokenizer
     from .video import VideoPatches, collate_videos, preprocess_video
     from .video_io import VideoFrames, load_video
