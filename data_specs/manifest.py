@@ -54,6 +54,7 @@ __all__ = [
 
 MANIFEST_VERSION = 1
 MEDIA_KINDS = ("image", "audio", "video")
+OPENAI_PART_TYPES = ("image_url", "audio_url", "video_url", "input_audio")  # preprocess.openai_parts converts them
 MAX_DEPTH = 64  # nesting levels of a row: ample for messages and tool schemas, far below the stack's limit
 _PARQUET_BATCH = 256  # rows decoded at a time from a Parquet manifest
 
@@ -120,17 +121,24 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def resolve_media(messages: list, base_dir: Path, media_root: str | os.PathLike | None = None) -> list:
-    """A copy of ``messages`` whose media values are ready for ``build_example``: relative paths made
-    absolute against ``base_dir``, ``datasets`` Image/Audio values unpacked. With ``media_root``, every path
-    must resolve (symlinks followed) inside it, else :class:`MediaOutsideRootError`."""
+    """A copy of ``messages`` whose media values are ready for ``build_example``: OpenAI parts converted
+    (``preprocess.openai_parts.normalize_part``; ``ChatFormatError`` naming the part), relative paths — ``file:``
+    URLs and plain paths of ``image_url`` parts too — made absolute against ``base_dir``, ``datasets``
+    Image/Audio values unpacked. With ``media_root``, every path must resolve (symlinks followed) inside it,
+    else :class:`MediaOutsideRootError`."""
     root = os.path.realpath(media_root) if media_root is not None else None
     out = []
-    for message in messages:
+    for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("content"), list):
             out.append(message)
             continue
         parts = []
-        for part in message["content"]:
+        for j, part in enumerate(message["content"]):
+            if isinstance(part, Mapping) and part.get("type") in OPENAI_PART_TYPES:
+                # Imported here: data_specs stays light, and only rows holding OpenAI parts pay for it.
+                from preprocess.openai_parts import normalize_part
+
+                part = normalize_part(part, f"messages[{i}].content[{j}]")
             if isinstance(part, Mapping) and part.get("type") in MEDIA_KINDS and part.get(part["type"]) is not None:
                 kind = part["type"]
                 part = dict(part, **{kind: _resolve_value(part[kind], base_dir, root, kind)})

@@ -233,3 +233,56 @@ def test_bad_limit_syntax_is_refused_by_the_parser(args, capsys):
     with pytest.raises(SystemExit):
         cli.main(["preprocess", "m.jsonl", "o", "--tokenizer", "t", *args])
     assert "error:" in capsys.readouterr().err
+
+
+def test_openai_image_url_and_input_audio_rows_preprocess_end_to_end(tokenizer_dir, tmp_path, capsys):
+    import base64
+    import io
+
+    import soundfile
+
+    from pipelines.readback import open_output
+    from pipelines.sample_data import synthetic_speech
+    from preprocess.prompt import build_example
+    from preprocess.tokenizer import Tokenizer
+
+    picture = synthetic_image(48, 64, seed=3)
+    png, wav = io.BytesIO(), io.BytesIO()
+    Image.fromarray(picture).save(png, format="PNG")
+    soundfile.write(wav, synthetic_speech(1.5, seed=3), 16_000, format="WAV")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cat one.png").write_bytes(png.getvalue())
+    data_url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+
+    def row(row_id, part):
+        return {"id": row_id, "messages": [{"role": "user", "content": [part, {"type": "text", "text": "What?"}]}]}
+
+    rows = [
+        row("data-url", {"type": "image_url", "image_url": {"url": data_url, "detail": "high"}}),
+        row("file-url", {"type": "image_url", "image_url": {"url": "file:images/cat%20one.png"}, "budget": 70}),
+        row(
+            "speech",
+            {
+                "type": "input_audio",
+                "input_audio": {"data": base64.b64encode(wav.getvalue()).decode(), "format": "wav"},
+            },
+        ),
+        row("remote", {"type": "image_url", "image_url": "https://example.com/cat.png"}),
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    argv = ["preprocess", str(manifest), str(out), "--tokenizer", str(tokenizer_dir), "--workers", "1"]
+    assert cli.main([*argv, "--media-root", str(tmp_path)]) == 0
+    output = open_output(out)
+    assert output.ids() == ["data-url", "file-url", "speech"]
+    [error] = output.errors().to_pylist()
+    assert error["id"] == "remote" and error["stage"] == "messages" and "never fetched" in error["message"]
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    ours = [{"type": "image", "image": picture}, {"type": "image", "image": picture, "budget": 70}]
+    for row_id, part in zip(("data-url", "file-url"), ours, strict=True):
+        expected = build_example(row(row_id, part)["messages"], tok)
+        assert np.array_equal(output.example(row_id).input_ids, expected.input_ids)
+        assert np.array_equal(output.example(row_id).images[0].patches, expected.images[0].patches)
+    speech = output.example("speech")
+    assert speech.summary["audio_tokens"] == B.audio_soft_tokens(24_000) > 0
