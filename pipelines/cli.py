@@ -289,7 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preprocess", help="preprocess a manifest of chat examples into Parquet shards")
     p.add_argument("input", help="manifest: .jsonl, .parquet, .csv or a datasets directory (save_to_disk)")
     p.add_argument("output", help="output directory (re-running the same command resumes)")
-    p.add_argument("--tokenizer", required=True, help="directory with tokenizer.model (and chat_template.jinja)")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="checkpoint directory with tokenizer.model, or that file; chat_template.jinja beside it is used too",
+    )
     p.add_argument("--budget", type=_budget, default=280, help="image soft-token budget (default 280)")
     p.add_argument("--max-tokens", type=_positive, default=None, help="lower image budgets so each example fits")
     p.add_argument("--video-frames", type=_positive, default=32, help="frames sampled per video (default 32)")

@@ -106,7 +106,7 @@ class RowTimeoutError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class PreprocessSettings:
-    tokenizer: str  # checkpoint directory holding tokenizer.model (and maybe chat_template.jinja)
+    tokenizer: str  # checkpoint directory holding tokenizer.model (and maybe chat_template.jinja), or that file
     image_budget: int = 280
     max_tokens: int | None = None
     video_frames: int = 32

@@ -286,3 +286,16 @@ def test_openai_image_url_and_input_audio_rows_preprocess_end_to_end(tokenizer_d
         assert np.array_equal(output.example(row_id).images[0].patches, expected.images[0].patches)
     speech = output.example("speech")
     assert speech.summary["audio_tokens"] == B.audio_soft_tokens(24_000) > 0
+
+
+def test_preprocess_takes_a_tokenizer_model_file_and_resumes_from_its_directory(tokenizer_dir, tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "hello"}]}) + "\n")
+    out = tmp_path / "out"
+    argv = ["preprocess", str(manifest), str(out), "--workers", "1", "--tokenizer"]
+    assert cli.main([*argv, str(tokenizer_dir / "tokenizer.model")]) == 0
+    assert cli.main([*argv, str(tokenizer_dir)]) == 0  # the same tokenizer: the finished job is found, not refused
+    assert "shards 1 (1 already done)" in capsys.readouterr().out
+    (tmp_path / "notes.txt").write_text("hello")
+    assert cli.main([*argv, str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt': not a SentencePiece model" in capsys.readouterr().err
