@@ -189,3 +189,41 @@ def test_openai_parts_resolve_like_ours_and_stay_inside_the_media_root(tmp_path)
             resolve_media(part(url), root, root)
     with pytest.raises(ChatFormatError, match=r"messages\[0\]\.content\[1\]: .*never fetched"):
         resolve_media(part("https://example.com/a.png"), root)
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    "tools, expected",
+    [
+        (None, None),
+        ([], None),  # columnar formats write [] for rows without tools: the job's tools apply
+        ([WEATHER], [WEATHER]),
+        (json.dumps([WEATHER]), [WEATHER]),
+        ([{"name": "bare", "parameters": {}}], [{"name": "bare", "parameters": {}}]),
+    ],
+)
+def test_rows_may_carry_tools(tools, expected):
+    row = {"id": 7, "messages": json.dumps(HELLO), **({} if tools is None else {"tools": tools})}
+    assert manifest_module.read_row(row, 0) == manifest_module.ManifestRow("7", HELLO, expected)
+    assert validate_row(row, 0) == ("7", HELLO)  # its callers are unchanged
+
+
+@pytest.mark.parametrize(
+    "tools, problem",
+    [
+        ("[{", "'tools' is a string but not JSON"),
+        ({"name": "x"}, "'tools' must be a list of tool specs, got dict"),
+        ("7", "'tools' must be a list of tool specs, got int"),
+        ([WEATHER, {"type": "function", "function": {"description": "no name"}}], r"tools\[1\] must be .*'type'"),
+        ([{"type": "function", "function": "get_weather"}], r"tools\[0\] must be"),
+        ([{"name": "  "}], r"tools\[0\] must be"),
+        (["get_weather"], r"tools\[0\] .*got str"),
+    ],
+)
+def test_bad_tools_are_refused_naming_the_row(tools, problem):
+    with pytest.raises(ManifestError, match=r"^row 3 \(id 'q'\): " + problem):
+        manifest_module.read_row({"id": "q", "messages": HELLO, "tools": tools}, 3)
+    with pytest.raises(ManifestError, match=problem):
+        validate_row({"id": "q", "messages": HELLO, "tools": tools}, 3)
