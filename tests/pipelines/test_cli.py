@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -299,3 +300,59 @@ def test_preprocess_takes_a_tokenizer_model_file_and_resumes_from_its_directory(
     (tmp_path / "notes.txt").write_text("hello")
     assert cli.main([*argv, str(tmp_path / "notes.txt")]) == 2
     assert "notes.txt': not a SentencePiece model" in capsys.readouterr().err
+
+
+def test_thinking_tools_and_template_kwargs_reach_build_example(tokenizer_dir, tmp_path, monkeypatch, capsys):
+    from tests.pipelines.test_preprocess_job import CLOCK, WEATHER, recording_build_example
+
+    seen = recording_build_example(monkeypatch)
+    rows = [
+        {"id": "own", "messages": [{"role": "user", "content": "a"}], "tools": [CLOCK]},
+        {"id": "job", "messages": [{"role": "user", "content": "b"}]},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([WEATHER]))
+    argv = ["preprocess", str(manifest), str(tmp_path / "out"), "--tokenizer", str(tokenizer_dir), "--workers", "1"]
+    argv += ["--enable-thinking", "--tools", str(tools)]
+    argv += ["--template-kwarg", "n=3", "--template-kwarg", "date=1 Dec", "--template-kwarg", 'flags=["x"]']
+    argv += ["--template-kwarg", 'quoted="7"', "--template-kwarg", "empty="]
+    assert cli.main(argv) == 0
+    assert [(content, k["tools"]) for content, k in seen] == [("a", [CLOCK]), ("b", [WEATHER])]
+    expected = {"n": 3, "date": "1 Dec", "flags": ["x"], "quoted": "7", "empty": ""}
+    assert all(k["enable_thinking"] is True and k["template_kwargs"] == expected for _, k in seen)
+    # the settings hold the tools' content, not the file's path: a changed file is another job
+    tools.write_text(json.dumps([CLOCK]))
+    assert cli.main(argv) == 2
+    assert "settings.tools" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[{", "not JSON"),
+        ('{"name": "f"}', "must be a list of tool specs"),
+        ('[{"type": "function"}]', r"tools\[0\] must be"),
+    ],
+)
+def test_bad_tools_files_are_named(tmp_path, capsys, content, problem):
+    (tmp_path / "tools.json").write_text(content)
+    argv = ["preprocess", str(tmp_path / "m.jsonl"), str(tmp_path / "o"), "--tokenizer", str(tmp_path)]
+    assert cli.main([*argv, "--tools", str(tmp_path / "tools.json")]) == 2
+    err = capsys.readouterr().err
+    assert "tools.json" in err and re.search(problem, err)
+    assert cli.main([*argv, "--tools", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+
+
+def test_bad_template_kwargs_are_named(tmp_path, capsys):
+    argv = ["preprocess", str(tmp_path / "m.jsonl"), str(tmp_path / "o"), "--tokenizer", str(tmp_path)]
+    assert cli.main([*argv, "--template-kwarg", "a=1", "--template-kwarg", "a=2"]) == 2
+    assert "--template-kwarg a: given twice" in capsys.readouterr().err
+    assert cli.main([*argv, "--template-kwarg", "tools=[]"]) == 2
+    assert "'tools' is an argument of its own" in capsys.readouterr().err
+    for bad in ("novalue", "=3", "two words=3"):
+        with pytest.raises(SystemExit):
+            cli.main([*argv, "--template-kwarg", bad])
+        assert "expected KEY=VALUE" in capsys.readouterr().err
