@@ -8,8 +8,10 @@ renames), the same ``job.json`` recorded after every shard by the same ``Job``, 
 How shards flow. The driver reads the manifest one shard at a time with ``Job.pending_shards``, as the local
 engine does, so validation and duplicate-id detection are identical (the ids of finished shards still count).
 Each pending shard
-goes into the object store as a one-row Arrow block (shard index, pickled items), and the driver keeps only the
-reference. A window of such references becomes ``ray.data.from_arrow_refs(...)``, and
+goes into the object store as a one-row Arrow block (shard index, pickled items: each row's index, id and
+``ManifestRow`` — messages and own tools — or its error), and the driver keeps only the reference. The job's
+settings (thinking, tools, template kwargs, limits …) reach every task in the ``ShardTarget``. A window of such
+references becomes ``ray.data.from_arrow_refs(...)``, and
 ``map_batches(batch_size=1)`` runs ``_run_shard`` on each block in a Ray task that writes the shard's files and
 returns its statistics. The driver consumes the stream with ``iter_rows`` and records each shard (``Job.record``)
 as it completes, so a killed job resumes like a local one.
