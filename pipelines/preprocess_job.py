@@ -124,10 +124,12 @@ class PreprocessSettings:
 
     def __post_init__(self) -> None:
         from preprocess.budget import check_budget
-        from preprocess.prompt import check_template_kwargs
 
         check_tools(self.tools, "settings.tools")
-        check_template_kwargs(self.template_kwargs)
+        if self.template_kwargs:  # preprocess.prompt imports the media stack: only when there is something to check
+            from preprocess.prompt import check_template_kwargs
+
+            check_template_kwargs(self.template_kwargs)
         for name in ("tools", "template_kwargs"):
             try:
                 json.dumps(getattr(self, name), allow_nan=False)
