@@ -1,4 +1,4 @@
-"""The input manifest of ``gemma4 preprocess``: one row per example, ``id`` + ``messages`` (version 1).
+"""The input manifest of ``gemma4 preprocess``: one row per example, ``id`` + ``messages`` (+ ``tools``) (version 2).
 
 Formats: JSON Lines (``.jsonl``, or ``.json`` with one object per line), a JSON array of objects (``.json``
 whose first character is ``[``), Parquet (``.parquet``, read one batch at a time), CSV (``.csv``, ``messages`` as a
@@ -10,7 +10,12 @@ JSON string; ids are read as text, so ``007`` stays ``"007"``), or a directory w
 * ``messages``: the chat form of ``preprocess.chat`` (a list, or a JSON string of one). Media values are a
   path relative to the folder holding the manifest (file or ``save_to_disk`` directory) or absolute, raw
   ``bytes``, a ``datasets`` Image value (``{"bytes": …, "path": …}``) or Audio value
-  (``{"array": …, "sampling_rate": …}`` or ``{"bytes": …, "path": …}``).
+  (``{"array": …, "sampling_rate": …}`` or ``{"bytes": …, "path": …}``). OpenAI parts are accepted too
+  (``image_url`` with a base64 data URL, a ``file:`` URL or a path, relative ones resolved as above;
+  ``input_audio`` with base64 data; see :mod:`preprocess.openai_parts`); remote URLs are refused, never fetched;
+* ``tools`` (optional): the tool specs the row's conversation may call — a list of OpenAI-style specs
+  ``{"type": "function", "function": {"name": …, "description": …, "parameters": {JSON schema}}}`` (or bare
+  functions ``{"name": …}``), or a JSON string of one; missing, null or empty means the job's ``--tools``.
 
 Example line::
 
@@ -19,8 +24,9 @@ Example line::
         {"type": "audio", "audio": "audio/q1.flac"},
         {"type": "text", "text": "What is happening?"}]}]}
 
-``validate_row`` raises :class:`ManifestError` naming the row; it never touches the media (decoding errors
-belong to the preprocessing stages). It also refuses rows nested deeper than ``MAX_DEPTH`` levels and strings that
+``read_row`` (a :class:`ManifestRow`: id, messages, tools) and ``validate_row`` (id, messages) raise
+:class:`ManifestError` naming the row; they never touch the media (decoding errors belong to the preprocessing
+stages). It also refuses rows nested deeper than ``MAX_DEPTH`` levels and strings that
 are not valid Unicode (lone surrogates): both would otherwise fail later, far from the row (pickling a deep row to
 a worker overflows the stack; Parquet refuses invalid strings).
 
@@ -30,7 +36,8 @@ followed, raises :class:`MediaOutsideRootError`.
 
 ``MANIFEST_VERSION`` is the version of this format as the job reads it: ``gemma4 preprocess`` writes it into
 ``job.json`` and refuses to resume a job recorded under another version (the same input file could then mean
-other examples).
+other examples). Version 2 (2026-12) added ``tools`` and OpenAI content parts: a version-1 job read them as
+nothing or as errors.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +56,16 @@ __all__ = [
     "MediaOutsideRootError",
     "Manifest",
     "open_manifest",
+    "ManifestRow",
+    "check_tools",
+    "read_row",
     "validate_row",
     "resolve_media",
 ]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 MEDIA_KINDS = ("image", "audio", "video")
+OPENAI_PART_TYPES = ("image_url", "audio_url", "video_url", "input_audio")  # preprocess.openai_parts converts them
 MAX_DEPTH = 64  # nesting levels of a row: ample for messages and tool schemas, far below the stack's limit
 _PARQUET_BATCH = 256  # rows decoded at a time from a Parquet manifest
 
@@ -92,8 +104,17 @@ def _check_values(row: Any, where: str) -> None:
             stack.append((item, depth + 1))
 
 
-def validate_row(row: Any, index: int) -> tuple[str, list]:
-    """``(id, messages)`` of a raw row; ``ManifestError`` naming the row otherwise."""
+@dataclass(frozen=True)
+class ManifestRow:
+    """One validated row: its id, its messages and its own tool specs (``None`` when it has none)."""
+
+    id: str
+    messages: list
+    tools: list | None = None
+
+
+def read_row(row: Any, index: int) -> ManifestRow:
+    """The :class:`ManifestRow` of a raw row; ``ManifestError`` naming the row otherwise."""
     where = f"row {index}"
     if not isinstance(row, Mapping):
         raise ManifestError(f"{where}: expected an object with 'id' and 'messages', got {type(row).__name__}")
@@ -102,16 +123,58 @@ def validate_row(row: Any, index: int) -> tuple[str, list]:
         raise ManifestError(f"{where}: 'id' must be a non-empty string, got {_short(row_id)}")
     row_id = str(row_id)
     _check_values(row, where if len(row_id) > 200 else f"{where} (id {row_id!r})")
-    messages = row.get("messages")
-    if isinstance(messages, str):
-        try:
-            messages = json.loads(messages)
-        except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an integer of > 4300 digits
-            raise ManifestError(f"{where} (id {row_id!r}): 'messages' is a string but not JSON: {exc}") from None
-        _check_values(messages, f"{where} (id {row_id!r})")
+    where = f"{where} (id {row_id!r})"
+    messages = _json_column(row.get("messages"), "messages", where)
     if not isinstance(messages, list) or not messages:
-        raise ManifestError(f"{where} (id {row_id!r}): 'messages' must be a non-empty list of chat messages")
-    return row_id, messages
+        raise ManifestError(f"{where}: 'messages' must be a non-empty list of chat messages")
+    return ManifestRow(row_id, messages, check_tools(_json_column(row.get("tools"), "tools", where), where))
+
+
+def validate_row(row: Any, index: int) -> tuple[str, list]:
+    """``(id, messages)`` of a raw row; ``ManifestError`` naming the row otherwise (:func:`read_row` gives its
+    tools too)."""
+    checked = read_row(row, index)
+    return checked.id, checked.messages
+
+
+def _json_column(value: Any, name: str, where: str) -> Any:
+    """A column that may hold its value as a JSON string (CSV, or datasets that store nested data as text)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value = json.loads(value)
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an integer of > 4300 digits
+        raise ManifestError(f"{where}: {name!r} is a string but not JSON: {_short(str(exc))}") from None
+    _check_values(value, where)
+    return value
+
+
+def check_tools(tools: Any, where: str) -> list | None:
+    """``tools`` as a list of tool specs, or ``None`` for none (missing, null or an empty list: columnar formats
+    write an empty list for rows without tools, so it means "the job's tools", not "no tools"). Each spec is
+    OpenAI's ``{"type": "function", "function": {"name": …, "description": …, "parameters": …}}`` or the bare
+    function ``{"name": …, …}``; the schema itself is the chat template's to read. ``ManifestError`` naming
+    ``where`` and the tool otherwise."""
+    if tools is None or (isinstance(tools, list | tuple) and not tools):
+        return None
+    if not isinstance(tools, list | tuple):
+        raise ManifestError(f"{where}: 'tools' must be a list of tool specs, got {type(tools).__name__}")
+    for k, tool in enumerate(tools):
+        function = tool.get("function", tool) if isinstance(tool, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if not isinstance(name, str) or not name.strip():
+            raise ManifestError(
+                f"{where}: tools[{k}] must be {{'type': 'function', 'function': {{'name': str, …}}}} (or the bare "
+                f"function {{'name': str, …}}); got {_kind(tool)}"
+            )
+    return list(tools)
+
+
+def _kind(value: Any) -> str:
+    """A value's type and keys, never its contents."""
+    if isinstance(value, Mapping):
+        return f"an object with keys {sorted(map(str, value))[:8]}"
+    return type(value).__name__
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -120,17 +183,24 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def resolve_media(messages: list, base_dir: Path, media_root: str | os.PathLike | None = None) -> list:
-    """A copy of ``messages`` whose media values are ready for ``build_example``: relative paths made
-    absolute against ``base_dir``, ``datasets`` Image/Audio values unpacked. With ``media_root``, every path
-    must resolve (symlinks followed) inside it, else :class:`MediaOutsideRootError`."""
+    """A copy of ``messages`` whose media values are ready for ``build_example``: OpenAI parts converted
+    (``preprocess.openai_parts.normalize_part``; ``ChatFormatError`` naming the part), relative paths — ``file:``
+    URLs and plain paths of ``image_url`` parts too — made absolute against ``base_dir``, ``datasets``
+    Image/Audio values unpacked. With ``media_root``, every path must resolve (symlinks followed) inside it,
+    else :class:`MediaOutsideRootError`."""
     root = os.path.realpath(media_root) if media_root is not None else None
     out = []
-    for message in messages:
+    for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("content"), list):
             out.append(message)
             continue
         parts = []
-        for part in message["content"]:
+        for j, part in enumerate(message["content"]):
+            if isinstance(part, Mapping) and part.get("type") in OPENAI_PART_TYPES:
+                # Imported here: data_specs stays light, and only rows holding OpenAI parts pay for it.
+                from preprocess.openai_parts import normalize_part
+
+                part = normalize_part(part, f"messages[{i}].content[{j}]")
             if isinstance(part, Mapping) and part.get("type") in MEDIA_KINDS and part.get(part["type"]) is not None:
                 kind = part["type"]
                 part = dict(part, **{kind: _resolve_value(part[kind], base_dir, root, kind)})

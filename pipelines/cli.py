@@ -96,6 +96,47 @@ def _media_limits(pairs: Sequence[tuple[str, str]]):
     return MediaLimits(**overrides)
 
 
+def _template_kwarg(text: str) -> tuple[str, object]:
+    """An argparse type: ``KEY=VALUE`` for one chat-template variable; VALUE is read as JSON when it parses
+    (``true``, ``3``, ``["a"]``, ``"quoted"``), else kept as the string written."""
+    import json
+
+    key, equals, value = text.partition("=")
+    key = key.strip()
+    if not equals or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with KEY a name, e.g. date_string=2026-12-01")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _template_kwargs(pairs: Sequence[tuple[str, object]]) -> dict[str, object]:
+    """The ``--template-kwarg`` pairs as a dict; ``ValueError`` naming a key given twice."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"--template-kwarg {key}: given twice ({out[key]!r} and {value!r})")
+        out[key] = value
+    return out
+
+
+def _tools_file(path: str | None) -> list | None:
+    """The tool specs of a ``--tools`` JSON file (a list of specs); ``ValueError`` naming the file otherwise."""
+    if path is None:
+        return None
+    import json
+
+    from data_specs.manifest import check_tools
+
+    with open(path, "rb") as fp:
+        try:
+            tools = json.load(fp)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"--tools {path!r}: not JSON ({exc})") from None
+    return check_tools(tools, f"--tools {path!r}")
+
+
 def _count(text: str) -> int:
     """An argparse type: an int ≥ 0 (an index, or a number of rows that may be zero)."""
     return _whole_number(text, 0)
@@ -174,6 +215,9 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         media_root=args.media_root,
         row_timeout_s=args.row_timeout,
         limits=_media_limits(args.limit or ()),
+        enable_thinking=args.enable_thinking,
+        tools=_tools_file(args.tools),
+        template_kwargs=_template_kwargs(args.template_kwarg or ()),
     )
     if args.engine == "ray":
         from .ray_engine import run_preprocess_ray
@@ -289,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preprocess", help="preprocess a manifest of chat examples into Parquet shards")
     p.add_argument("input", help="manifest: .jsonl, .parquet, .csv or a datasets directory (save_to_disk)")
     p.add_argument("output", help="output directory (re-running the same command resumes)")
-    p.add_argument("--tokenizer", required=True, help="directory with tokenizer.model (and chat_template.jinja)")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="checkpoint directory with tokenizer.model, or that file; chat_template.jinja beside it is used too",
+    )
     p.add_argument("--budget", type=_budget, default=280, help="image soft-token budget (default 280)")
     p.add_argument("--max-tokens", type=_positive, default=None, help="lower image budgets so each example fits")
     p.add_argument("--video-frames", type=_positive, default=32, help="frames sampled per video (default 32)")
@@ -313,6 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="raise or lift ('none') one input limit, checked before decoding (repeatable): max_pixels, "
         "max_audio_seconds, max_audio_samples, max_video_frames, max_video_frame_pixels, max_video_pixels, "
         "max_media_parts, max_template_seconds, max_template_chars",
+    )
+    p.add_argument("--enable-thinking", action="store_true", help="render every prompt with thinking on")
+    p.add_argument(
+        "--tools",
+        default=None,
+        metavar="FILE.json",
+        help="a JSON list of tool specs for rows without a 'tools' of their own (its content is part of the job)",
+    )
+    p.add_argument(
+        "--template-kwarg",
+        type=_template_kwarg,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a variable for the checkpoint's chat template (repeatable); VALUE is JSON when it parses, else text",
     )
     p.set_defaults(func=_cmd_preprocess)
 

@@ -62,10 +62,12 @@ from data_specs.manifest import (
     MANIFEST_VERSION,
     Manifest,
     ManifestError,
+    ManifestRow,
     MediaOutsideRootError,
+    check_tools,
     open_manifest,
+    read_row,
     resolve_media,
-    validate_row,
 )
 from preprocess.chat import ChatFormatError
 from preprocess.errors import InvalidAudioError, InvalidImageError, InvalidVideoError
@@ -106,7 +108,7 @@ class RowTimeoutError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class PreprocessSettings:
-    tokenizer: str  # checkpoint directory holding tokenizer.model (and maybe chat_template.jinja)
+    tokenizer: str  # checkpoint directory holding tokenizer.model (and maybe chat_template.jinja), or that file
     image_budget: int = 280
     max_tokens: int | None = None
     video_frames: int = 32
@@ -116,9 +118,23 @@ class PreprocessSettings:
     media_root: str | None = None  # when set, media paths must resolve inside it (manifests from elsewhere)
     row_timeout_s: float | None = 300.0  # a row taking longer becomes an error row (stage "timeout")
     limits: MediaLimits = field(default_factory=MediaLimits)  # checked from headers, before decoding
+    enable_thinking: bool = False  # rendered with the thinking switch on
+    tools: list | None = None  # tool specs (their content) for rows that have no tools of their own
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra variables of the chat template (JSON)
 
     def __post_init__(self) -> None:
         from preprocess.budget import check_budget
+
+        check_tools(self.tools, "settings.tools")
+        if self.template_kwargs:  # preprocess.prompt imports the media stack: only when there is something to check
+            from preprocess.prompt import check_template_kwargs
+
+            check_template_kwargs(self.template_kwargs)
+        for name in ("tools", "template_kwargs"):
+            try:
+                json.dumps(getattr(self, name), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} must be JSON data (it is recorded in job.json): {exc}") from None
 
         check_budget(self.image_budget)
         check_budget(self.video_budget)
@@ -139,7 +155,17 @@ class PreprocessSettings:
         del settings["tokenizer"]
         if self.media_root is not None:
             settings["media_root"] = os.path.realpath(self.media_root)
+        # Tools by content (a file's path says nothing of what it held), as job.json will read them back; the hash
+        # makes a difference in long specs visible at a glance.
+        tools = json.loads(json.dumps(check_tools(self.tools, "settings.tools")))
+        settings["tools"] = tools
+        settings["tools_sha256"] = None if tools is None else hashlib.sha256(_canonical(tools)).hexdigest()[:16]
+        settings["template_kwargs"] = json.loads(json.dumps(self.template_kwargs))
         return dict(settings, tokenizer_fingerprint=tokenizer_fingerprint, chat_template=template_hash)
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass
@@ -242,10 +268,14 @@ def _row_results(items: Iterable[tuple], settings: PreprocessSettings, base_dir:
         try:
             if isinstance(payload, BaseException):
                 raise payload
+            row = payload if isinstance(payload, ManifestRow) else ManifestRow(row_id, payload)
             with _time_limit(settings.row_timeout_s):
                 example = build_example(
-                    resolve_media(payload, Path(base_dir), settings.media_root),
+                    resolve_media(row.messages, Path(base_dir), settings.media_root),
                     tokenizer,
+                    enable_thinking=settings.enable_thinking,
+                    tools=row.tools if row.tools is not None else settings.tools or None,  # the row's own first
+                    template_kwargs=settings.template_kwargs,
                     image_budget=settings.image_budget,
                     max_tokens=settings.max_tokens,
                     video_frames=settings.video_frames,
@@ -260,7 +290,8 @@ def _row_results(items: Iterable[tuple], settings: PreprocessSettings, base_dir:
 
 
 def process_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str) -> tuple[list[dict], list[dict]]:
-    """``items`` = [(row index, id or None, messages or exception)] → (example rows, error rows), input order."""
+    """``items`` = [(row index, id or None, a ``ManifestRow``, its messages or an exception)] → (example rows,
+    error rows), in input order."""
     results = list(_row_results(items, settings, base_dir))
     return [r for kind, r in results if kind == "example"], [r for kind, r in results if kind == "error"]
 
@@ -529,8 +560,14 @@ def _differences(there: dict, now: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             lines += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            lines.append(f"{prefix}{key}: {a!r} there, {b!r} now")
+            lines.append(f"{prefix}{key}: {_short(a)} there, {_short(b)} now")
     return lines
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters (tool specs can be long: their hash tells them apart)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _load_state(out_dir: Path, expected: dict) -> dict:
@@ -557,7 +594,7 @@ def _save_state(out_dir: Path, state: dict) -> None:
 
 
 def _shard_items(manifest, shard: int, size: int, seen: dict[str, int]) -> list[tuple]:
-    """Validated rows of one shard: (index, id, messages) or (index, id or None, ManifestError)."""
+    """Validated rows of one shard: (index, id, ManifestRow) or (index, id or None, ManifestError)."""
     items = []
     start = shard * size
     for index, raw in enumerate(manifest.rows(start, min(len(manifest), start + size)), start):
@@ -565,16 +602,16 @@ def _shard_items(manifest, shard: int, size: int, seen: dict[str, int]) -> list[
             items.append((index, None, raw))
             continue
         try:
-            row_id, messages = validate_row(raw, index)
+            row = read_row(raw, index)
         except ManifestError as exc:
             raw_id = raw.get("id") if isinstance(raw, dict) else None
             items.append((index, str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None, exc))
             continue
-        if row_id in seen:
-            items.append((index, row_id, ManifestError(f"row {index}: id {row_id!r} repeats row {seen[row_id]}")))
+        if row.id in seen:
+            items.append((index, row.id, ManifestError(f"row {index}: id {row.id!r} repeats row {seen[row.id]}")))
             continue
-        seen[row_id] = index
-        items.append((index, row_id, messages))
+        seen[row.id] = index
+        items.append((index, row.id, row))
     return items
 
 

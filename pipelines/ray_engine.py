@@ -5,14 +5,14 @@ The output directory is the local engine's, file for file: the same shards (shar
 renames), the same ``job.json`` recorded after every shard by the same ``Job``, the same resumption and the same
 ``JobSummary``. A job may be started with one engine and finished with the other.
 
-How shards flow. The driver reads the manifest one shard at a time with ``Job.pending_shards``, as the local
-engine does, so validation and duplicate-id detection are identical (the ids of finished shards still count).
-Each pending shard
-goes into the object store as a one-row Arrow block (shard index, pickled items), and the driver keeps only the
-reference. A window of such references becomes ``ray.data.from_arrow_refs(...)``, and
-``map_batches(batch_size=1)`` runs ``_run_shard`` on each block in a Ray task that writes the shard's files and
-returns its statistics. The driver consumes the stream with ``iter_rows`` and records each shard (``Job.record``)
-as it completes, so a killed job resumes like a local one.
+How shards flow. The driver reads the manifest one shard at a time with ``Job.pending_shards``, as the local engine
+does, so validation and duplicate-id detection are identical (the ids of finished shards still count). Each pending
+shard goes into the object store as a one-row Arrow block (shard index, pickled items: each row's index, id and
+``ManifestRow`` — messages and own tools — or its error), and the driver keeps only the reference. The job's settings
+(thinking, tools, template kwargs, limits …) reach every task in the ``ShardTarget``. A window of such references
+becomes ``ray.data.from_arrow_refs(...)``, and ``map_batches(batch_size=1)`` runs ``_run_shard`` on each block in a
+Ray task that writes the shard's files and returns its statistics. The driver consumes the stream with ``iter_rows``
+and records each shard (``Job.record``) as it completes, so a killed job resumes like a local one.
 
 Memory is bounded. The driver holds one shard of rows at a time, the object store at most one window of pending
 shards (``_WINDOW_PER_CPU`` per cluster CPU), and each task holds one shard. Execution streams: nothing is

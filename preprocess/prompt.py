@@ -55,8 +55,12 @@ from .tokenizer import SPECIAL_STRINGS, Tokenizer
 from .video import VideoPatches, preprocess_video
 from .video_io import describe_video_source, probe_video
 
-__all__ = ["AudioFeatures", "Example", "build_example"]
+__all__ = ["AudioFeatures", "Example", "RESERVED_TEMPLATE_KWARGS", "build_example", "check_template_kwargs"]
 
+# render_chat's own arguments: a template kwarg of one of these names would collide with it.
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"messages", "tools", "add_generation_prompt", "enable_thinking", "chat_template", "limits"}
+)
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
 
 
@@ -86,6 +90,20 @@ class Example:
     audio: list[AudioFeatures] = field(default_factory=list)
     videos: list[VideoPatches] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+
+
+def check_template_kwargs(template_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``template_kwargs``; ``ValueError`` naming a key that is not a string or that
+    ``render_chat`` takes as an argument of its own (it would shadow it, or fail as a duplicate)."""
+    out = dict(template_kwargs)
+    for key in out:
+        if not isinstance(key, str):
+            raise ValueError(f"template_kwargs: keys must be strings, got {key!r}")
+        if key in RESERVED_TEMPLATE_KWARGS:
+            raise ValueError(
+                f"template_kwargs: {key!r} is an argument of its own (give it as {key}=…, not as a template kwarg)"
+            )
+    return out
 
 
 def _label(part: MediaPart, description: str) -> str:
@@ -144,22 +162,31 @@ def build_example(
     max_tokens: int | None = None,
     add_generation_prompt: bool = True,
     enable_thinking: bool = False,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
     exact: bool = True,
     limits: MediaLimits | None = None,
 ) -> Example:
     """Messages (see :mod:`preprocess.chat`) → :class:`Example`. Per-part options override the defaults:
     ``{"type": "image", "image": …, "budget": 560}``, ``{"type": "video", …, "num_frames": 16, "budget": 70}``,
     ``{"type": "audio", …, "max_duration_s": 60}``. ``exact`` selects exact or fast image and audio modes.
-    ``chat_template`` defaults to the tokenizer's checkpoint template, else the built-in layout. ``limits``
-    (default ``MediaLimits()``) bounds the media and the template rendering, checked before decoding."""
+    ``chat_template`` defaults to the tokenizer's checkpoint template, else the built-in layout. ``tools`` (OpenAI
+    tool specs) and ``template_kwargs`` (extra variables for a checkpoint template) go to ``render_chat``; a
+    ``template_kwargs`` key that is one of its own arguments (:data:`RESERVED_TEMPLATE_KWARGS`) is a
+    ``ValueError`` naming it. ``limits`` (default ``MediaLimits()``) bounds the media and the template
+    rendering, checked before decoding."""
     limits = limits or DEFAULT_LIMITS
     check_budget(image_budget)
+    extra = check_template_kwargs(template_kwargs or {})
+    if tools is not None:  # only when given: a renderer without tool support still renders everything else
+        extra["tools"] = tools
     rendered = render_chat(
         messages,
         add_generation_prompt=add_generation_prompt,
         enable_thinking=enable_thinking,
         chat_template=chat_template if chat_template is not None else tokenizer.chat_template,
         limits=limits,
+        **extra,
     )
     _check_media_count(rendered.media, limits)
     requested = [check_budget(p.options.get("budget", image_budget)) for p in rendered.media if p.kind == "image"]

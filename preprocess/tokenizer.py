@@ -117,14 +117,29 @@ class Tokenizer:
         self._string_to_id = {s: ids[role] for role, s in SPECIAL_STRINGS.items()}
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> Tokenizer:
-        """Load ``tokenizer.model`` from a checkpoint directory, and its ``chat_template.jinja`` if present
-        (``chat_template``; prompts are then rendered with it instead of the built-in layout)."""
-        path = Path(directory) / "tokenizer.model"
-        if not path.is_file():
-            raise FileNotFoundError(f"{os.fspath(directory)!r} has no tokenizer.model")
-        tokenizer = cls(path)
-        template = Path(directory) / "chat_template.jinja"
+    def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
+        """Load a checkpoint's tokenizer: ``path`` is its directory (holding ``tokenizer.model``) or the
+        ``tokenizer.model`` file itself (any name). The ``chat_template.jinja`` beside the model, if present, is
+        loaded either way (``chat_template``; prompts are then rendered with it instead of the built-in layout):
+        a file path means that checkpoint's tokenizer, template included. ``FileNotFoundError`` for a missing path
+        or a directory without ``tokenizer.model``, ``ValueError`` for anything else that is not a
+        SentencePiece model (a FIFO or device is refused without being opened)."""
+        given = Path(path)
+        if given.is_dir():
+            model = given / "tokenizer.model"
+            if not model.is_file():
+                extra = " (tokenizer.json alone is not read: the SentencePiece model is needed)"
+                raise FileNotFoundError(
+                    f"{os.fspath(path)!r} has no tokenizer.model{extra if (given / 'tokenizer.json').exists() else ''}"
+                )
+        elif given.is_file():
+            model = given
+        elif given.exists():
+            raise ValueError(f"tokenizer {os.fspath(path)!r} is neither a directory nor a regular file")
+        else:
+            raise FileNotFoundError(f"tokenizer {os.fspath(path)!r} does not exist")
+        tokenizer = cls(model)
+        template = model.parent / "chat_template.jinja"
         tokenizer.chat_template = template.read_text(encoding="utf-8") if template.is_file() else None
         return tokenizer
 

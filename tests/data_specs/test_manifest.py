@@ -166,3 +166,64 @@ def test_audio_sampling_rates_are_passed_on_unrounded():
     ]
     (_, rate) = resolve_media(messages, manifest_module.Path("."))[0]["content"][0]["audio"]
     assert rate == 16000.7  # the audio loader refuses it; int() would have silently made it 16000
+
+
+def test_openai_parts_resolve_like_ours_and_stay_inside_the_media_root(tmp_path):
+    from preprocess.errors import ChatFormatError
+
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+
+    def part(url, **extra):
+        return [{"role": "user", "content": ["skip me", {"type": "image_url", "image_url": {"url": url}, **extra}]}]
+
+    for url in ("file:images/a%20b.png", "images/a b.png", f"file://{root}/images/a%20b.png"):
+        resolved = resolve_media(part(url, budget=70), root, root)[0]["content"][1]
+        assert resolved == {"type": "image", "image": str(root / "images" / "a b.png"), "budget": 70}
+    audio = [
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]}
+    ]
+    assert resolve_media(audio, root)[0]["content"][0] == {"type": "audio", "audio": b"RIFF"}
+    for url in ("file:///etc/passwd", "file:../outside.png", "../outside.png"):
+        with pytest.raises(MediaOutsideRootError, match="outside the media root"):
+            resolve_media(part(url), root, root)
+    with pytest.raises(ChatFormatError, match=r"messages\[0\]\.content\[1\]: .*never fetched"):
+        resolve_media(part("https://example.com/a.png"), root)
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    "tools, expected",
+    [
+        (None, None),
+        ([], None),  # columnar formats write [] for rows without tools: the job's tools apply
+        ([WEATHER], [WEATHER]),
+        (json.dumps([WEATHER]), [WEATHER]),
+        ([{"name": "bare", "parameters": {}}], [{"name": "bare", "parameters": {}}]),
+    ],
+)
+def test_rows_may_carry_tools(tools, expected):
+    row = {"id": 7, "messages": json.dumps(HELLO), **({} if tools is None else {"tools": tools})}
+    assert manifest_module.read_row(row, 0) == manifest_module.ManifestRow("7", HELLO, expected)
+    assert validate_row(row, 0) == ("7", HELLO)  # its callers are unchanged
+
+
+@pytest.mark.parametrize(
+    "tools, problem",
+    [
+        ("[{", "'tools' is a string but not JSON"),
+        ({"name": "x"}, "'tools' must be a list of tool specs, got dict"),
+        ("7", "'tools' must be a list of tool specs, got int"),
+        ([WEATHER, {"type": "function", "function": {"description": "no name"}}], r"tools\[1\] must be .*'type'"),
+        ([{"type": "function", "function": "get_weather"}], r"tools\[0\] must be"),
+        ([{"name": "  "}], r"tools\[0\] must be"),
+        (["get_weather"], r"tools\[0\] .*got str"),
+    ],
+)
+def test_bad_tools_are_refused_naming_the_row(tools, problem):
+    with pytest.raises(ManifestError, match=r"^row 3 \(id 'q'\): " + problem):
+        manifest_module.read_row({"id": "q", "messages": HELLO, "tools": tools}, 3)
+    with pytest.raises(ManifestError, match=problem):
+        validate_row({"id": "q", "messages": HELLO, "tools": tools}, 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -233,3 +234,125 @@ def test_bad_limit_syntax_is_refused_by_the_parser(args, capsys):
     with pytest.raises(SystemExit):
         cli.main(["preprocess", "m.jsonl", "o", "--tokenizer", "t", *args])
     assert "error:" in capsys.readouterr().err
+
+
+def test_openai_image_url_and_input_audio_rows_preprocess_end_to_end(tokenizer_dir, tmp_path, capsys):
+    import base64
+    import io
+
+    import soundfile
+
+    from pipelines.readback import open_output
+    from pipelines.sample_data import synthetic_speech
+    from preprocess.prompt import build_example
+    from preprocess.tokenizer import Tokenizer
+
+    picture = synthetic_image(48, 64, seed=3)
+    png, wav = io.BytesIO(), io.BytesIO()
+    Image.fromarray(picture).save(png, format="PNG")
+    soundfile.write(wav, synthetic_speech(1.5, seed=3), 16_000, format="WAV")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cat one.png").write_bytes(png.getvalue())
+    data_url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+
+    def row(row_id, part):
+        return {"id": row_id, "messages": [{"role": "user", "content": [part, {"type": "text", "text": "What?"}]}]}
+
+    rows = [
+        row("data-url", {"type": "image_url", "image_url": {"url": data_url, "detail": "high"}}),
+        row("file-url", {"type": "image_url", "image_url": {"url": "file:images/cat%20one.png"}, "budget": 70}),
+        row(
+            "speech",
+            {
+                "type": "input_audio",
+                "input_audio": {"data": base64.b64encode(wav.getvalue()).decode(), "format": "wav"},
+            },
+        ),
+        row("remote", {"type": "image_url", "image_url": "https://example.com/cat.png"}),
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    argv = ["preprocess", str(manifest), str(out), "--tokenizer", str(tokenizer_dir), "--workers", "1"]
+    assert cli.main([*argv, "--media-root", str(tmp_path)]) == 0
+    output = open_output(out)
+    assert output.ids() == ["data-url", "file-url", "speech"]
+    [error] = output.errors().to_pylist()
+    assert error["id"] == "remote" and error["stage"] == "messages" and "never fetched" in error["message"]
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    ours = [{"type": "image", "image": picture}, {"type": "image", "image": picture, "budget": 70}]
+    for row_id, part in zip(("data-url", "file-url"), ours, strict=True):
+        expected = build_example(row(row_id, part)["messages"], tok)
+        assert np.array_equal(output.example(row_id).input_ids, expected.input_ids)
+        assert np.array_equal(output.example(row_id).images[0].patches, expected.images[0].patches)
+    speech = output.example("speech")
+    assert speech.summary["audio_tokens"] == B.audio_soft_tokens(24_000) > 0
+
+
+def test_preprocess_takes_a_tokenizer_model_file_and_resumes_from_its_directory(tokenizer_dir, tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "hello"}]}) + "\n")
+    out = tmp_path / "out"
+    argv = ["preprocess", str(manifest), str(out), "--workers", "1", "--tokenizer"]
+    assert cli.main([*argv, str(tokenizer_dir / "tokenizer.model")]) == 0
+    assert cli.main([*argv, str(tokenizer_dir)]) == 0  # the same tokenizer: the finished job is found, not refused
+    assert "shards 1 (1 already done)" in capsys.readouterr().out
+    (tmp_path / "notes.txt").write_text("hello")
+    assert cli.main([*argv, str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt': not a SentencePiece model" in capsys.readouterr().err
+
+
+def test_thinking_tools_and_template_kwargs_reach_build_example(tokenizer_dir, tmp_path, monkeypatch, capsys):
+    from tests.pipelines.test_preprocess_job import CLOCK, WEATHER, recording_build_example
+
+    seen = recording_build_example(monkeypatch)
+    rows = [
+        {"id": "own", "messages": [{"role": "user", "content": "a"}], "tools": [CLOCK]},
+        {"id": "job", "messages": [{"role": "user", "content": "b"}]},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([WEATHER]))
+    argv = ["preprocess", str(manifest), str(tmp_path / "out"), "--tokenizer", str(tokenizer_dir), "--workers", "1"]
+    argv += ["--enable-thinking", "--tools", str(tools)]
+    argv += ["--template-kwarg", "n=3", "--template-kwarg", "date=1 Dec", "--template-kwarg", 'flags=["x"]']
+    argv += ["--template-kwarg", 'quoted="7"', "--template-kwarg", "empty="]
+    assert cli.main(argv) == 0
+    assert [(content, k["tools"]) for content, k in seen] == [("a", [CLOCK]), ("b", [WEATHER])]
+    expected = {"n": 3, "date": "1 Dec", "flags": ["x"], "quoted": "7", "empty": ""}
+    assert all(k["enable_thinking"] is True and k["template_kwargs"] == expected for _, k in seen)
+    # the settings hold the tools' content, not the file's path: a changed file is another job
+    tools.write_text(json.dumps([CLOCK]))
+    assert cli.main(argv) == 2
+    assert "settings.tools" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[{", "not JSON"),
+        ('{"name": "f"}', "must be a list of tool specs"),
+        ('[{"type": "function"}]', r"tools\[0\] must be"),
+    ],
+)
+def test_bad_tools_files_are_named(tmp_path, capsys, content, problem):
+    (tmp_path / "tools.json").write_text(content)
+    argv = ["preprocess", str(tmp_path / "m.jsonl"), str(tmp_path / "o"), "--tokenizer", str(tmp_path)]
+    assert cli.main([*argv, "--tools", str(tmp_path / "tools.json")]) == 2
+    err = capsys.readouterr().err
+    assert "tools.json" in err and re.search(problem, err)
+    assert cli.main([*argv, "--tools", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+
+
+def test_bad_template_kwargs_are_named(tmp_path, capsys):
+    argv = ["preprocess", str(tmp_path / "m.jsonl"), str(tmp_path / "o"), "--tokenizer", str(tmp_path)]
+    assert cli.main([*argv, "--template-kwarg", "a=1", "--template-kwarg", "a=2"]) == 2
+    assert "--template-kwarg a: given twice" in capsys.readouterr().err
+    assert cli.main([*argv, "--template-kwarg", "tools=[]"]) == 2
+    assert "'tools' is an argument of its own" in capsys.readouterr().err
+    for bad in ("novalue", "=3", "two words=3"):
+        with pytest.raises(SystemExit):
+            cli.main([*argv, "--template-kwarg", bad])
+        assert "expected KEY=VALUE" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -563,3 +564,91 @@ def test_workers_write_row_groups_as_they_go(sample, reference_run, tmp_path, mo
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert ours[name].equals(theirs[name]), name
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+CLOCK = {"type": "function", "function": {"name": "get_time"}}
+
+
+def recording_build_example(monkeypatch) -> list[tuple[str, dict]]:
+    """Record what each row's build_example receives, then build it without tools (this branch's renderer has
+    none yet): the job's plumbing is under test, not the rendering of tools."""
+    import preprocess.prompt
+
+    real, seen = preprocess.prompt.build_example, []
+
+    def build(messages, tokenizer, **kwargs):
+        seen.append((messages[0]["content"], kwargs))
+        kwargs = dict(kwargs, tools=None, template_kwargs=None)
+        return real(messages, tokenizer, **kwargs)
+
+    monkeypatch.setattr(preprocess.prompt, "build_example", build)
+    return seen
+
+
+def test_thinking_tools_and_template_kwargs_reach_build_example(tokenizer_dir, tmp_path, monkeypatch):
+    seen = recording_build_example(monkeypatch)
+    rows = [text_row("a", "own tools"), text_row("b", "job tools"), text_row("c", "json tools"), text_row("d", "[]")]
+    rows[0]["tools"] = [CLOCK]
+    rows[2]["tools"] = json.dumps([CLOCK])
+    rows[3]["tools"] = []  # no tools of its own: the job's
+    manifest = write_lines(tmp_path / "m.jsonl", rows)
+    job = settings(tokenizer_dir, enable_thinking=True, tools=[WEATHER], template_kwargs={"date": "today", "n": 2})
+    summary = run_preprocess(manifest, tmp_path / "out", job, progress=False)
+    assert summary.examples == 4
+    assert [(content, kwargs["tools"]) for content, kwargs in seen] == [
+        ("own tools", [CLOCK]),
+        ("job tools", [WEATHER]),
+        ("json tools", [CLOCK]),
+        ("[]", [WEATHER]),
+    ]
+    assert all(k["enable_thinking"] is True and k["template_kwargs"] == {"date": "today", "n": 2} for _, k in seen)
+    recorded = json.loads((tmp_path / "out" / "job.json").read_text())["settings"]
+    assert recorded["tools"] == [WEATHER] and recorded["enable_thinking"] is True
+    assert recorded["template_kwargs"] == {"date": "today", "n": 2} and len(recorded["tools_sha256"]) == 16
+    seen.clear()
+    run_preprocess(manifest, tmp_path / "plain", settings(tokenizer_dir), progress=False)
+    assert [k["tools"] for _, k in seen] == [[CLOCK], None, [CLOCK], None]
+    assert not any(k["enable_thinking"] for _, k in seen)
+
+
+@pytest.mark.parametrize(
+    "first, then, key",
+    [
+        ({"tools": [WEATHER]}, {"tools": [CLOCK]}, "settings.tools"),
+        ({"tools": [WEATHER]}, {}, "settings.tools_sha256"),
+        ({}, {"enable_thinking": True}, "settings.enable_thinking: False there, True now"),
+        ({"template_kwargs": {"n": 1}}, {"template_kwargs": {"n": 2}}, "settings.template_kwargs.n: 1 there, 2 now"),
+    ],
+)
+def test_resume_with_other_tools_or_thinking_is_refused_naming_the_key(tokenizer_dir, tmp_path, first, then, key):
+    manifest = write_lines(tmp_path / "m.jsonl", [text_row("a")])
+    out = tmp_path / "out"
+    run_preprocess(manifest, out, settings(tokenizer_dir, **first), progress=False)
+    assert run_preprocess(manifest, out, settings(tokenizer_dir, **first), progress=False).shards_skipped == 1
+    with pytest.raises(JobMismatchError, match=re.escape(key)):
+        run_preprocess(manifest, out, settings(tokenizer_dir, **then), progress=False)
+
+
+def test_long_tool_specs_are_shown_short_in_a_mismatch(tokenizer_dir, tmp_path):
+    manifest = write_lines(tmp_path / "m.jsonl", [text_row("a")])
+    long = {"type": "function", "function": {"name": "f", "description": "x" * 5000}}
+    run_preprocess(manifest, tmp_path / "out", settings(tokenizer_dir, tools=[long]), progress=False)
+    with pytest.raises(JobMismatchError) as info:
+        run_preprocess(manifest, tmp_path / "out", settings(tokenizer_dir, tools=[WEATHER]), progress=False)
+    assert "settings.tools_sha256" in str(info.value) and len(str(info.value)) < 1500
+
+
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        ("tools", [{"type": "function"}], r"settings.tools: tools\[0\] must be"),
+        ("tools", {"name": "f"}, "must be a list of tool specs"),
+        ("tools", [{"name": "f", "default": float("nan")}], "tools must be JSON data"),
+        ("template_kwargs", {"enable_thinking": True}, "'enable_thinking' is an argument of its own"),
+        ("template_kwargs", {"when": object()}, "template_kwargs must be JSON data"),
+    ],
+)
+def test_settings_refuse_bad_tools_and_template_kwargs(tokenizer_dir, field, value, problem):
+    with pytest.raises(ValueError, match=problem):
+        settings(tokenizer_dir, **{field: value})

@@ -157,3 +157,40 @@ def test_without_ray_the_error_names_the_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
     assert "pip install 'gemma4-pipeline[ray]'" in result.stdout
     assert not any(tmp_path.iterdir())  # nothing was started or written
+
+
+def test_tools_thinking_and_template_kwargs_travel_to_the_tasks(ray_instance, sample, tmp_path):
+    import pickle
+
+    from data_specs.manifest import ManifestRow
+    from pipelines import ray_engine
+    from pipelines.preprocess_job import Job
+
+    weather = {"type": "function", "function": {"name": "get_weather"}}
+    clock = {"type": "function", "function": {"name": "get_time"}}
+    rows = [
+        {"id": "own", "messages": [{"role": "user", "content": "a"}], "tools": [clock]},
+        {"id": "job", "messages": [{"role": "user", "content": "b"}]},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = dataclasses.replace(
+        sample[1], rows_per_shard=1, enable_thinking=True, tools=[weather], template_kwargs={"n": 1}
+    )
+    with Job.open(manifest, tmp_path / "probe", settings) as job:
+        blocks = [ray.get(ref) for ref in ray_engine._pending_blocks(ray, job)]
+        assert job.target.settings == settings  # what every task receives
+    items = [pickle.loads(block["items"][0].as_py()) for block in blocks]
+    assert [payload for item in items for _, _, payload in item] == [
+        ManifestRow("own", rows[0]["messages"], [clock]),
+        ManifestRow("job", rows[1]["messages"], None),
+    ]
+    ours, local = tmp_path / "ray", tmp_path / "local"
+    run_preprocess_ray(manifest, ours, settings, progress=False)
+    run_preprocess(manifest, local, settings, workers=1, progress=False)
+    for name in sorted(p.name for p in (local / "shards").iterdir()):
+        assert pq.read_table(ours / "shards" / name).equals(pq.read_table(local / "shards" / name), check_metadata=True)
+    recorded = json.loads((ours / "job.json").read_text())["settings"]
+    assert (recorded["tools"], recorded["enable_thinking"], recorded["template_kwargs"]) == ([weather], True, {"n": 1})
+    with pytest.raises(JobMismatchError, match="settings.enable_thinking: True there, False now"):
+        run_preprocess_ray(manifest, ours, dataclasses.replace(settings, enable_thinking=False), progress=False)

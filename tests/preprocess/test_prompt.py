@@ -405,3 +405,30 @@ def test_fifo_media_is_an_input_error(tok, tmp_path):
                 build_example([{"role": "user", "content": [{"type": kind, kind: str(path)}]}], tok)
         with pytest.raises(errors.InvalidVideoError, match="FIFO"):
             build_example([{"role": "user", "content": [{"type": "video", "video": str(path)}]}], tok)
+
+
+def test_tools_and_template_kwargs_reach_the_renderer(tok, monkeypatch):
+    """The plumbing only (the renderer's use of them is tested with the renderer): recorded, then rendered
+    without them by the renderer this branch has."""
+    import preprocess.prompt as prompt_module
+
+    real, seen = prompt_module.render_chat, []
+
+    def recording(messages, **kwargs):
+        seen.append(kwargs)
+        return real(messages, **{k: v for k, v in kwargs.items() if k not in ("tools", "date_string", "n")})
+
+    monkeypatch.setattr(prompt_module, "render_chat", recording)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    build_example(messages, tok, tools=tools, template_kwargs={"date_string": "1 Dec 2026", "n": 3})
+    assert seen[-1]["tools"] is tools
+    assert (seen[-1]["date_string"], seen[-1]["n"]) == ("1 Dec 2026", 3)
+    build_example(messages, tok, enable_thinking=True)
+    assert "tools" not in seen[-1] and seen[-1]["enable_thinking"] is True  # no tools: the renderer's default
+
+
+@pytest.mark.parametrize("key", ["tools", "enable_thinking", "chat_template", "messages", 3])
+def test_template_kwargs_may_not_shadow_the_renderers_arguments(tok, key):
+    with pytest.raises(ValueError, match=rf"template_kwargs: .*{key!r}"):
+        build_example([{"role": "user", "content": "hi"}], tok, template_kwargs={key: True})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,6 +41,33 @@ def test_bad_files(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+def test_a_tokenizer_model_file_loads_with_the_template_beside_it(tokenizer_dir, tmp_path):
+    model = tmp_path / "spm.model"
+    model.write_bytes((tokenizer_dir / "tokenizer.model").read_bytes())
+    alone = Tokenizer.from_pretrained(model)
+    assert alone.fingerprint == Tokenizer.from_pretrained(tokenizer_dir).fingerprint
+    assert alone.chat_template is None
+    (tmp_path / "chat_template.jinja").write_text("{{ bos_token }}")
+    assert Tokenizer.from_pretrained(str(model)).chat_template == "{{ bos_token }}"
+    assert Tokenizer.from_pretrained(tmp_path / "spm.model").special == alone.special
+
+
+def test_anything_else_is_refused_by_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'.*missing' does not exist"):
+        Tokenizer.from_pretrained(tmp_path / "missing")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.model .tokenizer.json alone is not read"):
+        Tokenizer.from_pretrained(tmp_path)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match=r"'.*notes.txt': not a SentencePiece model"):
+        Tokenizer.from_pretrained(text)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"'.*fifo' is neither a directory nor a regular file"):
+        Tokenizer.from_pretrained(fifo)  # never opened: reading a FIFO blocks
 
 
 TEXT = st.lists(
