@@ -53,6 +53,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "chat": ("render_chat", "ChatFormatError"),
     "prompt": ("build_example", "Example", "AudioFeatures"),
     "reply": ("parse_reply", "Reply", "ToolCall"),
+    "openai_parts": ("normalize_part",),
     "collate": ("collate", "uncollate", "bucket_by_length"),
     "video_io": ("load_video", "VideoFrames"),
     "video": ("preprocess_video", "VideoPatches", "collate_videos"),
@@ -99,6 +100,7 @@ __all__ = [
     "TooManyMediaError",
     "TooManyTokensError",
     "MediaLimits",
+    "normalize_part",
     "Tokenizer",
     "SpecialTokens",
     "MissingSpecialTokenError",
@@ -175,6 +177,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names eagerly
     from .image import ImagePatches, collate_images, preprocess_image, preprocess_images
     from .image_io import load_image
     from .limits import MediaLimits
+    from .openai_parts import normalize_part
     from .prompt import AudioFeatures, Example, build_example
     from .reply import Reply, ToolCall, parse_reply
     from .tokenizer import MissingSpecialTokenError, SpecialTokens, Tokenizer

@@ -52,6 +52,7 @@ from typing import Any
 
 from .errors import ChatFormatError
 from .limits import DEFAULT_LIMITS, MediaLimits
+from .openai_parts import OPENAI_PART_TYPES, normalize_part
 from .tokenizer import SPECIAL_STRINGS
 
 __all__ = ["ChatFormatError", "MediaPart", "RenderedPrompt", "render_chat", "strip_thinking"]
@@ -172,8 +173,7 @@ class _Conversation:
         return out
 
     def _part(self, part: Any, where: str, model: bool) -> dict[str, Any]:
-        if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_audio"):
-            from .openai_parts import normalize_part
+        if isinstance(part, Mapping) and part.get("type") in OPENAI_PART_TYPES:
 
             part = normalize_part(part, where)
         if not isinstance(part, Mapping) or "type" not in part:
@@ -185,8 +185,8 @@ class _Conversation:
             return dict(part, text=self.protect.text(part["text"], model=model))
         if kind not in MEDIA_KINDS:
             raise ChatFormatError(
-                f"{where}: unknown content type {kind!r}; expected text, image, audio, video (or OpenAI's image_url, "
-                "input_audio)"
+                f"{where}: unknown content type {kind!r}; expected text, image, audio, video (or OpenAI's "
+                f"{', '.join(OPENAI_PART_TYPES)})"
             )
         if part.get(kind) is None:
             raise ChatFormatError(f"{where}: an {kind} part needs its data under {kind!r}")

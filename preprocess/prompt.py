@@ -178,10 +178,9 @@ def build_example(
     limits = limits or DEFAULT_LIMITS
     check_budget(image_budget)
     extra = check_template_kwargs(template_kwargs or {})
-    if tools is not None:  # only when given: a renderer without tool support still renders everything else
-        extra["tools"] = tools
     rendered = render_chat(
         messages,
+        tools=tools,
         add_generation_prompt=add_generation_prompt,
         enable_thinking=enable_thinking,
         chat_template=chat_template if chat_template is not None else tokenizer.chat_template,

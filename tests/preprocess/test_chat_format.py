@@ -267,3 +267,39 @@ def test_a_checkpoint_template_receives_transformers_shapes(thinking):
     theirs = theirs.replace('["image", "x.png"], ', "")
     assert ours == theirs
     assert "(string)Be brief." in ours and "[extra" in ours and "style=terse" in ours
+
+
+def test_a_template_sees_the_models_thought_channels_but_not_users_control_strings():
+    messages = [
+        {"role": "user", "content": "I typed <|channel> here"},
+        {"role": "assistant", "content": "<|channel>thought\nplan<channel|>Answer"},
+    ]
+    template = "{% for m in messages %}[{{ m.role }}:{{ '<|channel>' in m.content }}]{% endfor %}"
+    assert render_chat(messages, chat_template=template).text == "[user:False][assistant:True]"
+
+
+def test_openai_parts_render_as_media():
+    import base64
+
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Compare"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+                {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"RIFF").decode(), "format": "wav"}},
+                {"type": "image_url", "image_url": "pictures/cat.jpg"},
+            ],
+        }
+    ]
+    rendered = render_chat(messages)
+    assert [(m.kind, m.source) for m in rendered.media] == [
+        ("image", b"\x89PNG fake"),
+        ("audio", b"RIFF"),
+        ("image", "pictures/cat.jpg"),
+    ]
+    assert rendered.literal() == "<bos><|turn>user\nCompare\n\n<|image|>\n\n<|audio|>\n\n<|image|>\n\n<turn|>\n" + GEN
+    remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]
+    with pytest.raises(ChatFormatError, match=r"messages\[0\].content\[0\].*https"):
+        render_chat(remote)

@@ -407,25 +407,18 @@ def test_fifo_media_is_an_input_error(tok, tmp_path):
             build_example([{"role": "user", "content": [{"type": "video", "video": str(path)}]}], tok)
 
 
-def test_tools_and_template_kwargs_reach_the_renderer(tok, monkeypatch):
-    """The plumbing only (the renderer's use of them is tested with the renderer): recorded, then rendered
-    without them by the renderer this branch has."""
-    import preprocess.prompt as prompt_module
-
-    real, seen = prompt_module.render_chat, []
-
-    def recording(messages, **kwargs):
-        seen.append(kwargs)
-        return real(messages, **{k: v for k, v in kwargs.items() if k not in ("tools", "date_string", "n")})
-
-    monkeypatch.setattr(prompt_module, "render_chat", recording)
+def test_tools_and_template_kwargs_reach_the_prompt(tok):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     messages = [{"role": "user", "content": "Weather in Paris?"}]
-    build_example(messages, tok, tools=tools, template_kwargs={"date_string": "1 Dec 2026", "n": 3})
-    assert seen[-1]["tools"] is tools
-    assert (seen[-1]["date_string"], seen[-1]["n"]) == ("1 Dec 2026", 3)
-    build_example(messages, tok, enable_thinking=True)
-    assert "tools" not in seen[-1] and seen[-1]["enable_thinking"] is True  # no tools: the renderer's default
+    text = tok.decode(build_example(messages, tok, tools=tools).input_ids.tolist())
+    assert text.startswith('<bos><|turn>system\n<|tool>declaration:get_weather{description:<|"|><|"|>,parameters:{')
+    template = "{{ bos_token }}{{ date_string }} n={{ n }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    example = build_example(
+        messages, tok, chat_template=template, template_kwargs={"date_string": "1 Dec 2026", "n": 3}
+    )
+    assert tok.decode(example.input_ids.tolist()) == "<bos>1 Dec 2026 n=3Weather in Paris?"
+    with pytest.raises(ChatFormatError, match="no chat template"):
+        build_example(messages, tok, template_kwargs={"n": 3})
 
 
 @pytest.mark.parametrize("key", ["tools", "enable_thinking", "chat_template", "messages", 3])
