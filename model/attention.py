@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
+from .cache import KVCache
 from .config import TextConfig
 from .masks import BandedMask
 from .norm import RMSNorm, rms_norm
@@ -80,6 +81,39 @@ class Attention(nn.Module):
             out = scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=gqa)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, N·H)
         return self.o_proj(out), (k, v)
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        positions: torch.Tensor,
+        shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One new token per row against the cache: x (B, 1, D), cos/sin (B, 1, H), mask (B, 1, 1, C), positions
+        (B,) → (out (B, 1, D), (k, v) (B, K, C, H) for the layers that share them)."""
+        if self.shared:
+            k, v = shared_kv
+        else:
+            k, v = cache.append(layer, *self.key_values(x, cos, sin), positions)
+            if k is None:  # K=V: the keys are the stored values with the key-norm scale and RoPE applied again
+                k = self.keys_from_values(v, *cache.full_rope)
+        b = x.shape[0]
+        q = self.q_proj(x).view(b, 1, self.n_heads, self.head_dim)  # (B, 1, N, H)
+        q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)  # (B, N, 1, H)
+        out = scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=1.0, enable_gqa=self.n_heads != k.shape[1]
+        )  # (B, N, 1, H)
+        return self.o_proj(out.transpose(1, 2).reshape(b, 1, -1)), (k, v)
+
+    def keys_from_values(self, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """A K=V layer's keys from its values: v (B, K, C, H) normed without scale, cos/sin (1, C, H) of slots
+        0 … C−1 → k (B, K, C, H), as ``key_values`` computes them (the same float32 product, then RoPE)."""
+        scaled = (v.float() * self.k_norm.weight.float()).type_as(v)
+        return apply_rope(scaled.transpose(1, 2), cos, sin).transpose(1, 2)  # (B, C, K, H) rotated, then back
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BandedMask, gqa: bool) -> torch.Tensor:

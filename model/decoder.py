@@ -15,6 +15,7 @@ from torch.nn.functional import gelu
 from data_specs.media import Modality
 
 from .attention import Attention
+from .cache import KVCache
 from .config import TextConfig
 from .masks import banded_mask, full_mask, sliding_mask
 from .moe import Experts, Router
@@ -71,6 +72,15 @@ class DecoderLayer(nn.Module):
         a, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, shared_kv, rows)
         if rows:
             h = h[:, -rows:]  # (B, T, D)
+        return self._feed_forward(h, a, ple), kv
+
+    def decode(self, h, cos, sin, mask, ple, cache, layer: int, positions, shared_kv=None):
+        """One token per row against the cache: h (B, 1, D) → (h (B, 1, D), the (k, v) its attention read)."""
+        a, kv = self.self_attn.decode(self.input_layernorm(h), cos, sin, mask, cache, layer, positions, shared_kv)
+        return self._feed_forward(h, a, ple), kv
+
+    def _feed_forward(self, h: torch.Tensor, a: torch.Tensor, ple: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream after attention output ``a``: MLP (and experts), per-layer input, layer scale."""
         h = h + self.post_attention_layernorm(a)  # a new tensor, so later updates may write into it …
         inplace = not torch.is_grad_enabled()  # … unless autograd needs the earlier values
         add, mul = (torch.Tensor.add_, torch.Tensor.mul_) if inplace else (torch.add, torch.mul)
@@ -82,7 +92,7 @@ class DecoderLayer(nn.Module):
         if self.ple:
             gated = gelu(self.per_layer_input_gate(h), approximate="tanh").mul_(ple)  # (B, T, P)
             h = add(h, self.post_per_layer_input_norm(self.per_layer_projection(gated)))
-        return mul(h, self.layer_scalar), kv
+        return mul(h, self.layer_scalar)
 
     def _moe(self, r: torch.Tensor) -> torch.Tensor:
         """r (B, T, D) residual → the experts' branch (B, T, D), before the shared post-norm (spec §2.8)."""
@@ -147,6 +157,7 @@ class TextDecoder(nn.Module):
         *,
         padded: bool | None = None,
         vision_span: int | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T) → logits (B, T, V) in the weights' dtype; only the last ``logits_to_keep``
         positions when it is positive. A prefill needs just the last one: the output projection then shrinks
@@ -156,7 +167,10 @@ class TextDecoder(nn.Module):
 
         ``padded`` (some row has padding) and ``vision_span`` (the most soft tokens of one image or video frame)
         are host facts a :class:`data_specs.batch.Batch` carries; given, the masks are planned without reading the
-        device. Left out, they are read from ``attention_mask`` and ``mm_token_type_ids`` (a synchronisation)."""
+        device. Left out, they are read from ``attention_mask`` and ``mm_token_type_ids`` (a synchronisation).
+
+        With ``cache`` (from :meth:`new_cache`, as many rows), the prompt's K/V are stored in it for
+        :meth:`decode`, and each row's length becomes its number of real tokens."""
         c = self.config
         if attention_mask is None:
             attention_mask, padded = torch.ones_like(input_ids, dtype=torch.bool), False
@@ -175,6 +189,10 @@ class TextDecoder(nn.Module):
             kind: rope_cos_sin(positions, freq, x.dtype)
             for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
         }
+        if cache is not None:
+            count = attention_mask.sum(dim=1)  # (B,) real tokens
+            first = attention_mask.int().argmax(dim=1)  # (B,) index of the first one (left or right padding)
+            cache.lengths.copy_(count)
         keep = logits_to_keep if 0 < logits_to_keep < x.shape[1] else 0
         # With ``keep``, layers after the last cache-writing one need only the kept rows (their K/V come from
         # earlier layers), and that last one needs all rows only for its K/V: it computes the rest on kept rows.
@@ -191,9 +209,49 @@ class TextDecoder(nn.Module):
             h, kv = layer(h, *rope[kind], masks[kind], None if ple is None else ple[:, :, i], caches.get(source), rows)
             if source == i:
                 caches[i] = kv
+                if cache is not None:
+                    cache.fill(i, *kv, first, count)
             if rows:
                 rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
         logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, T', V), tied (h already narrowed)
+        if c.final_logit_softcap:
+            logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+        return logits
+
+    def new_cache(
+        self, batch: int, context: int, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """An empty cache for ``batch`` rows of up to ``context`` tokens (prompt and generated), on the weights'
+        device and in their dtype unless told otherwise."""
+        weight = self.embed_tokens.weight
+        cache = KVCache(self.config, batch, context, device=device or weight.device, dtype=dtype or weight.dtype)
+        slots = torch.arange(context, device=cache.lengths.device)[None]  # (1, C): full layers' slot = position
+        cache.full_rope = rope_cos_sin(slots, self.full_freq, dtype or weight.dtype)  # for K=V layers' keys
+        return cache
+
+    def decode(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new token per row after what ``cache`` holds: input_ids (B, 1) → logits (B, 1, V); each row's
+        length grows by one. Shapes are the same at every step, and nothing is read back from the device."""
+        c = self.config
+        positions = cache.lengths  # (B,) the new tokens' positions
+        x = self.embed(input_ids)  # (B, 1, D)
+        ple = self.per_layer_inputs(input_ids, x) if c.ple_dim else None  # (B, 1, L, P)
+        rope = {
+            kind: rope_cos_sin(positions[:, None], freq, x.dtype)
+            for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
+        }
+        masks = {"full": cache.mask(True, positions), "sliding": cache.mask(False, positions)}  # (B, 1, 1, C)
+        shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        h = x
+        for i, layer in enumerate(self.layers):
+            kind = "full" if c.is_full(i) else "sliding"
+            source = c.kv_source(i)
+            layer_ple = None if ple is None else ple[:, :, i]
+            h, kv = layer.decode(h, *rope[kind], masks[kind], layer_ple, cache, i, positions, shared.get(source))
+            if source == i:
+                shared[i] = kv
+        cache.lengths.add_(1)
+        logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, 1, V), tied
         if c.final_logit_softcap:
             logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits

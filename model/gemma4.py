@@ -32,6 +32,7 @@ from .vision import VisionEncoder
 class TokenIdError(ValueError):
     """A batch holds token ids beyond the checkpoint's vocabulary (it was made with another tokenizer)."""
 
+
 __all__ = ["Gemma4", "MediaCountError", "TokenIdError"]
 
 

@@ -1,0 +1,123 @@
+"""The minimal hybrid KV cache of the text decoder (spec §1.3, §2.5, §2.7).
+
+What each layer keeps, per sequence:
+
+* a sliding layer: a ring buffer of exactly W positions of keys and values (position p in slot p mod W);
+* a full layer: keys and values of the whole context (position p in slot p);
+* a full layer with K=V (31B, 26B-A4B): the values only, since its keys are the same raw projection with the
+  learned key-norm scale and RoPE applied, which are re-applied when the keys are read;
+* a KV-shared layer: nothing (it reads the cache of its source layer).
+
+Buffers are preallocated with fixed shapes and indexed by explicit positions (a decode step scatters one slot per
+row and reads the whole buffer), so a step has the same shapes every time. Which slots are valid follows from
+each row's logical position, never from what a slot holds: rows may have different lengths (left padding), finish
+early, or be reset and refilled while the others go on.
+
+Shapes: B batch rows, K KV heads, C slots (W for a sliding layer, the context for a full one), H head dim,
+T prompt tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import TextConfig
+
+__all__ = ["KVCache", "cache_bytes", "cache_layout"]
+
+
+def cache_layout(config: TextConfig, context: int) -> dict[int, tuple[int, int, int, bool]]:
+    """For each cache-writing layer: (slots, KV heads, head dim, keeps keys)."""
+    layout = {}
+    for layer in range(config.n_layers):
+        if config.kv_source(layer) != layer:
+            continue  # KV-shared: reads its source's cache
+        full = config.is_full(layer)
+        slots = context if full else min(config.sliding_window, context)
+        keeps_keys = config.layer_has_value_proj(layer)  # K=V layers rebuild their keys from the values
+        layout[layer] = (slots, config.layer_kv_heads(layer), config.layer_head_dim(layer), keeps_keys)
+    return layout
+
+
+def cache_bytes(config: TextConfig, batch: int, context: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes of the cache for ``batch`` sequences of up to ``context`` tokens: the least any cache can hold and
+    still give exact attention (every value a layer reads, once)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    per_row = sum(
+        slots * heads * dim * (2 if keys else 1) for slots, heads, dim, keys in cache_layout(config, context).values()
+    )
+    return batch * per_row * size
+
+
+class KVCache:
+    """Preallocated buffers for ``batch`` rows of up to ``context`` tokens, and each row's length (tokens in its
+    context so far, on the device). Built by ``TextDecoder.new_cache``."""
+
+    def __init__(
+        self, config: TextConfig, batch: int, context: int, *, device: torch.device | str, dtype: torch.dtype
+    ) -> None:
+        if context < 1 or batch < 1:
+            raise ValueError(f"a cache needs at least one row and one position, got batch={batch}, context={context}")
+        self.config, self.batch, self.context = config, batch, context
+        self.window = config.sliding_window
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        for layer, (slots, heads, dim, keeps_keys) in cache_layout(config, context).items():
+            shape = (batch, heads, slots, dim)  # (B, K, C, H)
+            self.values[layer] = torch.zeros(shape, device=device, dtype=dtype)
+            if keeps_keys:
+                self.keys[layer] = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys.values(), *self.values.values()))
+
+    def _slots(self, layer: int, positions: torch.Tensor) -> torch.Tensor:
+        return positions if self.config.is_full(layer) else positions % self.window
+
+    # --- prefill ----------------------------------------------------------------------------------------------
+
+    def fill(self, layer: int, k: torch.Tensor, v: torch.Tensor, first: torch.Tensor, count: torch.Tensor) -> None:
+        """Store a prompt's K/V: k, v (B, K, T, H) of every token; row b's real tokens are the ``count[b]`` from
+        index ``first[b]`` on (left or right padding). Each slot takes the latest position that maps to it; a
+        slot no position maps to keeps whatever it held (it is masked by position)."""
+        values = self.values[layer]
+        slots = torch.arange(values.shape[2], device=values.device)  # (C,)
+        last = (count - 1)[:, None]  # (B, 1)
+        if self.config.is_full(layer):
+            positions = slots[None, :].expand(len(count), -1)  # (B, C)
+        else:
+            positions = last - torch.remainder(last - slots[None, :], self.window)  # latest p ≡ slot (mod W)
+        index = (first[:, None] + positions).clamp(0, k.shape[2] - 1)  # (B, C) token index; invalid slots: any
+        index = index[:, None, :, None].expand(-1, values.shape[1], -1, values.shape[3])  # (B, K, C, H)
+        values.copy_(torch.gather(v, 2, index))
+        if layer in self.keys:
+            self.keys[layer].copy_(torch.gather(k, 2, index))
+
+    # --- decoding ---------------------------------------------------------------------------------------------
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        """Write one new token per row (k, v (B, K, 1, H) at ``positions`` (B,)); the layer's whole buffers
+        (keys or None, values), (B, K, C, H)."""
+        values = self.values[layer]
+        index = self._slots(layer, positions)[:, None, None, None].expand(-1, values.shape[1], 1, values.shape[3])
+        values.scatter_(2, index, v)
+        keys = self.keys.get(layer)
+        if keys is not None:
+            keys.scatter_(2, index, k)
+        return keys, values
+
+    def mask(self, full: bool, positions: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 1, C) bool: the slots a token at ``positions`` (B,) may attend to once it has been written."""
+        slots = torch.arange(self.context if full else min(self.window, self.context), device=positions.device)
+        p = positions[:, None]  # (B, 1)
+        if full:
+            valid = slots[None, :] <= p
+        else:
+            valid = p - torch.remainder(p - slots[None, :], self.window) >= 0  # the slot's position exists
+        return valid[:, None, None, :]
+
+    def reset(self, rows: torch.Tensor) -> None:
+        """Forget rows (bool (B,) or indices): their length becomes 0; their slots are then masked."""
+        self.lengths[rows] = 0
