@@ -169,7 +169,18 @@ def _config(directory: Path) -> dict:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{os.fspath(directory)!r} has no config.json")
-    return json.loads(config_path.read_text())
+    config = json.loads(config_path.read_text())
+    generation = directory / "generation_config.json"  # its eos_token_id lists every stop id (spec §1.6)
+    if generation.is_file():
+        stop = json.loads(generation.read_text()).get("eos_token_id")
+        if stop is not None:
+            config["eos_token_id"] = [*_ids(config.get("eos_token_id")), *(i for i in _ids(stop))]
+    return config
+
+
+def _ids(value: Any) -> list[int]:
+    """An ``eos_token_id`` (an id, a list of ids or None) as a list."""
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
 
 
 def load_config(directory: str | os.PathLike) -> ModelConfig:
@@ -461,6 +472,9 @@ def model_from_hf(config: Mapping[str, Any]) -> ModelConfig:
     pad = config.get("text_config", config).get("pad_token_id")
     if pad is not None:
         tokens = replace(tokens, pad=pad)
+    stop = _ids(config.get("eos_token_id", config.get("text_config", {}).get("eos_token_id")))
+    if stop:
+        tokens = replace(tokens, stop_ids=tuple(dict.fromkeys(stop)))  # in order, once each
     return ModelConfig(text=text, vision=vision, audio=audio, tokens=tokens)
 
 
@@ -471,6 +485,7 @@ def model_to_hf(config: ModelConfig) -> dict[str, Any]:
     out["text_config"]["pad_token_id"] = config.tokens.pad
     out["tie_word_embeddings"] = config.text.tie_embeddings
     out.update({theirs: getattr(config.tokens, ours) for ours, theirs in _TOKEN_NAMES.items()})
+    out["eos_token_id"] = list(config.tokens.stop_ids)
     if config.vision is not None:
         v = config.vision
         out["vision_config"] = {"model_type": "gemma4_vision", "hidden_activation": "gelu_pytorch_tanh"}

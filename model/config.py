@@ -284,6 +284,9 @@ class TokenIds:
     eoi: int = 258_882
     boa: int = 256_000
     eoa: int = 258_883
+    # generation stops at any of these (spec §1.6: <eos>, <turn|>, <|tool_response>): config.json's
+    # eos_token_id together with generation_config.json's
+    stop_ids: tuple[int, ...] = (1, 106, 50)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,7 @@ from data_specs.batch import Batch, MediaCountError, PackedAudio, PackedPatches
 from data_specs.media import Modality
 
 from .audio import AudioEncoder
+from .cache import KVCache
 from .config import ModelConfig
 from .decoder import TextDecoder
 from .embedder import MultimodalEmbedder
@@ -76,9 +77,10 @@ class Gemma4(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------------------------
 
-    def forward(self, batch: Batch, *, logits_to_keep: int = 0) -> torch.Tensor:
+    def forward(self, batch: Batch, *, logits_to_keep: int = 0, cache: KVCache | None = None) -> torch.Tensor:
         """A batch → logits (B, T, V) in the weights' dtype (the last ``logits_to_keep`` positions only, when
-        positive)."""
+        positive). With ``cache`` (``new_cache``), the prompt's keys and values are kept for ``decode``: media are
+        encoded here, once."""
         if not isinstance(batch, Batch):
             raise TypeError(
                 f"Gemma4.forward takes a data_specs.batch.Batch (collate(...), Batch.from_hf(**processor_output) "
@@ -98,7 +100,16 @@ class Gemma4(nn.Module):
             logits_to_keep=logits_to_keep,
             padded=batch.padded,
             vision_span=batch.vision_span,
+            cache=cache,
         )
+
+    def new_cache(self, batch: int, context: int, **kwargs) -> KVCache:
+        """An empty KV cache for ``batch`` rows of up to ``context`` tokens (see ``TextDecoder.new_cache``)."""
+        return self.language_model.new_cache(batch, context, **kwargs)
+
+    def decode(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new text token per row (B, 1) after what ``cache`` holds → logits (B, 1, V)."""
+        return self.language_model.decode(input_ids, cache)
 
     def _check_ids(self, batch: Batch) -> None:
         """A batch made with another tokenizer (ids beyond this checkpoint's vocabulary) is refused by name, from
