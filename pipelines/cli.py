@@ -302,6 +302,15 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_generate(args: argparse.Namespace) -> int:
+    from bench import bench_generate
+
+    bench_generate.run(
+        args.batch or (1, 8), prompt=args.prompt, new_tokens=args.new_tokens, repeat=args.repeat, rounds=args.rounds
+    )
+    return 0
+
+
 def _cmd_bench_encoders(args: argparse.Namespace) -> int:
     from bench import bench_audio_tower, bench_vision_tower
 
@@ -425,6 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=_positive, default=3, help="timed passes; the best counts (default 3)")
     b.add_argument("--prefill-only", action="store_true", help="skip the informational all-logits lines")
     b.set_defaults(func=_cmd_bench_model)
+    b = bench.add_parser("generate", help="new tokens per second of generate against the reference's")
+    b.add_argument("--batch", type=_positive, action="append", help="rows (repeatable; default 1 and 8)")
+    b.add_argument("--prompt", type=_positive, default=256, help="prompt tokens (default 256)")
+    b.add_argument("--new-tokens", type=_positive, default=64, help="new tokens per row (default 64)")
+    b.add_argument("--repeat", type=_positive, default=2, help="timed calls per process; the best counts (default 2)")
+    b.add_argument("--rounds", type=_positive, default=2, help="processes per engine; the best counts (default 2)")
+    b.set_defaults(func=_cmd_bench_generate)
     b = bench.add_parser("encoders", help="vision and audio towers against the reference")
     b.add_argument("--only", choices=("vision", "audio"), default=None, help="one tower only")
     b.add_argument("--threads", type=_positive, default=None, help="threads for the audio tower (default: torch's)")
