@@ -24,7 +24,7 @@ import copy
 import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -92,7 +92,7 @@ class _Job:
     admitted: float = 0.0
     first: float | None = None
     count: int = 0  # new tokens so far (the device holds the same number in ``Engine._count``)
-    slot: int = field(default=-1)
+    slot: int = -1
 
 
 def _row(cache: KVCache, slot: int) -> KVCache:
