@@ -19,6 +19,8 @@ T prompt tokens.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .config import TextConfig
@@ -117,6 +119,16 @@ class KVCache:
         else:
             valid = p - torch.remainder(p - slots[None, :], self.window) >= 0  # the slot's position exists
         return valid[:, None, None, :]
+
+    def row(self, index: int) -> KVCache:
+        """A one-row view of this cache: a prefill through it writes straight into row ``index``'s buffers and
+        length (the continuous engine admits a request into a slot this way)."""
+        view = copy.copy(self)
+        view.batch = 1
+        view.keys = {layer: t[index : index + 1] for layer, t in self.keys.items()}  # (1, K, C, H) views
+        view.values = {layer: t[index : index + 1] for layer, t in self.values.items()}
+        view.lengths = self.lengths[index : index + 1]  # (1,) view
+        return view
 
     def reset(self, rows: torch.Tensor) -> None:
         """Forget rows (bool (B,) or indices): their length becomes 0; their slots are then masked."""

@@ -20,7 +20,6 @@ Shapes: S slots, C the engine's context (prompt and new tokens of one request), 
 
 from __future__ import annotations
 
-import copy
 import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator, Sequence
@@ -30,7 +29,6 @@ import torch
 
 from data_specs.batch import Batch
 
-from .cache import KVCache
 from .generate import Sampling, sample
 
 __all__ = ["Completion", "Engine", "Request"]
@@ -93,16 +91,6 @@ class _Job:
     first: float | None = None
     count: int = 0  # new tokens so far (the device holds the same number in ``Engine._count``)
     slot: int = -1
-
-
-def _row(cache: KVCache, slot: int) -> KVCache:
-    """A one-row view of ``cache``: a prefill through it writes straight into slot ``slot``'s buffers and length."""
-    row = copy.copy(cache)
-    row.batch = 1
-    row.keys = {layer: t[slot : slot + 1] for layer, t in cache.keys.items()}  # (1, K, C, H) views
-    row.values = {layer: t[slot : slot + 1] for layer, t in cache.values.items()}
-    row.lengths = cache.lengths[slot : slot + 1]  # (1,) view
-    return row
 
 
 class Engine:
@@ -206,7 +194,7 @@ class Engine:
             self._seeds[slot] = job.seed
             self._set_stop(slot, job.stop)
             batch = job.batch.to(self.device)
-            logits = self.model(batch, logits_to_keep=1, cache=_row(self.cache, slot))[:, -1]  # (1, V)
+            logits = self.model(batch, logits_to_keep=1, cache=self.cache.row(slot))[:, -1]  # (1, V)
             rows = slice(slot, slot + 1)
             first = sample(
                 logits, self._temperature[rows], self._top_k[rows], self._top_p[rows], self._seeds[rows], 0

@@ -77,8 +77,8 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def _uniform(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
-    """seeds (B,) int64 → (B, V) float64 in (0, 1), a function of (seed, step, token id) only."""
+def _uniform(seeds: torch.Tensor, step: int | torch.Tensor, vocab: int) -> torch.Tensor:
+    """seeds (B,) int64, step an int or (B,) → (B, V) float64 in (0, 1), a function of (seed, step, token id)."""
     key = _hash32(_hash32(seeds & _M32) ^ ((seeds >> 32) & _M32))  # (B,)
     key = _hash32(key ^ step)  # (B,)
     tokens = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
@@ -92,10 +92,11 @@ def sample(
     top_k: torch.Tensor,
     top_p: torch.Tensor,
     seeds: torch.Tensor,
-    step: int,
+    step: int | torch.Tensor,
 ) -> torch.Tensor:
     """Next tokens (B,) int64 from logits (B, V) and per-row settings (B,): temperature (0 = greedy), top_k
-    (0 = all), top_p (1 = all), seeds."""
+    (0 = all), top_p (1 = all), seeds; ``step`` is the step of every row, or (B,) one per row (a row's draws
+    depend only on its seed and its own step)."""
     logits = logits.float()
     greedy = logits.argmax(dim=-1)  # (B,)
     scaled = logits / temperature.clamp(min=1e-6)[:, None]  # (B, V)
@@ -174,9 +175,10 @@ def generate(
     sampling: Sequence[Sampling] | None = None,
     check_every: int = 8,
 ) -> list[Generation]:
-    """New tokens for every row of ``batch`` (moved to the model's device if it is not there). ``stop_ids`` None means the checkpoint's
-    (``config.tokens.stop_ids``), ``()`` none. ``sampling`` gives each row its own settings instead of the
-    shared keyword ones. Stops early once every row has finished (checked every ``check_every`` steps)."""
+    """New tokens for every row of ``batch`` (moved to the model's device if it is not there). ``stop_ids`` None
+    means the checkpoint's (``config.tokens.stop_ids``), ``()`` none. ``sampling`` gives each row its own settings
+    instead of the shared keyword ones. Stops early once every row has finished (checked every ``check_every``
+    steps)."""
     sampling, stop = _prepare(model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, sampling)
     rows = batch.input_ids.shape[0]
     out = torch.full((rows, max_new_tokens), model.config.tokens.pad, dtype=torch.int64, device=stop.device)

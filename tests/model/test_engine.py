@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.engine import Completion, Engine, Request, _row
+from model.engine import Completion, Engine, Request
 from model.gemma4 import Gemma4
 from model.generate import Sampling, generate, sample
 from preprocess.collate import collate
@@ -198,7 +198,7 @@ def test_a_prefill_through_a_row_view_fills_only_that_slot():
     small = model.new_cache(1, 20)
     batch = left_padded([PROMPTS[2]])
     with torch.no_grad():
-        model(batch, logits_to_keep=1, cache=_row(big, 1))
+        model(batch, logits_to_keep=1, cache=big.row(1))
         model(batch, logits_to_keep=1, cache=small)
     assert big.lengths.tolist() == [5, len(PROMPTS[2]), 5]
     for store, single in ((big.keys, small.keys), (big.values, small.values)):

@@ -34,7 +34,14 @@ def tiny_config(name: str, tok: Tokenizer) -> ModelConfig:
     base = PRESETS[name]
     s = tok.special
     tokens = TokenIds(
-        pad=s.pad, image=s.image, audio=s.audio, video=s.video, boi=s.boi, eoi=s.eoi, boa=s.boa, eoa=s.eoa,
+        pad=s.pad,
+        image=s.image,
+        audio=s.audio,
+        video=s.video,
+        boi=s.boi,
+        eoi=s.eoi,
+        boa=s.boa,
+        eoa=s.eoa,
         stop_ids=s.stop_ids,
     )
     text = dataclasses.replace(base.text, vocab_size=tok.vocab_size, ple_vocab_size=tok.vocab_size)
