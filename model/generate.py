@@ -136,8 +136,10 @@ def _steps(model, batch: Batch, max_new_tokens: int, sampling: Sequence[Sampling
     logits = model(batch, logits_to_keep=1, cache=cache)[:, -1]  # (B, V)
     finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
     pad = model.config.tokens.pad
+    greedy = all(s.temperature == 0 for s in sampling)  # then the argmax alone: no sort, no noise
     for step in range(max_new_tokens):
-        tokens = sample(logits, *settings, step).masked_fill(finished, pad)  # (B,)
+        tokens = logits.argmax(dim=-1) if greedy else sample(logits, *settings, step)
+        tokens = tokens.masked_fill(finished, pad)  # (B,)
         if step == 0:
             timings["prefill_s"] = time.perf_counter() - started
         finished = finished | torch.isin(tokens, stop)
