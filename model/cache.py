@@ -42,8 +42,10 @@ def cache_layout(config: TextConfig, context: int) -> dict[int, tuple[int, int, 
 
 
 def cache_bytes(config: TextConfig, batch: int, context: int, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Bytes of the cache for ``batch`` sequences of up to ``context`` tokens: the least any cache can hold and
-    still give exact attention (every value a layer reads, once)."""
+    """Bytes of the cache for ``batch`` sequences of up to ``context`` tokens: every key and value a layer reads,
+    stored once. (A sliding layer holds W positions, the current token's included, since it is written before
+    attention so that every step has one shape; a cache that appends the current token at attention time could
+    hold W − 1, one position less per sliding layer.)"""
     size = torch.empty((), dtype=dtype).element_size()
     per_row = sum(
         slots * heads * dim * (2 if keys else 1) for slots, heads, dim, keys in cache_layout(config, context).values()

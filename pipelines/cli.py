@@ -311,6 +311,13 @@ def _cmd_bench_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_cache(args: argparse.Namespace) -> int:
+    from bench import bench_cache
+
+    bench_cache.run(args.preset or bench_cache.PRESETS_MEASURED)
+    return 0
+
+
 def _cmd_bench_encoders(args: argparse.Namespace) -> int:
     from bench import bench_audio_tower, bench_vision_tower
 
@@ -441,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=_positive, default=2, help="timed calls per process; the best counts (default 2)")
     b.add_argument("--rounds", type=_positive, default=2, help="processes per engine; the best counts (default 2)")
     b.set_defaults(func=_cmd_bench_generate)
+    b = bench.add_parser("cache", help="KV-cache bytes per preset at 8K, 32K and 128K beside the reference's")
+    b.add_argument("--preset", action="append", help="only this preset (repeatable; default the four models)")
+    b.set_defaults(func=_cmd_bench_cache)
     b = bench.add_parser("encoders", help="vision and audio towers against the reference")
     b.add_argument("--only", choices=("vision", "audio"), default=None, help="one tower only")
     b.add_argument("--threads", type=_positive, default=None, help="threads for the audio tower (default: torch's)")
