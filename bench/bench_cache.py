@@ -25,11 +25,9 @@ PRESETS_MEASURED = ("gemma4-e2b", "gemma4-e4b", "gemma4-31b", "gemma4-26b-a4b")
 def reference_layout(text) -> list[tuple[int, int, bool]] | None:
     """Per stored layer of the reference's default cache after a prefill longer than the window:
     (elements per position, positions stored, grows with the context). None without the reference."""
-    if reference("hf_decoder") is None:
+    oracle = reference("hf_cache")
+    if oracle is None:
         return None
-    import torch
-    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
-
     from model.checkpoint import text_to_hf
 
     small = replace(
@@ -41,20 +39,8 @@ def reference_layout(text) -> list[tuple[int, int, bool]] | None:
         ple_dim=min(text.ple_dim, 8),
         moe_d_ff=8 if text.n_experts else 0,
     )
-    torch.manual_seed(0)
-    model = Gemma4ForCausalLM(Gemma4TextConfig(**text_to_hf(small))).eval()
     prompt = text.sliding_window + 64
-    with torch.no_grad():
-        out = model(input_ids=torch.randint(0, 256, (1, prompt)), use_cache=True)
-    layout = []
-    for layer in out.past_key_values.layers:
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if keys is None or keys.numel() == 0:
-            continue  # nothing stored (KV-shared layers)
-        positions = keys.shape[-2]
-        per_position = (keys.numel() + values.numel()) // positions
-        layout.append((per_position, positions, positions == prompt))
-    return layout
+    return [(per, stored, stored == prompt) for per, stored in oracle.stored_layout(text_to_hf(small), prompt, 256)]
 
 
 def _bytes(layout: list[tuple[int, int, bool]], context: int, element: int = 2) -> int:

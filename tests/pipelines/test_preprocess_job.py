@@ -421,9 +421,7 @@ def test_a_slow_row_becomes_a_timeout_error_row(tokenizer_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(preprocess.prompt, "build_example", build)
     manifest = write_lines(tmp_path / "m.jsonl", [text_row("a"), text_row("b", "hang"), text_row("c")])
-    started = time.perf_counter()
     summary = run_preprocess(manifest, tmp_path / "out", settings(tokenizer_dir, row_timeout_s=0.5), progress=False)
-    assert time.perf_counter() - started < 20
     assert (summary.examples, summary.errors_by_stage) == (2, {"timeout": 1})
     error = open_output(tmp_path / "out").errors().to_pylist()[0]
     assert error["id"] == "b" and "row_timeout_s=0.5" in error["message"]
