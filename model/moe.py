@@ -3,8 +3,10 @@
 The router sees the raw residual (as the HF reference; GM feeds the experts' pre-norm output), normalises it
 without scale, multiplies by a learned scale and ``D^(−1/2)``, projects to expert logits, takes a float32
 softmax, keeps the top-k probabilities renormalised to sum 1 and multiplies each by its expert's learned scale.
-Dispatch sorts the (token, expert) pairs by expert and runs every selected expert once on all of its tokens:
-a loop over experts, never over tokens.
+Dispatch sorts the (token, expert) pairs by expert and runs every selected expert once on all of its tokens,
+never a loop over tokens. On an accelerator in bfloat16, one grouped matmul per projection takes the group sizes
+as a device tensor (``torch._grouped_mm``), so a decode step reads nothing back; elsewhere (the CPU, where reading
+the counts costs nothing and a loop over the selected experts is faster) a loop over the experts that have tokens.
 
 Shapes: N tokens (batch and time flattened), D model dim, E experts, k experts per token, F expert width.
 """
@@ -53,16 +55,25 @@ class Experts(nn.Module):
         flat = experts.reshape(-1)  # (N·k,)
         order = torch.argsort(flat, stable=True)  # pairs grouped by expert
         tokens = order // k  # (N·k,) token of each pair, in expert order
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
-        pair_weights = weights.reshape(-1)[order]  # (N·k,)
-        out = torch.zeros_like(x)
-        start = 0
+        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0])  # (E,)
+        pair_weights = weights.reshape(-1)[order, None]  # (N·k, 1)
+        grouped = x.is_cuda and x.dtype == torch.bfloat16
+        y = self.grouped(x[tokens], counts) if grouped else self.looped(x[tokens], counts.tolist())  # (N·k, D)
+        return torch.zeros_like(x).index_add_(0, tokens, y * pair_weights)
+
+    def grouped(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """xs (N·k, D) grouped by expert, counts (E,) on the device → each row through its expert (N·k, D)."""
+        offsets = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows
+        gate, up = torch._grouped_mm(xs, self.gate_up_proj.transpose(1, 2), offs=offsets).split(self.d_ff, dim=-1)
+        return torch._grouped_mm(gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2), offs=offsets)
+
+    def looped(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """The same with the counts on the host: one matmul pair per expert that has rows."""
+        out, start = torch.empty_like(xs), 0
         for expert, count in enumerate(counts):
-            if not count:
-                continue
-            rows = tokens[start : start + count]
-            gate, up = (x[rows] @ self.gate_up_proj[expert].T).split(self.d_ff, dim=-1)  # (c, F) each
-            y = (gelu(gate, approximate="tanh") * up) @ self.down_proj[expert].T  # (c, D)
-            out.index_add_(0, rows, y * pair_weights[start : start + count, None])
-            start += count
+            if count:
+                rows = slice(start, start + count)
+                gate, up = (xs[rows] @ self.gate_up_proj[expert].T).split(self.d_ff, dim=-1)  # (c, F) each
+                out[rows] = (gelu(gate, approximate="tanh") * up) @ self.down_proj[expert].T  # (c, D)
+                start += count
         return out
