@@ -23,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
-from .benchmarking import Row, format_row, reference
+from .benchmarking import Row, alternate, format_row, reference
 
 __all__ = ["run", "weight_bytes_per_token", "memory_bandwidth"]
 
@@ -140,10 +140,9 @@ def run(
         vocab = min(config.vocab_size, 15_000)
         ours_batch1 = None
         for batch in batches:
-            engines = ["ours"] + (["reference"] if oracle is not None else [])
-            runs = [_measure(e, tmp, batch, prompt, new_tokens, repeat, vocab) for _ in range(rounds) for e in engines]
-            ours = max(runs[:: len(engines)], key=lambda r: r["tokens_per_s"])
-            theirs = max(runs[1 :: len(engines)], key=lambda r: r["tokens_per_s"]) if oracle is not None else None
+            ours, theirs = alternate(
+                lambda e, b=batch: _measure(e, tmp, b, prompt, new_tokens, repeat, vocab), oracle is not None, rounds
+            )
             note = f"peak memory: ours {ours['peak_mb']:.0f} MB" + (
                 f", reference {theirs['peak_mb']:.0f} MB" if theirs else ""
             )

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from .benchmarking import Row, format_row, reference
+from .benchmarking import Row, alternate, format_row, reference
 
 __all__ = ["run", "bench_config"]
 
@@ -126,10 +126,9 @@ def run(
             cases += [(t, 0, "forward, all logits") for t in lengths]
         for tokens, keep, case in cases:
             vocab = min(config.vocab_size, 15_000)
-            engines = ["ours"] + (["reference"] if oracle is not None else [])
-            runs = [_measure(e, tmp, tokens, repeat, keep, vocab) for _ in range(rounds) for e in engines]  # alternate
-            ours = max(runs[:: len(engines)], key=lambda r: r["tokens_per_s"])
-            theirs = max(runs[1 :: len(engines)], key=lambda r: r["tokens_per_s"]) if oracle is not None else None
+            ours, theirs = alternate(
+                lambda e, t=tokens, k=keep, v=vocab: _measure(e, tmp, t, repeat, k, v), oracle is not None, rounds
+            )
             target = (TARGET_2048 if tokens >= 2048 else TARGET_512) if keep else None
             note = f"peak memory: ours {ours['peak_mb']:.0f} MB" + (
                 f", reference {theirs['peak_mb']:.0f} MB" if theirs else ""

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import numpy as np
 
-__all__ = ["Row", "benchmark_sizes", "best_time", "format_row", "reference"]
+__all__ = ["Row", "alternate", "benchmark_sizes", "best_time", "format_row", "reference"]
 
 
 @dataclass
@@ -52,6 +52,16 @@ def best_time(fn: Callable[[object], object], items: Sequence[object], repeat: i
             fn(item)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def alternate(measure: Callable[[str], dict], with_reference: bool, rounds: int) -> tuple[dict, dict | None]:
+    """``measure("ours")`` and ``measure("reference")`` (when ``with_reference``) in alternation, ``rounds``
+    times each (one process's speed on a shared machine varies); each engine's run with the highest
+    ``tokens_per_s``."""
+    engines = ["ours"] + (["reference"] if with_reference else [])
+    runs = [measure(engine) for _ in range(rounds) for engine in engines]
+    best = [max(runs[i :: len(engines)], key=lambda r: r["tokens_per_s"]) for i in range(len(engines))]
+    return best[0], best[1] if with_reference else None
 
 
 def format_row(row: Row) -> str:

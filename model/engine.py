@@ -85,7 +85,7 @@ class _Job:
     batch: Batch
     prompt_tokens: int
     stop: tuple[int, ...]
-    seed: int
+    settings: tuple[float, int, float, int]  # Sampling.row(): its seed drawn once, at submission
     submitted: float
     admitted: float = 0.0
     first: float | None = None
@@ -113,10 +113,13 @@ class Engine:
         self._count = zeros.clone()  # (S,) new tokens so far = the sampling step of the next one
         self._limit = zeros.clone()  # (S,) max_new_tokens
         self._active = torch.zeros(slots, dtype=torch.bool, device=self.device)  # (S,)
-        self._temperature = torch.zeros(slots, dtype=torch.float32, device=self.device)
-        self._top_k = zeros.clone()  # 0: all
-        self._top_p = torch.ones(slots, dtype=torch.float32, device=self.device)
-        self._seeds = zeros.clone()
+        # (S,) each: temperature, top_k (0: all), top_p (1: all), seed, as sample() takes them
+        self._sampling = (
+            torch.zeros(slots, dtype=torch.float32, device=self.device),
+            zeros.clone(),
+            torch.ones(slots, dtype=torch.float32, device=self.device),
+            zeros.clone(),
+        )
         self._stop = torch.full((slots, 1), -1, dtype=torch.int64, device=self.device)  # (S, M), −1 pads
         self._out = torch.zeros(slots, context, dtype=torch.int64, device=self.device)  # (S, C) new tokens
 
@@ -145,10 +148,7 @@ class Engine:
                 f"{tokens + request.max_new_tokens} exceed the engine's context of {self.context} tokens"
             )
         stop = self.model.config.tokens.stop_ids if request.stop_ids is None else tuple(request.stop_ids)
-        seed = request.sampling.seed
-        if seed is None:  # drawn once, so the request is at least consistent with itself
-            seed = int(torch.randint(0, 2**62, ()).item())
-        return _Job(request, batch, tokens, stop, seed, submitted=time.perf_counter())
+        return _Job(request, batch, tokens, stop, request.sampling.row(), submitted=time.perf_counter())
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -187,18 +187,13 @@ class Engine:
             job = self._queue.popleft()
             job.slot, job.admitted, job.count = slot, time.perf_counter(), 1
             self._running[slot] = job
-            settings = job.request.sampling
-            self._temperature[slot] = settings.temperature
-            self._top_k[slot] = settings.top_k or 0
-            self._top_p[slot] = 1.0 if settings.top_p is None else settings.top_p
-            self._seeds[slot] = job.seed
+            for column, value in zip(self._sampling, job.settings, strict=True):
+                column[slot] = value
             self._set_stop(slot, job.stop)
             batch = job.batch.to(self.device)
             logits = self.model(batch, logits_to_keep=1, cache=self.cache.row(slot))[:, -1]  # (1, V)
             rows = slice(slot, slot + 1)
-            first = sample(
-                logits, self._temperature[rows], self._top_k[rows], self._top_p[rows], self._seeds[rows], 0
-            )  # (1,)
+            first = sample(logits, *(column[rows] for column in self._sampling), 0)  # (1,)
             self._tokens[rows] = first
             self._out[rows, 0] = first
             self._count[slot] = 1
@@ -224,7 +219,7 @@ class Engine:
         self.cache.lengths.masked_fill_(~self._active, 0)
         logits = self.model.decode(self._tokens[:, None], self.cache)[:, -1]  # (S, V)
         # per-row steps: sample's noise is a function of (seed, step, token id), elementwise in the step
-        tokens = sample(logits, self._temperature, self._top_k, self._top_p, self._seeds, self._count)  # (S,)
+        tokens = sample(logits, *self._sampling, self._count)  # (S,)
         self._out.scatter_(1, self._count.clamp(max=self.context - 1)[:, None], tokens[:, None])
         self._tokens.copy_(tokens)
         self._count.add_(self._active)

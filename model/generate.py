@@ -52,6 +52,12 @@ class Sampling:
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
 
+    def row(self) -> tuple[float, int, float, int]:
+        """This request as one row of :func:`sample`'s settings: (temperature, top_k (0 = all), top_p (1 = all),
+        seed). A missing seed is drawn here, once."""
+        seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        return self.temperature, self.top_k or 0, 1.0 if self.top_p is None else self.top_p, seed
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -113,13 +119,10 @@ def sample(
 
 
 def _settings(sampling: Sequence[Sampling], device) -> tuple[torch.Tensor, ...]:
-    seeds = [s.seed if s.seed is not None else int(torch.randint(0, 2**62, ()).item()) for s in sampling]
-    return (
-        torch.tensor([s.temperature for s in sampling], dtype=torch.float32, device=device),
-        torch.tensor([s.top_k or 0 for s in sampling], dtype=torch.int64, device=device),
-        torch.tensor([1.0 if s.top_p is None else s.top_p for s in sampling], dtype=torch.float32, device=device),
-        torch.tensor(seeds, dtype=torch.int64, device=device),
-    )
+    """(temperature, top_k, top_p, seeds), each (B,), for :func:`sample`."""
+    columns = list(zip(*(s.row() for s in sampling), strict=True))
+    dtypes = (torch.float32, torch.int64, torch.float32, torch.int64)
+    return tuple(torch.tensor(c, dtype=d, device=device) for c, d in zip(columns, dtypes, strict=True))
 
 
 # --- the loop ------------------------------------------------------------------------------------------------

@@ -174,7 +174,6 @@ class _Conversation:
 
     def _part(self, part: Any, where: str, model: bool) -> dict[str, Any]:
         if isinstance(part, Mapping) and part.get("type") in OPENAI_PART_TYPES:
-
             part = normalize_part(part, where)
         if not isinstance(part, Mapping) or "type" not in part:
             raise ChatFormatError(f"{where} must be a dict with a 'type', got {_kind_of(part)}")
@@ -197,16 +196,12 @@ class _Conversation:
     def _tool_calls(self, calls: Any, where: str, model: bool) -> list[dict[str, Any]] | None:
         if calls is None:
             return None
-        if not isinstance(calls, list | tuple):
-            raise ChatFormatError(f"{where}.tool_calls must be a list, got {type(calls).__name__}")
         out = []
-        for j, call in enumerate(calls):
-            at = f"{where}.tool_calls[{j}]"
+        for at, call in _entries(calls, f"{where}.tool_calls"):
             if not isinstance(call, Mapping):
                 raise ChatFormatError(f"{at} must be a dict, got {type(call).__name__}")
-            function = call.get(
-                "function", call
-            )  # OpenAI's {"type": "function", "function": {…}}, or {name, arguments}
+            # OpenAI's {"type": "function", "function": {…}}, or {name, arguments}
+            function = call.get("function", call)
             if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
                 raise ChatFormatError(f"{at} needs a function name (a string)")
             arguments = function.get("arguments", {})
@@ -220,11 +215,8 @@ class _Conversation:
     def _tool_responses(self, responses: Any, where: str) -> list[dict[str, Any]] | None:
         if responses is None:
             return None
-        if not isinstance(responses, list | tuple):
-            raise ChatFormatError(f"{where}.tool_responses must be a list, got {type(responses).__name__}")
         out = []
-        for j, response in enumerate(responses):
-            at = f"{where}.tool_responses[{j}]"
+        for at, response in _entries(responses, f"{where}.tool_responses"):
             if not isinstance(response, Mapping) or "response" not in response:
                 raise ChatFormatError(f"{at} must be a dict with a 'response' (and a 'name')")
             if not isinstance(response.get("name", ""), str):
@@ -245,6 +237,13 @@ class _Conversation:
                     f"'parameters': …}}}}, got {_kind_of(tool)}"
                 )
         return [self.protect.values(dict(tool)) for tool in tools]
+
+
+def _entries(value: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """``(where[j], item)`` of a list; ``ChatFormatError`` naming ``where`` for anything else."""
+    if not isinstance(value, list | tuple):
+        raise ChatFormatError(f"{where} must be a list, got {type(value).__name__}")
+    return ((f"{where}[{j}]", item) for j, item in enumerate(value))
 
 
 def render_chat(

@@ -67,9 +67,7 @@ def collate(examples: Sequence[Example], *, pad_id: int, padding_side: str = "le
         types[row, span] = torch.from_numpy(example.mm_token_type_ids.astype(np.int64))
         attention[row, span] = True
     segments = [
-        (f"example {row} audio segment {i}", a)
-        for row, e in enumerate(examples)
-        for i, a in enumerate(e.audio)
+        (f"example {row} audio segment {i}", a) for row, e in enumerate(examples) for i, a in enumerate(e.audio)
     ]
     return Batch(
         input_ids=input_ids,
