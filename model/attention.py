@@ -109,6 +109,44 @@ class Attention(nn.Module):
         )  # (B, N, 1, H)
         return self.o_proj(out.transpose(1, 2).reshape(b, 1, -1)), (k, v)
 
+    def extend(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        old: int,
+        write,
+        shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        queries: int = 0,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """A chunk of a prompt after what ``cache`` holds: x (B, T, D), cos/sin (B, T, H), mask (B, 1, T', C + T)
+        with C = ``old`` cache slots read (``model.masks.chunk_masks``) → (out (B, T', D), (k, v) (B, K, C + T, H)
+        for the layers that share them). The chunk's K/V are stored by ``write(layer, k, v)`` once the cache has
+        been read. T' = ``queries`` (the last ones) when positive, else T."""
+        if self.shared:
+            k, v = shared_kv
+        else:
+            k_new, v_new = self.key_values(x, cos, sin)  # (B, K, T, H)
+            v_old = cache.values[layer][:, :, :old]  # (B, K, C, H)
+            if layer in cache.keys:
+                k_old = cache.keys[layer][:, :, :old]
+            else:  # K=V: rebuilt from the values (full layers only: slot = position)
+                k_old = self.keys_from_values(v_old, *(t[:, :old] for t in cache.full_rope))
+            k, v = torch.cat([k_old, k_new], dim=2), torch.cat([v_old, v_new], dim=2)  # (B, K, C + T, H) copies
+            write(layer, k_new, v_new)
+        if queries:
+            x, cos, sin = x[:, -queries:], cos[:, -queries:], sin[:, -queries:]
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # (B, T', N, H)
+        q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)  # (B, N, T', H)
+        out = scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=1.0, enable_gqa=self.n_heads != k.shape[1]
+        )  # (B, N, T', H)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v)
+
     def keys_from_values(self, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """A K=V layer's keys from its values: v (B, K, C, H) normed without scale, cos/sin (1, C, H) of slots
         0 … C−1 → k (B, K, C, H), as ``key_values`` computes them (the same float32 product, then RoPE)."""

@@ -82,22 +82,38 @@ class KVCache:
 
     # --- prefill ----------------------------------------------------------------------------------------------
 
-    def fill(self, layer: int, k: torch.Tensor, v: torch.Tensor, first: torch.Tensor, count: torch.Tensor) -> None:
-        """Store a prompt's K/V: k, v (B, K, T, H) of every token; row b's real tokens are the ``count[b]`` from
-        index ``first[b]`` on (left or right padding). Each slot takes the latest position that maps to it; a
-        slot no position maps to keeps whatever it held (it is masked by position)."""
+    def write(
+        self,
+        layer: int,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        first: torch.Tensor,
+        count: torch.Tensor,
+        start: torch.Tensor | None = None,
+        stop: int | None = None,
+    ) -> None:
+        """Store a run of tokens' K/V: k, v (B, K, T, H); row b's real tokens are the ``count[b]`` from index
+        ``first[b]`` on (left or right padding), at positions ``start[b]`` … (0 … for a whole prompt). Each slot
+        takes the latest of those positions that maps to it; a slot none maps to keeps what it held (earlier
+        positions, or nothing valid: it is masked by position). ``stop``: a bound on the positions (a full layer
+        then touches slots below it only)."""
         values = self.values[layer]
-        slots = torch.arange(values.shape[2], device=values.device)  # (C,)
-        last = (count - 1)[:, None]  # (B, 1)
-        if self.config.is_full(layer):
-            positions = slots[None, :].expand(len(count), -1)  # (B, C)
+        full = self.config.is_full(layer)
+        n = min(stop, values.shape[2]) if full and stop is not None else values.shape[2]
+        slots = torch.arange(n, device=values.device)  # (n,)
+        start = torch.zeros_like(count) if start is None else start
+        begin, end = start[:, None], (start + count)[:, None]  # (B, 1): positions begin … end − 1
+        if full:
+            positions = slots[None, :].expand(len(count), -1)  # (B, n)
         else:
-            positions = last - torch.remainder(last - slots[None, :], self.window)  # latest p ≡ slot (mod W)
-        index = (first[:, None] + positions).clamp(0, k.shape[2] - 1)  # (B, C) token index; invalid slots: any
-        index = index[:, None, :, None].expand(-1, values.shape[1], -1, values.shape[3])  # (B, K, C, H)
-        values.copy_(torch.gather(v, 2, index))
-        if layer in self.keys:
-            self.keys[layer].copy_(torch.gather(k, 2, index))
+            positions = end - 1 - torch.remainder(end - 1 - slots[None, :], self.window)  # latest p ≡ slot (mod W)
+        hit = ((positions >= begin) & (positions < end))[:, None, :, None]  # (B, 1, n, 1)
+        index = (first[:, None] + positions - begin).clamp(0, k.shape[2] - 1)  # (B, n) token index
+        index = index[:, None, :, None].expand(-1, values.shape[1], -1, values.shape[3])  # (B, K, n, H)
+        for buffers, new in ((self.values, v), (self.keys, k)):
+            if layer in buffers:
+                kept = buffers[layer][:, :, :n]  # (B, K, n, H)
+                kept.copy_(torch.where(hit, torch.gather(new, 2, index), kept))
 
     # --- decoding ---------------------------------------------------------------------------------------------
 

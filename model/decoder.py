@@ -7,6 +7,7 @@ Shapes: B batch, T tokens, D model dim, L layers, P per-layer-embedding width, V
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from data_specs.media import Modality
 from .attention import Attention
 from .cache import KVCache
 from .config import TextConfig
-from .masks import banded_mask, full_mask, sliding_mask
+from .masks import banded_mask, chunk_masks, full_mask, sliding_mask
 from .moe import Experts, Router
 from .norm import RMSNorm
 from .rope import inverse_frequencies, rope_cos_sin
@@ -77,6 +78,16 @@ class DecoderLayer(nn.Module):
     def decode(self, h, cos, sin, mask, ple, cache, layer: int, positions, shared_kv=None):
         """One token per row against the cache: h (B, 1, D) → (h (B, 1, D), the (k, v) its attention read)."""
         a, kv = self.self_attn.decode(self.input_layernorm(h), cos, sin, mask, cache, layer, positions, shared_kv)
+        return self._feed_forward(h, a, ple), kv
+
+    def extend(self, h, cos, sin, mask, ple, cache, layer: int, old: int, write, shared_kv=None, rows: int = 0):
+        """A chunk of a prompt against the cache (``Attention.extend``): h (B, T, D) → (h (B, T', D), the (k, v)
+        its attention read); T' = ``rows`` (the last ones) when positive, else T."""
+        a, kv = self.self_attn.extend(
+            self.input_layernorm(h), cos, sin, mask, cache, layer, old, write, shared_kv, rows
+        )
+        if rows:
+            h = h[:, -rows:]  # (B, T', D)
         return self._feed_forward(h, a, ple), kv
 
     def _feed_forward(self, h: torch.Tensor, a: torch.Tensor, ple: torch.Tensor | None) -> torch.Tensor:
@@ -210,13 +221,98 @@ class TextDecoder(nn.Module):
             if source == i:
                 caches[i] = kv
                 if cache is not None:
-                    cache.fill(i, *kv, first, count)
+                    cache.write(i, *kv, first, count)
             if rows:
                 rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
         logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, T', V), tied (h already narrowed)
         if c.final_logit_softcap:
             logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits
+
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        bounds: Sequence[int],
+        *,
+        cache: KVCache,
+        mm_token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int = 1,
+    ) -> Iterator[torch.Tensor | None]:
+        """A prompt into ``cache`` chunk by chunk: tokens ``bounds[j]`` … ``bounds[j + 1]`` − 1 form chunk j
+        (``bounds`` from 0 to T, rising; on the "vision" presets no chunk may split an image's soft tokens, see
+        ``model.gemma4.chunk_bounds``). Each chunk attends to the cache and to itself, then is stored, so the
+        activations and masks of one chunk at a time are alive, not the whole prompt's. Yields None after each
+        chunk but the last, then the logits (B, K, V) of the last K = ``logits_to_keep`` positions (at most the
+        last chunk's length). Chunks before the last stop at the last cache-writing layer: KV-shared layers write
+        nothing, so only the last chunk runs them. Each row's cache length counts its real tokens so far after
+        every chunk (a decode step in between, as the engine runs one, writes where the next chunk overwrites)."""
+        c, t = self.config, input_ids.shape[1]
+        bounds = list(bounds)
+        if bounds[0] != 0 or bounds[-1] != t or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+            raise ValueError(f"chunk bounds must rise from 0 to the prompt length {t}, got {bounds}")
+        if not 0 < logits_to_keep <= bounds[-1] - bounds[-2]:
+            raise ValueError(
+                f"a chunked prefill keeps logits of the last chunk only ({bounds[-1] - bounds[-2]} positions), "
+                f"got logits_to_keep={logits_to_keep}"
+            )
+        x_all = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        real_all = attention_mask.bool()  # (B, T)
+        seen = real_all.long().cumsum(dim=1)  # (B, T) real tokens up to each index
+        positions_all = (seen - 1).clamp(min=0)  # (B, T)
+        before_all = seen - real_all.long()  # (B, T) real tokens before each index
+        types_all = mm_token_type_ids if c.bidirectional == "vision" else None
+        ring = min(c.sliding_window, cache.context)
+        narrow_from = c.first_shared_layer - 1  # the last cache-writing layer
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            last = b == t
+            ids, x, real = input_ids[:, a:b], x_all[:, a:b], real_all[:, a:b]  # (B, T_c …)
+            positions, start = positions_all[:, a:b], before_all[:, a]  # (B, T_c), (B,)
+            count, first = real.sum(dim=1), real.int().argmax(dim=1)  # (B,)
+            types = None if types_all is None else types_all[:, a:b]
+            masks = chunk_masks(real, positions, start, c.sliding_window, a, ring, types)
+            ple = self.per_layer_inputs(ids, x) if c.ple_dim else None  # (B, T_c, L, P)
+            rope = {
+                kind: rope_cos_sin(positions, freq, x.dtype)
+                for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
+            }
+
+            def write(layer, k, v, first=first, count=count, start=start, stop=b):
+                cache.write(layer, k, v, first, count, start, stop)
+
+            keep = logits_to_keep if last and logits_to_keep < b - a else 0
+            shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            h = x
+            for i, layer in enumerate(self.layers):
+                kind = "full" if c.is_full(i) else "sliding"
+                old = a if kind == "full" else ring
+                if not last and i == narrow_from:  # only its K/V matter here
+                    attn = layer.self_attn
+                    write(i, *attn.key_values(layer.input_layernorm(h), *rope[kind]))
+                    break
+                rows = keep if i == narrow_from else 0
+                if rows:  # from here on only the kept query rows (this layer's K/V aside)
+                    masks = {kind: m[:, :, -keep:] for kind, m in masks.items()}
+                    ple = None if ple is None else ple[:, -keep:]
+                source = c.kv_source(i)
+                layer_ple = None if ple is None else ple[:, :, i]
+                h, kv = layer.extend(
+                    h, *rope[kind], masks[kind], layer_ple, cache, i, old, write, shared.get(source), rows
+                )
+                if source == i:
+                    shared[i] = kv
+                if rows:
+                    rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
+            cache.lengths.copy_(start + count)
+            if not last:
+                yield None
+                continue
+            h = h[:, -logits_to_keep:]  # (B, K, D)
+            logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, K, V), tied
+            if c.final_logit_softcap:
+                logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+            yield logits
 
     def new_cache(
         self, batch: int, context: int, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None

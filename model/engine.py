@@ -3,17 +3,21 @@ a slot the moment its last occupant finishes, so a job's throughput follows the 
 row (spec §1.6 for the stop ids; the loop is ``model.generate``'s, with rows that come and go).
 
 Each step, every slot decodes one token (``Gemma4.decode``: fixed shapes, all rows together); a free slot runs
-too, at position 0, and its token is ignored. Between steps, waiting requests are admitted: each is prefilled
-alone, straight into its slot's rows of the shared KV cache (a one-row view of it), and its first token is sampled
-from the prefill's logits. The prefill pauses the others' decoding for its duration (no chunked prefill).
+too, at position 0, and its token is ignored. Waiting requests are admitted into free slots: each is prefilled
+alone, straight into its slot's rows of the shared KV cache (a one-row view of it), one chunk of
+``prefill_chunk`` prompt tokens between two decode steps (``Gemma4.prefill``), so a long prompt delays the
+others' next tokens by one chunk at a time, not by its whole prefill; its first token is sampled from the last
+chunk's logits. While a slot is being prefilled, the decode steps write its row at the position its next chunk
+starts at (and overwrites), and its length is kept.
 
 Sampling is per request and reproducible: ``model.generate.sample`` draws a row's noise from (its seed, its step,
 the token id), and the engine passes each row its own step (0 for a request's first new token), so a seeded
 request draws the same tokens whatever else is in the batch, whichever slot it lands in and whenever it is
 admitted; it gives exactly the tokens ``generate`` gives it alone.
 
-Host reads: the (slots,) finished flags once per step (and once more after admissions), and the tokens of a
-request once, when it finishes. Nothing loops over the vocabulary in Python.
+Host reads: the (slots,) finished flags once per step, and the tokens of a request once, when it finishes (and,
+on the presets with bidirectional image blocks, nothing more: a prompt's chunk edges are planned from its batch
+while it is still on the host). Nothing loops over the vocabulary in Python.
 
 Shapes: S slots, C the engine's context (prompt and new tokens of one request), V vocabulary, T prompt tokens.
 """
@@ -29,7 +33,7 @@ import torch
 
 from data_specs.batch import Batch
 
-from .generate import Sampling, sample
+from .generate import PREFILL_CHUNK, Sampling, check_chunk, sample
 
 __all__ = ["Completion", "Engine", "Request"]
 
@@ -91,28 +95,33 @@ class _Job:
     first: float | None = None
     count: int = 0  # new tokens so far (the device holds the same number in ``Engine._count``)
     slot: int = -1
+    prefill: Iterator | None = None  # Gemma4.prefill of its prompt, while it runs
 
 
 class Engine:
     """Continuous batching over ``slots`` rows of up to ``context`` tokens each (one KV cache, allocated once).
     ``submit`` requests (or hand ``run`` an iterable it pulls from lazily, one request per free slot), then
-    iterate ``run()``: it yields each request's :class:`Completion` as soon as it finishes."""
+    iterate ``run()``: it yields each request's :class:`Completion` as soon as it finishes. Prompts longer than
+    ``prefill_chunk`` tokens are prefilled a chunk per step (None: each in one pass)."""
 
-    def __init__(self, model, *, slots: int, context: int) -> None:
+    def __init__(self, model, *, slots: int, context: int, prefill_chunk: int | None = PREFILL_CHUNK) -> None:
         for name, value in (("slots", slots), ("context", context)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.model, self.slots, self.context = model, slots, context
+        check_chunk(prefill_chunk)
+        self.model, self.slots, self.context, self.prefill_chunk = model, slots, context, prefill_chunk
         self.device = next(model.parameters()).device
         self.cache = model.new_cache(slots, context)
         self.steps = 0  # decode steps run so far
+        self.prefill_chunks = 0  # prefill chunks run so far
         self._queue: deque[_Job] = deque()
         self._running: list[_Job | None] = [None] * slots
         zeros = torch.zeros(slots, dtype=torch.int64, device=self.device)
         self._tokens = zeros.clone()  # (S,) each slot's last token: the next step's input
         self._count = zeros.clone()  # (S,) new tokens so far = the sampling step of the next one
         self._limit = zeros.clone()  # (S,) max_new_tokens
-        self._active = torch.zeros(slots, dtype=torch.bool, device=self.device)  # (S,)
+        self._active = torch.zeros(slots, dtype=torch.bool, device=self.device)  # (S,) decoding
+        self._filling = torch.zeros(slots, dtype=torch.bool, device=self.device)  # (S,) being prefilled
         # (S,) each: temperature, top_k (0: all), top_p (1: all), seed, as sample() takes them
         self._sampling = (
             torch.zeros(slots, dtype=torch.float32, device=self.device),
@@ -162,20 +171,23 @@ class Engine:
             self._admit(pending)
             if all(job is None for job in self._running):
                 return
+            self._advance()
             done = self._finished().tolist()  # the one read per step: it waits for the device
             now = time.perf_counter()
-            for job in self._running:
-                if job is not None and job.first is None:
+            decoding = [job for job in self._running if job is not None and job.prefill is None]
+            for job in decoding:
+                if job.first is None:
                     job.first = now
             slots = [slot for slot, flag in enumerate(done) if flag]
             if slots:
                 yield from self._release(slots, now)
                 continue  # refill the freed slots before the next step
-            self._step()
+            if decoding:
+                self._step()
 
     def _admit(self, pending: Iterator[Request]) -> None:
-        """Fill free slots from the queue, then from ``pending``: each newcomer's prefill writes its slot's cache
-        rows, and its first token (step 0) is sampled from the prefill's last logits."""
+        """Fill free slots from the queue, then from ``pending``: each newcomer's prefill is set up to write its
+        slot's cache rows (``_advance`` runs it)."""
         for slot in range(self.slots):
             if self._running[slot] is not None:
                 continue
@@ -185,20 +197,37 @@ class Engine:
                     return
                 self.submit(request)
             job = self._queue.popleft()
-            job.slot, job.admitted, job.count = slot, time.perf_counter(), 1
+            job.slot, job.admitted, job.count = slot, time.perf_counter(), 0
             self._running[slot] = job
             for column, value in zip(self._sampling, job.settings, strict=True):
                 column[slot] = value
             self._set_stop(slot, job.stop)
-            batch = job.batch.to(self.device)
-            logits = self.model(batch, logits_to_keep=1, cache=self.cache.row(slot))[:, -1]  # (1, V)
-            rows = slice(slot, slot + 1)
-            first = sample(logits, *(column[rows] for column in self._sampling), 0)  # (1,)
+            chunk, prompt = self.prefill_chunk, job.batch.input_ids.shape[1]
+            bounds = self.model.chunk_bounds(job.batch, chunk) if chunk and prompt > chunk else None  # on the host
+            row = self.cache.row(slot)
+            row.lengths.zero_()
+            job.prefill = self.model.prefill(job.batch.to(self.device), row, chunk=chunk, bounds=bounds)
+            self._filling[slot] = True
+
+    def _advance(self) -> None:
+        """One prefill chunk of every slot being prefilled; a slot whose prefill ends samples its first token
+        (step 0) from the last logits and starts decoding."""
+        for job in self._running:
+            if job is None or job.prefill is None:
+                continue
+            logits = next(job.prefill)  # None until the last chunk
+            self.prefill_chunks += 1
+            if logits is None:
+                continue
+            slot, rows = job.slot, slice(job.slot, job.slot + 1)
+            job.prefill, job.count = None, 1
+            first = sample(logits[:, -1], *(column[rows] for column in self._sampling), 0)  # (1,)
             self._tokens[rows] = first
             self._out[rows, 0] = first
             self._count[slot] = 1
             self._limit[slot] = job.request.max_new_tokens
             self._active[slot] = True
+            self._filling[slot] = False
 
     def _set_stop(self, slot: int, stop: tuple[int, ...]) -> None:
         if len(stop) > self._stop.shape[1]:  # widen the table (rare: a request with more stop ids than any so far)
@@ -215,16 +244,18 @@ class Engine:
         return self._active & (stopped | (self._count >= self._limit))
 
     def _step(self) -> None:
-        """One token for every slot; a free slot decodes at position 0 (so it never runs past the context)."""
-        self.cache.lengths.masked_fill_(~self._active, 0)
+        """One token for every slot; a free slot decodes at position 0 (so it never runs past the context), a slot
+        being prefilled at the position its next chunk starts at, and keeps its length."""
+        self.cache.lengths.masked_fill_(~(self._active | self._filling), 0)
         logits = self.model.decode(self._tokens[:, None], self.cache)[:, -1]  # (S, V)
+        self.cache.lengths.sub_(self._filling.long())
         # per-row steps: sample's noise is a function of (seed, step, token id), elementwise in the step
         tokens = sample(logits, *self._sampling, self._count)  # (S,)
         self._out.scatter_(1, self._count.clamp(max=self.context - 1)[:, None], tokens[:, None])
         self._tokens.copy_(tokens)
         self._count.add_(self._active)
         for job in self._running:
-            if job is not None:
+            if job is not None and job.prefill is None:
                 job.count += 1
         self.steps += 1
 

@@ -16,6 +16,9 @@ Shapes: B batch, T tokens, D text width, N soft tokens of all media together.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,7 +37,31 @@ class TokenIdError(ValueError):
     """A batch holds token ids beyond the checkpoint's vocabulary (it was made with another tokenizer)."""
 
 
-__all__ = ["Gemma4", "MediaCountError", "TokenIdError"]
+__all__ = ["Gemma4", "MediaCountError", "TokenIdError", "chunk_bounds"]
+
+
+def chunk_bounds(length: int, chunk: int, types: np.ndarray | None = None) -> list[int]:
+    """Chunk edges of a prompt of ``length`` tokens for a chunked prefill: 0, …, ``length``, about ``chunk``
+    apart. With ``types`` (B, T) token types on the host, no edge falls inside a run of image or video soft
+    tokens of any row (such a run attends to itself both ways): an edge moves back to the run's start, or,
+    for a run longer than ``chunk``, forward to its end."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"prefill chunk must be a positive number of tokens, got {chunk!r}")
+    if types is None:
+        return [*range(0, length, chunk), length]
+    vision = (types == Modality.IMAGE) | (types == Modality.VIDEO)  # (B, T)
+    inside = np.zeros(length + 1, dtype=bool)  # edge e splits a run: tokens e − 1 and e both vision, some row
+    inside[1:length] = (vision[:, :-1] & vision[:, 1:]).any(axis=0)
+    safe = np.flatnonzero(~inside)  # rising, holds 0 and length
+    bounds = [0]
+    while bounds[-1] < length:
+        target = bounds[-1] + chunk
+        if target >= length:
+            bounds.append(length)
+            continue
+        before = safe[(safe > bounds[-1]) & (safe <= target)]
+        bounds.append(int(before[-1]) if len(before) else int(safe[safe > target][0]))
+    return bounds
 
 
 class Gemma4(nn.Module):
@@ -86,12 +113,7 @@ class Gemma4(nn.Module):
                 f"Gemma4.forward takes a data_specs.batch.Batch (collate(...), Batch.from_hf(**processor_output) "
                 f"or Batch.from_ids(ids)), got {type(batch).__name__}"
             )
-        self._check_ids(batch)
-        types = batch.mm_token_type_ids
-        placeholders = types != Modality.TEXT  # (B, T)
-        text_ids = batch.input_ids.masked_fill(placeholders, self.config.tokens.pad)  # (B, T)
-        x = self.language_model.embed(text_ids)  # (B, T, D)
-        x = self._merge(x, types, placeholders, batch)
+        text_ids, types, x = self._inputs(batch)
         return self.language_model(
             text_ids,
             attention_mask=batch.attention_mask,
@@ -102,6 +124,37 @@ class Gemma4(nn.Module):
             vision_span=batch.vision_span,
             cache=cache,
         )
+
+    def prefill(
+        self, batch: Batch, cache: KVCache, *, chunk: int | None, logits_to_keep: int = 1, bounds=None
+    ) -> Iterator[torch.Tensor | None]:
+        """``batch``'s prompt into ``cache`` (as many rows), its media encoded once, in chunks of about ``chunk``
+        tokens (None: one pass): yields None after each chunk but the last, then the logits (B, K, V) of the
+        last K = ``logits_to_keep`` positions. ``bounds`` (from :func:`chunk_bounds`) may be planned beforehand
+        from the batch on the host; otherwise they are planned here, which reads the token types back when the
+        preset attends bidirectionally inside images and the batch has any."""
+        t = batch.input_ids.shape[1]
+        if chunk is None or t <= chunk:
+            yield self(batch, logits_to_keep=logits_to_keep, cache=cache)
+            return
+        if bounds is None:
+            bounds = self.chunk_bounds(batch, chunk)
+        text_ids, types, x = self._inputs(batch)
+        yield from self.language_model.prefill(
+            text_ids,
+            batch.attention_mask,
+            bounds,
+            cache=cache,
+            mm_token_type_ids=types,
+            inputs_embeds=x,
+            logits_to_keep=logits_to_keep,
+        )
+
+    def chunk_bounds(self, batch: Batch, chunk: int) -> list[int]:
+        """:func:`chunk_bounds` of ``batch`` for this model (its image blocks matter on the "vision" presets)."""
+        vision = self.config.text.bidirectional == "vision" and bool(batch.vision_span)
+        types = batch.mm_token_type_ids.cpu().numpy() if vision else None
+        return chunk_bounds(batch.input_ids.shape[1], chunk, types)
 
     def new_cache(self, batch: int, context: int, **kwargs) -> KVCache:
         """An empty KV cache for ``batch`` rows of up to ``context`` tokens (see ``TextDecoder.new_cache``)."""
@@ -121,6 +174,16 @@ class Gemma4(nn.Module):
                 "tokens: the batch was made with another tokenizer (load_pretrained(path, tokenizer=...) checks "
                 "a tokenizer against the checkpoint)"
             )
+
+    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(text ids with the pad id at placeholders (B, T), token types (B, T), embeddings with every soft token
+        in place (B, T, D))."""
+        self._check_ids(batch)
+        types = batch.mm_token_type_ids
+        placeholders = types != Modality.TEXT  # (B, T)
+        text_ids = batch.input_ids.masked_fill(placeholders, self.config.tokens.pad)  # (B, T)
+        x = self.language_model.embed(text_ids)  # (B, T, D)
+        return text_ids, types, self._merge(x, types, placeholders, batch)
 
     def _merge(self, x: torch.Tensor, types: torch.Tensor, placeholders: torch.Tensor, batch: Batch) -> torch.Tensor:
         """x (B, T, D) with every placeholder position replaced by its soft token, in one pass and without reading

@@ -23,9 +23,13 @@ import torch
 
 from data_specs.batch import Batch
 
-__all__ = ["Generation", "Sampling", "generate", "sample", "stream"]
+__all__ = ["PREFILL_CHUNK", "Generation", "Sampling", "generate", "sample", "stream"]
 
 _M32 = 0xFFFFFFFF
+
+# Prompt tokens per prefill chunk by default: long prompts are prefilled in pieces of this size, so a prefill's
+# activations and masks stay those of one chunk (the KV cache holds the whole prompt in any case).
+PREFILL_CHUNK = 2048
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +73,14 @@ class Generation:
     prompt_tokens: int
     prefill_s: float
     decode_s: float
+
+
+def check_chunk(prefill_chunk: int | None) -> None:
+    """Refuse a prefill chunk that is not None or a positive number of tokens."""
+    if prefill_chunk is not None and (
+        isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1
+    ):
+        raise ValueError(f"prefill_chunk must be a positive number of tokens or None, got {prefill_chunk!r}")
 
 
 # --- sampling ------------------------------------------------------------------------------------------------
@@ -128,15 +140,25 @@ def _settings(sampling: Sequence[Sampling], device) -> tuple[torch.Tensor, ...]:
 # --- the loop ------------------------------------------------------------------------------------------------
 
 
-def _steps(model, batch: Batch, max_new_tokens: int, sampling: Sequence[Sampling], stop: torch.Tensor, timings: dict):
+def _steps(
+    model,
+    batch: Batch,
+    max_new_tokens: int,
+    sampling: Sequence[Sampling],
+    stop: torch.Tensor,
+    timings: dict,
+    prefill_chunk: int | None,
+):
     """Yield (step, tokens (B,), finished (B,)) on the device, from the prefill's token on."""
     rows, prompt = batch.input_ids.shape
     device = next(model.parameters()).device
+    bounds = model.chunk_bounds(batch, prefill_chunk) if prefill_chunk and prompt > prefill_chunk else None
     batch = batch.to(device)  # uint8 patches become x/255 there; a batch already there is kept as it is
     settings = _settings(sampling, device)
     started = time.perf_counter()
     cache = model.new_cache(rows, prompt + max_new_tokens)
-    logits = model(batch, logits_to_keep=1, cache=cache)[:, -1]  # (B, V)
+    *_, logits = model.prefill(batch, cache, chunk=prefill_chunk, bounds=bounds)
+    logits = logits[:, -1]  # (B, V)
     finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
     pad = model.config.tokens.pad
     greedy = all(s.temperature == 0 for s in sampling)  # then the argmax alone: no sort, no noise
@@ -152,9 +174,10 @@ def _steps(model, batch: Batch, max_new_tokens: int, sampling: Sequence[Sampling
     timings["decode_s"] = time.perf_counter() - started - timings.get("prefill_s", 0.0)
 
 
-def _prepare(model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, sampling):
+def _prepare(model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, sampling, prefill_chunk):
     if not isinstance(batch, Batch):
         raise TypeError(f"generate takes a data_specs.batch.Batch, got {type(batch).__name__}")
+    check_chunk(prefill_chunk)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     rows = batch.input_ids.shape[0]
@@ -179,17 +202,21 @@ def generate(
     stop_ids: Sequence[int] | None = None,
     sampling: Sequence[Sampling] | None = None,
     check_every: int = 8,
+    prefill_chunk: int | None = PREFILL_CHUNK,
 ) -> list[Generation]:
     """New tokens for every row of ``batch`` (moved to the model's device if it is not there). ``stop_ids`` None
     means the checkpoint's (``config.tokens.stop_ids``), ``()`` none. ``sampling`` gives each row its own settings
     instead of the shared keyword ones. Stops early once every row has finished (checked every ``check_every``
-    steps)."""
-    sampling, stop = _prepare(model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, sampling)
+    steps). A prompt longer than ``prefill_chunk`` tokens is prefilled in chunks of about that many (None: in
+    one pass), which bounds the prefill's memory by the chunk instead of the prompt."""
+    sampling, stop = _prepare(
+        model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, sampling, prefill_chunk
+    )
     rows = batch.input_ids.shape[0]
     out = torch.full((rows, max_new_tokens), model.config.tokens.pad, dtype=torch.int64, device=stop.device)
     timings: dict[str, float] = {}
     ended = torch.full((rows,), max_new_tokens, dtype=torch.int64, device=stop.device)  # tokens kept per row
-    for step, tokens, finished in _steps(model, batch, max_new_tokens, sampling, stop, timings):
+    for step, tokens, finished in _steps(model, batch, max_new_tokens, sampling, stop, timings, prefill_chunk):
         out[:, step] = tokens
         ended = torch.where(finished & (ended == max_new_tokens), step + 1, ended)
         if (step + 1) % check_every == 0 and bool(finished.all()):
@@ -221,12 +248,15 @@ def stream(
     seed: int | None = None,
     stop_ids: Sequence[int] | None = None,
     sampling: Sequence[Sampling] | None = None,
+    prefill_chunk: int | None = PREFILL_CHUNK,
 ) -> Iterator[list[int | None]]:
     """``generate`` one step at a time: yields each step's new token per row (None for a row that had already
     finished), until every row has finished or the limit is reached."""
-    sampling, stop = _prepare(model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, sampling)
+    sampling, stop = _prepare(
+        model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, sampling, prefill_chunk
+    )
     done = [False] * batch.input_ids.shape[0]
-    for _, tokens, finished in _steps(model, batch, max_new_tokens, sampling, stop, {}):
+    for _, tokens, finished in _steps(model, batch, max_new_tokens, sampling, stop, {}, prefill_chunk):
         values = tokens.tolist()
         yield [None if was else value for was, value in zip(done, values, strict=True)]
         done = finished.tolist()

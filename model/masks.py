@@ -17,7 +17,7 @@ import torch
 
 from data_specs.media import Modality
 
-__all__ = ["vision_blocks", "full_mask", "sliding_mask", "BandedMask", "banded_mask"]
+__all__ = ["vision_blocks", "full_mask", "sliding_mask", "chunk_masks", "BandedMask", "banded_mask"]
 
 
 def vision_blocks(mm_token_type_ids: torch.Tensor) -> torch.Tensor:
@@ -58,6 +58,49 @@ def sliding_mask(
         same = (query_blocks == blocks[:, None, :]) & (query_blocks >= 0)  # (B, T, S)
         allowed = allowed | same
     return _finish(allowed & recent[None], attention_mask.bool())
+
+
+def chunk_masks(
+    real: torch.Tensor,
+    positions: torch.Tensor,
+    start: torch.Tensor,
+    window: int,
+    full_slots: int,
+    ring_slots: int,
+    mm_token_type_ids: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Masks of one chunk of a prompt against the cache and itself (keys: the cache's slots, then the chunk's
+    tokens). real (B, T) bool and positions (B, T) of the chunk's tokens; start (B,) each row's real tokens
+    before the chunk (held in the cache); ``full_slots`` full-layer slots (slot = position) and ``ring_slots``
+    sliding slots (slot = position mod W) are read. A chunk never splits a vision block, so the bidirectional
+    part (``mm_token_type_ids``, the chunk's) stays inside the chunk. → {"full": (B, 1, T, F + T), "sliding":
+    (B, 1, T, R + T)}."""
+    t = real.shape[1]
+    index = torch.arange(t, device=real.device)
+    q = positions[:, :, None]  # (B, T, 1) query positions
+    causal = (index[None, :] <= index[:, None])[None] & real[:, None, :]  # (B, T, T) chunk keys
+    recent = q - positions[:, None, :] < window  # (B, T, T)
+    seen = causal
+    if mm_token_type_ids is not None:
+        blocks = vision_blocks(mm_token_type_ids)  # (B, T)
+        same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)  # (B, T, T)
+        seen = causal | (same & real[:, None, :])
+    sliding_new = seen & recent
+    slots = torch.arange(full_slots, device=real.device)
+    full_old = (slots[None, :] < start[:, None])[:, None, :].expand(-1, t, -1)  # (B, T, F)
+    ring = torch.arange(ring_slots, device=real.device)
+    last = (start - 1)[:, None]  # (B, 1) the latest position held
+    held = last - torch.remainder(last - ring[None, :], window)  # (B, R) the position each ring slot holds
+    sliding_old = (held >= 0)[:, None, :] & (q - held[:, None, :] < window)  # (B, T, R)
+    return {
+        "full": _open(torch.cat([full_old, causal], dim=-1)),
+        "sliding": _open(torch.cat([sliding_old, sliding_new], dim=-1)),
+    }
+
+
+def _open(allowed: torch.Tensor) -> torch.Tensor:
+    """(B, T, S) → (B, 1, T, S), rows with no key opened (padding: output unused)."""
+    return (allowed | ~allowed.any(dim=-1, keepdim=True))[:, None]
 
 
 def _positions(attention_mask: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:

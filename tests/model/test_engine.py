@@ -196,6 +196,8 @@ def test_a_prefill_through_a_row_view_fills_only_that_slot():
         t.fill_(7.0)
     big.lengths.fill_(5)
     small = model.new_cache(1, 20)
+    for t in (*small.keys.values(), *small.values.values()):
+        t.fill_(7.0)  # slots the prompt does not reach keep what they held, in both
     batch = left_padded([PROMPTS[2]])
     with torch.no_grad():
         model(batch, logits_to_keep=1, cache=big.row(1))
