@@ -10,6 +10,11 @@ checkpoints store for KV-shared layers are unused and skipped. The model is buil
 tensors are taken straight from the memory-mapped safetensors files (``assign=True``), so peak memory stays near
 the size of the weights.
 
+The dtype left unsaid is bfloat16 on an accelerator and float32 on the CPU (:func:`default_dtype`): float16
+overflows in Gemma's activations (transformers #36822), and CPUs compute bfloat16 slowly. ``dtype="checkpoint"``
+keeps the checkpoint's own. ``ple_on_host=True`` keeps the per-layer-embedding table (E2B/E4B) in host memory,
+memory-mapped from the file, while every other weight goes to the device (:class:`model.host.HostEmbedding`).
+
 :func:`check_tokenizer` compares a tokenizer's control ids and vocabulary size with a checkpoint's config. The
 tokenizer is duck-typed (``.special`` with the control ids by role, ``.vocab_size``): the model never imports
 the front end.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
@@ -40,12 +46,14 @@ from .config import (
     interleaved_layer_types,
 )
 from .decoder import TextDecoder
+from .host import HostEmbedding
 
 __all__ = [
     "CheckpointError",
     "DTYPES",
     "TokenizerMismatchError",
     "check_tokenizer",
+    "default_dtype",
     "load_config",
     "load_pretrained",
     "load_text_decoder",
@@ -78,7 +86,7 @@ class TokenizerMismatchError(ValueError):
         super().__init__(f"{source} does not match the checkpoint config: {listed}")
 
 
-# Names accepted for ``dtype`` (besides a ``torch.dtype``).
+# Names accepted for ``dtype`` (besides a ``torch.dtype``, None for :func:`default_dtype` and "checkpoint").
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -88,13 +96,35 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 
+KEEP = "checkpoint"  # ``dtype=KEEP``: the checkpoint's own dtype, tensor by tensor
 
-def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """The dtype the loaders use when none is given: float32 on the CPU (and the meta device), bfloat16 on any
+    accelerator (CUDA, MPS, XPU …), never float16 (it overflows in Gemma's activations, transformers #36822)."""
+    return torch.float32 if torch.device(device).type in ("cpu", "meta") else torch.bfloat16
+
+
+def _dtype(dtype: str | torch.dtype | None, device: str | torch.device, directory: Path) -> torch.dtype | None:
+    """The dtype to load ``directory`` in; None keeps the checkpoint's."""
+    if dtype is None:
+        return default_dtype(device)
+    if isinstance(dtype, str) and dtype == KEEP:
+        return None
     if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ValueError(f"dtype {dtype!r} is not a torch.dtype or one of the names {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(
+            f"dtype {dtype!r} is not a torch.dtype or one of the names {', '.join(DTYPES)}, {KEEP!r} (the "
+            "checkpoint's own) or None (bfloat16 on an accelerator, float32 on the CPU)"
+        )
+    if dtype == torch.float16:
+        warnings.warn(
+            f"loading {os.fspath(directory)!r} in float16: Gemma's activations overflow float16 (transformers "
+            "#36822); bfloat16 (the default on an accelerator) has float32's range",
+            stacklevel=3,
+        )
+    return dtype
 
 
 def check_tokenizer(config: ModelConfig, tokenizer: Any) -> None:
@@ -189,16 +219,20 @@ def load_config(directory: str | os.PathLike) -> ModelConfig:
 
 
 def load_text_decoder(
-    directory: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
+    directory: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    ple_on_host: bool = False,
 ) -> TextDecoder:
     """Build the text decoder of a checkpoint directory (``config.json`` + safetensors) and load its weights.
 
-    ``dtype``: a ``torch.dtype``, one of the names in :data:`DTYPES` ("bfloat16", "bf16" …), or ``None`` to keep
-    the checkpoint's own."""
-    directory, dtype = Path(directory), _dtype(dtype)
+    ``dtype`` and ``ple_on_host`` as for :func:`load_pretrained`."""
+    directory = Path(directory)
+    dtype = _dtype(dtype, device, directory)
     config = text_from_hf(_config(directory))
     with torch.device("meta"):
-        model = TextDecoder(config)
+        model = TextDecoder(config, ple_on_host=ple_on_host)
     text, _, _ = _partition(read_safetensors(directory, dtype), config)  # towers and the rest: not ours here
     return _assign(model, text, directory, device)
 
@@ -209,28 +243,41 @@ def load_pretrained(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
     tokenizer: Any = None,
+    ple_on_host: bool = False,
 ):
     """The whole model (:class:`model.gemma4.Gemma4`) of a checkpoint directory: the text decoder and whichever
     towers its ``config.json`` describes. Text-only (``Gemma4ForCausalLM``) checkpoints load too.
 
-    ``dtype``: a ``torch.dtype``, one of the names in :data:`DTYPES` ("bfloat16", "bf16" …), or ``None`` to keep
-    the checkpoint's own. ``tokenizer``: if given, checked against the config (:func:`check_tokenizer`) before
-    any weight is read."""
+    ``dtype``: a ``torch.dtype`` or one of the names in :data:`DTYPES` ("bfloat16", "bf16" …); None (the
+    default) is :func:`default_dtype` of ``device``: bfloat16 on an accelerator, float32 on the CPU;
+    ``"checkpoint"`` keeps the checkpoint's own. float16 is loaded, with a warning: it overflows in Gemma.
+
+    ``ple_on_host``: keep the per-layer-embedding table (``embed_tokens_per_layer``, 2.3 B of E2B's 5.1 B
+    parameters) in host memory, memory-mapped from the safetensors file, not copied, while every other weight
+    goes to ``device``; each forward and decode step then gathers the current tokens' rows on the host and sends
+    those (reading the ids on the host: a device→host copy per step; :meth:`TextDecoder.per_layer_inputs`). If
+    ``dtype`` differs from the checkpoint's, the table is converted in host RAM (a copy in the new dtype): pass
+    the checkpoint's dtype (or ``"checkpoint"``) to keep it mapped. ``model.to(...)`` leaves the table where it
+    is (:class:`model.host.HostEmbedding`). A checkpoint without per-layer embeddings ignores the option.
+
+    ``tokenizer``: if given, checked against the config (:func:`check_tokenizer`) before any weight is read."""
     from .gemma4 import Gemma4
 
-    directory, dtype = Path(directory), _dtype(dtype)
+    directory = Path(directory)
+    dtype = _dtype(dtype, device, directory)
     config = model_from_hf(_config(directory))
     if tokenizer is not None:
         check_tokenizer(config, tokenizer)
     with torch.device("meta"):
-        model = Gemma4(config)
+        model = Gemma4(config, ple_on_host=ple_on_host)
     text, towers, stray = _partition(read_safetensors(directory, dtype), config.text)
     weights = {f"language_model.{k}": v for k, v in text.items()} | towers | stray  # stray: reported unexpected
     return _assign(model, weights, directory, device)
 
 
 def _assign(model: torch.nn.Module, weights: dict[str, torch.Tensor], directory: Path, device) -> torch.nn.Module:
-    """Check names and shapes, then take the tensors as the model's own (no copy unless device/dtype change)."""
+    """Check names and shapes, then take the tensors as the model's own (no copy unless device/dtype change).
+    The tables of :class:`~model.host.HostEmbedding` modules stay where they were read: in host memory."""
     expected = dict(model.state_dict())
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -244,7 +291,8 @@ def _assign(model: torch.nn.Module, weights: dict[str, torch.Tensor], directory:
             f"{os.fspath(directory)!r} does not fit its config: missing {missing}, unexpected {unexpected}, "
             f"wrong shapes {wrong}"
         )
-    model.load_state_dict({k: weights[k].to(device) for k in expected}, assign=True)
+    host = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, HostEmbedding)}
+    model.load_state_dict({k: weights[k] if k in host else weights[k].to(device) for k in expected}, assign=True)
     model.reset_buffers(device)  # non-persistent buffers (RoPE frequencies) were built on meta
     return model.eval()
 

@@ -18,6 +18,7 @@ from data_specs.media import Modality
 from .attention import Attention
 from .cache import KVCache
 from .config import TextConfig
+from .host import HostEmbedding
 from .masks import banded_mask, chunk_masks, full_mask, sliding_mask
 from .moe import Experts, Router
 from .norm import RMSNorm
@@ -114,23 +115,34 @@ class DecoderLayer(nn.Module):
 
 
 class TextDecoder(nn.Module):
-    """Token ids → logits. ``forward(input_ids, attention_mask, mm_token_type_ids=None, inputs_embeds=None)``."""
+    """Token ids → logits. ``forward(input_ids, attention_mask, mm_token_type_ids=None, inputs_embeds=None)``.
 
-    def __init__(self, config: TextConfig) -> None:
+    ``ple_on_host``: keep the per-layer-embedding table (``embed_tokens_per_layer``) in host memory, a
+    :class:`~model.host.HostEmbedding` that ``.to(device)`` does not move, while everything else goes to the
+    device; only the rows of the current tokens are sent there (see :meth:`per_layer_inputs`). Ignored by a
+    config without per-layer embeddings. The first parameter (``embed_tokens``) is always on the compute device."""
+
+    def __init__(self, config: TextConfig, *, ple_on_host: bool = False) -> None:
         super().__init__()
         self.config = config
         d = config.d_model
-        self.embed_tokens = nn.Embedding(config.vocab_size, d)
+        self.embed_tokens = nn.Embedding(config.vocab_size, d)  # first: next(parameters()) names the device
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(d, config.rms_eps)
         if config.ple_dim:
             p, n = config.ple_dim, config.n_layers
-            self.embed_tokens_per_layer = nn.Embedding(config.ple_vocab_size, n * p)
+            table = HostEmbedding if ple_on_host else nn.Embedding
+            self.embed_tokens_per_layer = table(config.ple_vocab_size, n * p)
             self.per_layer_model_projection = nn.Linear(d, n * p, bias=False)
             self.per_layer_projection_norm = RMSNorm(p, config.rms_eps)
         self.register_buffer("sliding_freq", torch.empty(config.head_dim // 2), persistent=False)
         self.register_buffer("full_freq", torch.empty(config.global_head_dim // 2), persistent=False)
         self.reset_buffers()
+
+    @property
+    def ple_on_host(self) -> bool:
+        """Whether the per-layer-embedding table stays in host memory (a :class:`~model.host.HostEmbedding`)."""
+        return isinstance(getattr(self, "embed_tokens_per_layer", None), HostEmbedding)
 
     def reset_buffers(self, device: str | torch.device | None = None) -> None:
         """(Re)compute the non-persistent RoPE frequencies, e.g. after building on the meta device."""
@@ -149,10 +161,16 @@ class TextDecoder(nn.Module):
         return self.embed_tokens(input_ids).mul_(torch.tensor(math.sqrt(self.config.d_model), dtype=weight.dtype))
 
     def per_layer_inputs(self, input_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and the final input embeddings (B, T, D) → (B, T, L, P) per-layer embeddings (spec §2.3)."""
+        """(B, T) int64 ids and the final input embeddings (B, T, D) → (B, T, L, P) per-layer embeddings in x's
+        dtype (spec §2.3).
+
+        With the table on the host (``ple_on_host``), the ids are copied to the host, which on an accelerator
+        waits for the work queued before (the one device→host read this option adds, at every prefill and every
+        decode step); the (B, T, L·P) rows gathered there are sent to the device without waiting."""
         c = self.config
         b, t = input_ids.shape
-        table = self.embed_tokens_per_layer(input_ids) * math.sqrt(c.ple_dim)  # (B, T, L·P)
+        rows = self.embed_tokens_per_layer(input_ids).to(x.dtype)  # (B, T, L·P); a host table may keep its dtype
+        table = rows * math.sqrt(c.ple_dim)  # (B, T, L·P)
         table = table.view(b, t, c.n_layers, c.ple_dim)  # (B, T, L, P)
         context = self.per_layer_model_projection(x) * c.d_model**-0.5  # (B, T, L·P)
         context = self.per_layer_projection_norm(context.view(b, t, c.n_layers, c.ple_dim))  # (B, T, L, P)
@@ -327,7 +345,8 @@ class TextDecoder(nn.Module):
 
     def decode(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One new token per row after what ``cache`` holds: input_ids (B, 1) → logits (B, 1, V); each row's
-        length grows by one. Shapes are the same at every step, and nothing is read back from the device."""
+        length grows by one. Shapes are the same at every step, and nothing is read back from the device (but
+        the ids, when the per-layer-embedding table is on the host: :meth:`per_layer_inputs`)."""
         c = self.config
         positions = cache.lengths  # (B,) the new tokens' positions
         x = self.embed(input_ids)  # (B, 1, D)

@@ -65,13 +65,16 @@ def chunk_bounds(length: int, chunk: int, types: np.ndarray | None = None) -> li
 
 
 class Gemma4(nn.Module):
-    """A :class:`Batch` → logits. Submodule names follow the checkpoint layout below ``model.``."""
+    """A :class:`Batch` → logits. Submodule names follow the checkpoint layout below ``model.``.
 
-    def __init__(self, config: ModelConfig) -> None:
+    ``ple_on_host``: keep the text decoder's per-layer-embedding table in host memory (see
+    :class:`~model.decoder.TextDecoder`); ignored without per-layer embeddings."""
+
+    def __init__(self, config: ModelConfig, *, ple_on_host: bool = False) -> None:
         super().__init__()
         self.config = config
         d = config.text.d_model
-        self.language_model = TextDecoder(config.text)
+        self.language_model = TextDecoder(config.text, ple_on_host=ple_on_host)  # first: holds the first parameter
         self.vision_tower = self.embed_vision = self.audio_tower = self.embed_audio = None
         if config.vision is not None:
             self.vision_tower = VisionEncoder(config.vision)

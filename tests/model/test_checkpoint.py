@@ -1,9 +1,11 @@
-"""The checkpoint module: config.json translation both ways (against the reference), dtype names, and the
-tokenizer/checkpoint agreement check."""
+"""The checkpoint module: config.json translation both ways (against the reference), dtype names and the default
+dtype, and the tokenizer/checkpoint agreement check."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import warnings
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from model.checkpoint import (
     TokenizerMismatchError,
     audio_from_hf,
     check_tokenizer,
+    default_dtype,
     load_config,
     load_pretrained,
     load_text_decoder,
@@ -75,7 +78,7 @@ def test_bad_config_json():
         audio_from_hf({"hidden_act": "gelu"})
 
 
-# --- dtype names --------------------------------------------------------------------------------------------
+# --- dtype names and the default -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +95,64 @@ def tiny_checkpoint(tmp_path_factory):
     [
         ("float32", torch.float32),
         ("bf16", torch.bfloat16),
-        ("float16", torch.float16),
         (torch.bfloat16, torch.bfloat16),
+        (None, torch.float32),
+        ("checkpoint", torch.float32),
     ],
 )
 def test_dtype_names_and_dtypes_are_accepted(tiny_checkpoint, dtype, expected):
-    model = load_pretrained(tiny_checkpoint, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of these warns
+        model = load_pretrained(tiny_checkpoint, dtype=dtype)
     assert {p.dtype for p in model.parameters()} == {expected}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "fp16", torch.float16])
+def test_float16_loads_with_a_warning_naming_the_checkpoint(tiny_checkpoint, dtype):
+    with pytest.warns(
+        UserWarning, match=re.escape(str(tiny_checkpoint)) + ".* float16: .*transformers #36822"
+    ) as caught:
+        model = load_pretrained(tiny_checkpoint, dtype=dtype)
+    assert caught[0].filename == __file__  # points at the caller's line
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    with pytest.warns(UserWarning, match=re.escape(str(tiny_checkpoint))):
+        load_text_decoder(tiny_checkpoint, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        (torch.device("cuda"), torch.bfloat16),
+        ("cuda:1", torch.bfloat16),
+        ("mps", torch.bfloat16),
+        ("xpu", torch.bfloat16),
+        (torch.device("cpu"), torch.float32),
+        ("meta", torch.float32),
+    ],
+)
+def test_default_dtype_is_bfloat16_on_accelerators_and_float32_on_the_cpu(device, expected):
+    assert default_dtype(device) == expected
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tmp_path_factory):
+    """The tiny multimodal checkpoint saved in bfloat16, and as a text decoder."""
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-e2b-bf16")
+    save_pretrained(Gemma4(PRESETS["tiny-e2b"]).to(torch.bfloat16), directory / "model")
+    save_text_decoder(TextDecoder(PRESETS["tiny-e2b"].text).to(torch.bfloat16), directory / "text")
+    return directory
+
+
+def test_a_bfloat16_checkpoint_loads_in_float32_on_the_cpu_unless_kept(bf16_checkpoint):
+    default = load_pretrained(bf16_checkpoint / "model")
+    kept = load_pretrained(bf16_checkpoint / "model", dtype="checkpoint")
+    assert {t.dtype for t in default.state_dict().values()} == {torch.float32}
+    assert {t.dtype for t in kept.state_dict().values()} == {torch.bfloat16}
+    assert all(torch.equal(a, b.float()) for a, b in zip(default.parameters(), kept.parameters(), strict=True))
+    assert {p.dtype for p in load_text_decoder(bf16_checkpoint / "text").parameters()} == {torch.float32}
+    kept_text = load_text_decoder(bf16_checkpoint / "text", dtype="checkpoint", ple_on_host=True)
+    assert {p.dtype for p in kept_text.parameters()} == {torch.bfloat16}
 
 
 def test_text_decoder_takes_dtype_names(tmp_path):
@@ -108,9 +162,11 @@ def test_text_decoder_takes_dtype_names(tmp_path):
     assert set(DTYPES) >= {"float32", "bfloat16", "float16", "fp32", "bf16", "fp16"}
 
 
-@pytest.mark.parametrize("bad", ["float64x", "int8", 32])
+@pytest.mark.parametrize("bad", ["float64x", "int8", 32, "Checkpoint"])
 def test_bad_dtype_name_names_the_value_and_the_choices(tiny_checkpoint, bad):
-    with pytest.raises(ValueError, match=f"dtype {bad!r} is not .* float32, fp32, bfloat16, bf16, float16, fp16"):
+    with pytest.raises(
+        ValueError, match=f"dtype {bad!r} is not .* float32, fp32, bfloat16, bf16, float16, fp16, 'checkpoint'"
+    ):
         load_pretrained(tiny_checkpoint, dtype=bad)
     with pytest.raises(ValueError, match=f"dtype {bad!r}"):
         load_text_decoder(tiny_checkpoint, dtype=bad)
