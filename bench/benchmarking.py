@@ -32,7 +32,7 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        return None if self.baseline is None else self.ours / self.baseline
+        return None if not self.baseline else self.ours / self.baseline  # None: no reference, or it measured 0
 
     @property
     def met(self) -> bool | None:

@@ -29,7 +29,7 @@ _M32 = 0xFFFFFFFF
 
 # Prompt tokens per prefill chunk by default: long prompts are prefilled in pieces of this size, so a prefill's
 # activations and masks stay those of one chunk (the KV cache holds the whole prompt in any case).
-PREFILL_CHUNK = 2048
+PREFILL_CHUNK = 1024
 
 
 @dataclass(frozen=True, kw_only=True)

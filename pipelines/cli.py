@@ -311,6 +311,13 @@ def _cmd_bench_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_prefill(args: argparse.Namespace) -> int:
+    from bench import bench_prefill
+
+    bench_prefill.run(args.tokens or (8192,), chunk=args.chunk)
+    return 0
+
+
 def _cmd_bench_cache(args: argparse.Namespace) -> int:
     from bench import bench_cache
 
@@ -448,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=_positive, default=2, help="timed calls per process; the best counts (default 2)")
     b.add_argument("--rounds", type=_positive, default=2, help="processes per engine; the best counts (default 2)")
     b.set_defaults(func=_cmd_bench_generate)
+    b = bench.add_parser(
+        "prefill", help="memory of a long prompt's prefill, chunked and in one pass, and the reference's"
+    )
+    b.add_argument("--tokens", type=_positive, action="append", help="prompt length (repeatable; default 8192)")
+    b.add_argument("--chunk", type=_positive, default=None, help="prefill chunk (default: generate's, 1024)")
+    b.set_defaults(func=_cmd_bench_prefill)
     b = bench.add_parser("cache", help="KV-cache bytes per preset at 8K, 32K and 128K beside the reference's")
     b.add_argument("--preset", action="append", help="only this preset (repeatable; default the four models)")
     b.set_defaults(func=_cmd_bench_cache)
