@@ -37,6 +37,8 @@ from .generate import PREFILL_CHUNK, Sampling, check_chunk, sample
 
 __all__ = ["Completion", "Engine", "Request"]
 
+_END = object()  # the request source is exhausted
+
 
 @dataclass(frozen=True, kw_only=True)
 class Request:
@@ -162,15 +164,20 @@ class Engine:
     # --- the loop ---------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def run(self, requests: Iterable[Request] = ()) -> Iterator[Completion]:
+    def run(self, requests: Iterable[Request | None] = ()) -> Iterator[Completion]:
         """Serve every submitted request, and those of ``requests`` (pulled one at a time when a slot is free
         and the queue is empty), yielding each :class:`Completion` as it finishes; returns when none is left.
-        Requests submitted while iterating are served too."""
-        pending = iter(requests)
+        Requests submitted while iterating are served too. ``requests`` may yield None for "none ready yet":
+        the engine then goes on with what it has and asks again at its next step (a source fed by other
+        processes should block instead while :attr:`idle`, since the engine has nothing else to do)."""
+        self._source = iter(requests)
+        self._exhausted = False
         while True:
-            self._admit(pending)
-            if all(job is None for job in self._running):
-                return
+            self._admit(self._source)
+            if self.idle:
+                if self._exhausted:
+                    return
+                continue
             self._advance()
             done = self._finished().tolist()  # the one read per step: it waits for the device
             now = time.perf_counter()
@@ -185,15 +192,23 @@ class Engine:
             if decoding:
                 self._step()
 
-    def _admit(self, pending: Iterator[Request]) -> None:
+    @property
+    def idle(self) -> bool:
+        """No request in any slot (prefilling or decoding)."""
+        return all(job is None for job in self._running)
+
+    def _admit(self, pending: Iterator[Request | None]) -> None:
         """Fill free slots from the queue, then from ``pending``: each newcomer's prefill is set up to write its
         slot's cache rows (``_advance`` runs it)."""
         for slot in range(self.slots):
             if self._running[slot] is not None:
                 continue
             if not self._queue:
-                request = next(pending, None)
-                if request is None:
+                request = next(pending, _END)
+                if request is _END:
+                    self._exhausted = True
+                    return
+                if request is None:  # nothing ready yet
                     return
                 self.submit(request)
             job = self._queue.popleft()

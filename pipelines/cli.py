@@ -201,11 +201,12 @@ def _cmd_bench_audio(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from .preprocess_job import PreprocessSettings, run_preprocess
+def _preprocess_settings(args: argparse.Namespace, tokenizer: str):
+    """The front end's settings from the options :func:`_front_end_options` added."""
+    from .preprocess_job import PreprocessSettings
 
-    settings = PreprocessSettings(
-        tokenizer=args.tokenizer,
+    return PreprocessSettings(
+        tokenizer=tokenizer,
         image_budget=args.budget,
         max_tokens=args.max_tokens,
         video_frames=args.video_frames,
@@ -219,6 +220,12 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         tools=_tools_file(args.tools),
         template_kwargs=_template_kwargs(args.template_kwarg or ()),
     )
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from .preprocess_job import run_preprocess
+
+    settings = _preprocess_settings(args, args.tokenizer)
     if args.engine == "ray":
         from .ray_engine import run_preprocess_ray
 
@@ -227,6 +234,35 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         summary = run_preprocess_ray(args.input, args.output, settings, num_cpus=cpus, address=args.ray_address)
     else:
         summary = run_preprocess(args.input, args.output, settings, workers=args.workers)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from .infer_job import InferSettings, run_infer
+
+    settings = InferSettings(
+        checkpoint=args.checkpoint,
+        preprocess=_preprocess_settings(args, args.checkpoint),
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        context=args.context,
+        prefill_chunk=args.prefill_chunk,
+        output_format=args.output_format,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    if args.engine == "ray":
+        from .ray_infer import run_infer_ray
+
+        cpus = None if args.ray_address else args.workers
+        summary = run_infer_ray(args.input, args.output, settings, num_cpus=cpus, address=args.ray_address)
+    else:
+        summary = run_infer(args.input, args.output, settings, workers=args.workers)
     print("\n".join(summary.lines()))
     return 0
 
@@ -335,41 +371,19 @@ def _cmd_bench_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gemma4", description="Gemma 4 multimodal preprocessing and inference.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("budget", help="image target size, patches and soft tokens for each budget")
-    p.add_argument("height", type=_side, help="image height in px")
-    p.add_argument("width", type=_side, help="image width in px")
-    p.add_argument("--budget", type=_budget, action="append", help="only this budget (repeatable)")
-    p.set_defaults(func=_cmd_budget)
-
-    p = sub.add_parser("preview", help="draw the resized image with its soft-token grid and padding")
-    p.add_argument("image", help="image file")
-    p.add_argument("--budget", type=_budget, default=280, help="soft-token budget (default 280)")
-    p.add_argument("-o", "--output", required=True, help="output picture (PNG)")
-    p.add_argument("--fast", action="store_true", help="fast mode: draft JPEG decode and torch resize (not bit-exact)")
-    p.set_defaults(func=_cmd_preview)
-
-    p = sub.add_parser("preprocess", help="preprocess a manifest of chat examples into Parquet shards")
-    p.add_argument("input", help="manifest: .jsonl, .parquet, .csv or a datasets directory (save_to_disk)")
-    p.add_argument("output", help="output directory (re-running the same command resumes)")
-    p.add_argument(
-        "--tokenizer",
-        required=True,
-        help="checkpoint directory with tokenizer.model, or that file; chat_template.jinja beside it is used too",
-    )
+def _front_end_options(p: argparse.ArgumentParser, *, rows_per_shard: int) -> None:
+    """The options of the front end that ``preprocess`` and ``infer`` share."""
     p.add_argument("--budget", type=_budget, default=280, help="image soft-token budget (default 280)")
     p.add_argument("--max-tokens", type=_positive, default=None, help="lower image budgets so each example fits")
     p.add_argument("--video-frames", type=_positive, default=32, help="frames sampled per video (default 32)")
     p.add_argument("--video-budget", type=_budget, default=70, help="budget per video frame (default 70)")
     p.add_argument("--fast", action="store_true", help="fast image/audio modes (not bit-identical)")
-    p.add_argument("--rows-per-shard", type=_positive, default=128, help="input rows per output shard (default 128)")
-    p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument(
+        "--rows-per-shard",
+        type=_positive,
+        default=rows_per_shard,
+        help=f"input rows per output shard (default {rows_per_shard})",
+    )
     p.add_argument(
         "--media-root", default=None, help="media paths must resolve inside this directory (manifests from elsewhere)"
     )
@@ -399,7 +413,66 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a variable for the checkpoint's chat template (repeatable); VALUE is JSON when it parses, else text",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gemma4", description="Gemma 4 multimodal preprocessing and inference.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("budget", help="image target size, patches and soft tokens for each budget")
+    p.add_argument("height", type=_side, help="image height in px")
+    p.add_argument("width", type=_side, help="image width in px")
+    p.add_argument("--budget", type=_budget, action="append", help="only this budget (repeatable)")
+    p.set_defaults(func=_cmd_budget)
+
+    p = sub.add_parser("preview", help="draw the resized image with its soft-token grid and padding")
+    p.add_argument("image", help="image file")
+    p.add_argument("--budget", type=_budget, default=280, help="soft-token budget (default 280)")
+    p.add_argument("-o", "--output", required=True, help="output picture (PNG)")
+    p.add_argument("--fast", action="store_true", help="fast mode: draft JPEG decode and torch resize (not bit-exact)")
+    p.set_defaults(func=_cmd_preview)
+
+    p = sub.add_parser("preprocess", help="preprocess a manifest of chat examples into Parquet shards")
+    p.add_argument("input", help="manifest: .jsonl, .parquet, .csv or a datasets directory (save_to_disk)")
+    p.add_argument("output", help="output directory (re-running the same command resumes)")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="checkpoint directory with tokenizer.model, or that file; chat_template.jinja beside it is used too",
+    )
+    _front_end_options(p, rows_per_shard=128)
+    p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("infer", help="generate replies for a manifest, an OpenAI batch file or a preprocess output")
+    p.add_argument(
+        "input", help="manifest (.jsonl, .parquet, .csv, datasets dir), OpenAI batch .jsonl, or preprocess output"
+    )
+    p.add_argument("output", help="output directory (re-running the same command resumes)")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.model)"
+    )
+    p.add_argument("--max-new-tokens", type=_positive, default=256, help="new tokens per row (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default)")
+    p.add_argument("--top-k", type=_positive, default=None, help="sample among the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample in the smallest set holding this probability")
+    p.add_argument("--seed", type=_count, default=None, help="makes sampling reproducible (each row: seed + its id)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="rows decoded together (engine slots; default 8)")
+    p.add_argument("--context", type=_positive, default=4096, help="tokens per row, prompt + new (default 4096)")
+    p.add_argument("--prefill-chunk", type=_positive, default=1024, help="prompt tokens per prefill step (1024)")
+    p.add_argument("--workers", type=_count, default=1, help="processes preparing rows; 0: the model's (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 … (default cpu)")
+    p.add_argument(
+        "--dtype", default=None, help="bfloat16, float32 … or checkpoint (default: bf16 on GPU, fp32 on CPU)"
+    )
+    p.add_argument("--output-format", choices=("parquet", "jsonl", "openai"), default="parquet", help="results files")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    _front_end_options(p, rows_per_shard=64)
+    p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("inspect", help="report on a preprocess output; show one row, preview one of its images")
     p.add_argument("output", help="output directory of gemma4 preprocess")

@@ -1,0 +1,647 @@
+"""``gemma4 infer``: rows of chat messages (or a ``gemma4 preprocess`` output) → generated replies + an errors table.
+
+Layout of OUTPUT_DIR, as ``gemma4 preprocess`` lays its own out (``pipelines.preprocess_job``)::
+
+    job.json                       settings, checkpoint fingerprint, input fingerprint, completed shards, counts
+    .lock                          held (flock) by the job writing here
+    shards/results-00000.parquet   data_specs.results rows of input rows 0 … S−1 that were answered, in input order
+                                   (results-K.jsonl with --output-format jsonl; OpenAI batch output lines, errors
+                                   included, with --output-format openai)
+    shards/errors-00000.parquet    data_specs.errors_table rows of the same range that were not
+    …
+
+INPUT is a manifest (rows ``{id, messages[, tools][, max_new_tokens, temperature, top_k, top_p, seed]}``, read as
+``gemma4 preprocess`` reads them), an OpenAI batch file (``{"custom_id", "method", "url", "body"}`` lines), or a
+``gemma4 preprocess`` output directory (its examples are used as they are, and its error rows are carried into
+this job's errors table, so the counts add up to the original manifest).
+
+How rows flow. The driver reads the input one shard at a time (``rows_per_shard`` rows). Shards are prepared
+(chat template, media decoding, patches, features: ``preprocess_job``'s per-row function, with its time limit and
+error stages) in ``workers`` processes, at most ``2 × workers`` shards ahead, each prepared row becoming a one-row
+:class:`data_specs.batch.Batch`, pinned when there is an accelerator. The model runs in the driver: the
+continuous engine (``model.engine``) pulls a prepared request whenever a slot frees, prefills it (chunked) while
+the other slots decode, and hands back each completion as it finishes. When the engine has nothing to run and no
+request is ready, the driver waits for the workers; that wait is what the summary reports as the model's idle
+time (a starved accelerator is visible there). A shard's files are written (under a temporary name, then
+renamed) once every one of its rows is answered or failed, and recorded in ``job.json`` then: killed at any
+point, the same command finishes the job, redoing only unrecorded shards.
+
+Determinism. Greedy decoding, or sampling with a seed, gives the same tokens whatever ``batch_size`` and
+``workers`` are: the engine's rows do not influence each other, and a row's noise depends on its own seed and
+step only. With ``seed`` set for the job, each row draws with a seed made from the job's seed and the row's id;
+a row's own ``seed`` overrides it. Sampling without any seed is not reproducible.
+
+Errors (stage in the errors table): what preprocessing reports (manifest, messages, image, audio, video, media,
+timeout, prompt, worker), ``context`` for a prompt that with ``max_new_tokens`` does not fit the job's context,
+and the stages carried from a preprocessed input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from data_specs.openai_batch import error_line, is_openai_batch, read_request, response_line
+
+from data_specs.errors_table import error_schema
+from data_specs.example import SCHEMA_VERSION, row_to_example
+from data_specs.manifest import MANIFEST_VERSION, ManifestError, RowOptions, open_manifest, read_options, read_row
+from data_specs.results import MODALITY_COLUMNS, RESULTS_VERSION, result_schema
+
+from .preprocess_job import (
+    JOB_FILE,
+    JobMismatchError,
+    PreprocessSettings,
+    _error_row,
+    _load_state,
+    _lock,
+    _pool,
+    _progress,
+    _row_results,
+    _save_state,
+    _TableWriter,
+)
+
+__all__ = ["InferSettings", "InferSummary", "OUTPUT_FORMATS", "checkpoint_fingerprint", "run_infer"]
+
+OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
+SETTINGS_KEY = "gemma4.infer_settings"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferSettings:
+    """A job's settings. ``preprocess`` holds the front end's (budgets, limits, thinking, tools …; its tokenizer
+    is the checkpoint's). Generation defaults apply to rows that do not set their own."""
+
+    checkpoint: str
+    preprocess: PreprocessSettings
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    batch_size: int = 8  # engine slots: rows decoded together
+    context: int = 4096  # tokens per slot, prompt and new tokens together
+    prefill_chunk: int | None = 1024
+    output_format: str = "parquet"
+    device: str = "cpu"
+    dtype: str | None = None  # None: bfloat16 on an accelerator, float32 on the CPU
+
+    def __post_init__(self) -> None:
+        from model.generate import Sampling, check_chunk
+
+        Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)  # checks them
+        check_chunk(self.prefill_chunk)
+        for name in ("max_new_tokens", "batch_size", "context"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        if not os.path.isdir(self.checkpoint):
+            raise ValueError(f"checkpoint {self.checkpoint!r} is not a directory")
+
+    def comparable(self, fingerprint: str, tokenizer_fingerprint: str, template_hash: str, dtype: str) -> dict:
+        """What must match for a job to resume: what changes the tokens. Slots, workers, chunking and the device
+        do not (only how fast they come); the dtype does."""
+        generation = {k: getattr(self, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+        return {
+            "checkpoint_fingerprint": fingerprint,
+            "dtype": dtype,
+            "generation": generation,
+            "context": self.context,
+            "output_format": self.output_format,
+            "preprocess": self.preprocess.comparable(tokenizer_fingerprint, template_hash),
+        }
+
+
+@dataclass
+class InferSummary:
+    rows: int
+    results: int
+    errors: int
+    errors_by_stage: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    shards: int
+    shards_skipped: int
+    seconds: float
+    model_seconds: float  # from the model's load to the last completion
+    waited_seconds: float  # of those, the engine had nothing to run and waited for prepared rows
+    this_run: dict = field(default_factory=dict)  # rows answered, prompt and generated tokens by this run
+
+    @property
+    def busy(self) -> float:
+        """The share of the model's time it had work (1 − waiting for input)."""
+        return 1.0 - self.waited_seconds / self.model_seconds if self.model_seconds > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        stages = ", ".join(f"{k} {v}" for k, v in sorted(self.errors_by_stage.items())) or "none"
+        rate = max(self.model_seconds, 1e-9)
+        run = Counter(self.this_run)
+        return [
+            f"rows {self.rows} = results {self.results} + errors {self.errors} (by stage: {stages})",
+            f"tokens: prompt {self.prompt_tokens}, generated {self.completion_tokens}",
+            f"shards {self.shards} ({self.shards_skipped} already done), {self.seconds:.1f} s in all",
+            f"model: {self.model_seconds:.1f} s, busy {100 * self.busy:.0f}% (waited {self.waited_seconds:.1f} s for "
+            f"input); this run: {run['rows'] / rate:.2f} rows/s, prompt {run['prompt'] / rate:.0f} tok/s, "
+            f"generated {run['generated'] / rate:.1f} tok/s",
+        ]
+
+
+def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
+    """A short hash of a checkpoint: its ``config.json``, and for each safetensors file its size, header (the
+    tensor names, shapes and offsets) and first and last 64 KiB of data; cheap on a 60 GB checkpoint, and a
+    different training run changes it."""
+    digest = hashlib.sha256()
+    directory = Path(directory)
+    for path in sorted(directory.iterdir()):
+        if path.name == "config.json" or path.name == "generation_config.json":
+            digest.update(path.name.encode() + path.read_bytes())
+        elif path.suffix == ".safetensors":
+            size = path.stat().st_size
+            with open(path, "rb") as fp:
+                header = int.from_bytes(fp.read(8), "little")
+                digest.update(path.name.encode() + str(size).encode() + fp.read(min(header, size)))
+                digest.update(fp.read(65536))
+                fp.seek(max(0, size - 65536))
+                digest.update(fp.read())
+    return digest.hexdigest()[:16]
+
+
+# --- the input ---------------------------------------------------------------------------------------------
+
+
+class _Input:
+    """The input as shards of items ``(index, id or None, payload, options)``; a payload is a ``ManifestRow``
+    (to prepare), an example row (prepared already), an error row (carried over) or an exception."""
+
+    def __init__(self, path: str | os.PathLike, rows_per_shard: int) -> None:
+        self.path = Path(path)
+        if (self.path / JOB_FILE).is_file() and (self.path / "shards").is_dir():
+            self.kind = "preprocessed"
+            self.state = json.loads((self.path / JOB_FILE).read_text())
+            if not self.state.get("complete"):
+                raise ValueError(f"{os.fspath(path)!r} holds an unfinished gemma4 preprocess job: finish it first")
+            if self.state.get("schema_version") != SCHEMA_VERSION:
+                raise ValueError(
+                    f"{os.fspath(path)!r} was written with example schema {self.state.get('schema_version')}, "
+                    f"this version reads {SCHEMA_VERSION}"
+                )
+            self.rows = self.state["rows"]
+            self.rows_per_shard = self.state["settings"]["rows_per_shard"]  # the preprocess job's shards
+            stat = (self.path / JOB_FILE).stat()
+            self.fingerprint = f"preprocessed:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+            self.base_dir = self.path
+            return
+        self.manifest = open_manifest(path)
+        self.rows, self.rows_per_shard = len(self.manifest), rows_per_shard
+        first = next(self.manifest.rows(0, 1), None) if self.rows else None
+        self.kind = "openai" if is_openai_batch(first) else "manifest"
+        self.fingerprint = f"{self.kind}:{self.manifest.fingerprint}"
+        self.base_dir = self.manifest.base_dir
+
+    @property
+    def shard_count(self) -> int:
+        return -(-self.rows // self.rows_per_shard)
+
+    def shards(self, done: set[int]) -> Iterator[tuple[int, list[tuple]]]:
+        """``(shard, items)`` of every shard not in ``done``, in order (ids of done shards still count for
+        duplicate detection)."""
+        seen: dict[str, int] = {}
+        for shard in range(self.shard_count):
+            if self.kind == "preprocessed":
+                if shard not in done:
+                    yield shard, self._preprocessed(shard)
+                continue
+            items = self._manifest_items(shard, seen)
+            if shard not in done:
+                yield shard, items
+
+    def _manifest_items(self, shard: int, seen: dict[str, int]) -> list[tuple]:
+        items = []
+        start = shard * self.rows_per_shard
+        stop = min(self.rows, start + self.rows_per_shard)
+        for index, raw in enumerate(self.manifest.rows(start, stop), start):
+            row_id = None
+            try:
+                if isinstance(raw, Exception):
+                    raise raw
+                if self.kind == "openai":
+                    row, options = read_request(raw, index)
+                else:
+                    row = read_row(raw, index)
+                    options = read_options(raw, f"row {index} (id {row.id!r})")
+                row_id = row.id
+                if row.id in seen:
+                    raise ManifestError(f"row {index}: id {row.id!r} repeats row {seen[row.id]}")
+                seen[row.id] = index
+                items.append((index, row.id, row, options))
+            except ManifestError as exc:
+                if row_id is None and isinstance(raw, dict):
+                    raw_id = raw.get("custom_id" if self.kind == "openai" else "id")
+                    row_id = str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None
+                items.append((index, row_id, exc, None))
+        return items
+
+    def _preprocessed(self, shard: int) -> list[tuple]:
+        """Shard k of the preprocess job: its example rows and error rows, merged in input order (examples fill
+        the positions the errors leave, in order)."""
+        stats = self.state["shards"].get(str(shard), {})
+        start = shard * self.rows_per_shard
+        count = stats.get("rows", min(self.rows, start + self.rows_per_shard) - start)
+        files = {kind: self.path / "shards" / f"{kind}-{shard:05d}.parquet" for kind in ("examples", "errors")}
+        errors = pq.read_table(files["errors"]).to_pylist() if files["errors"].is_file() else []
+        by_row = {e["row"]: e for e in errors}
+        examples = iter(pq.read_table(files["examples"]).to_pylist() if files["examples"].is_file() else [])
+        items = []
+        for index in range(start, start + count):
+            if index in by_row:
+                items.append((index, by_row[index]["id"], by_row[index], None))
+            else:
+                row = next(examples)
+                items.append((index, row["id"], row, None))
+        return items
+
+
+# --- preparing rows (in worker processes) -------------------------------------------------------------------
+
+
+def prepare_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str, pad_id: int) -> list[tuple]:
+    """Each item (index, id, payload) → ``("batch", index, id, one-row Batch, prompt summary)`` or ``("error",
+    error row)``, in order: manifest rows through the front end, example rows as they are."""
+    from preprocess.collate import collate
+
+    out: list[tuple] = []
+    fresh = [(i, row_id, payload) for i, row_id, payload in items if not isinstance(payload, dict)]
+    built = iter(_row_results(fresh, settings, base_dir))
+    for index, row_id, payload in items:
+        if isinstance(payload, dict) and "stage" in payload:  # an error row carried from a preprocess job
+            out.append(("error", dict(payload, row=index)))
+            continue
+        kind, row = ("example", payload) if isinstance(payload, dict) else next(built)
+        if kind == "error":
+            out.append(("error", row))
+            continue
+        _, example = row_to_example(row)
+        out.append(("batch", index, row_id, collate([example], pad_id=pad_id), example.summary))
+    return out
+
+
+def make_request(model, settings: InferSettings, key, row_id: str, batch, options: RowOptions | None):
+    """A prepared row as an engine ``Request`` (its id ``key``), or the error row saying why it cannot be one: ids
+    beyond the vocabulary (stage ``prompt``), prompt and new tokens beyond the context (stage ``context``)."""
+    from model.engine import Request
+
+    index = key[1]
+    options = options or RowOptions()
+    vocab = model.config.text.vocab_size
+    if batch.text_id_range is not None and batch.text_id_range[1] >= vocab:
+        message = f"token id {batch.text_id_range[1]} is beyond the checkpoint's vocabulary of {vocab}"
+        return _error_row(index, row_id, "prompt", "TokenIdError", message)
+    new = options.max_new_tokens or settings.max_new_tokens
+    prompt = batch.input_ids.shape[1]
+    if prompt + new > settings.context:
+        message = (
+            f"row {index} (id {row_id!r}): its prompt has {prompt} tokens, and with max_new_tokens {new} needs "
+            f"{prompt + new}, more than the job's context of {settings.context} tokens per row (--context)"
+        )
+        return _error_row(index, row_id, "context", "ContextLengthError", message)
+    return Request(
+        prompt=batch.pin_memory(), max_new_tokens=new, sampling=row_sampling(settings, row_id, options), id=key
+    )
+
+
+def row_sampling(settings: InferSettings, row_id: str, options: RowOptions):
+    """A row's sampling: its own options over the job's; the job's seed made the row's own by its id."""
+    from model.generate import Sampling
+
+    seed = options.seed
+    if seed is None and settings.seed is not None:
+        seed = int.from_bytes(hashlib.sha256(f"{settings.seed}\0{row_id}".encode()).digest()[:7], "little")
+    return Sampling(
+        temperature=settings.temperature if options.temperature is None else options.temperature,
+        top_k=options.top_k or settings.top_k,
+        top_p=settings.top_p if options.top_p is None else options.top_p,
+        seed=seed,
+    )
+
+
+def result_row(completion, row_id: str, index: int, summary: dict, tokenizer) -> dict:
+    """A finished request as a row of ``data_specs.results``: its tokens decoded and parsed (``parse_reply``)."""
+    from preprocess.reply import parse_reply
+
+    raw = tokenizer.decode(completion.token_ids)
+    reply = parse_reply(raw)
+    return {
+        "id": row_id,
+        "row": index,
+        "text": reply.content,
+        "thinking": reply.thinking,
+        "tool_calls": [
+            {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}
+            for call in reply.tool_calls
+        ],
+        "finish_reason": completion.finish_reason,
+        "completion_ids": completion.token_ids,
+        "completion_tokens": len(completion.token_ids),
+        "prompt_tokens": completion.prompt_tokens,
+        **{name: int(summary.get(name, 0)) for name in MODALITY_COLUMNS},
+        "problems": list(reply.problems) + ([f"cut: {reply.truncated}"] if reply.truncated else []),
+        "raw_text": raw,
+        "queue_s": completion.queue_s,
+        "prefill_s": completion.prefill_s,
+        "decode_s": completion.decode_s,
+    }
+
+
+# --- the job -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Shard:
+    count: int
+    results: dict[int, dict] = field(default_factory=dict)
+    errors: dict[int, dict] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) + len(self.errors) == self.count
+
+
+class _InferJob:
+    def __init__(self, input_path, output_dir, settings: InferSettings, workers: int) -> None:
+        from model.checkpoint import _dtype, default_dtype
+        from preprocess.tokenizer import Tokenizer
+
+        self.started = time.perf_counter()
+        self.settings, self.workers = settings, workers
+        self.input = _Input(input_path, settings.preprocess.rows_per_shard)
+        self.tokenizer = Tokenizer.from_pretrained(settings.preprocess.tokenizer)
+        dtype = _dtype(settings.dtype) if settings.dtype not in (None, "checkpoint") else None
+        self.dtype = dtype or default_dtype(settings.device)
+        template_hash = hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()[:16]
+        comparable = settings.comparable(
+            checkpoint_fingerprint(settings.checkpoint), self.tokenizer.fingerprint, template_hash, str(self.dtype)
+        )
+        if self.input.kind == "preprocessed":
+            theirs = self.input.state["settings"].get("tokenizer_fingerprint")
+            if theirs != self.tokenizer.fingerprint:
+                raise JobMismatchError(
+                    f"{os.fspath(input_path)!r} was preprocessed with another tokenizer (fingerprint {theirs}) than "
+                    f"the checkpoint's ({self.tokenizer.fingerprint})"
+                )
+            comparable["preprocess"] = self.input.state["settings"]
+        self.out_dir = Path(output_dir)
+        (self.out_dir / "shards").mkdir(parents=True, exist_ok=True)
+        self.lock = _lock(self.out_dir)
+        try:
+            for stale in (self.out_dir / "shards").glob(".*.tmp-*"):
+                stale.unlink()
+            expected = {
+                "results_version": RESULTS_VERSION,
+                "manifest_version": MANIFEST_VERSION,
+                "input": self.input.fingerprint,
+                "settings": comparable,
+                "rows": self.input.rows,
+            }
+            self.state = _load_state(self.out_dir, expected)
+        except BaseException:
+            os.close(self.lock)
+            raise
+        self.metadata = {SETTINGS_KEY: json.dumps(comparable, sort_keys=True)}
+        self.done_before = len(self.state["shards"])
+
+    def close(self) -> None:
+        os.close(self.lock)
+
+    def record(self, shard: int, stats: dict) -> None:
+        self.state["shards"][str(shard)] = stats
+        _save_state(self.out_dir, self.state)
+
+    def write(self, shard: int, state: _Shard) -> dict:
+        """Write a complete shard's files; its statistics for ``job.json``."""
+        shards = self.out_dir / "shards"
+        results = [state.results[i] for i in sorted(state.results)]
+        errors = [state.errors[i] for i in sorted(state.errors)]
+        error_writer = _TableWriter(shards / f"errors-{shard:05d}.parquet", error_schema(self.metadata))
+        for row in errors:
+            error_writer.add(row, len(row["message"]))
+        written = error_writer.close()
+        fmt = self.settings.output_format
+        if fmt == "parquet":
+            writer = _TableWriter(shards / f"results-{shard:05d}.parquet", result_schema(self.metadata))
+            for row in results:
+                writer.add(row, 8 * len(row["completion_ids"]) + len(row["raw_text"]))
+            written += writer.close()
+        else:
+            if fmt == "jsonl":
+                lines = [json.dumps(row, ensure_ascii=False) for row in results]
+            else:
+                model = Path(self.settings.checkpoint).resolve().name
+                created = int(time.time())
+                merged = sorted(
+                    [(r["row"], response_line(r, model=model, created=created)) for r in results]
+                    + [(e["row"], error_line(e)) for e in errors],
+                    key=lambda pair: pair[0],
+                )
+                lines = [json.dumps(line, ensure_ascii=False) for _, line in merged]
+            path = shards / f"results-{shard:05d}.jsonl"
+            if lines:
+                temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                temporary.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+                os.replace(temporary, path)
+                written += path.stat().st_size
+            else:
+                path.unlink(missing_ok=True)
+        return {
+            "rows": state.count,
+            "results": len(results),
+            "errors": len(errors),
+            "errors_by_stage": dict(Counter(e["stage"] for e in errors)),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in results),
+            "completion_tokens": sum(r["completion_tokens"] for r in results),
+            "bytes": written,
+        }
+
+
+class _Feeder:
+    """Prepares shards ahead of the engine and turns them into requests; collects completions into shards."""
+
+    def __init__(self, job: _InferJob, model, engine, pool) -> None:
+        self.job, self.model, self.engine, self.pool = job, model, engine, pool
+        self.shards = job.input.shards({int(k) for k in job.state["shards"]})
+        self.exhausted = False
+        self.running: dict[Future, tuple[int, list]] = {}
+        self.open: dict[int, _Shard] = {}
+        self.options: dict[tuple[int, int], RowOptions | None] = {}
+        self.summaries: dict[tuple[int, int], dict] = {}
+        self.row_ids: dict[tuple[int, int], str] = {}
+        self.answered = Counter()  # this run's results and tokens (the summary's rates)
+        self.ready: deque = deque()
+        self.waited = 0.0
+        self.ahead = 2 * max(1, job.workers)
+        self.bar = None
+
+    # -- feeding the engine --
+
+    def requests(self) -> Iterator:
+        while True:
+            self._top_up()
+            if self.ready:
+                yield self.ready.popleft()
+                continue
+            if self.exhausted and not self.running:
+                return
+            block = self.engine.idle
+            started = time.perf_counter()
+            self._collect(block)
+            if block:
+                self.waited += time.perf_counter() - started
+            elif not self.ready:
+                yield None
+
+    def _top_up(self) -> None:
+        """Submit shards while fewer than ``ahead`` are being prepared and few requests wait."""
+        while not self.exhausted and len(self.running) < self.ahead and len(self.ready) < self.engine.slots * 2:
+            item = next(self.shards, None)
+            if item is None:
+                self.exhausted = True
+                return
+            shard, items = item
+            self.open[shard] = _Shard(len(items))
+            for index, _, _, options in items:
+                self.options[(shard, index)] = options
+            work = [(index, row_id, payload) for index, row_id, payload, _ in items]
+            settings, base = self.job.settings.preprocess, os.fspath(self.job.input.base_dir)
+            pad = self.model.config.tokens.pad
+            if self.pool is None:
+                future: Future = Future()
+                future.set_result(prepare_rows(work, settings, base, pad))
+            else:
+                future = self.pool.submit(prepare_rows, work, settings, base, pad)
+            self.running[future] = (shard, work)
+            if self.pool is None:
+                return  # prepared here: one shard at a time
+
+    def _collect(self, block: bool) -> None:
+        if not self.running:
+            return
+        done, _ = wait(self.running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            shard, work = self.running.pop(future)
+            for prepared in future.result():
+                if prepared[0] == "error":
+                    self._error(shard, prepared[1])
+                else:
+                    self._request(shard, *prepared[1:])
+            self._maybe_write(shard)
+
+    def _request(self, shard: int, index: int, row_id: str, batch, summary: dict) -> None:
+        options = self.options.pop((shard, index), None)
+        request = make_request(self.model, self.job.settings, (shard, index), row_id, batch, options)
+        if isinstance(request, dict):
+            self._error(shard, request)
+            return
+        self.summaries[(shard, index)] = summary
+        self.row_ids[(shard, index)] = row_id
+        self.ready.append(request)
+
+    def _error(self, shard: int, row: dict) -> None:
+        self.options.pop((shard, row["row"]), None)
+        self.open[shard].errors[row["row"]] = row
+        if self.bar is not None:
+            self.bar.update(1)
+
+    # -- collecting completions --
+
+    def complete(self, completion) -> None:
+        shard, index = completion.id
+        summary = self.summaries.pop((shard, index))
+        row_id = self.row_ids.pop((shard, index))
+        self.open[shard].results[index] = result_row(completion, row_id, index, summary, self.job.tokenizer)
+        self.answered.update(rows=1, prompt=completion.prompt_tokens, generated=len(completion.token_ids))
+        if self.bar is not None:
+            self.bar.update(1)
+        self._maybe_write(shard)
+
+    def _maybe_write(self, shard: int) -> None:
+        state = self.open[shard]
+        if state.complete:
+            self.job.record(shard, self.job.write(shard, state))
+            del self.open[shard]
+
+
+def run_infer(
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    settings: InferSettings,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> InferSummary:
+    """Run (or resume) the job locally; see the module docstring. ``workers`` processes prepare rows (0: this
+    process, between the model's steps)."""
+    import torch
+
+    from model.checkpoint import load_pretrained
+    from model.engine import Engine
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    job = _InferJob(input_path, output_dir, settings, workers)
+    try:
+        model_started = time.perf_counter()
+        model = load_pretrained(settings.checkpoint, dtype=job.dtype, device=settings.device, tokenizer=job.tokenizer)
+        engine = Engine(
+            model, slots=settings.batch_size, context=settings.context, prefill_chunk=settings.prefill_chunk
+        )
+        pending = job.input.shard_count - job.done_before
+        pool = _pool(min(workers, max(pending, 1))) if workers and pending else None
+        feeder = _Feeder(job, model, engine, pool)
+        feeder.bar = _progress(job.input.rows, progress)
+        feeder.bar.update(sum(s["rows"] for s in job.state["shards"].values()))
+        try:
+            with torch.inference_mode():
+                for completion in engine.run(feeder.requests()):
+                    feeder.complete(completion)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+            feeder.bar.close()
+        model_seconds = time.perf_counter() - model_started
+        _save_state(job.out_dir, dict(job.state, complete=True))
+        return _summary(job, model_seconds, feeder.waited, feeder.answered)
+    finally:
+        job.close()
+
+
+def _summary(job: _InferJob, model_seconds: float, waited: float, answered: Counter) -> InferSummary:
+    shards = job.state["shards"].values()
+    stages: Counter = Counter()
+    for s in shards:
+        stages.update(s["errors_by_stage"])
+    summary = InferSummary(
+        rows=sum(s["rows"] for s in shards),
+        results=sum(s["results"] for s in shards),
+        errors=sum(s["errors"] for s in shards),
+        errors_by_stage=dict(stages),
+        prompt_tokens=sum(s["prompt_tokens"] for s in shards),
+        completion_tokens=sum(s["completion_tokens"] for s in shards),
+        shards=job.input.shard_count,
+        shards_skipped=job.done_before,
+        seconds=time.perf_counter() - job.started,
+        model_seconds=model_seconds,
+        waited_seconds=waited,
+        this_run=dict(answered),
+    )
+    assert summary.rows == job.input.rows == summary.results + summary.errors, summary
+    return summary
