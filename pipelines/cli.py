@@ -341,9 +341,32 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
 def _cmd_bench_generate(args: argparse.Namespace) -> int:
     from bench import bench_generate
 
-    bench_generate.run(
-        args.batch or (1, 8), prompt=args.prompt, new_tokens=args.new_tokens, repeat=args.repeat, rounds=args.rounds
-    )
+    if args.device is None:
+        if given := [f"--{n}" for n in ("size", "dtype") if getattr(args, n) is not None]:
+            raise ValueError(f"{' and '.join(given)}: only with --device (the device mode)")
+        bench_generate.run(
+            args.batch or (1, 8),
+            prompt=args.prompt or 256,
+            new_tokens=args.new_tokens,
+            repeat=args.repeat,
+            rounds=args.rounds or 2,
+        )
+        return 0
+    if args.rounds is not None:
+        raise ValueError("--rounds is for the CPU mode: --device runs one process per engine and size")
+    try:
+        bench_generate.run_device(
+            args.device,
+            args.size or ("e2b", "31b"),
+            args.batch or (1, 32),
+            prompt=args.prompt or 1024,
+            new_tokens=args.new_tokens,
+            repeat=args.repeat,
+            dtype=args.dtype or "bfloat16",
+        )
+    except bench_generate.MeasurementError as exc:  # the rows measured and each failure are printed already
+        print(f"gemma4 bench generate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -522,11 +545,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prefill-only", action="store_true", help="skip the informational all-logits lines")
     b.set_defaults(func=_cmd_bench_model)
     b = bench.add_parser("generate", help="new tokens per second of generate against the reference's")
-    b.add_argument("--batch", type=_positive, action="append", help="rows (repeatable; default 1 and 8)")
-    b.add_argument("--prompt", type=_positive, default=256, help="prompt tokens (default 256)")
+    b.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default=None,
+        help="the device mode: random E2B- and 31B-sized decoders built on this device, prefill and decode tok/s "
+        "and peak memory (default: the CPU mode, a ~110 M float32 checkpoint)",
+    )
+    b.add_argument(
+        "--size",
+        choices=("e2b", "31b", "tiny-e2b", "tiny-31b"),
+        action="append",
+        help="with --device: model size (repeatable; default e2b and 31b)",
+    )
+    b.add_argument("--dtype", choices=("bfloat16", "float32"), default=None, help="with --device (default bfloat16)")
+    b.add_argument("--batch", type=_positive, action="append", help="rows (repeatable; default 1, 8; --device 1, 32)")
+    b.add_argument("--prompt", type=_positive, default=None, help="prompt tokens (default 256; --device 1024)")
     b.add_argument("--new-tokens", type=_positive, default=64, help="new tokens per row (default 64)")
     b.add_argument("--repeat", type=_positive, default=2, help="timed calls per process; the best counts (default 2)")
-    b.add_argument("--rounds", type=_positive, default=2, help="processes per engine; the best counts (default 2)")
+    b.add_argument(
+        "--rounds", type=_positive, default=None, help="processes per engine; the best counts (default 2; not --device)"
+    )
     b.set_defaults(func=_cmd_bench_generate)
     b = bench.add_parser(
         "prefill", help="memory of a long prompt's prefill, chunked and in one pass, and the reference's"

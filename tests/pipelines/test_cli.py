@@ -94,6 +94,24 @@ def test_model_benchmark_runs(capsys):
     assert "gemma4 bench model" in out and "64 tokens" in out and "peak memory: ours" in out and "reference" in out
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--device", "cuda"], "--device cuda: no CUDA device is usable here"),
+        (["--device", "cpu", "--rounds", "2"], "--rounds is for the CPU mode"),
+        (["--size", "e2b"], "--size: only with --device"),
+        (["--dtype", "float32"], "--dtype: only with --device"),
+    ],
+)
+def test_generate_benchmark_device_options_are_checked_before_anything_runs(argv, message, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    assert cli.main(["bench", "generate", *argv]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
 PREPROCESS = ["preprocess", "m.jsonl", "out", "--tokenizer", "t"]
 
 
