@@ -135,6 +135,7 @@ class TextDecoder(nn.Module):
             self.embed_tokens_per_layer = table(config.ple_vocab_size, n * p)
             self.per_layer_model_projection = nn.Linear(d, n * p, bias=False)
             self.per_layer_projection_norm = RMSNorm(p, config.rms_eps)
+        self._sources = {config.kv_source(i) for i in range(config.first_shared_layer, config.n_layers)}
         self.register_buffer("sliding_freq", torch.empty(config.head_dim // 2), persistent=False)
         self.register_buffer("full_freq", torch.empty(config.global_head_dim // 2), persistent=False)
         self.reset_buffers()
@@ -237,7 +238,8 @@ class TextDecoder(nn.Module):
             source = c.kv_source(i)
             h, kv = layer(h, *rope[kind], masks[kind], None if ple is None else ple[:, :, i], caches.get(source), rows)
             if source == i:
-                caches[i] = kv
+                if i in self._sources:  # kept for the KV-shared layers that read it; the others' are let go
+                    caches[i] = kv
                 if cache is not None:
                     cache.write(i, *kv, first, count)
             if rows:
@@ -318,7 +320,7 @@ class TextDecoder(nn.Module):
                 h, kv = layer.extend(
                     h, *rope[kind], masks[kind], layer_ple, cache, i, old, write, shared.get(source), rows
                 )
-                if source == i:
+                if source == i and i in self._sources:
                     shared[i] = kv
                 if rows:
                     rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
@@ -363,7 +365,7 @@ class TextDecoder(nn.Module):
             source = c.kv_source(i)
             layer_ple = None if ple is None else ple[:, :, i]
             h, kv = layer.decode(h, *rope[kind], masks[kind], layer_ple, cache, i, positions, shared.get(source))
-            if source == i:
+            if source == i and i in self._sources:
                 shared[i] = kv
         cache.lengths.add_(1)
         logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, 1, V), tied
