@@ -3,6 +3,7 @@
 One submodule per contract, imported directly (``from data_specs.example import example_schema``):
 
 * ``manifest``: the input manifest of ``gemma4 preprocess`` (``MANIFEST_VERSION``), row validation;
+* ``openai_batch``: OpenAI batch files (``vllm run-batch``, the Batch API): request lines in, response lines out;
 * ``example``: the Arrow schema of one preprocessed example (``SCHEMA_VERSION``), rows ↔ examples;
 * ``errors_table``: the Arrow schema of the errors table;
 * ``batch``: the packed batch the front end hands the model (``BATCH_VERSION``);

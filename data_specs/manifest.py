@@ -15,7 +15,10 @@ JSON string; ids are read as text, so ``007`` stays ``"007"``), or a directory w
   ``input_audio`` with base64 data; see :mod:`preprocess.openai_parts`); remote URLs are refused, never fetched;
 * ``tools`` (optional): the tool specs the row's conversation may call — a list of OpenAI-style specs
   ``{"type": "function", "function": {"name": …, "description": …, "parameters": {JSON schema}}}`` (or bare
-  functions ``{"name": …}``), or a JSON string of one; missing, null or empty means the job's ``--tools``.
+  functions ``{"name": …}``), or a JSON string of one; missing, null or empty means the job's ``--tools``;
+* generation options (optional, read by ``gemma4 infer`` through ``read_options``; ``gemma4 preprocess`` ignores
+  them): ``max_new_tokens`` (alias ``max_tokens``), ``temperature``, ``top_k``, ``top_p``, ``seed``, each a
+  :class:`RowOptions` field; missing or null means the job's setting.
 
 Example line::
 
@@ -30,6 +33,11 @@ stages). It also refuses rows nested deeper than ``MAX_DEPTH`` levels and string
 are not valid Unicode (lone surrogates): both would otherwise fail later, far from the row (pickling a deep row to
 a worker overflows the stack; Parquet refuses invalid strings).
 
+``read_options(row, where)`` gives a row's :class:`RowOptions`, validated (``ManifestError`` naming ``where``, the
+field and the value). A value may be a JSON string, as CSV holds every column (``"64"``, ``"0.7"``; an empty cell
+is missing), and an integral float counts as an integer (``64.0``: a Parquet integer column with gaps, written
+through pandas, is float). ``read_row`` ignores these keys.
+
 ``resolve_media(messages, base_dir, media_root=None)`` confines file paths to ``media_root`` when one is given
 (``gemma4 preprocess --media-root``, for manifests from elsewhere): a path that resolves outside it, symlinks
 followed, raises :class:`MediaOutsideRootError`.
@@ -37,12 +45,14 @@ followed, raises :class:`MediaOutsideRootError`.
 ``MANIFEST_VERSION`` is the version of this format as the job reads it: ``gemma4 preprocess`` writes it into
 ``job.json`` and refuses to resume a job recorded under another version (the same input file could then mean
 other examples). Version 2 (2026-12) added ``tools`` and OpenAI content parts: a version-1 job read them as
-nothing or as errors.
+nothing or as errors. The generation options did not change the version: the examples a manifest gives are the
+same with or without them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -57,8 +67,11 @@ __all__ = [
     "Manifest",
     "open_manifest",
     "ManifestRow",
+    "RowOptions",
     "check_tools",
+    "check_option",
     "read_row",
+    "read_options",
     "validate_row",
     "resolve_media",
 ]
@@ -68,6 +81,7 @@ MEDIA_KINDS = ("image", "audio", "video")
 OPENAI_PART_TYPES = ("image_url", "audio_url", "video_url", "input_audio")  # preprocess.openai_parts converts them
 MAX_DEPTH = 64  # nesting levels of a row: ample for messages and tool schemas, far below the stack's limit
 _PARQUET_BATCH = 256  # rows decoded at a time from a Parquet manifest
+MAX_SEED = 2**63 - 1  # seeds become int64 tensors in the sampler
 
 
 class ManifestError(ValueError):
@@ -128,6 +142,89 @@ def read_row(row: Any, index: int) -> ManifestRow:
     if not isinstance(messages, list) or not messages:
         raise ManifestError(f"{where}: 'messages' must be a non-empty list of chat messages")
     return ManifestRow(row_id, messages, check_tools(_json_column(row.get("tools"), "tools", where), where))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RowOptions:
+    """One row's own generation settings; ``None`` keeps the job's."""
+
+    max_new_tokens: int | None = None  # tokens generated at most, ≥ 1
+    temperature: float | None = None  # finite, ≥ 0; 0 is greedy
+    top_k: int | None = None  # ≥ 1
+    top_p: float | None = None  # in (0, 1]
+    seed: int | None = None  # 0 … MAX_SEED
+
+    def __post_init__(self) -> None:
+        for name in _OPTION_RULES:
+            value = getattr(self, name)
+            if value is not None and _option_problem(name, value):
+                raise ManifestError(f"RowOptions: {name!r} must be {_OPTION_RULES[name]}, got {_short(value)}")
+
+
+# field → what it must be; the checks are in _option_problem
+_OPTION_RULES = {
+    "max_new_tokens": "a positive integer",
+    "temperature": "a finite number ≥ 0",
+    "top_k": "a positive integer",
+    "top_p": "a number in (0, 1]",
+    "seed": f"an integer from 0 to 2**63 − 1 ({MAX_SEED})",
+}
+_INTEGER_OPTIONS = ("max_new_tokens", "top_k", "seed")
+
+
+def _option_problem(name: str, value: Any) -> bool:
+    """Whether ``value`` (not None) breaks the rule of option ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return True
+    if name in _INTEGER_OPTIONS:
+        low, high = (0, MAX_SEED) if name == "seed" else (1, math.inf)
+        return not isinstance(value, int) or not low <= value <= high
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range
+        return True
+    if not math.isfinite(number):
+        return True
+    return number < 0 if name == "temperature" else not 0 < number <= 1
+
+
+def read_options(row: Mapping, where: str) -> RowOptions:
+    """The :class:`RowOptions` of a raw manifest row (keys ``max_new_tokens`` or its alias ``max_tokens``,
+    ``temperature``, ``top_k``, ``top_p``, ``seed``); ``ManifestError`` naming ``where``, the field and the value
+    otherwise. ``where`` names the row as errors do, e.g. ``"row 3 (id 'a')"``."""
+    if not isinstance(row, Mapping):
+        raise ManifestError(f"{where}: expected an object, got {type(row).__name__}")
+    values = {name: check_option(name, _option_cell(row.get(name), name, where), where) for name in _OPTION_RULES}
+    alias = _option_cell(row.get("max_tokens"), "max_tokens", where)
+    alias = check_option("max_new_tokens", alias, where, "max_tokens")
+    if alias is not None:
+        if values["max_new_tokens"] not in (None, alias):
+            raise ManifestError(
+                f"{where}: 'max_new_tokens' ({values['max_new_tokens']}) and its alias 'max_tokens' ({alias}) "
+                "disagree; give one"
+            )
+        values["max_new_tokens"] = alias
+    return RowOptions(**values)
+
+
+def check_option(name: str, value: Any, where: str, key: str | None = None) -> Any:
+    """``value`` of the :class:`RowOptions` field ``name``, read from the input's key ``key`` (``name`` by
+    default), checked: ``None`` stays ``None``, an integral float becomes an int for the integer fields, an int
+    becomes a float for the others. ``ManifestError`` naming ``where``, the key and the value otherwise."""
+    if value is None:
+        return None
+    if name in _INTEGER_OPTIONS and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if _option_problem(name, value):
+        raise ManifestError(f"{where}: {key or name!r} must be {_OPTION_RULES[name]}, got {_short(value)}")
+    return value if name in _INTEGER_OPTIONS else float(value)
+
+
+def _option_cell(value: Any, key: str, where: str) -> Any:
+    """An option as the row holds it, a CSV cell's text parsed as JSON (an empty cell is missing)."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _json_column(value, key, where)
 
 
 def validate_row(row: Any, index: int) -> tuple[str, list]:
