@@ -264,7 +264,57 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     else:
         summary = run_infer(args.input, args.output, settings, workers=args.workers)
     print("\n".join(summary.lines()))
+    if args.show:
+        _show_results(args.output, args.show)
     return 0
+
+
+def _show_results(output: str, count: int) -> None:
+    """Print the first ``count`` result rows of an infer output (id, reason, tokens, the reply's parts)."""
+    import json
+
+    from .infer_job import read_results
+
+    for row in read_results(output)[:count]:
+        if "custom_id" in row:  # an OpenAI batch output line
+            print(json.dumps(row, ensure_ascii=False))
+            continue
+        calls = ", ".join(f"{c['name']}({c['arguments']})" for c in row["tool_calls"]) or "none"
+        print(
+            f"row {row['id']}: {row['finish_reason']}, {row['prompt_tokens']} prompt tokens (image "
+            f"{row['image_tokens']}, audio {row['audio_tokens']}, video {row['video_tokens']}), "
+            f"{row['completion_tokens']} new"
+        )
+        print(f"  text: {row['text']!r}")
+        if row["thinking"] is not None:
+            print(f"  thinking: {row['thinking']!r}")
+        print(f"  tool calls: {calls}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """sample-data → preprocess → inspect → infer, as ``make demo`` runs them, under one directory."""
+    base = Path(args.directory)
+    sample, pre, inferred = base / "sample", base / "preprocessed", base / "inferred"
+    steps = [
+        ["sample-data", str(sample), "--rows", "40", "--corrupt"],
+        ["preprocess", str(sample / "manifest.jsonl"), str(pre), "--tokenizer", str(sample / "tokenizer")],
+        ["inspect", str(pre), "--row", "ex0001", "--preview", str(base / "preview.png")],
+        DEMO_INFER + [str(pre), str(inferred), "--checkpoint", str(sample / "checkpoint")],
+    ]
+    for step in steps:
+        print(f"$ gemma4 {' '.join(step)}")
+        code = main(step)
+        if code:
+            return code
+    print(DEMO_NOTE)
+    return 0
+
+
+DEMO_INFER = ["infer", "--max-new-tokens", "16", "--show", "1"]
+DEMO_NOTE = (
+    "The checkpoint above is a tiny random model made on the spot: its replies are meaningless text. "
+    "gemma4 infer ... --checkpoint DIR runs a real Gemma 4 checkpoint the same way."
+)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -494,8 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-format", choices=("parquet", "jsonl", "openai"), default="parquet", help="results files")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
-    _front_end_options(p, rows_per_shard=64)
+    p.add_argument("--show", type=_count, default=0, help="print this many result rows after the summary")
+    _front_end_options(p, rows_per_shard=16)
     p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("demo", help="the main job on a sample made here: sample-data, preprocess, inspect, infer")
+    p.add_argument("directory", nargs="?", default="out/demo", help="where to write it all (default out/demo)")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("inspect", help="report on a preprocess output; show one row, preview one of its images")
     p.add_argument("output", help="output directory of gemma4 preprocess")

@@ -49,11 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from data_specs.openai_batch import error_line, is_openai_batch, read_request, response_line
 
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, row_to_example
 from data_specs.manifest import MANIFEST_VERSION, ManifestError, RowOptions, open_manifest, read_options, read_row
+from data_specs.openai_batch import error_line, is_openai_batch, read_request, response_line
 from data_specs.results import MODALITY_COLUMNS, RESULTS_VERSION, result_schema
 
 from .preprocess_job import (
@@ -70,7 +70,7 @@ from .preprocess_job import (
     _TableWriter,
 )
 
-__all__ = ["InferSettings", "InferSummary", "OUTPUT_FORMATS", "checkpoint_fingerprint", "run_infer"]
+__all__ = ["InferSettings", "InferSummary", "OUTPUT_FORMATS", "checkpoint_fingerprint", "read_results", "run_infer"]
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
 SETTINGS_KEY = "gemma4.infer_settings"
@@ -605,9 +605,11 @@ def run_infer(
             model, slots=settings.batch_size, context=settings.context, prefill_chunk=settings.prefill_chunk
         )
         pending = job.input.shard_count - job.done_before
-        pool = _pool(min(workers, max(pending, 1))) if workers and pending else None
+        # A preprocess output's rows are prepared already (reading them back is light): no worker processes then.
+        prepares = job.input.kind != "preprocessed" and pending > 0
+        pool = _pool(min(workers, pending)) if workers and prepares else None
         feeder = _Feeder(job, model, engine, pool)
-        feeder.bar = _progress(job.input.rows, progress)
+        feeder.bar = _progress(job.input.rows, progress, "infer")
         feeder.bar.update(sum(s["rows"] for s in job.state["shards"].values()))
         try:
             with torch.inference_mode():
@@ -645,3 +647,21 @@ def _summary(job: _InferJob, model_seconds: float, waited: float, answered: Coun
     )
     assert summary.rows == job.input.rows == summary.results + summary.errors, summary
     return summary
+
+
+def read_results(output_dir: str | os.PathLike) -> list[dict]:
+    """Every result of a finished infer output, in input order: result rows (``data_specs.results``), or with
+    ``--output-format openai`` the output lines (answers and errors)."""
+    out = Path(output_dir)
+    state = json.loads((out / JOB_FILE).read_text())
+    if not state.get("complete"):
+        raise ValueError(f"{os.fspath(output_dir)!r} holds an unfinished infer job: run the same command to finish it")
+    shards = sorted(int(k) for k in state["shards"])
+    rows: list[dict] = []
+    for shard in shards:
+        parquet, jsonl = (out / "shards" / f"results-{shard:05d}.{ext}" for ext in ("parquet", "jsonl"))
+        if parquet.is_file():
+            rows += pq.read_table(parquet).to_pylist()
+        elif jsonl.is_file():
+            rows += [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
+    return rows

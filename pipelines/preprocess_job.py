@@ -636,10 +636,10 @@ def _summary(state: dict, count: int, done_before: int, seconds: float) -> JobSu
     )
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, desc: str = "preprocess"):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="row", disable=not enabled, dynamic_ncols=True, desc="preprocess")
+    return tqdm(total=total, unit="row", disable=not enabled, dynamic_ncols=True, desc=desc)
 
 
 # --- the local engine -------------------------------------------------------------------------------------
