@@ -1,7 +1,8 @@
 """Reading a ``gemma4 preprocess`` output back: checked datasets, one row as an example object, a report.
 
-``open_output(dir)`` reads ``job.json``, refuses an unfinished job or another schema version, and checks every
-shard file's schema (``data_specs.example.check_schema``) and settings metadata. Then ``examples()`` is a
+``open_output(dir)`` reads ``job.json``, refuses an unfinished job (unless ``allow_incomplete``: then the shards
+finished so far) or another schema version, and checks every shard file's schema
+(``data_specs.example.check_schema``) and settings metadata. Then ``examples()`` is a
 pyarrow dataset over the example shards, ``to_datasets()`` the same rows as a ``datasets.Dataset``,
 ``errors()`` the errors table, ``ids()`` the example ids in input order, and ``example(key)`` one row (by id
 or position) as a ``preprocess.prompt.Example``.
@@ -29,7 +30,11 @@ from data_specs.example import SCHEMA_VERSION, SchemaError, check_schema, exampl
 
 from .preprocess_job import JOB_FILE, SETTINGS_KEY
 
-__all__ = ["OutputDir", "RowNotFoundError", "open_output"]
+__all__ = ["IncompleteJobError", "OutputDir", "RowNotFoundError", "open_output"]
+
+
+class IncompleteJobError(SchemaError):
+    """The output's job has not finished (it is running, or was killed): ``job.json`` does not mark it complete."""
 
 
 class RowNotFoundError(KeyError):
@@ -146,7 +151,10 @@ class OutputDir:
         return lines
 
 
-def open_output(path: str | os.PathLike) -> OutputDir:
+def open_output(path: str | os.PathLike, *, allow_incomplete: bool = False) -> OutputDir:
+    """The checked output at ``path``. An unfinished job raises :class:`IncompleteJobError`; with
+    ``allow_incomplete`` the output holds the shards ``job.json`` records as finished (each is renamed into place
+    before it is recorded, so a recorded shard is whole even while the job runs)."""
     path = Path(path)
     job = path / JOB_FILE
     if not job.is_file():
@@ -157,8 +165,10 @@ def open_output(path: str | os.PathLike) -> OutputDir:
             f"{os.fspath(path)!r} was written with schema version {state.get('schema_version')}; "
             f"this code reads version {SCHEMA_VERSION}"
         )
-    if not state.get("complete"):
-        raise SchemaError(f"{os.fspath(path)!r}: the job is not finished; run the same gemma4 preprocess command again")
+    if not state.get("complete") and not allow_incomplete:
+        raise IncompleteJobError(
+            f"{os.fspath(path)!r}: the job is not finished; run the same gemma4 preprocess command again"
+        )
     out = OutputDir(path, state)
     expected_settings = {k: v for k, v in state["settings"].items() if k != "chat_template"}
     for file in out.example_files + out.error_files:
