@@ -16,10 +16,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	rm -rf out/sample out/preprocessed
+	rm -rf out/sample out/preprocessed out/inferred
 	$(BIN)/gemma4 sample-data out/sample --rows 40 --corrupt
 	$(BIN)/gemma4 preprocess out/sample/manifest.jsonl out/preprocessed --tokenizer out/sample/tokenizer
 	$(BIN)/gemma4 inspect out/preprocessed --row ex0001 --preview out/preview.png
+	$(BIN)/gemma4 infer out/preprocessed out/inferred --checkpoint out/sample/checkpoint --max-new-tokens 16 --show 1
+	@echo "(a tiny random checkpoint made on the spot: its replies are meaningless; --checkpoint DIR runs a real one)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
