@@ -177,6 +177,20 @@ def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
+def _stored_dtype(directory: Path):
+    """The dtype a checkpoint's weights are stored in (its first safetensors file's first tensor)."""
+    import torch
+
+    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+    path = min(directory.glob("*.safetensors"))
+    with open(path, "rb") as fp:
+        header = json.loads(fp.read(int.from_bytes(fp.read(8), "little")))
+    stored = next(v["dtype"] for k, v in header.items() if k != "__metadata__")
+    if stored not in names:
+        raise ValueError(f"{os.fspath(path)!r} stores its weights as {stored}, which the model does not run in")
+    return names[stored]
+
+
 # --- the input ---------------------------------------------------------------------------------------------
 
 
@@ -379,15 +393,16 @@ class _Shard:
 
 class _InferJob:
     def __init__(self, input_path, output_dir, settings: InferSettings, workers: int) -> None:
-        from model.checkpoint import _dtype, default_dtype
+        from model.checkpoint import _dtype
         from preprocess.tokenizer import Tokenizer
 
         self.started = time.perf_counter()
         self.settings, self.workers = settings, workers
         self.input = _Input(input_path, settings.preprocess.rows_per_shard)
         self.tokenizer = Tokenizer.from_pretrained(settings.preprocess.tokenizer)
-        dtype = _dtype(settings.dtype) if settings.dtype not in (None, "checkpoint") else None
-        self.dtype = dtype or default_dtype(settings.device)
+        self.dtype = _dtype(settings.dtype, settings.device, Path(settings.checkpoint)) or _stored_dtype(
+            Path(settings.checkpoint)
+        )
         template_hash = hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()[:16]
         comparable = settings.comparable(
             checkpoint_fingerprint(settings.checkpoint), self.tokenizer.fingerprint, template_hash, str(self.dtype)

@@ -204,3 +204,13 @@ def test_openai_batch_in_and_out(sample, tmp_path):
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
     assert b["response"]["body"]["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
     assert c["response"] is None and c["error"]["code"] == "manifest"
+
+
+def test_the_dtype_is_the_one_asked_for_and_recorded(sample, tmp_path):
+    import torch
+
+    manifest, checkpoint = sample
+    for dtype, recorded in (("bfloat16", torch.bfloat16), ("checkpoint", torch.float32), (None, torch.float32)):
+        out = tmp_path / str(dtype)
+        run_infer(manifest, out, settings(checkpoint, dtype=dtype, max_new_tokens=2), workers=0, progress=False)
+        assert json.loads((out / "job.json").read_text())["settings"]["dtype"] == str(recorded)
