@@ -4,8 +4,8 @@ The rows: ``pipelines.sample_data.write_sample_dataset`` (default 8 rows, cyclin
 clip of 1–40 s, image + audio, one 4-frame video; no broken rows: the figure is a rate of answered rows). The
 model: a random checkpoint whose text decoder is the ~110 M config of ``gemma4 bench model`` (with the toy
 tokenizer's 600-odd-token vocabulary that is ~88 M parameters) and whose vision and audio towers are the
-``tiny-e2b`` preset's (``write_sample_checkpoint(text=...)``), float32, layer scalars drawn in [0.5, 1.5] so that
-greedy tokens vary. Both sides answer every row greedily with the same ``max_new_tokens``, stopping at the
+``tiny-e2b`` preset's (``write_sample_checkpoint(text=...)``), float32, layer scalars drawn in [0.5, 1.5] (as in
+``gemma4 bench generate``). Both sides answer every row greedily with the same ``max_new_tokens``, stopping at the
 checkpoint's stop ids.
 
 * Ours: ``run_infer`` with 1 and with 2 worker processes preparing rows, ``batch_size`` engine slots.
@@ -22,7 +22,9 @@ writing the result shards — until the last answer; not the process start. Rate
 and generated tokens (stop id included) ÷ the same seconds. Ours also prints the model's busy share (the job's
 own figure: 1 − seconds its engine waited for prepared rows ÷ seconds from model load to the last answer).
 The greedy tokens of rows both sides answered are compared position by position (random weights on other batch
-shapes and paddings: a near-tie may flip, so the share is printed, not required). One run per side (no best-of):
+shapes and paddings: a near-tie may flip, so the share is printed, not required). Weak evidence here: the random
+decoder's residual stream is dominated by the token embedding (tied to the output), so greedy decoding mostly
+repeats the prompt's last token on both sides. One run per side (no best-of):
 the default run (8 rows, batch 4, 32 new tokens)
 takes about 3 minutes on 2 cores: each side spends ~7 s per row there, mostly prefilling prompts of 100–1 000
 tokens.
@@ -62,7 +64,7 @@ def make_checkpoint(directory: str | os.PathLike, tokenizer_dir: str | os.PathLi
     model = load_pretrained(directory)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for layer in model.language_model.layers:  # all ones at init: logits too flat to vary the greedy tokens
+        for layer in model.language_model.layers:  # all ones at init
             layer.layer_scalar.uniform_(0.5, 1.5)
     save_pretrained(model, directory)
     return directory
