@@ -24,10 +24,9 @@ own figure: 1 − seconds its engine waited for prepared rows ÷ seconds from mo
 The greedy tokens of rows both sides answered are compared position by position (random weights on other batch
 shapes and paddings: a near-tie may flip, so the share is printed, not required). Weak evidence here: the random
 decoder's residual stream is dominated by the token embedding (tied to the output), so greedy decoding mostly
-repeats the prompt's last token on both sides. One run per side (no best-of):
-the default run (8 rows, batch 4, 32 new tokens)
-takes about 3 minutes on 2 cores: each side spends ~7 s per row there, mostly prefilling prompts of 100–1 000
-tokens.
+repeats the prompt's last token on both sides. One run per side (no best-of): the default run (8 rows, batch 4,
+32 new tokens) takes 3–5 minutes on 2 cores (4.5 on a loaded machine): each side spends ~10 s per row there,
+mostly prefilling prompts of 100–1 000 tokens.
 """
 
 from __future__ import annotations
