@@ -434,6 +434,15 @@ def _cmd_bench_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_infer(args: argparse.Namespace) -> int:
+    from bench import bench_infer
+
+    bench_infer.run(
+        rows=args.rows, batch_size=args.batch_size, new_tokens=args.new_tokens, workers=args.workers or (1, 2)
+    )
+    return 0
+
+
 def _cmd_bench_encoders(args: argparse.Namespace) -> int:
     from bench import bench_audio_tower, bench_vision_tower
 
@@ -636,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=_positive, default=None, help="threads for the audio tower (default: torch's)")
     b.add_argument("--repeat", type=_positive, default=3, help="timed passes; the best counts (default 3)")
     b.set_defaults(func=_cmd_bench_encoders)
+    b = bench.add_parser("infer", help="the infer job (1 and 2 workers) against a plain loop of reference generate")
+    b.add_argument("--rows", type=_positive, default=8, help="sample rows (default 8)")
+    b.add_argument("--batch-size", type=_positive, default=4, help="rows decoded together, both sides (default 4)")
+    b.add_argument("--new-tokens", type=_positive, default=32, help="new tokens per row (default 32)")
+    b.add_argument("--workers", type=_positive, action="append", help="our job's workers (repeatable; default 1, 2)")
+    b.set_defaults(func=_cmd_bench_infer)
     return parser
 
 

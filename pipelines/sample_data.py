@@ -203,11 +203,13 @@ def write_video(path, frames: int, seed: int) -> None:
         container.mux(stream.encode())
 
 
-def write_sample_checkpoint(directory, tokenizer_dir, *, preset: str = "tiny-e2b", seed: int = 0):
+def write_sample_checkpoint(directory, tokenizer_dir, *, preset: str = "tiny-e2b", seed: int = 0, text=None):
     """A complete checkpoint directory (``config.json``, ``model.safetensors``, ``tokenizer.model``) of the
     ``preset`` tiny model (text decoder, vision and audio towers) with random weights, its vocabulary size and
     control ids taken from the tokenizer in ``tokenizer_dir``, so that ``load_pretrained(directory,
-    tokenizer=...)`` accepts it and it runs on batches built with that tokenizer. Returns the directory."""
+    tokenizer=...)`` accepts it and it runs on batches built with that tokenizer. ``text`` (a ``TextConfig``)
+    replaces the preset's text decoder (``gemma4 bench infer`` puts its ~110 M decoder there); its vocabulary is
+    the tokenizer's all the same. Returns the directory."""
     import shutil
     from dataclasses import fields, replace
     from pathlib import Path
@@ -225,7 +227,7 @@ def write_sample_checkpoint(directory, tokenizer_dir, *, preset: str = "tiny-e2b
     base = PRESETS[preset]
     config = replace(
         base,
-        text=replace(base.text, vocab_size=tokenizer.vocab_size, ple_vocab_size=tokenizer.vocab_size),
+        text=replace(text or base.text, vocab_size=tokenizer.vocab_size, ple_vocab_size=tokenizer.vocab_size),
         tokens=TokenIds(**{name: getattr(special, name) for name in (f.name for f in fields(TokenIds))}),
     )
     with torch.random.fork_rng(devices=[]):
