@@ -92,15 +92,21 @@ class Attention(nn.Module):
         layer: int,
         positions: torch.Tensor,
         shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        span: int | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """One new token per row against the cache: x (B, 1, D), cos/sin (B, 1, H), mask (B, 1, 1, C), positions
-        (B,) → (out (B, 1, D), (k, v) (B, K, C, H) for the layers that share them)."""
+        (B,) → (out (B, 1, D), (k, v) (B, K, C, H) for the layers that share them). A full layer reads its first
+        ``span`` slots only when given (C = span: every row's position is below it), and so does a sliding layer
+        while its ring is not yet full."""
         if self.shared:
             k, v = shared_kv
         else:
             k, v = cache.append(layer, *self.key_values(x, cos, sin), positions)
+            if span is not None and span < v.shape[2]:  # the slots past ``span`` hold no position yet
+                k = None if k is None else k[:, :, :span]
+                v = v[:, :, :span]  # (B, K, span, H) views
             if k is None:  # K=V: the keys are the stored values with the key-norm scale and RoPE applied again
-                k = self.keys_from_values(v, *cache.full_rope)
+                k = self.keys_from_values(v, *(t[:, : v.shape[2]] for t in cache.full_rope))
         b = x.shape[0]
         q = self.q_proj(x).view(b, 1, self.n_heads, self.head_dim)  # (B, 1, N, H)
         q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)  # (B, N, 1, H)

@@ -57,6 +57,8 @@ class KVCache:
     """Preallocated buffers for ``batch`` rows of up to ``context`` tokens, and each row's length (tokens in its
     context so far, on the device). Built by ``TextDecoder.new_cache``."""
 
+    SPAN_STEP = 256  # a decode step's full layers read a multiple of this many slots (see ``span``)
+
     def __init__(
         self, config: TextConfig, batch: int, context: int, *, device: torch.device | str, dtype: torch.dtype
     ) -> None:
@@ -128,9 +130,23 @@ class KVCache:
             keys.scatter_(2, index, k)
         return keys, values
 
-    def mask(self, full: bool, positions: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 1, C) bool: the slots a token at ``positions`` (B,) may attend to once it has been written."""
-        slots = torch.arange(self.context if full else min(self.window, self.context), device=positions.device)
+    def span(self, longest: int) -> int | None:
+        """The ``span`` for a decode step whose rows' positions are all below ``longest`` (a host number):
+        rounded up to a multiple of ``SPAN_STEP`` slots so that shapes change rarely; None when that is the
+        whole context."""
+        span = -(-max(longest, 1) // self.SPAN_STEP) * self.SPAN_STEP
+        return span if span < self.context else None
+
+    def read_slots(self, full: bool, span: int | None = None) -> int:
+        """How many slots of a full (or sliding) layer a decode step reads: all, or the first ``span``."""
+        slots = self.context if full else min(self.window, self.context)
+        return slots if span is None else min(span, slots)
+
+    def mask(self, full: bool, positions: torch.Tensor, span: int | None = None) -> torch.Tensor:
+        """(B, 1, 1, C) bool: the slots a token at ``positions`` (B,) may attend to once it has been written
+        (the first ``span`` slots at most when given: every position is below it, so a ring slot past it is
+        empty too)."""
+        slots = torch.arange(self.read_slots(full, span), device=positions.device)
         p = positions[:, None]  # (B, 1)
         if full:
             valid = slots[None, :] <= p

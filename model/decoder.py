@@ -76,9 +76,9 @@ class DecoderLayer(nn.Module):
             h = h[:, -rows:]  # (B, T, D)
         return self._feed_forward(h, a, ple), kv
 
-    def decode(self, h, cos, sin, mask, ple, cache, layer: int, positions, shared_kv=None):
+    def decode(self, h, cos, sin, mask, ple, cache, layer: int, positions, shared_kv=None, span=None):
         """One token per row against the cache: h (B, 1, D) → (h (B, 1, D), the (k, v) its attention read)."""
-        a, kv = self.self_attn.decode(self.input_layernorm(h), cos, sin, mask, cache, layer, positions, shared_kv)
+        a, kv = self.self_attn.decode(self.input_layernorm(h), cos, sin, mask, cache, layer, positions, shared_kv, span)
         return self._feed_forward(h, a, ple), kv
 
     def extend(self, h, cos, sin, mask, ple, cache, layer: int, old: int, write, shared_kv=None, rows: int = 0):
@@ -345,10 +345,15 @@ class TextDecoder(nn.Module):
         cache.full_rope = rope_cos_sin(slots, self.full_freq, dtype or weight.dtype)  # for K=V layers' keys
         return cache
 
-    def decode(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode(self, input_ids: torch.Tensor, cache: KVCache, *, span: int | None = None) -> torch.Tensor:
         """One new token per row after what ``cache`` holds: input_ids (B, 1) → logits (B, 1, V); each row's
         length grows by one. Shapes are the same at every step, and nothing is read back from the device (but
-        the ids, when the per-layer-embedding table is on the host: :meth:`per_layer_inputs`)."""
+        the ids, when the per-layer-embedding table is on the host: :meth:`per_layer_inputs`).
+
+        ``span`` (from :meth:`KVCache.span`, planned on the host): a bound on every row's position + 1; full
+        layers then attend over their first ``span`` slots instead of the whole context (and sliding layers over
+        as many, while that is less than the window). Shapes change only when
+        the bound crosses a step of ``KVCache.SPAN_STEP`` slots."""
         c = self.config
         positions = cache.lengths  # (B,) the new tokens' positions
         x = self.embed(input_ids)  # (B, 1, D)
@@ -357,14 +362,14 @@ class TextDecoder(nn.Module):
             kind: rope_cos_sin(positions[:, None], freq, x.dtype)
             for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
         }
-        masks = {"full": cache.mask(True, positions), "sliding": cache.mask(False, positions)}  # (B, 1, 1, C)
+        masks = {kind: cache.mask(kind == "full", positions, span) for kind in ("full", "sliding")}  # (B, 1, 1, C)
         shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         h = x
         for i, layer in enumerate(self.layers):
             kind = "full" if c.is_full(i) else "sliding"
             source = c.kv_source(i)
             layer_ple = None if ple is None else ple[:, :, i]
-            h, kv = layer.decode(h, *rope[kind], masks[kind], layer_ple, cache, i, positions, shared.get(source))
+            h, kv = layer.decode(h, *rope[kind], masks[kind], layer_ple, cache, i, positions, shared.get(source), span)
             if source == i and i in self._sources:
                 shared[i] = kv
         cache.lengths.add_(1)

@@ -262,7 +262,9 @@ class Engine:
         """One token for every slot; a free slot decodes at position 0 (so it never runs past the context), a slot
         being prefilled at the position its next chunk starts at, and keeps its length."""
         self.cache.lengths.masked_fill_(~(self._active | self._filling), 0)
-        logits = self.model.decode(self._tokens[:, None], self.cache)[:, -1]  # (S, V)
+        # every slot's position is below its prompt + new tokens so far (a host fact): full layers read that far
+        longest = max((job.prompt_tokens + job.count for job in self._running if job is not None), default=1)
+        logits = self.model.decode(self._tokens[:, None], self.cache, span=self.cache.span(longest))[:, -1]  # (S, V)
         self.cache.lengths.sub_(self._filling.long())
         # per-row steps: sample's noise is a function of (seed, step, token id), elementwise in the step
         tokens = sample(logits, *self._sampling, self._count)  # (S,)

@@ -163,9 +163,10 @@ class Gemma4(nn.Module):
         """An empty KV cache for ``batch`` rows of up to ``context`` tokens (see ``TextDecoder.new_cache``)."""
         return self.language_model.new_cache(batch, context, **kwargs)
 
-    def decode(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One new text token per row (B, 1) after what ``cache`` holds → logits (B, 1, V)."""
-        return self.language_model.decode(input_ids, cache)
+    def decode(self, input_ids: torch.Tensor, cache: KVCache, *, span: int | None = None) -> torch.Tensor:
+        """One new text token per row (B, 1) after what ``cache`` holds → logits (B, 1, V) (``span``: see
+        ``TextDecoder.decode``)."""
+        return self.language_model.decode(input_ids, cache, span=span)
 
     def _check_ids(self, batch: Batch) -> None:
         """A batch made with another tokenizer (ids beyond this checkpoint's vocabulary) is refused by name, from

@@ -170,7 +170,8 @@ def _steps(
         finished = finished | torch.isin(tokens, stop)
         yield step, tokens, finished
         if step + 1 < max_new_tokens:
-            logits = model.decode(tokens[:, None], cache)[:, -1]  # (B, V)
+            span = cache.span(prompt + step + 1)  # positions so far are below it (host arithmetic, no read)
+            logits = model.decode(tokens[:, None], cache, span=span)[:, -1]  # (B, V)
     timings["decode_s"] = time.perf_counter() - started - timings.get("prefill_s", 0.0)
 
 

@@ -491,8 +491,9 @@ class _InferJob:
 class _Feeder:
     """Prepares shards ahead of the engine and turns them into requests; collects completions into shards."""
 
-    def __init__(self, job: _InferJob, model, engine, pool) -> None:
-        self.job, self.model, self.engine, self.pool = job, model, engine, pool
+    def __init__(self, job: _InferJob, pool) -> None:
+        self.job, self.pool = job, pool
+        self.model = self.engine = None  # set once loaded: preparing may start before
         self.shards = job.input.shards({int(k) for k in job.state["shards"]})
         self.exhausted = False
         self.running: dict[Future, tuple[int, list]] = {}
@@ -526,7 +527,8 @@ class _Feeder:
 
     def _top_up(self) -> None:
         """Submit shards while fewer than ``ahead`` are being prepared and few requests wait."""
-        while not self.exhausted and len(self.running) < self.ahead and len(self.ready) < self.engine.slots * 2:
+        slots = self.job.settings.batch_size
+        while not self.exhausted and len(self.running) < self.ahead and len(self.ready) < slots * 2:
             item = next(self.shards, None)
             if item is None:
                 self.exhausted = True
@@ -537,7 +539,7 @@ class _Feeder:
                 self.options[(shard, index)] = options
             work = [(index, row_id, payload) for index, row_id, payload, _ in items]
             settings, base = self.job.settings.preprocess, os.fspath(self.job.input.base_dir)
-            pad = self.model.config.tokens.pad
+            pad = self.job.tokenizer.special.pad  # the checkpoint's too (load_pretrained checks the pair)
             if self.pool is None:
                 future: Future = Future()
                 future.set_result(prepare_rows(work, settings, base, pad))
@@ -615,18 +617,22 @@ def run_infer(
     job = _InferJob(input_path, output_dir, settings, workers)
     try:
         model_started = time.perf_counter()
-        model = load_pretrained(settings.checkpoint, dtype=job.dtype, device=settings.device, tokenizer=job.tokenizer)
-        engine = Engine(
-            model, slots=settings.batch_size, context=settings.context, prefill_chunk=settings.prefill_chunk
-        )
         pending = job.input.shard_count - job.done_before
         # A preprocess output's rows are prepared already (reading them back is light): no worker processes then.
         prepares = job.input.kind != "preprocessed" and pending > 0
         pool = _pool(min(workers, pending)) if workers and prepares else None
-        feeder = _Feeder(job, model, engine, pool)
+        feeder = _Feeder(job, pool)
         feeder.bar = _progress(job.input.rows, progress, "infer")
         feeder.bar.update(sum(s["rows"] for s in job.state["shards"].values()))
         try:
+            if pool is not None:
+                feeder._top_up()  # the workers start (and prepare the first shards) while the model loads
+            feeder.model = load_pretrained(
+                settings.checkpoint, dtype=job.dtype, device=settings.device, tokenizer=job.tokenizer
+            )
+            engine = feeder.engine = Engine(
+                feeder.model, slots=settings.batch_size, context=settings.context, prefill_chunk=settings.prefill_chunk
+            )
             with torch.inference_mode():
                 for completion in engine.run(feeder.requests()):
                     feeder.complete(completion)

@@ -95,3 +95,24 @@ def test_the_cache_allocates_what_cache_bytes_says():
     assert cache.nbytes == cache_bytes(config, 3, 50, torch.bfloat16)
     with pytest.raises(ValueError, match="at least one row"):
         TextDecoder(config).new_cache(0, 50)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_a_decode_span_reads_fewer_slots_and_gives_the_same_logits(name, monkeypatch):
+    from model.cache import KVCache
+
+    monkeypatch.setattr(KVCache, "SPAN_STEP", 4)  # spans of 4, 8, 12 … slots of a 40-slot context
+    model = tiny_decoder(name)
+    torch.manual_seed(3)
+    ids = torch.randint(0, model.config.vocab_size, (2, 30))
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[1, :4] = False
+    whole, spanned = model.new_cache(2, 40), model.new_cache(2, 40)
+    assert spanned.span(5) == 8 and spanned.span(40) is None and spanned.span(0) == 4
+    with torch.no_grad():
+        model(ids[:, :3], mask[:, :3], cache=whole, logits_to_keep=1)
+        model(ids[:, :3], mask[:, :3], cache=spanned, logits_to_keep=1)
+        for t in range(3, 30):
+            span = spanned.span(t + 1)  # every position so far is below t + 1
+            step = model.decode(ids[:, t : t + 1], spanned, span=span)
+            torch.testing.assert_close(step, model.decode(ids[:, t : t + 1], whole), rtol=0, atol=1e-4)

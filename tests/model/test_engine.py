@@ -223,3 +223,15 @@ def test_a_multimodal_request_equals_generate_alone(tok):
     results: dict = {c.id: c for c in engine.run()}
     assert isinstance(results["image"], Completion) and results["image"].token_ids == expected
     assert results["image"].prompt_tokens == image.input_ids.shape[1]
+
+
+def test_decode_spans_change_nothing_in_generate_and_the_engine(monkeypatch):
+    from model.cache import KVCache
+
+    model = text_model("tiny-31b")
+    requests = mixed_requests(model)
+    expected = {r.id: alone(model, r) for r in requests}
+    monkeypatch.setattr(KVCache, "SPAN_STEP", 3)  # spans of a few slots, growing as the rows do
+    engine = Engine(model, slots=2, context=64)
+    assert {c.id: c.token_ids for c in engine.run(requests)} == expected
+    assert {r.id: alone(model, r) for r in requests} == expected
