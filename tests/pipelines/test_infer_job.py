@@ -214,3 +214,14 @@ def test_the_dtype_is_the_one_asked_for_and_recorded(sample, tmp_path):
         out = tmp_path / str(dtype)
         run_infer(manifest, out, settings(checkpoint, dtype=dtype, max_new_tokens=2), workers=0, progress=False)
         assert json.loads((out / "job.json").read_text())["settings"]["dtype"] == str(recorded)
+
+
+def test_jsonl_results_hold_the_parquet_rows(sample, reference_run, tmp_path):
+    from pipelines.infer_job import read_results
+
+    manifest, checkpoint = sample
+    out, _ = reference_run
+    run_infer(manifest, tmp_path / "jsonl", settings(checkpoint, output_format="jsonl"), workers=0, progress=False)
+    untimed = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_results(tmp_path / "jsonl")]
+    assert untimed == [{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_results(out)]
+    assert table(tmp_path / "jsonl", "errors") == table(out, "errors")
