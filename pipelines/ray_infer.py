@@ -76,7 +76,9 @@ def run_infer_ray(
     """Run (or resume) the job on Ray Data; the output and summary are those of ``run_infer``.
 
     If Ray is not initialised, a Ray instance is started (``address`` to join a cluster, ``num_cpus`` to size a
-    local one) and shut down on return; otherwise the running one is used and both arguments are ignored.
+    local one: that many CPUs for preparing rows, plus one per model actor) and shut down on return; otherwise
+    the running one is used and both arguments are ignored. A cluster without GPUs needs a CPU per actor and at
+    least one more (``ValueError`` otherwise, before any work).
     ``actors``: copies of the model (default: one per GPU of the cluster, or one without GPUs). Raises
     ``ImportError`` without Ray, ``JobMismatchError`` (before Ray is started) if ``output_dir`` holds another job.
     """
@@ -88,9 +90,11 @@ def run_infer_ray(
     try:
         started_ray = not ray.is_initialized()
         if started_ray:
+            # A local Ray: ``num_cpus`` for the preparing tasks, and one more for each model actor (on a machine
+            # without GPUs an actor holds a CPU; with one CPU in all, no task could ever run beside it).
             ray.init(
                 address=address,
-                num_cpus=num_cpus,
+                num_cpus=None if num_cpus is None or address else num_cpus + (actors or 1),
                 include_dashboard=False,
                 ignore_reinit_error=True,
                 log_to_driver=False,
@@ -119,6 +123,12 @@ def _run(ray, job: _InferJob, actors: int | None, progress: bool) -> InferSummar
     }
     device = "cuda" if gpus else settings.device  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
     generate_args = {"num_gpus": 1} if gpus else {"num_cpus": 1, "memory": _weight_bytes(settings.checkpoint)}
+    cpus = int(resources.get("CPU", 0))
+    if not gpus and cpus < actors + 1:
+        raise ValueError(
+            f"the Ray cluster has {cpus} CPUs: {actors} model actors on CPUs take one each, and preparing rows needs "
+            "at least one more (start Ray with more CPUs, or use fewer actors)"
+        )
     answered: Counter = Counter()  # this run's results and tokens (the summary's rates)
     busy = 0.0  # the actors' seconds loading and generating, all together
     bar = _progress(job.input.rows, progress, "infer")

@@ -122,3 +122,9 @@ def test_bad_counts_are_refused_before_anything_starts(sample, tmp_path):
     with pytest.raises(ValueError, match="actors"):
         run_infer_ray(manifest, tmp_path / "out", settings(checkpoint), actors=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cluster_with_no_cpu_left_for_preparing_is_refused(ray_instance, sample, tmp_path):
+    manifest, checkpoint = sample  # the module's Ray has 2 CPUs: two CPU actors would leave none for the tasks
+    with pytest.raises(ValueError, match="has 2 CPUs: 2 model actors on CPUs take one each"):
+        run_infer_ray(manifest, tmp_path / "out", settings(checkpoint), actors=2, progress=False)
