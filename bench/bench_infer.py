@@ -78,7 +78,7 @@ def _ours(manifest: str, checkpoint: str, out: str, workers: int, batch: int, ne
 
     settings = InferSettings(
         checkpoint=checkpoint,
-        preprocess=PreprocessSettings(tokenizer=checkpoint),
+        preprocess=PreprocessSettings(tokenizer=checkpoint, rows_per_shard=16),  # gemma4 infer's default
         max_new_tokens=new_tokens,
         batch_size=batch,
     )

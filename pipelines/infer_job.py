@@ -79,7 +79,9 @@ SETTINGS_KEY = "gemma4.infer_settings"
 @dataclass(frozen=True, kw_only=True)
 class InferSettings:
     """A job's settings. ``preprocess`` holds the front end's (budgets, limits, thinking, tools …; its tokenizer
-    is the checkpoint's). Generation defaults apply to rows that do not set their own."""
+    is the checkpoint's), and its ``rows_per_shard`` sizes this job's shards (``gemma4 infer`` uses 16: the model
+    starts once the first shard is prepared, and a shard is the unit of resumption). Generation defaults apply to
+    rows that do not set their own."""
 
     checkpoint: str
     preprocess: PreprocessSettings
