@@ -110,6 +110,11 @@ class InferSettings:
             raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
         if not os.path.isdir(self.checkpoint):
             raise ValueError(f"checkpoint {self.checkpoint!r} is not a directory")
+        if not os.path.isfile(os.path.join(self.checkpoint, "config.json")):
+            raise ValueError(
+                f"checkpoint {self.checkpoint!r} has no config.json: a checkpoint directory holds config.json, "
+                "*.safetensors and tokenizer.model"
+            )
 
     def comparable(self, fingerprint: str, tokenizer_fingerprint: str, template_hash: str, dtype: str) -> dict:
         """What must match for a job to resume: what changes the tokens. Slots, workers, chunking and the device

@@ -225,3 +225,17 @@ def test_jsonl_results_hold_the_parquet_rows(sample, reference_run, tmp_path):
     untimed = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_results(tmp_path / "jsonl")]
     assert untimed == [{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_results(out)]
     assert table(tmp_path / "jsonl", "errors") == table(out, "errors")
+
+
+def test_bad_settings_and_another_job_are_refused_by_name(sample, reference_run, tmp_path):
+    from pipelines.preprocess_job import JobMismatchError
+
+    manifest, checkpoint = sample
+    out, _ = reference_run
+    with pytest.raises(ValueError, match="has no config.json"):
+        settings(tmp_path)
+    with pytest.raises(ValueError, match="output_format must be one of"):
+        settings(checkpoint, output_format="csv")
+    with pytest.raises(ValueError, match="max_new_tokens: 6 there, 7 now"):
+        run_infer(manifest, out, settings(checkpoint, max_new_tokens=7), workers=0, progress=False)
+    assert issubclass(JobMismatchError, ValueError)
