@@ -41,12 +41,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .benchmarking import Row, format_row, reference
+from .benchmarking import Row, format_row, reference, reference_row
 
 __all__ = ["TARGET", "make_checkpoint", "run"]
 
 TARGET = 3.0  # × the reference loop's rows per second
-AUDIO_PIECE = 30 * 16_000  # the reference feature extractor's max_length (samples at 16 kHz)
 
 
 def make_checkpoint(directory: str | os.PathLike, tokenizer_dir: str | os.PathLike, seed: int = 0, text=None) -> Path:
@@ -97,47 +96,6 @@ def _ours(manifest: str, checkpoint: str, out: str, workers: int, batch: int, ne
     }
 
 
-def _load_row(messages: list, base_dir: str) -> dict:
-    """One manifest row's prompt and decoded media, as the reference processor takes them."""
-    import soundfile
-
-    from oracles.hf_processor import load_image, load_video
-    from preprocess.chat import render_chat
-    from preprocess.tokenizer import SPECIAL_STRINGS
-
-    row: dict = {"images": [], "audio": [], "videos": [], "metadata": [], "num_frames": None}
-    pieces_per_clip = []
-    for message in messages:
-        for part in message["content"] if isinstance(message["content"], list) else ():
-            kind = part["type"]
-            if kind == "text":
-                continue
-            path = os.path.join(base_dir, part[kind])
-            if kind == "image":
-                row["images"].append(load_image(path))
-            elif kind == "audio":
-                samples, rate = soundfile.read(path, dtype="float32")
-                if rate != 16_000:
-                    raise ValueError(f"{path}: {rate} Hz (the sample's clips are 16 kHz)")
-                pieces = [samples[i : i + AUDIO_PIECE] for i in range(0, len(samples), AUDIO_PIECE)]
-                row["audio"] += pieces
-                pieces_per_clip.append(len(pieces))
-            elif kind == "video":
-                frames, meta = load_video(path, backend="pyav")  # every frame; the processor samples
-                row["videos"].append(frames)
-                row["metadata"].append(meta)
-                row["num_frames"] = part.get("num_frames")
-            else:
-                raise ValueError(f"unknown part type {kind!r}")
-    placeholder = SPECIAL_STRINGS["audio"]
-    text, counts = render_chat(messages).text, iter(pieces_per_clip)
-    row["text"] = "".join(
-        piece + (placeholder * next(counts) if i < len(pieces_per_clip) else "")
-        for i, piece in enumerate(text.split(placeholder))
-    )
-    return row
-
-
 def _reference(manifest: str, checkpoint: str, batch: int, new_tokens: int) -> dict:
     import torch
 
@@ -159,7 +117,7 @@ def _reference(manifest: str, checkpoint: str, batch: int, new_tokens: int) -> d
         rows, ids = [], []
         for raw in source[start : start + batch]:
             try:
-                rows.append(_load_row(raw["messages"], os.path.dirname(manifest)))
+                rows.append(reference_row(raw["messages"], os.path.dirname(manifest)))
                 ids.append(raw["id"])
             except Exception:  # broken media, malformed rows: skipped and counted
                 skipped += 1

@@ -41,7 +41,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -67,7 +66,6 @@ TARGET_BYTES = 0.3
 MIX = (("image", 0.40), ("audio", 0.30), ("image+audio", 0.10), ("video", 0.05), ("text", 0.15))
 POOLS = {"image": 48, "audio": 32, "video": 4}
 SR = 16_000
-REFERENCE_AUDIO_SAMPLES = 30 * SR  # the reference feature extractor's max_length
 UNIT = "rows/s"
 
 
@@ -204,39 +202,11 @@ _EMPTY = {
 
 def _reference_row(row: dict, *, base_dir: str, tokenizer_dir: str) -> dict:
     """One row through the reference: decode its media, render the prompt, call ``Gemma4Processor``."""
-    import soundfile
+    from .benchmarking import reference_row
 
-    from oracles.hf_processor import load_image, load_video
-    from preprocess.chat import render_chat
-    from preprocess.tokenizer import SPECIAL_STRINGS
-
-    messages = json.loads(row["messages"])
-    images, audio, pieces_per_clip, videos, metadata, num_frames = [], [], [], [], [], None
-    for message in messages:
-        for part in message["content"] if isinstance(message["content"], list) else ():
-            kind = part["type"]
-            if kind == "text":
-                continue
-            path = os.path.join(base_dir, part[kind])
-            if kind == "image":
-                images.append(load_image(path))
-            elif kind == "audio":
-                samples, rate = soundfile.read(path, dtype="float32")
-                assert rate == SR, rate  # generated at 16 kHz, so no resampling
-                pieces = [
-                    samples[i : i + REFERENCE_AUDIO_SAMPLES] for i in range(0, len(samples), REFERENCE_AUDIO_SAMPLES)
-                ]
-                audio += pieces
-                pieces_per_clip.append(len(pieces))
-            else:
-                frames, meta = load_video(path, backend="pyav")  # every frame; the processor samples
-                videos.append(frames)
-                metadata.append(meta)
-                num_frames = part.get("num_frames")
-    text = render_chat(messages).text
-    placeholder = SPECIAL_STRINGS["audio"]
-    counts = iter(pieces_per_clip)
-    text = re.sub(re.escape(placeholder), lambda _: placeholder * next(counts), text)
+    loaded = reference_row(json.loads(row["messages"]), base_dir)
+    text, images, audio, videos = loaded["text"], loaded["images"], loaded["audio"], loaded["videos"]
+    metadata, num_frames = loaded["metadata"], loaded["num_frames"]
     kwargs: dict[str, Any] = {"text": [text], "add_special_tokens": False, "return_tensors": "np"}
     if images:
         kwargs["images"] = [images]

@@ -4,6 +4,7 @@ set of image sizes."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from types import ModuleType
 
 import numpy as np
 
-__all__ = ["Row", "alternate", "benchmark_sizes", "best_time", "format_row", "reference"]
+__all__ = ["Row", "alternate", "benchmark_sizes", "best_time", "format_row", "reference", "reference_row"]
 
 
 @dataclass
@@ -99,3 +100,50 @@ def benchmark_sizes(count: int = 48, low: int = 120, high: int = 3000, seed: int
     if count >= 2:
         sizes[0], sizes[1] = (high, high * 3 // 4), (low, low)
     return sizes[:count]
+
+
+REFERENCE_AUDIO_PIECE = 30 * 16_000  # the reference feature extractor's max_length (samples at 16 kHz)
+
+
+def reference_row(messages: list, base_dir: str) -> dict:
+    """One manifest row as the reference processor takes it: ``text`` (the prompt rendered by our chat template,
+    each audio placeholder repeated once per piece), ``images``, ``audio`` (16 kHz clips cut into pieces of
+    ``REFERENCE_AUDIO_PIECE`` samples: its feature extractor stops there), ``videos`` with their ``metadata``
+    (every frame; the processor samples) and ``num_frames`` (the last video part's)."""
+    import soundfile
+
+    from oracles.hf_processor import load_image, load_video
+    from preprocess.chat import render_chat
+    from preprocess.tokenizer import SPECIAL_STRINGS
+
+    row: dict = {"images": [], "audio": [], "videos": [], "metadata": [], "num_frames": None}
+    pieces_per_clip = []
+    for message in messages:
+        for part in message["content"] if isinstance(message["content"], list) else ():
+            kind = part["type"]
+            if kind == "text":
+                continue
+            path = os.path.join(base_dir, part[kind])
+            if kind == "image":
+                row["images"].append(load_image(path))
+            elif kind == "audio":
+                samples, rate = soundfile.read(path, dtype="float32")
+                if rate != 16_000:
+                    raise ValueError(f"{path}: {rate} Hz (the sample's clips are 16 kHz)")
+                pieces = [samples[i : i + REFERENCE_AUDIO_PIECE] for i in range(0, len(samples), REFERENCE_AUDIO_PIECE)]
+                row["audio"] += pieces
+                pieces_per_clip.append(len(pieces))
+            elif kind == "video":
+                frames, meta = load_video(path, backend="pyav")  # every frame; the processor samples
+                row["videos"].append(frames)
+                row["metadata"].append(meta)
+                row["num_frames"] = part.get("num_frames")
+            else:
+                raise ValueError(f"unknown part type {kind!r}")
+    placeholder = SPECIAL_STRINGS["audio"]
+    text, counts = render_chat(messages).text, iter(pieces_per_clip)
+    row["text"] = "".join(
+        piece + (placeholder * next(counts) if i < len(pieces_per_clip) else "")
+        for i, piece in enumerate(text.split(placeholder))
+    )
+    return row

@@ -56,4 +56,4 @@ def test_command_line_options():
     assert (args.rows, args.batch_size, args.new_tokens, args.workers) == (5, 2, 4, [2])
     assert args.func is cli._cmd_bench_infer
     defaults = cli.build_parser().parse_args(["bench", "infer"])
-    assert (defaults.rows, defaults.batch_size, defaults.new_tokens, defaults.workers) == (8, 4, 32, None)
+    assert (defaults.rows, defaults.batch_size, defaults.new_tokens, defaults.workers) == (24, 8, 32, None)
