@@ -506,8 +506,7 @@ class _Feeder:
         self.running: dict[Future, tuple[int, list]] = {}
         self.open: dict[int, _Shard] = {}
         self.options: dict[tuple[int, int], RowOptions | None] = {}
-        self.summaries: dict[tuple[int, int], dict] = {}
-        self.row_ids: dict[tuple[int, int], str] = {}
+        self.waiting: dict[tuple[int, int], tuple[str, dict]] = {}  # a request's row id and prompt summary
         self.answered = Counter()  # this run's results and tokens (the summary's rates)
         self.ready: deque = deque()
         self.waited = 0.0
@@ -561,7 +560,7 @@ class _Feeder:
             return
         done, _ = wait(self.running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
         for future in done:
-            shard, work = self.running.pop(future)
+            shard, _ = self.running.pop(future)
             for prepared in future.result():
                 if prepared[0] == "error":
                     self._error(shard, prepared[1])
@@ -575,8 +574,7 @@ class _Feeder:
         if isinstance(request, dict):
             self._error(shard, request)
             return
-        self.summaries[(shard, index)] = summary
-        self.row_ids[(shard, index)] = row_id
+        self.waiting[(shard, index)] = (row_id, summary)
         self.ready.append(request)
 
     def _error(self, shard: int, row: dict) -> None:
@@ -589,8 +587,7 @@ class _Feeder:
 
     def complete(self, completion) -> None:
         shard, index = completion.id
-        summary = self.summaries.pop((shard, index))
-        row_id = self.row_ids.pop((shard, index))
+        row_id, summary = self.waiting.pop((shard, index))
         self.open[shard].results[index] = result_row(completion, row_id, index, summary, self.job.tokenizer)
         self.answered.update(rows=1, prompt=completion.prompt_tokens, generated=len(completion.token_ids))
         if self.bar is not None:
