@@ -32,12 +32,23 @@ Only the standard library is imported here; huggingface_hub is imported when a r
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CheckpointNotFoundError", "resolve_checkpoint"]
+__all__ = [
+    "CheckpointFileError",
+    "CheckpointNotFoundError",
+    "GenerationDefaults",
+    "chat_template",
+    "generation_defaults",
+    "read_json_file",
+    "resolve_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +74,10 @@ _EXAMPLE_REPO = "google/gemma-4-E2B-it"
 
 class CheckpointNotFoundError(FileNotFoundError):
     """A checkpoint name that is neither a directory nor a repo id found in the cache or downloadable."""
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that is there but cannot be used: not a regular file, not UTF-8 JSON, not an object."""
 
 
 def resolve_checkpoint(name: str | os.PathLike, *, allow_download: bool = True) -> Path:
@@ -154,3 +169,106 @@ def _short_cause(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     cause = f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
     return cause if len(cause) <= _CAUSE_CHARS else cause[: _CAUSE_CHARS - 1] + "…"
+
+
+# --- the small files of a published checkpoint -----------------------------------------------------------------
+
+
+def read_json_file(directory: str | os.PathLike, name: str) -> dict | None:
+    """``directory/name`` as a JSON object, or None when there is no such file. A FIFO, device or directory of
+    that name is refused without being opened, like anything that is not a JSON object:
+    :class:`CheckpointFileError` naming the file and the problem."""
+    path = Path(directory) / name
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise CheckpointFileError(f"{os.fspath(path)!r} is not a regular file")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise CheckpointFileError(f"{os.fspath(path)!r} is not valid JSON ({_short_cause(error)})") from None
+    if not isinstance(value, dict):
+        raise CheckpointFileError(f"{os.fspath(path)!r} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def chat_template(directory: str | os.PathLike) -> str | None:
+    """A checkpoint's chat template: ``chat_template.jinja`` (how every published checkpoint ships it, whatever
+    its tokenizer format), else the ``chat_template`` of ``tokenizer_config.json`` (community copies fold it in
+    there; a list of named templates gives the one named ``default``), else None (the built-in layout)."""
+    path = Path(directory) / "chat_template.jinja"
+    if path.exists():
+        if not path.is_file():
+            raise CheckpointFileError(f"{os.fspath(path)!r} is not a regular file")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointFileError(f"{os.fspath(path)!r} is not UTF-8 text") from None
+    config = read_json_file(directory, "tokenizer_config.json") or {}
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": …}, {"name": "tool_use", …}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is not None and not isinstance(template, str):
+        raise CheckpointFileError(
+            f"{os.fspath(Path(directory) / 'tokenizer_config.json')!r}: chat_template is a "
+            f"{type(template).__name__}, not a string"
+        )
+    return template
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationDefaults:
+    """The sampling a checkpoint asks for in ``generation_config.json`` (spec §12), as transformers applies it:
+    ``do_sample`` true samples with the file's ``temperature`` (1.0 when absent), ``top_k`` and ``top_p`` (absent:
+    no cut); ``do_sample`` false or absent, or no file, is greedy. ``stop_ids``: its ``eos_token_id``."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop_ids: tuple[int, ...] = ()
+    source: str | None = None  # the file's path; None when there is none
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def generation_defaults(directory: str | os.PathLike) -> GenerationDefaults:
+    """The :class:`GenerationDefaults` of a checkpoint directory; :class:`CheckpointFileError` naming the key and
+    its value for a value that is not a sampling setting (a negative temperature, ``top_p`` above 1 …)."""
+    config = read_json_file(directory, "generation_config.json")
+    if config is None:
+        return GenerationDefaults()
+    where = os.fspath(Path(directory) / "generation_config.json")
+
+    def number(key: str, kind: type, low: float, high: float | None = None):
+        value = config.get(key)
+        if value is None:
+            return None
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or value == int(value))
+        if not ok or not math.isfinite(value) or value < low or (high is not None and value > high):
+            bounds = f"≥ {low}" if high is None else f"in [{low}, {high}]"
+            raise CheckpointFileError(f"{where!r}: {key} is {value!r}, not a {kind.__name__} {bounds}")
+        return kind(value)
+
+    stop = config.get("eos_token_id")
+    stop = [] if stop is None else [stop] if isinstance(stop, int) else stop
+    if not isinstance(stop, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in stop):
+        raise CheckpointFileError(f"{where!r}: eos_token_id is {config.get('eos_token_id')!r}, not an id or ids")
+    temperature, top_k, top_p = (
+        number("temperature", float, 0.0),
+        number("top_k", int, 0),
+        number("top_p", float, 0.0, 1.0),
+    )
+    if top_p == 0:
+        raise CheckpointFileError(f"{where!r}: top_p is 0, not a probability in (0, 1]")
+    if not config.get("do_sample"):
+        return GenerationDefaults(stop_ids=tuple(stop), source=where)
+    return GenerationDefaults(
+        temperature=1.0 if temperature is None else temperature,
+        top_k=top_k or None,  # transformers: 0 means no cut
+        top_p=None if top_p in (None, 1.0) else top_p,
+        stop_ids=tuple(stop),
+        source=where,
+    )

@@ -10,28 +10,42 @@ checkpoints store for KV-shared layers are unused and skipped. The model is buil
 tensors are taken straight from the memory-mapped safetensors files (``assign=True``), so peak memory stays near
 the size of the weights.
 
-The dtype left unsaid is bfloat16 on an accelerator and float32 on the CPU (:func:`default_dtype`): float16
-overflows in Gemma's activations (transformers #36822), and CPUs compute bfloat16 slowly. ``dtype="checkpoint"``
-keeps the checkpoint's own. ``ple_on_host=True`` keeps the per-layer-embedding table (E2B/E4B) in host memory,
-memory-mapped from the file, while every other weight goes to the device (:class:`model.host.HostEmbedding`).
+The dtype left unsaid is the one the checkpoint stores its weights in (:func:`default_dtype`), on every device:
+the published checkpoints are bfloat16, which keeps E2B at 10 GB instead of 20 GB in float32, and on a CPU with
+bfloat16 instructions (AVX512-BF16 / AMX) computes faster too (measured, README "Device and dtype"). A float16
+checkpoint is loaded in bfloat16 (float16 overflows in Gemma's activations, transformers #36822) and a float64 one
+in float32. ``dtype="checkpoint"`` keeps each tensor's own. ``ple_on_host=True`` keeps the per-layer-embedding
+table (E2B/E4B) in host memory, memory-mapped from the file, while every other weight goes to the device
+(:class:`model.host.HostEmbedding`).
 
-:func:`check_tokenizer` compares a tokenizer's control ids and vocabulary size with a checkpoint's config. The
-tokenizer is duck-typed (``.special`` with the control ids by role, ``.vocab_size``): the model never imports
-the front end.
+A checkpoint is a directory (or a Hugging Face repo id found in the local hub cache:
+``data_specs.checkpoint_dir.resolve_checkpoint``) laid out as the published ones are (spec §12): ``config.json``,
+one ``model.safetensors`` or shards listed by ``model.safetensors.index.json``, and ``generation_config.json``,
+whose ``eos_token_id`` adds to the stop ids. :func:`inspect_checkpoint` reads only the config and the safetensors
+headers (every file checked to be a regular file first: nothing blocks on a FIFO) and says what loading would hold
+(:class:`CheckpointInfo`), so a job can refuse a checkpoint before it starts.
+
+:func:`check_tokenizer` compares a tokenizer's identity (vocabulary size, pad, bos, media and control-token ids)
+with a checkpoint's config, never its stop ids: generation stops at the union of the config's, the generation
+config's and the tokenizer's end-of-turn and tool-response opener (:func:`stop_ids`). The tokenizer is duck-typed
+(``.special`` with the control ids by role, ``.vocab_size``): the model never imports the front end.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
+
+from data_specs.checkpoint_dir import read_json_file, resolve_checkpoint
 
 from .config import (
     FULL,
@@ -50,10 +64,13 @@ from .host import HostEmbedding
 
 __all__ = [
     "CheckpointError",
+    "CheckpointInfo",
     "DTYPES",
+    "IDENTITY_IDS",
     "TokenizerMismatchError",
     "check_tokenizer",
     "default_dtype",
+    "inspect_checkpoint",
     "load_config",
     "load_pretrained",
     "load_text_decoder",
@@ -62,6 +79,8 @@ __all__ = [
     "read_safetensors",
     "save_pretrained",
     "save_text_decoder",
+    "stop_ids",
+    "stored_dtype",
     "text_from_hf",
     "text_to_hf",
 ]
@@ -99,37 +118,74 @@ DTYPES: dict[str, torch.dtype] = {
 KEEP = "checkpoint"  # ``dtype=KEEP``: the checkpoint's own dtype, tensor by tensor
 
 
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """The dtype the loaders use when none is given: float32 on the CPU (and the meta device), bfloat16 on any
-    accelerator (CUDA, MPS, XPU …), never float16 (it overflows in Gemma's activations, transformers #36822)."""
-    return torch.float32 if torch.device(device).type in ("cpu", "meta") else torch.bfloat16
+_SAFETENSORS_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_MAX_HEADER = 100 * 2**20  # bytes: a safetensors header larger than this is not one (E2B's is ~0.2 MB)
 
 
-def _dtype(dtype: str | torch.dtype | None, device: str | torch.device, directory: Path) -> torch.dtype | None:
-    """The dtype to load ``directory`` in; None keeps the checkpoint's."""
+def stored_dtype(directory: str | os.PathLike) -> torch.dtype:
+    """The floating dtype that holds most of a checkpoint's bytes (read from the safetensors headers)."""
+    by_dtype: dict[torch.dtype, int] = {}
+    for header in _headers(Path(directory)).values():
+        for entry in header.values():
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            if dtype.is_floating_point:
+                by_dtype[dtype] = by_dtype.get(dtype, 0) + entry["data_offsets"][1] - entry["data_offsets"][0]
+    if not by_dtype:
+        raise CheckpointError(f"{os.fspath(directory)!r} holds no floating-point weights")
+    return max(by_dtype, key=by_dtype.get)
+
+
+def default_dtype(directory: str | os.PathLike) -> torch.dtype:
+    """The dtype the loaders use when none is given: the checkpoint's stored dtype (:func:`stored_dtype`), on any
+    device, except float16 → bfloat16 (float16 overflows in Gemma's activations, transformers #36822) and
+    float64 → float32."""
+    stored = stored_dtype(directory)
+    return {torch.float16: torch.bfloat16, torch.float64: torch.float32}.get(stored, stored)
+
+
+def _dtype(dtype: str | torch.dtype | None, directory: Path) -> torch.dtype | None:
+    """The dtype to load ``directory`` in; None keeps each tensor's own."""
     if dtype is None:
-        return default_dtype(device)
+        return default_dtype(directory)
     if isinstance(dtype, str) and dtype == KEEP:
         return None
     if isinstance(dtype, str) and dtype in DTYPES:
         dtype = DTYPES[dtype]
     if not isinstance(dtype, torch.dtype):
         raise ValueError(
-            f"dtype {dtype!r} is not a torch.dtype or one of the names {', '.join(DTYPES)}, {KEEP!r} (the "
-            "checkpoint's own) or None (bfloat16 on an accelerator, float32 on the CPU)"
+            f"dtype {dtype!r} is not a torch.dtype or one of the names {', '.join(DTYPES)}, {KEEP!r} (each "
+            "tensor's own) or None (the checkpoint's stored dtype)"
         )
     if dtype == torch.float16:
         warnings.warn(
             f"loading {os.fspath(directory)!r} in float16: Gemma's activations overflow float16 (transformers "
-            "#36822); bfloat16 (the default on an accelerator) has float32's range",
+            "#36822); bfloat16 has float32's range",
             stacklevel=3,
         )
     return dtype
 
 
+IDENTITY_IDS = ("pad", "bos", "image", "audio", "video", "boi", "eoi", "boa", "eoa")  # what check_tokenizer compares
+
+
 def check_tokenizer(config: ModelConfig, tokenizer: Any) -> None:
-    """Raise :class:`TokenizerMismatchError` naming every control id (those :class:`~model.config.TokenIds`
-    names) and the vocabulary size where ``tokenizer`` and ``config`` disagree; return quietly if they agree.
+    """Raise :class:`TokenizerMismatchError` naming every identity id (:data:`IDENTITY_IDS`: pad, bos and the
+    media control ids of :class:`~model.config.TokenIds`) and the vocabulary size where ``tokenizer`` and
+    ``config`` disagree; return quietly if they agree. Stop ids are not identities (a base model or a fine-tune
+    may list fewer): they are joined, not compared (:func:`stop_ids`).
 
     ``tokenizer`` is duck-typed: ``.special`` holds the control ids as attributes named by role (as
     ``preprocess.tokenizer.Tokenizer`` has), ``.vocab_size`` the number of pieces. Ids the tokenizer has but the
@@ -140,9 +196,9 @@ def check_tokenizer(config: ModelConfig, tokenizer: Any) -> None:
     if special is None or vocab_size is None:
         raise TypeError(f"{type(tokenizer).__name__} is not a tokenizer: it needs .special and .vocab_size")
     differences = [
-        (f.name, getattr(special, f.name), getattr(config.tokens, f.name))
-        for f in fields(TokenIds)
-        if hasattr(special, f.name) and getattr(special, f.name) != getattr(config.tokens, f.name)
+        (name, getattr(special, name), getattr(config.tokens, name))
+        for name in IDENTITY_IDS
+        if hasattr(special, name) and getattr(special, name) != getattr(config.tokens, name)
     ]
     if vocab_size != config.text.vocab_size:
         differences.append(("vocab_size", vocab_size, config.text.vocab_size))
@@ -151,20 +207,65 @@ def check_tokenizer(config: ModelConfig, tokenizer: Any) -> None:
 
 
 def _files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / n for n in names]
-    single = directory / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise CheckpointError(f"{os.fspath(directory)!r} has neither model.safetensors nor model.safetensors.index.json")
+    """The safetensors files of a checkpoint, each checked to be a regular file (a FIFO would block a read)."""
+    index = read_json_file(directory, "model.safetensors.index.json")
+    if index is not None:
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{os.fspath(directory / 'model.safetensors.index.json')!r} has no weight_map")
+        files = [directory / name for name in sorted(set(map(str, weight_map.values())))]
+        listed = "listed by model.safetensors.index.json"
+    elif (directory / "model.safetensors").exists():
+        files, listed = [directory / "model.safetensors"], "the weights"
+    else:
+        raise CheckpointError(
+            f"{os.fspath(directory)!r} has neither model.safetensors nor model.safetensors.index.json"
+        )
+    for file in files:
+        if not file.exists():
+            raise CheckpointError(f"{os.fspath(file)!r} ({listed}) is missing")
+        if not file.is_file():
+            raise CheckpointError(f"{os.fspath(file)!r} ({listed}) is not a regular file")
+    return files
+
+
+def _header(path: Path) -> dict[str, dict]:
+    """The tensors a safetensors file declares (name → dtype, shape, data_offsets), checked against its size."""
+    size = path.stat().st_size
+    with open(path, "rb") as fp:
+        length = int.from_bytes(fp.read(8), "little")
+        if size < 8 or not 2 <= length <= min(_MAX_HEADER, size - 8):
+            raise CheckpointError(f"{os.fspath(path)!r} is not a safetensors file (header length {length})")
+        try:
+            header = json.loads(fp.read(length))
+        except (UnicodeDecodeError, ValueError):
+            raise CheckpointError(f"{os.fspath(path)!r} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{os.fspath(path)!r} is not a safetensors file (its header is not an object)")
+    header.pop("__metadata__", None)
+    data = size - 8 - length
+    for name, entry in header.items():
+        ok = (
+            isinstance(entry, dict)
+            and entry.get("dtype") in _SAFETENSORS_DTYPES
+            and isinstance(entry.get("shape"), list)
+            and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2
+            and 0 <= entry["data_offsets"][0] <= entry["data_offsets"][1] <= data
+        )
+        if not ok:
+            raise CheckpointError(f"{os.fspath(path)!r}: tensor {name!r} has a bad header entry {str(entry)[:120]}")
+    return header
+
+
+def _headers(directory: Path) -> dict[Path, dict[str, dict]]:
+    return {file: _header(file) for file in _files(directory)}
 
 
 def read_safetensors(directory: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint, memory-mapped (converted only when ``dtype`` differs)."""
     tensors = {}
-    for file in _files(Path(directory)):
+    for file in _headers(Path(directory)):  # headers checked before safetensors opens anything
         with safe_open(file, framework="pt") as f:
             for key in f.keys():
                 tensor = f.get_tensor(key)
@@ -172,12 +273,29 @@ def read_safetensors(directory: str | os.PathLike, dtype: torch.dtype | None = N
     return tensors
 
 
+def _text_prefix(names) -> str:
+    prefix = next((p for p in PREFIXES if any(k.startswith(p + "embed_tokens.") for k in names)), None)
+    if prefix is None:
+        raise CheckpointError("no text embedding (model[.language_model].embed_tokens.weight) in the checkpoint")
+    return prefix
+
+
+def _unused(name: str, config: TextConfig) -> bool:
+    """Whether a text weight (our name) is a KV-shared layer's unused projection: E2B's file stores 60 of them,
+    E4B's 54 (spec §12), which transformers' model does not have."""
+    parts = name.split(".")
+    if len(parts) > 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] == "self_attn":
+        layer = int(parts[1])
+        return (
+            parts[3] in ("k_proj", "v_proj", "k_norm") and layer < config.n_layers and config.kv_source(layer) != layer
+        )
+    return False
+
+
 def _partition(tensors: dict[str, torch.Tensor], config: TextConfig) -> tuple[dict, dict, dict]:
     """Split a checkpoint's tensors into (text weights by our decoder's names, tower weights by their names
     below ``model.``, everything else but the tied output embedding)."""
-    text_prefix = next((p for p in PREFIXES if any(k.startswith(p + "embed_tokens.") for k in tensors)), None)
-    if text_prefix is None:
-        raise CheckpointError("no text embedding (model[.language_model].embed_tokens.weight) in the checkpoint")
+    text_prefix = _text_prefix(tensors)
     towers = tuple("model." + t for t in TOWERS)
     text, tower, stray = {}, {}, {}
     for key, tensor in tensors.items():
@@ -185,26 +303,21 @@ def _partition(tensors: dict[str, torch.Tensor], config: TextConfig) -> tuple[di
             tower[key.removeprefix("model.")] = tensor
         elif key.startswith(text_prefix):
             name = key[len(text_prefix) :]
-            parts = name.split(".")
-            if parts[0] == "layers" and parts[2] == "self_attn" and parts[3] in ("k_proj", "v_proj", "k_norm"):
-                if config.kv_source(int(parts[1])) != int(parts[1]):
-                    continue  # a KV-shared layer's unused projection
-            text[name] = tensor
+            if not _unused(name, config):
+                text[name] = tensor
         elif key != "lm_head.weight":  # the tied output embedding is the input embedding
             stray[key] = tensor
     return text, tower, stray
 
 
 def _config(directory: Path) -> dict:
-    config_path = directory / "config.json"
-    if not config_path.is_file():
+    config = read_json_file(directory, "config.json")
+    if config is None:
         raise CheckpointError(f"{os.fspath(directory)!r} has no config.json")
-    config = json.loads(config_path.read_text())
-    generation = directory / "generation_config.json"  # its eos_token_id lists every stop id (spec §1.6)
-    if generation.is_file():
-        stop = json.loads(generation.read_text()).get("eos_token_id")
-        if stop is not None:
-            config["eos_token_id"] = [*_ids(config.get("eos_token_id")), *(i for i in _ids(stop))]
+    generation = read_json_file(directory, "generation_config.json")  # its eos_token_id adds stop ids (§1.6)
+    stop = (generation or {}).get("eos_token_id")
+    if stop is not None:
+        config["eos_token_id"] = [*_ids(config.get("eos_token_id")), *_ids(stop)]
     return config
 
 
@@ -213,9 +326,104 @@ def _ids(value: Any) -> list[int]:
     return [] if value is None else [value] if isinstance(value, int) else list(value)
 
 
+def stop_ids(config: ModelConfig, tokenizer: Any = None) -> tuple[int, ...]:
+    """Where generation stops: the ``eos_token_id`` of ``config.json`` and ``generation_config.json`` (as
+    :func:`load_config` joins them), then the tokenizer's end of turn and tool-response opener (spec §1.6), each
+    once, in that order. A checkpoint saved by a trainer with ``eos_token_id: 1`` alone still stops at the end
+    of a turn."""
+    special = getattr(tokenizer, "special", None)
+    extra = () if special is None else (special.eos, special.turn_end, special.tool_response_start)
+    return tuple(dict.fromkeys((*config.tokens.stop_ids, *extra)))
+
+
 def load_config(directory: str | os.PathLike) -> ModelConfig:
-    """The :class:`~model.config.ModelConfig` of a checkpoint directory's ``config.json`` (no weights read)."""
-    return model_from_hf(_config(Path(directory)))
+    """The :class:`~model.config.ModelConfig` of a checkpoint (a directory or a repo id in the hub cache):
+    ``config.json``, with ``generation_config.json``'s stop ids (no weights read)."""
+    return model_from_hf(_config(resolve_checkpoint(directory)))
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What loading a checkpoint would hold, known from its config and safetensors headers alone."""
+
+    directory: Path
+    config: ModelConfig
+    dtype: torch.dtype  # the compute dtype the loaders would use
+    stored_dtype: torch.dtype
+    weight_bytes: int  # every weight the model holds, in ``dtype`` (KV-shared layers' unused ones excluded)
+    ple_bytes: int  # of which the per-layer-embedding table (0 without one)
+
+    @property
+    def name(self) -> str:
+        """A short name: the directory's, or the repo's for a hub-cache snapshot."""
+        parts = self.directory.resolve().parts
+        if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+            return parts[-3].split("--")[-1]
+        return self.directory.resolve().name
+
+    def cache_bytes(self, slots: int, context: int) -> int:
+        """The KV cache of ``slots`` rows of ``context`` tokens, in ``dtype`` (``model.cache.cache_bytes``)."""
+        from .cache import cache_bytes
+
+        return cache_bytes(self.config.text, slots, context, self.dtype)
+
+
+def inspect_checkpoint(directory: str | os.PathLike, *, dtype: str | torch.dtype | None = None) -> CheckpointInfo:
+    """Read a checkpoint's config and weight headers (no weight data) and check that its tensors are the ones its
+    config describes, by name and shape; :class:`CheckpointError` naming what does not fit."""
+    from .gemma4 import Gemma4
+
+    directory = resolve_checkpoint(directory)
+    config = load_config(directory)
+    headers = _headers(directory)
+    declared = {name: entry for header in headers.values() for name, entry in header.items()}
+    chosen = _dtype(dtype, directory)
+    with torch.device("meta"):
+        expected = dict(Gemma4(config).state_dict())
+    prefix = _text_prefix(declared)
+    towers = tuple("model." + t for t in TOWERS)
+    weights = {}
+    for key, entry in declared.items():
+        if key.startswith(towers):
+            weights[key.removeprefix("model.")] = entry
+        elif key.startswith(prefix) and not _unused(key[len(prefix) :], config.text):
+            weights["language_model." + key[len(prefix) :]] = entry
+        elif not key.startswith(prefix) and key != "lm_head.weight":
+            weights[key] = entry
+    _check_names(
+        directory,
+        expected,
+        {k: tuple(v["shape"]) for k, v in weights.items()},
+    )
+    stored = default_dtype(directory) if chosen is None else chosen
+    size = {k: math.prod(v["shape"]) * _element_size(v["dtype"], chosen) for k, v in weights.items()}
+    ple = size.get("language_model.embed_tokens_per_layer.weight", 0)
+    return CheckpointInfo(directory, config, stored, stored_dtype(directory), sum(size.values()), ple)
+
+
+def _element_size(name: str, dtype: torch.dtype | None) -> int:
+    stored = _SAFETENSORS_DTYPES[name]
+    target = dtype if dtype is not None and stored.is_floating_point else stored
+    return torch.empty((), dtype=target).element_size()
+
+
+def _check_names(directory: Path, expected: dict, shapes: dict[str, tuple]) -> None:
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [
+        f"{k}: checkpoint {shapes[k]}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in shapes and shapes[k] != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+
+        def cut(items: list) -> str:
+            return str(items[:8])[:-1] + (f", … {len(items) - 8} more]" if len(items) > 8 else "]")
+
+        raise CheckpointError(
+            f"{os.fspath(directory)!r} does not fit its config: missing {cut(missing)}, unexpected {cut(unexpected)}, "
+            f"wrong shapes {cut(wrong)}"
+        )
 
 
 def load_text_decoder(
@@ -228,8 +436,8 @@ def load_text_decoder(
     """Build the text decoder of a checkpoint directory (``config.json`` + safetensors) and load its weights.
 
     ``dtype`` and ``ple_on_host`` as for :func:`load_pretrained`."""
-    directory = Path(directory)
-    dtype = _dtype(dtype, device, directory)
+    directory = resolve_checkpoint(directory)
+    dtype = _dtype(dtype, directory)
     config = text_from_hf(_config(directory))
     with torch.device("meta"):
         model = TextDecoder(config, ple_on_host=ple_on_host)
@@ -245,12 +453,14 @@ def load_pretrained(
     tokenizer: Any = None,
     ple_on_host: bool = False,
 ):
-    """The whole model (:class:`model.gemma4.Gemma4`) of a checkpoint directory: the text decoder and whichever
-    towers its ``config.json`` describes. Text-only (``Gemma4ForCausalLM``) checkpoints load too.
+    """The whole model (:class:`model.gemma4.Gemma4`) of a checkpoint: the text decoder and whichever towers its
+    ``config.json`` describes. ``directory`` is a checkpoint directory or a Hugging Face repo id found in the
+    local hub cache (downloaded where the hub is reachable). Text-only (``Gemma4ForCausalLM``) checkpoints load
+    too.
 
     ``dtype``: a ``torch.dtype`` or one of the names in :data:`DTYPES` ("bfloat16", "bf16" …); None (the
-    default) is :func:`default_dtype` of ``device``: bfloat16 on an accelerator, float32 on the CPU;
-    ``"checkpoint"`` keeps the checkpoint's own. float16 is loaded, with a warning: it overflows in Gemma.
+    default) is :func:`default_dtype`: the checkpoint's stored dtype; ``"checkpoint"`` keeps each tensor's own.
+    float16 is loaded, with a warning: it overflows in Gemma.
 
     ``ple_on_host``: keep the per-layer-embedding table (``embed_tokens_per_layer``, 2.3 B of E2B's 5.1 B
     parameters) in host memory, memory-mapped from the safetensors file, not copied, while every other weight
@@ -260,14 +470,16 @@ def load_pretrained(
     the checkpoint's dtype (or ``"checkpoint"``) to keep it mapped. ``model.to(...)`` leaves the table where it
     is (:class:`model.host.HostEmbedding`). A checkpoint without per-layer embeddings ignores the option.
 
-    ``tokenizer``: if given, checked against the config (:func:`check_tokenizer`) before any weight is read."""
+    ``tokenizer``: if given, checked against the config (:func:`check_tokenizer`) before any weight is read, and
+    its end-of-turn and tool-response ids join the stop ids (:func:`stop_ids`)."""
     from .gemma4 import Gemma4
 
-    directory = Path(directory)
-    dtype = _dtype(dtype, device, directory)
+    directory = resolve_checkpoint(directory)
+    dtype = _dtype(dtype, directory)
     config = model_from_hf(_config(directory))
     if tokenizer is not None:
         check_tokenizer(config, tokenizer)
+        config = replace(config, tokens=replace(config.tokens, stop_ids=stop_ids(config, tokenizer)))
     with torch.device("meta"):
         model = Gemma4(config, ple_on_host=ple_on_host)
     text, towers, stray = _partition(read_safetensors(directory, dtype), config.text)
@@ -279,18 +491,7 @@ def _assign(model: torch.nn.Module, weights: dict[str, torch.Tensor], directory:
     """Check names and shapes, then take the tensors as the model's own (no copy unless device/dtype change).
     The tables of :class:`~model.host.HostEmbedding` modules stay where they were read: in host memory."""
     expected = dict(model.state_dict())
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = [
-        f"{k}: checkpoint {tuple(weights[k].shape)}, model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{os.fspath(directory)!r} does not fit its config: missing {missing}, unexpected {unexpected}, "
-            f"wrong shapes {wrong}"
-        )
+    _check_names(directory, expected, {k: tuple(v.shape) for k, v in weights.items()})
     host = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, HostEmbedding)}
     model.load_state_dict({k: weights[k] if k in host else weights[k].to(device) for k in expected}, assign=True)
     model.reset_buffers(device)  # non-persistent buffers (RoPE frequencies) were built on meta
@@ -302,13 +503,14 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Non
     weight under ``model.``, the tied output embedding not repeated); :func:`load_pretrained` and transformers
     both read it."""
     config: ModelConfig = model.config
-    _write(directory, dict(model_to_hf(config), architectures=["Gemma4ForConditionalGeneration"]), model)
+    _write(directory, model_to_hf(config, dtype=next(model.parameters()).dtype), model)
 
 
 def save_text_decoder(model: TextDecoder, directory: str | os.PathLike) -> None:
     """Write ``config.json`` + ``model.safetensors`` in the ``Gemma4ForCausalLM`` layout (``model.`` prefix, the
     tied output embedding not repeated), which :func:`load_text_decoder` and transformers both read."""
-    _write(directory, dict(text_to_hf(model.config), architectures=["Gemma4ForCausalLM"]), model)
+    dtype = next(model.parameters()).dtype
+    _write(directory, dict(text_to_hf(model.config, dtype=dtype), architectures=["Gemma4ForCausalLM"]), model)
 
 
 def _write(directory: str | os.PathLike, hf_config: dict, model: torch.nn.Module) -> None:
@@ -408,13 +610,33 @@ def _per_layer_overrides(per_layer: Mapping[str, Mapping[str, Any]], layer_types
     return out
 
 
-def text_to_hf(config: TextConfig) -> dict[str, Any]:
-    """The ``text_config`` dict of ``config.json`` for ``config`` (inverse of :func:`text_from_hf`)."""
-    out: dict[str, Any] = {"model_type": "gemma4_text", "hidden_activation": "gelu_pytorch_tanh"}
+# Keys of the published config.json files (spec §12) that describe nothing this code models; written with the
+# published values so that a saved checkpoint has the published key set (tools that read config.json expect them).
+_MAX_POSITIONS = 131_072  # text and vision max_position_embeddings of E2B/E4B (31B/26B-A4B: 262144); not a limit here
+_TEXT_EXTRA = {"attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True}
+_TOWER_EXTRA = {  # every tower section carries transformers' PretrainedConfig keys
+    "_name_or_path": "",
+    "architectures": None,
+    "chunk_size_feed_forward": 0,
+    "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+    "initializer_range": 0.02,
+    "is_encoder_decoder": False,
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "problem_type": None,
+    "return_dict": True,
+}
+_VISION_EXTRA = {"attention_bias": False, "attention_dropout": 0.0, "default_output_length": 280}
+_TOP_EXTRA = {"initializer_range": 0.02, "transformers_version": "5.5.0.dev0", "vision_soft_tokens_per_image": 280}
+
+
+def text_to_hf(config: TextConfig, *, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The ``text_config`` dict of ``config.json`` for ``config`` (inverse of :func:`text_from_hf`), with the key
+    set of the published files (null where a feature is absent); ``dtype`` names the weights' dtype."""
+    out: dict[str, Any] = {"model_type": "gemma4_text", "hidden_activation": "gelu_pytorch_tanh", **_TEXT_EXTRA}
     for ours, theirs in _HF_NAMES.items():
         out[theirs] = getattr(config, ours)
-    if out["num_global_key_value_heads"] is None:
-        del out["num_global_key_value_heads"]
     if not config.ple_dim:
         out["hidden_size_per_layer_input"] = 0
     out["layer_types"] = list(config.layer_types)
@@ -423,6 +645,11 @@ def text_to_hf(config: TextConfig) -> dict[str, Any]:
         out.update(
             num_experts=config.n_experts, top_k_experts=config.top_k_experts, moe_intermediate_size=config.moe_d_ff
         )
+    else:
+        out.update(num_experts=None, top_k_experts=None, expert_intermediate_size=None)
+    out["max_position_embeddings"] = _MAX_POSITIONS
+    if dtype is not None:
+        out["dtype"] = _dtype_name(dtype)
     rope = config.rope
     sliding = {"rope_type": "default", "rope_theta": rope.sliding_theta}
     full = {
@@ -436,6 +663,10 @@ def text_to_hf(config: TextConfig) -> dict[str, Any]:
         full["factor"] = rope.full_factor
     out["rope_parameters"] = {SLIDING: sliding, FULL: full}
     return out
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 _VISION_NAMES = {  # ours → config.json (vision_config)
@@ -468,7 +699,7 @@ _AUDIO_NAMES = {  # ours → config.json (audio_config)
     "output_dim": "output_proj_dims",
     "rms_eps": "rms_norm_eps",
 }
-_TOKEN_NAMES = {  # ours → config.json (top level)
+_TOKEN_NAMES = {  # ours → config.json (top level); the published files give eoa as eoa_token_id and eoa_token_index
     "image": "image_token_id",
     "audio": "audio_token_id",
     "video": "video_token_id",
@@ -477,6 +708,7 @@ _TOKEN_NAMES = {  # ours → config.json (top level)
     "boa": "boa_token_id",
     "eoa": "eoa_token_index",
 }
+_VISION_ROPE = {"axial", "default"}  # "default" is what the published files say; the reference reads it as axial
 
 
 def _pick(section: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
@@ -489,8 +721,8 @@ def vision_from_hf(vision: Mapping[str, Any]) -> VisionConfig:
     if vision.get("attention_bias"):
         raise ConfigError("vision_config: attention_bias=true is not a Gemma 4 architecture")
     rope = vision.get("rope_parameters") or {}
-    if rope.get("rope_type", "axial") != "axial":
-        raise ConfigError(f"vision_config: rope_type {rope['rope_type']!r}; expected 'axial'")
+    if rope.get("rope_type", "axial") not in _VISION_ROPE:  # the 2-D RoPE of spec §3.5 whatever the name
+        raise ConfigError(f"vision_config: rope_type {rope['rope_type']!r}; expected 'default' or 'axial' (2-D axial)")
     kw = _pick(vision, _VISION_NAMES)
     if "head_dim" not in kw and "d_model" in kw and "n_heads" in kw:
         kw["head_dim"] = kw["d_model"] // kw["n_heads"]
@@ -516,34 +748,52 @@ def model_from_hf(config: Mapping[str, Any]) -> ModelConfig:
     text = text_from_hf(config)
     vision = vision_from_hf(config["vision_config"]) if config.get("vision_config") else None
     audio = audio_from_hf(config["audio_config"]) if config.get("audio_config") else None
-    tokens = TokenIds(**_pick(config, _TOKEN_NAMES))
-    pad = config.get("text_config", config).get("pad_token_id")
-    if pad is not None:
-        tokens = replace(tokens, pad=pad)
-    stop = _ids(config.get("eos_token_id", config.get("text_config", {}).get("eos_token_id")))
+    ids = _pick(config, _TOKEN_NAMES)
+    eoa = config.get("eoa_token_id")
+    if eoa is not None and ids.setdefault("eoa", eoa) != eoa:
+        raise ConfigError(f"config.json gives eoa_token_id {eoa} and eoa_token_index {ids['eoa']}: they must agree")
+    section = config.get("text_config") or config
+    for ours in ("pad", "bos"):
+        if section.get(f"{ours}_token_id") is not None:
+            ids[ours] = section[f"{ours}_token_id"]
+    tokens = TokenIds(**ids)
+    stop = _ids(config["eos_token_id"] if config.get("eos_token_id") is not None else section.get("eos_token_id"))
     if stop:
         tokens = replace(tokens, stop_ids=tuple(dict.fromkeys(stop)))  # in order, once each
     return ModelConfig(text=text, vision=vision, audio=audio, tokens=tokens)
 
 
-def model_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """``config.json`` for ``config`` in the ``Gemma4ForConditionalGeneration`` layout (inverse of
-    :func:`model_from_hf`)."""
-    out: dict[str, Any] = {"model_type": "gemma4", "text_config": text_to_hf(config.text)}
-    out["text_config"]["pad_token_id"] = config.tokens.pad
+def model_to_hf(config: ModelConfig, *, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """``config.json`` for ``config`` in the ``Gemma4ForConditionalGeneration`` layout, with the key set of the
+    published files (spec §12; inverse of :func:`model_from_hf`); ``dtype`` names the weights' dtype."""
+    out: dict[str, Any] = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", **_TOP_EXTRA}
+    out["text_config"] = text_to_hf(config.text, dtype=dtype)
+    tokens = config.tokens
+    out["text_config"].update(pad_token_id=tokens.pad, bos_token_id=tokens.bos, eos_token_id=tokens.stop_ids[0])
     out["tie_word_embeddings"] = config.text.tie_embeddings
-    out.update({theirs: getattr(config.tokens, ours) for ours, theirs in _TOKEN_NAMES.items()})
-    out["eos_token_id"] = list(config.tokens.stop_ids)
+    out.update({theirs: getattr(tokens, ours) for ours, theirs in _TOKEN_NAMES.items()})
+    out["eoa_token_id"] = tokens.eoa
+    out["eos_token_id"] = list(tokens.stop_ids)
+    if dtype is not None:
+        out["dtype"] = _dtype_name(dtype)
+    tower_extra = dict(_TOWER_EXTRA, **({"dtype": _dtype_name(dtype)} if dtype is not None else {}))
     if config.vision is not None:
         v = config.vision
-        out["vision_config"] = {"model_type": "gemma4_vision", "hidden_activation": "gelu_pytorch_tanh"}
+        out["vision_config"] = {
+            "model_type": "gemma4_vision",
+            "hidden_activation": "gelu_pytorch_tanh",
+            **tower_extra,
+            **_VISION_EXTRA,
+            "global_head_dim": v.head_dim,
+            "max_position_embeddings": _MAX_POSITIONS,
+        }
         out["vision_config"].update({theirs: getattr(v, ours) for ours, theirs in _VISION_NAMES.items()})
-        out["vision_config"]["rope_parameters"] = {"rope_type": "axial", "rope_theta": v.rope_theta}
+        out["vision_config"]["rope_parameters"] = {"rope_theta": v.rope_theta, "rope_type": "default"}
     else:
         out["vision_config"] = None
     if config.audio is not None:
         a = config.audio
-        out["audio_config"] = {"model_type": "gemma4_audio", "hidden_act": "silu"}
+        out["audio_config"] = {"model_type": "gemma4_audio", "hidden_act": "silu", **tower_extra}
         out["audio_config"].update({theirs: getattr(a, ours) for ours, theirs in _AUDIO_NAMES.items()})
         out["audio_config"]["subsampling_conv_channels"] = list(a.conv_channels)
     else:

@@ -277,6 +277,7 @@ class TokenIds:
     """Ids of the multimodal control tokens (spec §1.6) and the pad id; always read from the checkpoint's config."""
 
     pad: int = 0  # text_config.pad_token_id: what placeholders become for the PLE lookup (spec §2.3)
+    bos: int = 2  # text_config.bos_token_id: what every prompt starts with
     image: int = 258_880
     audio: int = 258_881
     video: int = 258_884

@@ -83,27 +83,33 @@ WORDS = (
 ).split()
 
 
+def toy_corpus(seed: int = 0, lines: int = 3000) -> list[str]:
+    """Generated sentences over :data:`WORDS` and ``MM:SS word`` lines (what the toy tokenizers learn from)."""
+    import random
+
+    rng = random.Random(seed)
+    corpus = []
+    for _ in range(lines):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 12))]
+        corpus.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ":", ""]))
+        corpus.append(f"{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d} {rng.choice(WORDS)}")
+    return corpus
+
+
 def train_toy_tokenizer(seed: int = 0, vocab_size: int = 600, drop: tuple[str, ...] = ()) -> bytes:
     """A tiny Gemma-like SentencePiece model (BPE, byte fallback, no dummy prefix, identity normalisation) with
     every Gemma 4 control string, trained here on generated text. For tests and the demo only: it is not the
     Gemma tokenizer, and nothing is downloaded. ``drop`` leaves control strings out (to test their absence)."""
     import io
-    import random
 
     import sentencepiece as spm
 
     from preprocess.tokenizer import SPECIAL_STRINGS
 
-    rng = random.Random(seed)
-    corpus = []
-    for _ in range(3000):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 12))]
-        corpus.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ":", ""]))
-        corpus.append(f"{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d} {rng.choice(WORDS)}")
     symbols = [s for role, s in SPECIAL_STRINGS.items() if role not in ("pad", "eos", "bos") and s not in drop]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
+        sentence_iterator=iter(toy_corpus(seed)),
         model_writer=model,
         vocab_size=vocab_size,
         model_type="bpe",
@@ -124,6 +130,143 @@ def train_toy_tokenizer(seed: int = 0, vocab_size: int = 600, drop: tuple[str, .
         minloglevel=2,
     )
     return model.getvalue()
+
+
+TOY_TOKENIZER_CONFIG = {  # tokenizer_config.json, with the keys of the published one (spec §12)
+    "backend": "tokenizers",
+    "tokenizer_class": "GemmaTokenizer",
+    "padding_side": "left",
+    "bos_token": "<bos>",
+    "eos_token": "<eos>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+    "image_token": "<|image|>",
+    "boi_token": "<|image>",
+    "eoi_token": "<image|>",
+    "audio_token": "<|audio|>",
+    "boa_token": "<|audio>",
+    "eoa_token": "<audio|>",
+    "extra_special_tokens": ["<|video|>"],
+}
+
+
+def toy_tokenizer_json(
+    seed: int = 0, vocab_size: int = 600, *, place: dict[str, int] | None = None, drop: tuple[str, ...] = ()
+) -> bytes:
+    """A Gemma-like ``tokenizer.json`` (the layout of the published one, spec §12: a BPE model with byte fallback,
+    no prefix space, a normalizer that writes spaces as ``▁``, the control strings as special added tokens),
+    trained here with the ``tokenizers`` library on generated text, for tests, the demo and the benchmarks.
+
+    Ids: ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``<mask>`` 4, the other control strings, the 256 byte tokens, then
+    what training learned; ``place`` puts given strings at given ids instead (a benchmark lays control tokens where
+    a published config says they are). A vocabulary larger than training reaches (``gemma4 bench checkpoint``
+    asks for the published 262,144) is filled with merges of learned tokens drawn at random. ``drop`` leaves
+    control strings out (to test their absence). Deterministic in ``seed``."""
+    import json
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers.normalizers import Replace
+
+    from preprocess.tokenizer import SPECIAL_STRINGS
+
+    place = dict(place or {})
+    controls = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [
+        s for s in SPECIAL_STRINGS.values() if s not in ("<pad>", "<eos>", "<bos>") and s not in drop
+    ]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    learnable = vocab_size - len(controls) - len(byte_tokens)
+    if learnable < 64:
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small for a toy tokenizer (at least {vocab_size - learnable + 64})"
+        )
+    if bad := [f"{s!r} at {i}" for s, i in place.items() if not 0 <= i < vocab_size]:
+        raise ValueError(f"place: ids beyond the vocabulary of {vocab_size}: {', '.join(bad)}")
+    trainer_model = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer_model.normalizer = Replace(" ", "▁")
+    trainer_model.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(vocab_size=min(learnable, 4000), show_progress=False, special_tokens=[])
+    trainer_model.train_from_iterator(toy_corpus(seed), trainer)
+    learned = json.loads(trainer_model.to_str())["model"]
+    pieces = [p for p, _ in sorted(learned["vocab"].items(), key=lambda item: item[1])]
+    merges = [list(m) if isinstance(m, list) else m.split(" ") for m in learned["merges"]]
+    known = set(pieces)
+    rng = random.Random(seed)
+    while len(pieces) < learnable:  # more merges: pairs of tokens already there, as BPE would have learned them
+        left, right = rng.choice(pieces), rng.choice(pieces)
+        if left + right not in known and len(left + right) <= 24:
+            pieces.append(left + right)
+            merges.append([left, right])
+            known.add(left + right)
+    order = iter(s for s in controls + byte_tokens + pieces[:learnable] if s not in place)
+    by_id = {i: s for s, i in place.items()}
+    vocab = {(by_id[i] if i in by_id else next(order)): i for i in range(vocab_size)}
+    leftover = next(order, None)
+    assert leftover is None or leftover not in controls, leftover
+    kept = set(vocab)
+    document = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": vocab[s],
+                "content": s,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for s in sorted((s for s in controls if s in kept), key=vocab.get)
+        ],
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        "pre_tokenizer": {
+            "type": "Split",
+            "pattern": {"String": " "},
+            "behavior": "MergedWithPrevious",
+            "invert": False,
+        },
+        "post_processor": None,
+        "decoder": {
+            "type": "Sequence",
+            "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+            ],
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": "<unk>",
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [m for m in merges if m[0] in kept and m[1] in kept and m[0] + m[1] in kept],
+        },
+    }
+    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+
+def write_tokenizer_files(directory, tokenizer_json: bytes, *, chat_template: bool = True) -> None:
+    """``tokenizer.json`` and ``tokenizer_config.json`` in ``directory``, and with ``chat_template`` the project's
+    ``chat_template.jinja`` (the instruction-tuned layout of spec §5.4.1), as a published checkpoint holds them."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.json").write_bytes(tokenizer_json)
+    (directory / "tokenizer_config.json").write_text(json.dumps(TOY_TOKENIZER_CONFIG, indent=2) + "\n")
+    if chat_template:
+        from preprocess.chat import builtin_template_text
+
+        (directory / "chat_template.jinja").write_text(builtin_template_text(), encoding="utf-8")
 
 
 # The rows ``write_sample_dataset(corrupt=True)`` adds, each broken in its own way, then one unreadable line.

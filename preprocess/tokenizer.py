@@ -1,12 +1,19 @@
-"""The Gemma SentencePiece tokenizer with its control tokens (spec §1.6), loaded from a checkpoint's files.
+"""The Gemma tokenizer with its control tokens (spec §1.6, §12), loaded from a checkpoint's files.
 
-Every control token is looked up by its string in the loaded model at load time; none is hard-coded, and a
-missing one is an error naming it. Text is encoded the way Hugging Face tokenizers treat added tokens:
-control strings are cut out first and every stretch of text between them is encoded on its own.
+Two formats hold the same tokenizer: ``tokenizer.json`` (Hugging Face ``tokenizers``: what every published Gemma 4
+checkpoint ships, and what transformers, vLLM, llama.cpp's converter and mlx-vlm read) and ``tokenizer.model``
+(SentencePiece: Google's JAX tooling, and the toy tokenizers of older test data). ``tokenizer.json`` is read with
+the ``tokenizers`` library itself, so token ids and decoded text are those of the reference.
+
+Every control token is looked up by its string at load time; none is hard-coded, and a missing one is an error
+naming it. Text is encoded the way Hugging Face tokenizers treat added tokens: control strings are cut out first
+and every stretch of text between them is encoded on its own.
 
 ``encode(text)`` never produces a control token from the text: a user who types ``<|image|>`` gets the
 characters ``<``, ``|``, ``image`` … and no placeholder. Only ``encode(text, allow_special=True)`` (used for
-what the chat template itself writes) turns control strings into their ids.
+what the chat template itself writes) turns the format's control strings (:data:`SPECIAL_STRINGS`) into their ids.
+The control ids are those of :data:`SPECIAL_STRINGS` and, in a ``tokenizer.json``, every other added token marked
+special (``<mask>``, unused slots …): user text never yields any of them.
 """
 
 from __future__ import annotations
@@ -17,9 +24,7 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import sentencepiece as spm
-
-__all__ = ["SpecialTokens", "Tokenizer", "SPECIAL_STRINGS", "MissingSpecialTokenError"]
+__all__ = ["SpecialTokens", "Tokenizer", "SPECIAL_STRINGS", "MissingSpecialTokenError", "TOKENIZER_FILES"]
 
 # Role → string. Order matters only for documentation; lookups go by string.
 SPECIAL_STRINGS: dict[str, str] = {
@@ -47,14 +52,17 @@ SPECIAL_STRINGS: dict[str, str] = {
     "string_delimiter": '<|"|>',
 }
 
+# The files a checkpoint directory may hold its tokenizer in, the first found wins (see Tokenizer.from_pretrained).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
 
 class MissingSpecialTokenError(ValueError):
-    """The tokenizer model lacks a control token the Gemma 4 format needs."""
+    """The tokenizer lacks a control token the Gemma 4 format needs."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SpecialTokens:
-    """Ids of the control tokens, as found in one tokenizer model."""
+    """Ids of the control tokens, as found in one tokenizer."""
 
     pad: int
     eos: int
@@ -88,95 +96,191 @@ class SpecialTokens:
         return frozenset(getattr(self, f.name) for f in fields(self))
 
 
-class Tokenizer:
-    """A SentencePiece model plus the Gemma 4 control tokens it must contain."""
+class _SentencePiece:
+    """``tokenizer.model``: a SentencePiece model."""
 
-    def __init__(self, model: str | os.PathLike | bytes) -> None:
-        """``model``: the path of a ``tokenizer.model`` file, or its bytes."""
-        if isinstance(model, bytes):
-            data, self.source = model, f"tokenizer model ({len(model)} bytes)"
-        else:
-            data, self.source = Path(model).read_bytes(), f"tokenizer model {os.fspath(model)!r}"
-        self._sp = spm.SentencePieceProcessor()
+    kind = "SentencePiece model"
+
+    def __init__(self, data: bytes, source: str) -> None:
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor()
         try:
-            self._sp.LoadFromSerializedProto(data)
+            self.sp.LoadFromSerializedProto(data)
         except (RuntimeError, OSError) as exc:
-            raise ValueError(f"{self.source}: not a SentencePiece model ({exc})") from exc
-        self.fingerprint = hashlib.sha256(data).hexdigest()[:16]
-        self.chat_template: str | None = None  # a checkpoint's chat_template.jinja (see from_pretrained)
+            raise ValueError(f"{source}: not a SentencePiece model ({exc})") from exc
+        self.vocab_size = self.sp.GetPieceSize()
+        self.other_controls: dict[str, int] = {}  # SentencePiece never matches its control pieces in text
+
+    def piece_id(self, piece: str) -> int | None:
+        token_id = self.sp.PieceToId(piece)
+        return token_id if self.sp.IdToPiece(token_id) == piece else None  # unknown pieces map to <unk>
+
+    def piece(self, token_id: int) -> str:
+        return self.sp.IdToPiece(token_id)
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.EncodeAsIds(text)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], None]:
+        return self.sp.EncodeAsIds(text), None
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.DecodeIds(ids)
+
+
+class _TokenizersJson:
+    """``tokenizer.json``: a Hugging Face ``tokenizers`` file, read by that library."""
+
+    kind = "tokenizer.json"
+
+    def __init__(self, data: bytes, source: str) -> None:
+        from tokenizers import Tokenizer as HfTokenizer
+
+        try:
+            self.tk = HfTokenizer.from_str(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, Exception) as exc:  # tokenizers raises a bare Exception
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise ValueError(f"{source}: not a tokenizers file ({first})") from None
+        self.vocab_size = self.tk.get_vocab_size(with_added_tokens=True)
+        self.other_controls = {t.content: i for i, t in self.tk.get_added_tokens_decoder().items() if t.special}
+
+    def piece_id(self, piece: str) -> int | None:
+        return self.tk.token_to_id(piece)
+
+    def piece(self, token_id: int) -> str:
+        return self.tk.id_to_token(token_id)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self.tk.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tk.decode(ids, skip_special_tokens=False)
+
+
+class Tokenizer:
+    """A Gemma tokenizer (``tokenizer.json`` or ``tokenizer.model``) plus the Gemma 4 control tokens it must
+    contain. Build it with :meth:`from_pretrained` (a checkpoint directory, a file, or a Hugging Face repo id),
+    :meth:`from_json` or :meth:`from_sentencepiece`; ``Tokenizer(data)`` reads a SentencePiece model (a path or its
+    bytes), as it always has."""
+
+    def __init__(self, model: str | os.PathLike | bytes, *, kind: str = "sentencepiece") -> None:
+        """``model``: the path of a tokenizer file, or its bytes; ``kind``: ``"sentencepiece"`` (a
+        ``tokenizer.model``) or ``"json"`` (a ``tokenizer.json``)."""
+        backend = {"sentencepiece": _SentencePiece, "json": _TokenizersJson}.get(kind)
+        if backend is None:
+            raise ValueError(f"kind must be 'sentencepiece' or 'json', got {kind!r}")
+        label = backend.kind if kind == "json" else "tokenizer model"
+        if isinstance(model, bytes):
+            data, self.source = model, f"{label} ({len(model)} bytes)"
+        else:
+            data, self.source = Path(model).read_bytes(), f"{label} {os.fspath(model)!r}"
+        self._backend = backend(data, self.source)
+        self.format = kind
+        self.fingerprint = hashlib.sha256(data).hexdigest()[:16]  # of the very file that was read
+        self.chat_template: str | None = None  # the checkpoint's template (see from_pretrained)
         ids = {}
         for role, string in SPECIAL_STRINGS.items():
-            token_id = self._sp.PieceToId(string)
-            if self._sp.IdToPiece(token_id) != string:  # unknown pieces map to <unk>
+            token_id = self._backend.piece_id(string)
+            if token_id is None:
                 raise MissingSpecialTokenError(f"{self.source}: has no control token {string!r} ({role})")
             ids[role] = token_id
         self.special = SpecialTokens(**ids)
-        self._special_ids = self.special.ids()
+        self._string_to_id = {s: ids[role] for role, s in SPECIAL_STRINGS.items()}
+        self._control_strings = {**self._backend.other_controls, **self._string_to_id}  # string → id
+        self._special_ids = frozenset(self._control_strings.values())
         strings = sorted(SPECIAL_STRINGS.values(), key=len, reverse=True)  # longest first: no prefix shadowing
         self._special_re = re.compile("|".join(re.escape(s) for s in strings))
-        self._string_to_id = {s: ids[role] for role, s in SPECIAL_STRINGS.items()}
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike | bytes) -> Tokenizer:
+        """A ``tokenizer.json`` file (a path or its bytes)."""
+        return cls(path, kind="json")
+
+    @classmethod
+    def from_sentencepiece(cls, path: str | os.PathLike | bytes) -> Tokenizer:
+        """A SentencePiece ``tokenizer.model`` (a path or its bytes)."""
+        return cls(path, kind="sentencepiece")
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a checkpoint's tokenizer: ``path`` is its directory (holding ``tokenizer.model``) or the
-        ``tokenizer.model`` file itself (any name). The ``chat_template.jinja`` beside the model, if present, is
-        loaded either way (``chat_template``; prompts are then rendered with it instead of the built-in layout):
-        a file path means that checkpoint's tokenizer, template included. ``FileNotFoundError`` for a missing path
-        or a directory without ``tokenizer.model``, ``ValueError`` for anything else that is not a
-        SentencePiece model (a FIFO or device is refused without being opened)."""
+        """A checkpoint's tokenizer: ``path`` is its directory, a tokenizer file (``*.json`` is read as
+        ``tokenizer.json``, anything else as a SentencePiece model), or a Hugging Face repo id found in the local
+        hub cache (``data_specs.checkpoint_dir.resolve_checkpoint``).
+
+        A directory holding both files is read through ``tokenizer.json``: it is the file every published
+        checkpoint ships and the one transformers and vLLM read, so ids are theirs by construction;
+        ``tokenizer.model`` is read only where there is no ``tokenizer.json`` (whether Google's SentencePiece
+        model encodes exactly as the published ``tokenizer.json`` is unverified, spec §12).
+
+        The chat template is the checkpoint's ``chat_template.jinja`` beside the file, else the ``chat_template``
+        of its ``tokenizer_config.json`` (``data_specs.checkpoint_dir.chat_template``); None means the built-in
+        layout. ``FileNotFoundError`` for a missing path or a directory with neither file, ``ValueError`` for a
+        file that is not a tokenizer (a FIFO or device is refused without being opened)."""
+        from data_specs.checkpoint_dir import chat_template, resolve_checkpoint
+
         given = Path(path)
-        if given.is_dir():
-            model = given / "tokenizer.model"
-            if not model.is_file():
-                extra = " (tokenizer.json alone is not read: the SentencePiece model is needed)"
-                raise FileNotFoundError(
-                    f"{os.fspath(path)!r} has no tokenizer.model{extra if (given / 'tokenizer.json').exists() else ''}"
-                )
-        elif given.is_file():
-            model = given
-        elif given.exists():
+        if given.is_file():
+            file = given
+        elif given.exists() and not given.is_dir():
             raise ValueError(f"tokenizer {os.fspath(path)!r} is neither a directory nor a regular file")
         else:
-            raise FileNotFoundError(f"tokenizer {os.fspath(path)!r} does not exist")
-        tokenizer = cls(model)
-        template = model.parent / "chat_template.jinja"
-        tokenizer.chat_template = template.read_text(encoding="utf-8") if template.is_file() else None
+            directory = resolve_checkpoint(path)
+            file = next((directory / name for name in TOKENIZER_FILES if (directory / name).is_file()), None)
+            if file is None:
+                raise FileNotFoundError(
+                    f"{os.fspath(path)!r} has no tokenizer: neither {' nor '.join(TOKENIZER_FILES)} is there"
+                )
+        tokenizer = cls(file, kind="json" if file.suffix == ".json" else "sentencepiece")
+        tokenizer.chat_template = chat_template(file.parent)
         return tokenizer
 
     @property
     def vocab_size(self) -> int:
-        return self._sp.GetPieceSize()
+        """Every id the tokenizer can produce or decode (added tokens included)."""
+        return self._backend.vocab_size
 
     def is_special(self, token_id: int) -> bool:
+        """Whether ``token_id`` is a control token (one user text never yields)."""
         return token_id in self._special_ids
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         """Token ids of ``text`` (no ``<bos>``). Control strings become control ids only if ``allow_special``."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not allow_special:
+            return self._encode_plain(text)
         ids: list[int] = []
         position = 0
         for match in self._special_re.finditer(text):
-            if allow_special:
-                ids += self._encode_plain(text[position : match.start()])
-                ids.append(self._string_to_id[match.group()])
-                position = match.end()
-        if allow_special:
-            return ids + self._encode_plain(text[position:])
-        return self._encode_plain(text)
+            ids += self._encode_plain(text[position : match.start()])
+            ids.append(self._string_to_id[match.group()])
+            position = match.end()
+        return ids + self._encode_plain(text[position:])
 
     def _encode_plain(self, text: str) -> list[int]:
-        """Encode text that must yield no control id, even where the model would match a control string
+        """Encode text that must yield no control id, even where the tokenizer would match a control string
         inside it: each control string found is split after its first character, and the pieces are encoded
         one by one (the same segment-wise encoding tokenizers apply around added tokens)."""
         if not text:
             return []
-        cuts = sorted({start + 1 for string in SPECIAL_STRINGS.values() for start in _find_all(string, text)})
-        ids: list[int] = []
+        ids, offsets = self._backend.encode_with_offsets(text)
+        if offsets is None:  # SentencePiece: cut at every occurrence of every control string, then encode
+            cuts = sorted({start + 1 for string in self._control_strings for start in _find_all(string, text)})
+        elif not any(i in self._special_ids for i in ids):
+            return ids  # the common case: one call, the reference's ids
+        else:  # cut where the tokenizer matched a control string, and encode the pieces again
+            cuts = sorted({start + 1 for i, (start, _) in zip(ids, offsets, strict=True) if i in self._special_ids})
+        ids = []
         start = 0
         for cut in [*cuts, len(text)]:
             if cut > start:
-                ids += self._sp.EncodeAsIds(text[start:cut])
+                piece = text[start:cut]
+                ids += self._backend.encode(piece) if offsets is None else self._encode_plain(piece)
                 start = cut
         assert not any(i in self._special_ids for i in ids), text
         return ids
@@ -187,18 +291,18 @@ class Tokenizer:
         run: list[int] = []
         for token_id in ids:
             if token_id in self._special_ids:
-                out.append(self._sp.DecodeIds(run))
+                out.append(self._backend.decode(run))
                 run = []
                 if not skip_special:
-                    out.append(self._sp.IdToPiece(token_id))
+                    out.append(self._backend.piece(token_id))
             else:
                 run.append(int(token_id))
-        out.append(self._sp.DecodeIds(run))
+        out.append(self._backend.decode(run))
         return "".join(out)
 
     def token_to_id(self, piece: str) -> int:
-        token_id = self._sp.PieceToId(piece)
-        if self._sp.IdToPiece(token_id) != piece:
+        token_id = self._backend.piece_id(piece)
+        if token_id is None:
             raise KeyError(f"{self.source}: no token {piece!r}")
         return token_id
 
