@@ -201,16 +201,27 @@ def _cmd_bench_audio(args: argparse.Namespace) -> int:
     return 0
 
 
+def _front_end_defaults(tokenizer: str):
+    """The ``processor_config.json`` defaults of the checkpoint (or tokenizer folder) ``tokenizer`` names."""
+    from data_specs.checkpoint_dir import resolve_checkpoint
+    from preprocess.processor_config import read_processor_config
+
+    path = Path(tokenizer)
+    return read_processor_config(path.parent if path.is_file() else resolve_checkpoint(tokenizer))
+
+
 def _preprocess_settings(args: argparse.Namespace, tokenizer: str):
-    """The front end's settings from the options :func:`_front_end_options` added."""
+    """The front end's settings from the options :func:`_front_end_options` added; the image budget, video frames
+    and video budget left unsaid are the checkpoint's ``processor_config.json``'s, else the front end's own."""
     from .preprocess_job import PreprocessSettings
 
+    defaults = _front_end_defaults(tokenizer)
     return PreprocessSettings(
         tokenizer=tokenizer,
-        image_budget=args.budget,
+        image_budget=_first(args.budget, defaults.image_budget, PreprocessSettings.image_budget),
         max_tokens=args.max_tokens,
-        video_frames=args.video_frames,
-        video_budget=args.video_budget,
+        video_frames=_first(args.video_frames, defaults.video_frames, PreprocessSettings.video_frames),
+        video_budget=_first(args.video_budget, defaults.video_budget, PreprocessSettings.video_budget),
         exact=not args.fast,
         rows_per_shard=args.rows_per_shard,
         media_root=args.media_root,
@@ -220,6 +231,11 @@ def _preprocess_settings(args: argparse.Namespace, tokenizer: str):
         tools=_tools_file(args.tools),
         template_kwargs=_template_kwargs(args.template_kwarg or ()),
     )
+
+
+def _first(*values):
+    """The first value that is not None."""
+    return next(v for v in values if v is not None)
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
@@ -239,7 +255,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from .infer_job import InferSettings, run_infer
+    from .infer_job import InferSettings, plan_infer, run_infer
 
     settings = InferSettings(
         checkpoint=args.checkpoint,
@@ -248,6 +264,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        greedy=args.greedy,
         seed=args.seed,
         batch_size=args.batch_size,
         context=args.context,
@@ -262,10 +279,41 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         cpus = None if args.ray_address else args.workers
         summary = run_infer_ray(args.input, args.output, settings, num_cpus=cpus, address=args.ray_address)
     else:
-        summary = run_infer(args.input, args.output, settings, workers=args.workers)
+        plan = plan_infer(settings)  # every check, before the output folder or a worker exists
+        print(plan.line(), flush=True)
+        summary = run_infer(args.input, args.output, settings, workers=args.workers, plan=plan)
     print("\n".join(summary.lines()))
     if args.show:
         _show_results(args.output, args.show)
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    """One question (and its media) to a checkpoint: the reply streamed as it comes, or parsed with --json."""
+    import json
+
+    from .chat_model import ChatModel, conversation
+
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "greedy": args.greedy,
+        "seed": args.seed,
+        "enable_thinking": args.enable_thinking,
+        "image_budget": args.budget,
+    }
+    messages = conversation(args.prompt, images=args.image, audio=args.audio, videos=args.video, system=args.system)
+    model = ChatModel.from_pretrained(
+        args.checkpoint, device=args.device, dtype=args.dtype, context=args.context, batch_size=1
+    )
+    if args.json:
+        print(json.dumps(model.chat(messages, **options).to_dict(), ensure_ascii=False, indent=2))
+        return 0
+    for delta in model.stream(messages, **options):
+        print(delta, end="", flush=True)
+    print()
     return 0
 
 
@@ -455,10 +503,15 @@ def _cmd_bench_encoders(args: argparse.Namespace) -> int:
 
 def _front_end_options(p: argparse.ArgumentParser, *, rows_per_shard: int) -> None:
     """The options of the front end that ``preprocess`` and ``infer`` share."""
-    p.add_argument("--budget", type=_budget, default=280, help="image soft-token budget (default 280)")
+    checkpoint = "the checkpoint's processor_config.json, else"
+    p.add_argument("--budget", type=_budget, default=None, help=f"image soft-token budget (default: {checkpoint} 280)")
     p.add_argument("--max-tokens", type=_positive, default=None, help="lower image budgets so each example fits")
-    p.add_argument("--video-frames", type=_positive, default=32, help="frames sampled per video (default 32)")
-    p.add_argument("--video-budget", type=_budget, default=70, help="budget per video frame (default 70)")
+    p.add_argument(
+        "--video-frames", type=_positive, default=None, help=f"frames sampled per video (default: {checkpoint} 32)"
+    )
+    p.add_argument(
+        "--video-budget", type=_budget, default=None, help=f"budget per video frame (default: {checkpoint} 70)"
+    )
     p.add_argument("--fast", action="store_true", help="fast image/audio modes (not bit-identical)")
     p.add_argument(
         "--rows-per-shard",
@@ -535,27 +588,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("output", help="output directory (re-running the same command resumes)")
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint directory (config.json, safetensors, tokenizer.model)"
+        "--checkpoint",
+        required=True,
+        help="checkpoint directory as published (config.json, safetensors, tokenizer.json …), or a Hugging Face repo "
+        "id found in the local hub cache (e.g. google/gemma-4-E2B-it)",
     )
     p.add_argument("--max-new-tokens", type=_positive, default=256, help="new tokens per row (default 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default)")
-    p.add_argument("--top-k", type=_positive, default=None, help="sample among the k likeliest tokens")
+    p.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature; 0 is greedy (default: the checkpoint's)"
+    )
+    p.add_argument("--top-k", type=_count, default=None, help="sample among the k likeliest tokens; 0: no cut")
     p.add_argument("--top-p", type=float, default=None, help="sample in the smallest set holding this probability")
-    p.add_argument("--seed", type=_count, default=None, help="makes sampling reproducible (each row: seed + its id)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding, whatever the checkpoint's sampling")
+    p.add_argument("--seed", type=_count, default=0, help="sampling seed (each row: seed + its id; default 0)")
     p.add_argument("--batch-size", type=_positive, default=8, help="rows decoded together (engine slots; default 8)")
     p.add_argument("--context", type=_positive, default=4096, help="tokens per row, prompt + new (default 4096)")
     p.add_argument("--prefill-chunk", type=_positive, default=1024, help="prompt tokens per prefill step (1024)")
     p.add_argument("--workers", type=_count, default=1, help="processes preparing rows; 0: the model's (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 … (default cpu)")
-    p.add_argument(
-        "--dtype", default=None, help="bfloat16, float32 … or checkpoint (default: bf16 on GPU, fp32 on CPU)"
-    )
+    p.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU, else cpu), cpu, cuda, cuda:1 …")
+    p.add_argument("--dtype", default=None, help="bfloat16, float32 … (default: the checkpoint's stored dtype)")
     p.add_argument("--output-format", choices=("parquet", "jsonl", "openai"), default="parquet", help="results files")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--show", type=_count, default=0, help="print this many result rows after the summary")
     _front_end_options(p, rows_per_shard=16)
     p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser(
+        "chat",
+        help="ask a checkpoint one question (with images, audio, video): the reply streamed as it comes",
+        description="Ask a checkpoint one question, with images, audio or video, and stream its reply.",
+    )
+    p.add_argument("prompt", help="the question")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint directory as published, or a repo id in the local hub cache"
+    )
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image to ask about (repeatable)")
+    p.add_argument("--audio", action="append", default=[], metavar="FILE", help="an audio file (repeatable)")
+    p.add_argument("--video", action="append", default=[], metavar="FILE", help="a video file (repeatable)")
+    p.add_argument("--system", default=None, help="a system message")
+    p.add_argument("--enable-thinking", action="store_true", help="let the model think first (shown with --json)")
+    p.add_argument("--json", action="store_true", help="print the parsed reply (text, thinking, tool calls, counts)")
+    p.add_argument(
+        "--max-new-tokens", type=_positive, default=None, help="new tokens at most (default: to the end of --context)"
+    )
+    p.add_argument("--context", type=_positive, default=8192, help="tokens of prompt and reply together (8192)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the checkpoint's)")
+    p.add_argument("--top-k", type=_count, default=None, help="sample among the k likeliest tokens; 0: no cut")
+    p.add_argument("--top-p", type=float, default=None, help="sample in the smallest set holding this probability")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding, whatever the checkpoint's sampling")
+    p.add_argument("--seed", type=_count, default=None, help="makes the reply reproducible (default: a new one)")
+    p.add_argument("--budget", type=_budget, default=None, help="image soft-token budget (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU, else cpu), cpu, cuda, cuda:1 …")
+    p.add_argument("--dtype", default=None, help="bfloat16, float32 … (default: the checkpoint's stored dtype)")
+    p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("demo", help="the main job on a sample made here: sample-data, preprocess, inspect, infer")
     p.add_argument("directory", nargs="?", default="out/demo", help="where to write it all (default out/demo)")

@@ -45,7 +45,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -70,7 +70,16 @@ from .preprocess_job import (
     _TableWriter,
 )
 
-__all__ = ["InferSettings", "InferSummary", "OUTPUT_FORMATS", "checkpoint_fingerprint", "read_results", "run_infer"]
+__all__ = [
+    "InferPlan",
+    "InferSettings",
+    "InferSummary",
+    "OUTPUT_FORMATS",
+    "checkpoint_fingerprint",
+    "plan_infer",
+    "read_results",
+    "run_infer",
+]
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
 SETTINGS_KEY = "gemma4.infer_settings"
@@ -81,40 +90,72 @@ class InferSettings:
     """A job's settings. ``preprocess`` holds the front end's (budgets, limits, thinking, tools …; its tokenizer
     is the checkpoint's), and its ``rows_per_shard`` sizes this job's shards (``gemma4 infer`` uses 16: the model
     starts once the first shard is prepared, and a shard is the unit of resumption). Generation defaults apply to
-    rows that do not set their own."""
+    rows that do not set their own.
 
-    checkpoint: str
+    Sampling as transformers and vLLM apply it: ``temperature``, ``top_k``, ``top_p`` left None take the
+    checkpoint's ``generation_config.json`` (the published checkpoints sample: temperature 1.0, top_k 64, top_p
+    0.95), or greedy where it has none or says ``do_sample: false``; ``top_k`` 0 and ``top_p`` 1 turn a cut off;
+    ``greedy`` forces greedy decoding. ``seed`` (default 0) makes a sampled job reproducible and resumable: each
+    row draws with a seed made from it and the row's id. :meth:`resolved` fills the defaults in."""
+
+    checkpoint: str  # a checkpoint directory or a Hugging Face repo id in the local hub cache
     preprocess: PreprocessSettings
     max_new_tokens: int = 256
-    temperature: float = 0.0
+    temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
-    seed: int | None = None
+    greedy: bool = False
+    seed: int = 0
     batch_size: int = 8  # engine slots: rows decoded together
     context: int = 4096  # tokens per slot, prompt and new tokens together
     prefill_chunk: int | None = 1024
     output_format: str = "parquet"
-    device: str = "cpu"
-    dtype: str | None = None  # None: bfloat16 on an accelerator, float32 on the CPU
+    device: str = "auto"  # CUDA where torch sees a GPU, else the CPU (model.device.resolve_device)
+    dtype: str | None = None  # None: the checkpoint's stored dtype (model.checkpoint.default_dtype)
 
     def __post_init__(self) -> None:
         from model.generate import Sampling, check_chunk
 
-        Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)  # checks them
+        Sampling(  # checks them (0 and 1 are "no cut" here)
+            temperature=self.temperature or 0.0, top_k=self.top_k or None, top_p=self.top_p, seed=self.seed
+        )
         check_chunk(self.prefill_chunk)
         for name in ("max_new_tokens", "batch_size", "context"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)):
+            raise ValueError(f"top_k must be an integer ≥ 0 (0: no cut), got {self.top_k!r}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
-        if not os.path.isdir(self.checkpoint):
-            raise ValueError(f"checkpoint {self.checkpoint!r} is not a directory")
-        if not os.path.isfile(os.path.join(self.checkpoint, "config.json")):
+        if self.max_new_tokens >= self.context:
             raise ValueError(
-                f"checkpoint {self.checkpoint!r} has no config.json: a checkpoint directory holds config.json, "
-                "*.safetensors and tokenizer.model"
+                f"max_new_tokens {self.max_new_tokens} leaves no room for a prompt in a context of {self.context} "
+                "tokens per row (--context): every row would fail"
             )
+
+    def resolved(self, defaults) -> tuple[InferSettings, dict]:
+        """These settings with the checkpoint's sampling defaults (a ``GenerationDefaults``) filled in, and where
+        each value came from: ``{"temperature": {"value": 1.0, "from": "generation_config.json"}, …}``. In the
+        result ``top_k`` 0 and ``top_p`` 1.0 mean no cut, never None."""
+        checkpoint = "generation_config.json" if defaults.source else "default (no generation_config.json)"
+        if self.greedy:
+            values = {
+                "temperature": (0.0, "greedy"),
+                "top_k": (0, "greedy"),
+                "top_p": (1.0, "greedy"),
+            }
+        else:
+            values = {
+                "temperature": (self.temperature, "job")
+                if self.temperature is not None
+                else (defaults.temperature, checkpoint),
+                "top_k": (self.top_k, "job") if self.top_k is not None else (defaults.top_k or 0, checkpoint),
+                "top_p": (self.top_p, "job") if self.top_p is not None else (defaults.top_p or 1.0, checkpoint),
+            }
+        values["seed"] = (self.seed, "job")
+        resolved = replace(self, **{name: value for name, (value, _) in values.items()})
+        return resolved, {name: {"value": value, "from": source} for name, (value, source) in values.items()}
 
     def comparable(self, fingerprint: str, tokenizer_fingerprint: str, template_hash: str, dtype: str) -> dict:
         """What must match for a job to resume: what changes the tokens. Slots, workers, chunking and the device
@@ -128,6 +169,63 @@ class InferSettings:
             "output_format": self.output_format,
             "preprocess": self.preprocess.comparable(tokenizer_fingerprint, template_hash),
         }
+
+
+@dataclass(frozen=True)
+class InferPlan:
+    """What a job will run, known before it starts (:func:`plan_infer`): the checkpoint's files and what loading
+    them holds, its tokenizer, the device, the settings with the checkpoint's sampling defaults filled in, and
+    where each sampling value came from."""
+
+    directory: Path
+    info: object  # model.checkpoint.CheckpointInfo
+    tokenizer: object  # preprocess.tokenizer.Tokenizer
+    device: str
+    settings: InferSettings
+    sampling: dict
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.info.cache_bytes(self.settings.batch_size, self.settings.context)
+
+    def line(self) -> str:
+        """``model: gemma-4-E2B-it, bfloat16 on cuda:0, weights 9.3 GB, cache 1.0 GB (8 slots × 4096 tokens)``."""
+        from model.device import human_bytes
+
+        s = self.settings
+        dtype = str(self.info.dtype).removeprefix("torch.")
+        sampling = (
+            "greedy"
+            if s.temperature == 0
+            else f"temperature {s.temperature:g}, top_k {s.top_k or 'off'}, top_p {s.top_p:g}, seed {s.seed}"
+        )
+        return (
+            f"model: {self.info.name}, {dtype} on {self.device}, weights {human_bytes(self.info.weight_bytes)}, "
+            f"cache {human_bytes(self.cache_bytes)} ({s.batch_size} slots × {s.context} tokens); sampling: {sampling}"
+        )
+
+
+def plan_infer(settings: InferSettings) -> InferPlan:
+    """Every check a job can make before it starts, each failing with one line that names the problem: the
+    checkpoint (a directory or a repo id in the hub cache; its config, weight headers, tokenizer, generation
+    config), whether its tokenizer is the checkpoint's, the device (``auto`` or one that is there) and whether the
+    weights and the KV cache the job asks for fit the device's free memory."""
+    from data_specs.checkpoint_dir import generation_defaults, resolve_checkpoint
+    from model.checkpoint import check_tokenizer, inspect_checkpoint
+    from model.device import check_memory, resolve_device
+    from preprocess.tokenizer import Tokenizer
+
+    device = resolve_device(settings.device)
+    directory = resolve_checkpoint(settings.checkpoint)
+    info = inspect_checkpoint(directory, dtype=settings.dtype)
+    tokenizer = Tokenizer.from_pretrained(directory)
+    check_tokenizer(info.config, tokenizer)
+    resolved, sampling = settings.resolved(generation_defaults(directory))
+    resolved = replace(resolved, preprocess=replace(settings.preprocess, tokenizer=os.fspath(directory)))
+    plan = InferPlan(directory, info, tokenizer, str(device), resolved, sampling)
+    advice = "lower --batch-size or --context, or choose another --device or --dtype"
+    check_memory(info, device, settings.batch_size, settings.context, advice)
+    return plan
 
 
 @dataclass
@@ -170,7 +268,7 @@ def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
     different training run changes it."""
     digest = hashlib.sha256()
     directory = Path(directory)
-    for path in sorted(directory.iterdir()):
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):  # a FIFO is never opened
         if path.name == "config.json" or path.name == "generation_config.json":
             digest.update(path.name.encode() + path.read_bytes())
         elif path.suffix == ".safetensors":
@@ -182,20 +280,6 @@ def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
                 fp.seek(max(0, size - 65536))
                 digest.update(fp.read())
     return digest.hexdigest()[:16]
-
-
-def _stored_dtype(directory: Path):
-    """The dtype a checkpoint's weights are stored in (its first safetensors file's first tensor)."""
-    import torch
-
-    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
-    path = min(directory.glob("*.safetensors"))
-    with open(path, "rb") as fp:
-        header = json.loads(fp.read(int.from_bytes(fp.read(8), "little")))
-    stored = next(v["dtype"] for k, v in header.items() if k != "__metadata__")
-    if stored not in names:
-        raise ValueError(f"{os.fspath(path)!r} stores its weights as {stored}, which the model does not run in")
-    return names[stored]
 
 
 # --- the input ---------------------------------------------------------------------------------------------
@@ -348,9 +432,9 @@ def row_sampling(settings: InferSettings, row_id: str, options: RowOptions):
     seed = options.seed
     if seed is None and settings.seed is not None:
         seed = int.from_bytes(hashlib.sha256(f"{settings.seed}\0{row_id}".encode()).digest()[:7], "little")
-    return Sampling(
+    return Sampling(  # the job's settings are resolved (InferSettings.resolved): 0 / 1.0 mean no cut
         temperature=settings.temperature if options.temperature is None else options.temperature,
-        top_k=options.top_k or settings.top_k,
+        top_k=options.top_k or settings.top_k or None,
         top_p=settings.top_p if options.top_p is None else options.top_p,
         seed=seed,
     )
@@ -399,20 +483,16 @@ class _Shard:
 
 
 class _InferJob:
-    def __init__(self, input_path, output_dir, settings: InferSettings, workers: int) -> None:
-        from model.checkpoint import _dtype
-        from preprocess.tokenizer import Tokenizer
-
+    def __init__(self, input_path, output_dir, plan: InferPlan, workers: int) -> None:
         self.started = time.perf_counter()
-        self.settings, self.workers = settings, workers
+        self.plan, self.settings, self.workers = plan, plan.settings, workers
+        settings = plan.settings
         self.input = _Input(input_path, settings.preprocess.rows_per_shard)
-        self.tokenizer = Tokenizer.from_pretrained(settings.preprocess.tokenizer)
-        self.dtype = _dtype(settings.dtype, settings.device, Path(settings.checkpoint)) or _stored_dtype(
-            Path(settings.checkpoint)
-        )
+        self.tokenizer = plan.tokenizer
+        self.dtype = plan.info.dtype
         template_hash = hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()[:16]
         comparable = settings.comparable(
-            checkpoint_fingerprint(settings.checkpoint), self.tokenizer.fingerprint, template_hash, str(self.dtype)
+            checkpoint_fingerprint(plan.directory), self.tokenizer.fingerprint, template_hash, str(self.dtype)
         )
         if self.input.kind == "preprocessed":
             theirs = self.input.state["settings"].get("tokenizer_fingerprint")
@@ -441,6 +521,15 @@ class _InferJob:
             raise
         self.metadata = {SETTINGS_KEY: json.dumps(comparable, sort_keys=True)}
         self.done_before = len(self.state["shards"])
+        # How this run runs (not part of the job's identity, but recorded): where each sampling value came from,
+        # the device and dtype, the checkpoint as given and where its files were.
+        self.state["run"] = {
+            "sampling": plan.sampling,
+            "device": plan.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "checkpoint": settings.checkpoint,
+            "checkpoint_dir": os.fspath(plan.directory),
+        }
 
     def close(self) -> None:
         os.close(self.lock)
@@ -608,9 +697,11 @@ def run_infer(
     *,
     workers: int = 1,
     progress: bool = True,
+    plan: InferPlan | None = None,
 ) -> InferSummary:
     """Run (or resume) the job locally; see the module docstring. ``workers`` processes prepare rows (0: this
-    process, between the model's steps)."""
+    process, between the model's steps). ``plan``: :func:`plan_infer` of ``settings``, if the caller made it
+    already (``gemma4 infer`` prints its line first); otherwise it is made here, before anything else."""
     import torch
 
     from model.checkpoint import load_pretrained
@@ -618,7 +709,9 @@ def run_infer(
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
-    job = _InferJob(input_path, output_dir, settings, workers)
+    plan = plan or plan_infer(settings)  # every check before the output folder exists or a worker starts
+    settings = plan.settings
+    job = _InferJob(input_path, output_dir, plan, workers)
     try:
         model_started = time.perf_counter()
         pending = job.input.shard_count - job.done_before
@@ -631,9 +724,7 @@ def run_infer(
         try:
             if pool is not None:
                 feeder._top_up()  # the workers start (and prepare the first shards) while the model loads
-            feeder.model = load_pretrained(
-                settings.checkpoint, dtype=job.dtype, device=settings.device, tokenizer=job.tokenizer
-            )
+            feeder.model = load_pretrained(plan.directory, dtype=job.dtype, device=plan.device, tokenizer=job.tokenizer)
             engine = feeder.engine = Engine(
                 feeder.model, slots=settings.batch_size, context=settings.context, prefill_chunk=settings.prefill_chunk
             )

@@ -22,8 +22,8 @@ of such references becomes ``ray.data.from_arrow_refs(...)`` and two ``map_batch
 
 The driver consumes the stream with ``iter_rows`` and writes and records each shard (``_InferJob.write``,
 ``_InferJob.record``) as it arrives, so a killed job resumes like a local one. A CPU actor also reserves the memory
-of the checkpoint's weights (a lower bound: a float32 load of bfloat16 weights takes twice that), so Ray places no
-more copies on a node than fit; it also keeps Ray Data from fusing the two stages, as it would two that ask for
+of the checkpoint's weights in the job's dtype and of its KV cache, so Ray places no more copies on a node than
+fit; it also keeps Ray Data from fusing the two stages, as it would two that ask for
 the same resources (preparation would then run in the actors, in turn with generation).
 
 Memory is bounded. The driver holds one shard of rows at a time and the references of one window of pending
@@ -35,7 +35,7 @@ rows decode with slots free) rather than admitting the next shard's rows; with s
 
 Determinism. Results equal the local engine's: the same per-row functions prepare rows, make requests and convert
 completions, and greedy decoding, or sampling with a seed, does not depend on which rows share the engine (see
-``pipelines.infer_job``). The model is loaded in the job's dtype (``--dtype``, or the default of ``--device``),
+``pipelines.infer_job``). The model is loaded in the job's dtype (``--dtype``, or the checkpoint's stored dtype),
 also on a GPU actor, so a job resumed with the other engine keeps its numerics. The summary's model time runs
 from the first window's start to the last shard; its wait is that time less the actors' mean busy time (loading
 and generating), an estimate of how long the model had nothing to run.
@@ -52,11 +52,20 @@ import pickle
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 
-from .infer_job import InferSettings, InferSummary, _InferJob, _Shard, _summary, make_request, prepare_rows, result_row
+from .infer_job import (
+    InferSettings,
+    InferSummary,
+    _InferJob,
+    _Shard,
+    _summary,
+    make_request,
+    plan_infer,
+    prepare_rows,
+    result_row,
+)
 from .preprocess_job import PreprocessSettings, _progress, _save_state, init_worker
 from .ray_engine import _WINDOW_PER_CPU, _import_ray
 
@@ -86,7 +95,7 @@ def run_infer_ray(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer (--workers with --engine ray), got {value!r}")
     ray = _import_ray()
-    job = _InferJob(input_path, output_dir, settings, workers=0)
+    job = _InferJob(input_path, output_dir, plan_infer(settings), workers=0)  # every check before Ray starts
     try:
         started_ray = not ray.is_initialized()
         if started_ray:
@@ -109,8 +118,6 @@ def run_infer_ray(
 
 
 def _run(ray, job: _InferJob, actors: int | None, progress: bool) -> InferSummary:
-    from model.checkpoint import load_config
-
     settings = job.settings
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -119,10 +126,12 @@ def _run(ray, job: _InferJob, actors: int | None, progress: bool) -> InferSummar
     prepare_kwargs = {
         "settings": settings.preprocess,
         "base_dir": os.fspath(job.input.base_dir),
-        "pad_id": load_config(settings.checkpoint).tokens.pad,  # what the model would say, without loading it
+        "pad_id": job.plan.info.config.tokens.pad,  # what the model would say, without loading it
     }
-    device = "cuda" if gpus else settings.device  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
-    generate_args = {"num_gpus": 1} if gpus else {"num_cpus": 1, "memory": _weight_bytes(settings.checkpoint)}
+    device = "cuda" if gpus else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
+    # A CPU actor reserves its weights and KV cache, in the job's dtype, so Ray places no more than fit on a node.
+    memory = job.plan.info.weight_bytes + job.plan.cache_bytes
+    generate_args = {"num_gpus": 1} if gpus else {"num_cpus": 1, "memory": memory}
     cpus = int(resources.get("CPU", 0))
     if not gpus and cpus < actors + 1:
         raise ValueError(
@@ -171,11 +180,6 @@ def _run(ray, job: _InferJob, actors: int | None, progress: bool) -> InferSummar
     return _summary(job, model_seconds, max(0.0, model_seconds - busy / actors), answered)
 
 
-def _weight_bytes(checkpoint: str) -> int:
-    """The size of a checkpoint's safetensors files."""
-    return sum(path.stat().st_size for path in Path(checkpoint).glob("*.safetensors"))
-
-
 def _pending_blocks(ray, job: _InferJob) -> Iterator:
     """References to one-row blocks (shard, pickled items) of the job's pending shards, in order."""
     for shard, items in job.input.shards({int(k) for k in job.state["shards"]}):
@@ -215,8 +219,10 @@ class _Generator:
 
         started = time.perf_counter()
         self.settings = settings
-        self.tokenizer = Tokenizer.from_pretrained(settings.preprocess.tokenizer)
-        self.model = load_pretrained(settings.checkpoint, dtype=dtype, device=device, tokenizer=self.tokenizer)
+        self.tokenizer = Tokenizer.from_pretrained(settings.preprocess.tokenizer)  # the checkpoint's directory
+        self.model = load_pretrained(
+            settings.preprocess.tokenizer, dtype=dtype, device=device, tokenizer=self.tokenizer
+        )
         self.engine = Engine(
             self.model, slots=settings.batch_size, context=settings.context, prefill_chunk=settings.prefill_chunk
         )

@@ -132,6 +132,8 @@ def train_toy_tokenizer(seed: int = 0, vocab_size: int = 600, drop: tuple[str, .
     return model.getvalue()
 
 
+SAMPLE_VOCAB = 2048  # pieces of the sample data's tokenizer
+
 TOY_TOKENIZER_CONFIG = {  # tokenizer_config.json, with the keys of the published one (spec §12)
     "backend": "tokenizers",
     "tokenizer_class": "GemmaTokenizer",
@@ -158,11 +160,11 @@ def toy_tokenizer_json(
     no prefix space, a normalizer that writes spaces as ``▁``, the control strings as special added tokens),
     trained here with the ``tokenizers`` library on generated text, for tests, the demo and the benchmarks.
 
-    Ids: ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``<mask>`` 4, the other control strings, the 256 byte tokens, then
-    what training learned; ``place`` puts given strings at given ids instead (a benchmark lays control tokens where
-    a published config says they are). A vocabulary larger than training reaches (``gemma4 bench checkpoint``
-    asks for the published 262,144) is filled with merges of learned tokens drawn at random. ``drop`` leaves
-    control strings out (to test their absence). Deterministic in ``seed``."""
+    Ids: ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``<mask>`` 4, the other control strings, the 256 byte
+    tokens, then what training learned; ``place`` puts given strings at given ids instead (a benchmark lays control
+    tokens where a published config says they are). A vocabulary larger than training reaches (``gemma4 bench
+    checkpoint`` asks for the published 262,144) is filled with merges of learned tokens drawn at random. ``drop``
+    leaves control strings out (to test their absence). Deterministic in ``seed``."""
     import json
     import random
 
@@ -269,6 +271,18 @@ def write_tokenizer_files(directory, tokenizer_json: bytes, *, chat_template: bo
         (directory / "chat_template.jinja").write_text(builtin_template_text(), encoding="utf-8")
 
 
+def write_processor_config(directory) -> None:
+    """``processor_config.json`` as a published checkpoint holds it, stating this front end's facts and defaults
+    (``preprocess.processor_config.processor_config_json``)."""
+    import json
+    from pathlib import Path
+
+    from preprocess.processor_config import processor_config_json
+
+    text = json.dumps(processor_config_json(), indent=2, sort_keys=True) + "\n"
+    (Path(directory) / "processor_config.json").write_text(text)
+
+
 # The rows ``write_sample_dataset(corrupt=True)`` adds, each broken in its own way, then one unreadable line.
 _BROKEN = (
     {"id": "bad-image", "messages": [{"role": "user", "content": [{"type": "image", "image": "media/broken.jpg"}]}]},
@@ -283,7 +297,8 @@ BROKEN_ROWS = len(_BROKEN) + 1  # manifest lines that ``corrupt=True`` adds to t
 
 
 def write_sample_dataset(directory, rows: int = 40, seed: int = 0, corrupt: bool = False) -> tuple:
-    """A small multimodal manifest (JSONL) with its media files and a toy tokenizer, all made here.
+    """A small multimodal manifest (JSONL) with its media files and a toy tokenizer (``tokenizer/``: the files a
+    published checkpoint holds its tokenizer in, :func:`write_tokenizer_files`), all made here.
 
     Rows mix text-only, images (JPEG and PNG of many sizes), audio (WAV and FLAC, 1–40 s) and short videos.
     With ``corrupt``, :data:`BROKEN_ROWS` more lines are broken on purpose (bad image bytes, bad audio, a missing
@@ -298,8 +313,8 @@ def write_sample_dataset(directory, rows: int = 40, seed: int = 0, corrupt: bool
 
     directory = Path(directory)
     (directory / "media").mkdir(parents=True, exist_ok=True)
-    (directory / "tokenizer").mkdir(exist_ok=True)
-    (directory / "tokenizer" / "tokenizer.model").write_bytes(train_toy_tokenizer(seed))
+    # 2048 pieces: the 256 byte tokens are an eighth of them, so a random model's replies are mostly words
+    write_tokenizer_files(directory / "tokenizer", toy_tokenizer_json(seed, vocab_size=SAMPLE_VOCAB))
     rng = np.random.default_rng(seed)
     lines = []
     for i in range(rows):
@@ -346,13 +361,25 @@ def write_video(path, frames: int, seed: int) -> None:
         container.mux(stream.encode())
 
 
+SAMPLE_GENERATION = {"do_sample": True, "temperature": 1.0, "top_k": 64, "top_p": 0.95}  # the published values
+
+
 def write_sample_checkpoint(directory, tokenizer_dir, *, preset: str = "tiny-e2b", seed: int = 0, text=None):
-    """A complete checkpoint directory (``config.json``, ``model.safetensors``, ``tokenizer.model``) of the
-    ``preset`` tiny model (text decoder, vision and audio towers) with random weights, its vocabulary size and
-    control ids taken from the tokenizer in ``tokenizer_dir``, so that ``load_pretrained(directory,
-    tokenizer=...)`` accepts it and it runs on batches built with that tokenizer. ``text`` (a ``TextConfig``)
-    replaces the preset's text decoder (``gemma4 bench infer`` puts its ~110 M decoder there); its vocabulary is
-    the tokenizer's all the same. Returns the directory."""
+    """A complete checkpoint directory in the published layout (spec §12: ``config.json`` with the published key
+    set, ``generation_config.json`` sampling as the published one does, ``processor_config.json``,
+    ``model.safetensors``, and the tokenizer's files: ``tokenizer.json``, ``tokenizer_config.json``,
+    ``chat_template.jinja``, or a ``tokenizer.model``) of the ``preset`` tiny model (text decoder, vision and audio
+    towers) with random weights, its vocabulary size and control ids taken from the tokenizer in ``tokenizer_dir``,
+    so that ``load_pretrained(directory, tokenizer=...)`` accepts it and it runs on batches built with that
+    tokenizer. ``text`` (a ``TextConfig``) replaces the preset's text decoder (``gemma4 bench infer`` puts its
+    ~110 M decoder there); its vocabulary is the tokenizer's all the same. Returns the directory.
+
+    The token embedding is drawn small (std 0.02, the published configs' ``initializer_range``; torch's default is
+    1), so each layer's output outweighs it in the residual stream: the next token then depends on the whole
+    prompt and its media, and a sampled reply on the seed. With torch's default the last input token dominates
+    the final hidden state, and the tied output embedding gives it back with probability ≈ 1 whatever came
+    before. The replies are still meaningless text."""
+    import json
     import shutil
     from dataclasses import fields, replace
     from pathlib import Path
@@ -371,11 +398,29 @@ def write_sample_checkpoint(directory, tokenizer_dir, *, preset: str = "tiny-e2b
     config = replace(
         base,
         text=replace(text or base.text, vocab_size=tokenizer.vocab_size, ple_vocab_size=tokenizer.vocab_size),
-        tokens=TokenIds(**{name: getattr(special, name) for name in (f.name for f in fields(TokenIds))}),
+        tokens=replace(
+            TokenIds(**{name: getattr(special, name) for name in (f.name for f in fields(TokenIds))}),
+            stop_ids=(special.eos, special.turn_end),  # what the published config.json lists
+        ),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Gemma4(config)
+        with torch.no_grad():
+            model.language_model.embed_tokens.weight.normal_(0.0, 0.02)
     save_pretrained(model, directory)
-    shutil.copyfile(Path(tokenizer_dir) / "tokenizer.model", directory / "tokenizer.model")
+    generation = {
+        "bos_token_id": special.bos,
+        **SAMPLE_GENERATION,
+        "eos_token_id": list(special.stop_ids),
+        "pad_token_id": special.pad,
+        "transformers_version": "5.5.0.dev0",
+    }
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
+    write_processor_config(directory)
+    source = Path(tokenizer_dir)
+    names = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+    for name in names if (source / "tokenizer.json").is_file() else ("tokenizer.model", "chat_template.jinja"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, directory / name)
     return directory

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from .tokenizer import SPECIAL_STRINGS
 from .tool_format import IncompleteError, ToolParseError, parse_value
 
-__all__ = ["Reply", "ToolCall", "parse_reply", "TERMINATORS"]
+__all__ = ["Reply", "ReplyStream", "ToolCall", "parse_reply", "TERMINATORS", "visible_text"]
 
 _S = SPECIAL_STRINGS
 TERMINATORS = (_S["turn_end"], _S["tool_response_start"], _S["eos"])
@@ -170,3 +170,46 @@ def _end_of_broken_call(body: str, start: int) -> int:
     following = following if following >= 0 else len(body)
     close = body.find(_S["tool_call_end"], start, following)
     return close + len(_S["tool_call_end"]) if close >= 0 else following
+
+
+def visible_text(content: str) -> str:
+    """An answer as a reader sees it: ``content`` without any control string (a stray ``<channel|>`` or
+    placeholder that ``parse_reply`` kept as text, with a problem)."""
+    return _SPECIAL_RE.sub("", content)
+
+
+class ReplyStream:
+    """A reply's answer text as its tokens arrive: :meth:`feed` takes each new token id and returns what can be
+    shown now. The deltas, joined, are ``visible_text(parse_reply(tokenizer.decode(ids)).content)`` of all the
+    ids fed: thinking and tool calls never appear, nor any control string; a character spread over several byte
+    tokens comes out whole (a trailing run of byte tokens is held until a token that is not a byte ends it: the
+    decoder reads such a run as one UTF-8 sequence, so its text may still change); trailing whitespace is held
+    until something follows it (the answer is stripped). :meth:`finish` returns what was still held.
+
+    Each step decodes and parses the whole reply so far (linear in its length: a few milliseconds for thousands
+    of tokens), so what is shown is by construction what ``parse_reply`` reads from the whole reply."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def _target(self, ids: list[int]) -> str:
+        return visible_text(parse_reply(self.tokenizer.decode(ids)).content)
+
+    def feed(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        settled = len(self.ids)
+        while settled and self.ids[settled - 1] in self.tokenizer.byte_ids:
+            settled -= 1  # a byte run still open: its characters are not known yet
+        return self._show(self._target(self.ids[:settled]))
+
+    def finish(self) -> str:
+        return self._show(self._target(self.ids))
+
+    def _show(self, target: str) -> str:
+        if not target.startswith(self.shown):
+            return ""  # not expected (the settled answer only grows); wait for what follows
+        delta = target[len(self.shown) :]
+        self.shown = target
+        return delta

@@ -18,6 +18,7 @@ special (``<mask>``, unused slots …): user text never yields any of them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -238,6 +239,12 @@ class Tokenizer:
         tokenizer = cls(file, kind="json" if file.suffix == ".json" else "sentencepiece")
         tokenizer.chat_template = chat_template(file.parent)
         return tokenizer
+
+    @functools.cached_property
+    def byte_ids(self) -> frozenset[int]:
+        """Ids of the byte-fallback tokens ``<0x00>`` … ``<0xFF>`` (a run of them decodes as one UTF-8 sequence)."""
+        found = (self._backend.piece_id(f"<0x{value:02X}>") for value in range(256))
+        return frozenset(i for i in found if i is not None)
 
     @property
     def vocab_size(self) -> int:

@@ -347,9 +347,7 @@ def test_the_kv_shared_layers_stored_projections_are_known_as_unused(name, count
     from model.checkpoint import _unused
 
     config = model_from_hf(published(name)).text
-    names = [
-        f"layers.{i}.self_attn.{p}.weight" for i in range(config.n_layers) for p in ("k_proj", "v_proj", "k_norm")
-    ]
+    names = [f"layers.{i}.self_attn.{p}.weight" for i in range(config.n_layers) for p in ("k_proj", "v_proj", "k_norm")]
     assert sum(_unused(n, config) for n in names) == count == 3 * config.n_kv_shared_layers
     assert not _unused("layers.0.self_attn.q_proj.weight", config) and not _unused("layers", config)
 

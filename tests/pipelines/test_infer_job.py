@@ -42,6 +42,7 @@ def settings(checkpoint, **kwargs) -> InferSettings:
             tokenizer=str(checkpoint), rows_per_shard=kwargs.pop("rows_per_shard", 4), **front
         ),
         max_new_tokens=kwargs.pop("max_new_tokens", 6),
+        greedy=kwargs.pop("greedy", "temperature" not in kwargs),  # the sample checkpoint samples by default
         **kwargs,
     )
 
@@ -137,7 +138,7 @@ def test_kill_and_resume_gives_the_uninterrupted_results(sample, reference_run, 
     manifest, checkpoint = sample
     out, _ = reference_run
     target = tmp_path / "out"
-    args = ["infer", str(manifest), str(target), "--checkpoint", str(checkpoint), "--max-new-tokens", "6"]
+    args = ["infer", str(manifest), str(target), "--checkpoint", str(checkpoint), "--max-new-tokens", "6", "--greedy"]
     args += ["--rows-per-shard", "4", "--batch-size", "2", "--workers", "0"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
@@ -233,7 +234,8 @@ def test_bad_settings_and_another_job_are_refused_by_name(sample, reference_run,
     manifest, checkpoint = sample
     out, _ = reference_run
     with pytest.raises(ValueError, match="has no config.json"):
-        settings(tmp_path)
+        run_infer(manifest, tmp_path / "never", settings(tmp_path), workers=0, progress=False)
+    assert not (tmp_path / "never").exists()  # refused before the output folder was made
     with pytest.raises(ValueError, match="output_format must be one of"):
         settings(checkpoint, output_format="csv")
     with pytest.raises(ValueError, match="max_new_tokens: 6 there, 7 now"):

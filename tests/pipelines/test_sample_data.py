@@ -51,3 +51,39 @@ def test_another_tokenizer_is_refused_before_any_weight_is_read(checkpoint, tmp_
     other = Tokenizer(train_toy_tokenizer(seed=0, vocab_size=700))
     with pytest.raises(TokenizerMismatchError, match="vocab_size: tokenizer 700"):
         load_pretrained(checkpoint, tokenizer=other)
+
+
+def test_the_sample_checkpoint_is_laid_out_as_the_published_ones(checkpoint):
+    """The files a published repo holds (spec §12), config.json with the published key set: `make demo` runs the
+    path a real checkpoint takes (tokenizer.json, the chat template, generation and processor configs)."""
+    import json
+    from pathlib import Path
+
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    published = json.loads(
+        (Path(__file__).resolve().parents[3] / "shared/data/gemma4-configs/gemma-4-E2B-it.json").read_text()
+    )
+    ours = json.loads((checkpoint / "config.json").read_text())
+
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k not in ("id2label", "label2id", "rope_parameters"):
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    assert keys(ours) == keys(published)
+    tokenizer = Tokenizer.from_pretrained(checkpoint)
+    assert tokenizer.format == "json" and tokenizer.chat_template is not None
+    generation = json.loads((checkpoint / "generation_config.json").read_text())
+    assert generation["do_sample"] is True and generation["top_k"] == 64 and generation["top_p"] == 0.95
+    assert generation["eos_token_id"] == list(tokenizer.special.stop_ids)  # the tokenizer's ids, never hard-coded
