@@ -12,7 +12,9 @@ JSON string; ids are read as text, so ``007`` stays ``"007"``), or a directory w
   ``bytes``, a ``datasets`` Image value (``{"bytes": …, "path": …}``) or Audio value
   (``{"array": …, "sampling_rate": …}`` or ``{"bytes": …, "path": …}``). OpenAI parts are accepted too
   (``image_url`` with a base64 data URL, a ``file:`` URL or a path, relative ones resolved as above;
-  ``input_audio`` with base64 data; see :mod:`preprocess.openai_parts`); remote URLs are refused, never fetched;
+  ``input_audio`` with base64 data; see :mod:`preprocess.openai_parts`), and media parts located by ``url`` or
+  ``path`` (transformers' form: ``{"type": "image", "path": "images/cat.jpg"}``); remote URLs are refused, never
+  fetched;
 * ``tools`` (optional): the tool specs the row's conversation may call — a list of OpenAI-style specs
   ``{"type": "function", "function": {"name": …, "description": …, "parameters": {JSON schema}}}`` (or bare
   functions ``{"name": …}``), or a JSON string of one; missing, null or empty means the job's ``--tools``;
@@ -280,11 +282,11 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def resolve_media(messages: list, base_dir: Path, media_root: str | os.PathLike | None = None) -> list:
-    """A copy of ``messages`` whose media values are ready for ``build_example``: OpenAI parts converted
-    (``preprocess.openai_parts.normalize_part``; ``ChatFormatError`` naming the part), relative paths — ``file:``
-    URLs and plain paths of ``image_url`` parts too — made absolute against ``base_dir``, ``datasets``
-    Image/Audio values unpacked. With ``media_root``, every path must resolve (symlinks followed) inside it,
-    else :class:`MediaOutsideRootError`."""
+    """A copy of ``messages`` whose media values are ready for ``build_example``: OpenAI parts and media parts
+    located by ``url`` or ``path`` converted (``preprocess.openai_parts.normalize_part``; ``ChatFormatError``
+    naming the part), relative paths — ``file:`` URLs and plain paths of those parts too — made absolute against
+    ``base_dir``, ``datasets`` Image/Audio values unpacked. With ``media_root``, every path must resolve (symlinks
+    followed) inside it, else :class:`MediaOutsideRootError`."""
     root = os.path.realpath(media_root) if media_root is not None else None
     out = []
     for i, message in enumerate(messages):
@@ -293,8 +295,8 @@ def resolve_media(messages: list, base_dir: Path, media_root: str | os.PathLike 
             continue
         parts = []
         for j, part in enumerate(message["content"]):
-            if isinstance(part, Mapping) and part.get("type") in OPENAI_PART_TYPES:
-                # Imported here: data_specs stays light, and only rows holding OpenAI parts pay for it.
+            if isinstance(part, Mapping) and (part.get("type") in OPENAI_PART_TYPES or _located(part)):
+                # Imported here: data_specs stays light, and only rows holding such parts pay for it.
                 from preprocess.openai_parts import normalize_part
 
                 part = normalize_part(part, f"messages[{i}].content[{j}]")
@@ -304,6 +306,12 @@ def resolve_media(messages: list, base_dir: Path, media_root: str | os.PathLike 
             parts.append(part)
         out.append(dict(message, content=parts))
     return out
+
+
+def _located(part: Mapping[str, Any]) -> bool:
+    """A media part in transformers' form, ``{"type": "image", "url" | "path": …}``: converted first, so that its
+    path is resolved and confined like any other."""
+    return part.get("type") in MEDIA_KINDS and (part.get("url") is not None or part.get("path") is not None)
 
 
 def _resolve_value(value: Any, base_dir: Path, root: str | None, kind: str) -> Any:

@@ -5,10 +5,22 @@ Messages take the transformers chat form: ``[{"role": …, "content": str | [par
 "tool_responses"?: […]}]``, roles ``system``, ``developer``, ``user``, ``assistant`` (written ``model``),
 ``model`` and ``tool``. Parts: ``{"type": "text", "text": …}``, ``{"type": "image", "image": …, "budget": 280?}``,
 ``{"type": "audio", "audio": path | bytes | (array, sample_rate)}``, ``{"type": "video", "video": …,
-"num_frames": 32?, "budget": 70?}``, and OpenAI's ``image_url`` / ``input_audio`` parts (converted by
-:mod:`preprocess.openai_parts`; remote URLs are refused, nothing is fetched). ``tool_calls`` are OpenAI's
-``{"type": "function", "function": {"name", "arguments": mapping | str}}`` (or ``{"name", "arguments"}``),
-``tool_responses`` are ``{"name", "response"}``; ``tools`` are OpenAI-style function specs.
+"num_frames": 32?, "budget": 70?}``, a media part located by ``"url"`` (a ``file:`` or ``data:`` URL, or a path)
+or ``"path"`` instead of its data (transformers' form), and OpenAI's ``image_url`` / ``input_audio`` parts (both
+converted by :mod:`preprocess.openai_parts`; remote URLs are refused, nothing is fetched). ``tool_calls`` are
+OpenAI's ``{"type": "function", "id"?: …, "function": {"name", "arguments": mapping | JSON str}}`` (or
+``{"name", "arguments"}``): a JSON string of arguments is parsed to its object, as vLLM does (``None`` or a blank
+string is ``{}``; anything but a JSON object is an error). ``tool_responses`` are ``{"name", "response"}`` (Gemma's
+form); ``tools`` are OpenAI-style function specs.
+
+OpenAI's tool history is folded into Gemma's form before rendering, so it renders exactly as the hand-written
+Gemma form does: the run of ``{"role": "tool", "tool_call_id": ID, "content": …}`` messages right after an
+assistant message with ``tool_calls`` becomes that message's ``tool_responses`` (after any it has), in order,
+each ``{"name": the name of the call whose "id" is ID, "response": the content}`` (a string as it is, a list of
+text parts as their concatenated text); the tool messages disappear. Without ids on the calls, the tool
+message's own ``name`` names the response. An ID that matches no call, a tool message with an ID that does not
+follow such an assistant message (only other such tool messages may stand between) or that also holds
+``tool_responses`` is an error; a tool message without ``tool_call_id`` renders as its own turn, as before.
 
 Rendering. With no template, the built-in layout: our Python implementation of the rules of spec §5.4.1, byte
 for byte what the checkpoints' ``chat_template.jinja`` renders for every conversation it accepts (the system
@@ -16,11 +28,15 @@ turn with ``<|think|>`` and tool declarations, text stripped, blank lines around
 and responses in the format of :mod:`preprocess.tool_format`, thinking removed from model turns, the empty
 thought channel after the generation prompt when thinking is off). One deliberate difference: a first
 ``system``/``developer`` message whose content is a list of text parts is written as its text (the template
-would print the Python list). With a checkpoint's template, it is rendered instead in a sandboxed Jinja
-environment (``trim_blocks``, ``lstrip_blocks``, as transformers renders chat templates), receiving what
-transformers gives it: the messages (string content stays a string, unknown keys pass through, media parts
-keep their type and options but not their data), ``tools``, ``add_generation_prompt``, ``enable_thinking``,
-``bos_token``/``eos_token``/``pad_token`` and any ``template_kwargs``.
+would print the Python list). Both renderers see the conversation after the conversions above (JSON arguments
+parsed, OpenAI's tool messages folded, media parts in our form), where the template would write a string of
+arguments as is and give each tool message a turn of its own. With a checkpoint's template, it is rendered
+instead in a sandboxed Jinja environment (``trim_blocks``, ``lstrip_blocks``, as transformers renders chat
+templates), receiving what transformers gives it: the messages (string content stays a string, unknown keys
+pass through, media parts keep their type and options but not their data), ``tools``, ``add_generation_prompt``,
+``enable_thinking``, ``bos_token``/``eos_token``/``pad_token`` and any ``template_kwargs``; a template is compiled
+once and its code shared by later renderings. :func:`builtin_template_text` is the built-in layout written as
+such a template (``preprocess/assets/chat_template.jinja``, our own), for checkpoints that ship none.
 
 A template is code from a checkpoint, so its rendering is bounded (``MediaLimits.max_template_seconds`` and
 ``max_template_chars``; :class:`ChatFormatError` names the limit): the elapsed time is checked at every loop
@@ -43,7 +59,9 @@ rendered prompt therefore belongs to a media part, in order.
 from __future__ import annotations
 
 import functools
+import json
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,7 +73,7 @@ from .limits import DEFAULT_LIMITS, MediaLimits
 from .openai_parts import OPENAI_PART_TYPES, normalize_part
 from .tokenizer import SPECIAL_STRINGS
 
-__all__ = ["ChatFormatError", "MediaPart", "RenderedPrompt", "render_chat", "strip_thinking"]
+__all__ = ["ChatFormatError", "MediaPart", "RenderedPrompt", "builtin_template_text", "render_chat", "strip_thinking"]
 
 ROLES = ("system", "developer", "user", "assistant", "model", "tool")
 MEDIA_KINDS = ("image", "audio", "video")
@@ -63,6 +81,7 @@ PLACEHOLDERS = {kind: SPECIAL_STRINGS[kind] for kind in MEDIA_KINDS}  # image �
 SENTINEL_OPEN, SENTINEL_CLOSE = "\ue000", "\ue001"
 _SENTINEL_RE = re.compile(f"{SENTINEL_OPEN}(\\d+){SENTINEL_CLOSE}")
 _SENTINELS = f"|[{SENTINEL_OPEN}{SENTINEL_CLOSE}]"
+_QUOTE = 40  # characters of a user's value (a tool-call id, JSON arguments) an error message may show
 _PROTECT_RE = re.compile(
     "|".join(re.escape(s) for s in sorted(SPECIAL_STRINGS.values(), key=len, reverse=True)) + _SENTINELS
 )
@@ -97,6 +116,12 @@ class RenderedPrompt:
         """The prompt as plain text, sentinels replaced by what they hide (what a template renders from the raw
         messages; tokenising it would turn the hidden control strings into control tokens)."""
         return "".join(run for _, run in unprotect_segments(self.text, self.protected))
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` cut to :data:`_QUOTE` characters, for error messages."""
+    shown = repr(value)
+    return shown if len(shown) <= _QUOTE else shown[:_QUOTE] + "…"
 
 
 def _kind_of(part: object) -> str:
@@ -141,10 +166,34 @@ class _Conversation:
             raise ChatFormatError("messages must be a non-empty list of {'role': …, 'content': …} dicts")
         self.protect = _Protector()
         self.media: list[MediaPart] = []
-        self.messages = [self._message(message, i) for i, message in enumerate(messages)]
+        self.messages: list[dict[str, Any]] = []
+        # An assistant message with tool calls waits for the run of tool messages answering them (OpenAI's form),
+        # to be validated with their results as its tool_responses: text is protected in Gemma's order.
+        caller: tuple[Mapping[str, Any], int, list[tuple[Mapping[str, Any], int]]] | None = None
+        for index, message in enumerate(messages):
+            if _answers_a_call(message):
+                if caller is None:
+                    raise ChatFormatError(
+                        f"messages[{index}] answers the tool call {_short(message['tool_call_id'])}, but does not "
+                        "follow an assistant message with tool_calls (only tool messages answering its calls may "
+                        "stand between)"
+                    )
+                caller[2].append((message, index))
+                continue
+            if caller is not None:
+                self.messages.append(self._message(*caller))
+                caller = None
+            if _calls_tools(message):
+                caller = (message, index, [])
+            else:
+                self.messages.append(self._message(message, index))
+        if caller is not None:
+            self.messages.append(self._message(*caller))
         self.tools = self._tools(tools)
 
-    def _message(self, message: Any, index: int) -> dict[str, Any]:
+    def _message(
+        self, message: Any, index: int, answers: Sequence[tuple[Mapping[str, Any], int]] = ()
+    ) -> dict[str, Any]:
         where = f"messages[{index}]"
         if not isinstance(message, Mapping):
             raise ChatFormatError(f"{where} must be a dict, got {type(message).__name__}")
@@ -154,7 +203,11 @@ class _Conversation:
         model = role in ("assistant", "model")
         out = dict(message)
         calls = self._tool_calls(message.get("tool_calls"), where, model)
-        responses = self._tool_responses(message.get("tool_responses"), where)
+        given = message.get("tool_responses")
+        if answers:  # OpenAI's tool messages become Gemma's tool_responses, after any the message has
+            had = [] if given is None else [response for _, response in _entries(given, f"{where}.tool_responses")]
+            given = [*had, *(_tool_result(answer, at, calls or [], index) for answer, at in answers)]
+        responses = self._tool_responses(given, where)
         if calls is not None:
             out["tool_calls"] = calls
         if responses is not None:
@@ -173,8 +226,7 @@ class _Conversation:
         return out
 
     def _part(self, part: Any, where: str, model: bool) -> dict[str, Any]:
-        if isinstance(part, Mapping) and part.get("type") in OPENAI_PART_TYPES:
-            part = normalize_part(part, where)
+        part = normalize_part(part, where)  # OpenAI's parts and url/path media parts → ours; the rest as it is
         if not isinstance(part, Mapping) or "type" not in part:
             raise ChatFormatError(f"{where} must be a dict with a 'type', got {_kind_of(part)}")
         kind = part["type"]
@@ -188,7 +240,7 @@ class _Conversation:
                 f"{', '.join(OPENAI_PART_TYPES)})"
             )
         if part.get(kind) is None:
-            raise ChatFormatError(f"{where}: an {kind} part needs its data under {kind!r}")
+            raise ChatFormatError(f"{where}: an {kind} part needs its data under {kind!r} (or a 'url' or 'path')")
         options = {k: v for k, v in part.items() if k not in ("type", kind)}
         self.media.append(MediaPart(kind, part[kind], options, where))
         return {"type": kind, **options}  # the data stays out of the template's reach
@@ -204,9 +256,7 @@ class _Conversation:
             function = call.get("function", call)
             if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
                 raise ChatFormatError(f"{at} needs a function name (a string)")
-            arguments = function.get("arguments", {})
-            if not isinstance(arguments, Mapping | str):
-                raise ChatFormatError(f"{at}: arguments must be a mapping or a string, got {type(arguments).__name__}")
+            arguments = _arguments(function.get("arguments"), f"{at}.function" if "function" in call else at)
             function = dict(function, arguments=self.protect.values(arguments, model=model))
             extra = {k: v for k, v in call.items() if k not in ("function", "name", "arguments")}
             out.append({"type": "function", **extra, "function": function})
@@ -237,6 +287,88 @@ class _Conversation:
                     f"'parameters': …}}}}, got {_kind_of(tool)}"
                 )
         return [self.protect.values(dict(tool)) for tool in tools]
+
+
+def _arguments(arguments: Any, where: str) -> Mapping[str, Any]:
+    """A tool call's arguments as a mapping: a JSON string (OpenAI's form) parsed, as vLLM parses it; ``None`` or a
+    blank string is ``{}``. ``where`` names the call's function (``messages[2].tool_calls[0].function``)."""
+    if arguments is None or isinstance(arguments, str) and not arguments.strip():
+        return {}
+    if isinstance(arguments, Mapping):
+        return arguments
+    if not isinstance(arguments, str):
+        raise ChatFormatError(
+            f"{where}.arguments must be a mapping or a JSON string of one, got {type(arguments).__name__}"
+        )
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError as exc:
+        raise ChatFormatError(
+            f"{where}.arguments is not valid JSON ({exc.msg} at character {exc.pos}): {_short(arguments)}"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # an integer of too many digits; nesting too deep for Python
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(":")[0]
+        raise ChatFormatError(f"{where}.arguments cannot be read as JSON ({problem}): {_short(arguments)}") from None
+    if not isinstance(parsed, dict):
+        raise ChatFormatError(
+            f"{where}.arguments must be a JSON object, got a JSON {_JSON_TYPES.get(type(parsed), 'value')}: "
+            f"{_short(arguments)}"
+        )
+    return parsed
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _answers_a_call(message: Any) -> bool:
+    """An OpenAI tool message: ``role`` tool with a ``tool_call_id``."""
+    return isinstance(message, Mapping) and message.get("role") == "tool" and message.get("tool_call_id") is not None
+
+
+def _calls_tools(message: Any) -> bool:
+    """An assistant message whose tool calls the following tool messages may answer."""
+    return (
+        isinstance(message, Mapping)
+        and message.get("role") in ("assistant", "model")
+        and isinstance(message.get("tool_calls"), list | tuple)
+        and len(message["tool_calls"]) > 0
+    )
+
+
+def _tool_result(message: Mapping[str, Any], index: int, calls: Sequence[Mapping[str, Any]], caller: int) -> dict:
+    """OpenAI's tool message ``messages[index]`` as a Gemma tool response ``{"name", "response"}``: the name of the
+    call of ``messages[caller]`` (validated ``calls``) whose ``id`` is its ``tool_call_id``, or without ids on the
+    calls its own ``name``; the response its content, text parts joined."""
+    where, call_id = f"messages[{index}]", message["tool_call_id"]
+    if message.get("tool_responses") is not None:
+        raise ChatFormatError(f"{where} holds both a tool_call_id and tool_responses; give one or the other")
+    if any(call.get("id") is not None for call in calls):
+        names = [call["function"]["name"] for call in calls if call.get("id") == call_id]
+        if not names:
+            raise ChatFormatError(
+                f"{where}.tool_call_id {_short(call_id)} matches no tool call of messages[{caller}] (by its 'id')"
+            )
+        name = names[0]
+    else:
+        name = message.get("name")
+        if not isinstance(name, str) or not name:
+            raise ChatFormatError(
+                f"{where} answers the tool call {_short(call_id)}, but the tool calls of messages[{caller}] have no "
+                f"'id' and {where} has no 'name' to say which function answered"
+            )
+    content = message.get("content")
+    if isinstance(content, str):
+        return {"name": name, "response": content}
+    if not isinstance(content, list | tuple):
+        raise ChatFormatError(
+            f"{where}.content: a tool result must be a string or a list of text parts, got {type(content).__name__}"
+        )
+    texts = []
+    for at, part in _entries(content, f"{where}.content"):
+        if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ChatFormatError(f"{at}: a tool result holds text parts only, got {_kind_of(part)}")
+        texts.append(part["text"])
+    return {"name": name, "response": "".join(texts)}
 
 
 def _entries(value: Any, where: str) -> Iterator[tuple[str, Any]]:
@@ -285,6 +417,17 @@ def render_chat(
                 f"the chat template wrote {found} {PLACEHOLDERS[kind]} placeholder(s) for {wanted} {kind} part(s)"
             )
     return RenderedPrompt(text=text, protected=tuple(conversation.protect.protected), media=tuple(media))
+
+
+@functools.cache
+def builtin_template_text() -> str:
+    """The built-in layout written as a Jinja chat template (``preprocess/assets/chat_template.jinja``, our own,
+    from spec §5.4.1): rendered by :func:`render_chat` or by transformers, it writes byte for byte what the
+    built-in layout writes, for every conversation the layout accepts. A checkpoint that ships no
+    ``chat_template.jinja`` can ship this one."""
+    from importlib.resources import files
+
+    return files(__package__).joinpath("assets", "chat_template.jinja").read_text(encoding="utf-8")
 
 
 def strip_thinking(text: str) -> str:
@@ -605,6 +748,28 @@ def _filter_subject(name: str, values: list, kwargs: dict) -> tuple[str, object,
     return "join", separator, [items]
 
 
+_COMPILED: dict[tuple[str, int | None], Any] = {}  # (template, max_template_chars) → compiled code, oldest first
+_COMPILED_KEPT = 8
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compiled(env: Any, template: str, chars: int | None) -> Any:
+    """A template's compiled code, shared by its renderings under the same size limit (compiling a checkpoint's
+    template takes far longer than rendering it). Compiling runs in the rendering's own bounded environment, as
+    Jinja evaluates constant filter calls then (``'x'|center(10**10)``): a refusal raises and caches nothing,
+    and what was allowed under one size limit is reused only under the same limit. The code looks the environment
+    (its guard, filters and globals) up when it runs, so each rendering keeps its own bounds and clock."""
+    key = (template, chars)
+    code = _COMPILED.get(key)
+    if code is None:
+        code = env.compile(template)
+        with _COMPILED_LOCK:
+            _COMPILED[key] = code
+            while len(_COMPILED) > _COMPILED_KEPT:
+                del _COMPILED[next(iter(_COMPILED))]
+    return code
+
+
 def _render_template(
     template: str,
     conversation: _Conversation,
@@ -635,7 +800,9 @@ def _render_template(
             "add_generation_prompt": add_generation_prompt,
             "enable_thinking": thinking,
         }
-        chunks = env.from_string(template).generate(**context)
+        code = _compiled(env, template, limits.max_template_chars)
+        compiled = env.template_class.from_code(env, code, env.make_globals(None), None)
+        chunks = compiled.generate(**context)
         for chunk in chunks:  # the output is checked as it grows, the clock between chunks
             length += len(chunk)
             guard.size(length, "the rendered prompt")

@@ -1,4 +1,5 @@
-"""OpenAI chat content parts → the part form of :mod:`preprocess.chat` (the content side of spec §5.4's messages).
+"""OpenAI chat content parts, and transformers' ``url``/``path`` media parts → the part form of
+:mod:`preprocess.chat` (the content side of spec §5.4's messages).
 
 Most datasets and batch files hold OpenAI-style parts. :func:`normalize_part` turns each into ours:
 
@@ -6,7 +7,10 @@ Most datasets and batch files hold OpenAI-style parts. :func:`normalize_part` tu
   ``{"type": "image", "image": bytes | path}``; ``audio_url`` and ``video_url`` (the vLLM extension, same shape)
   → ``audio`` and ``video`` parts;
 * ``{"type": "input_audio", "input_audio": {"data": BASE64, "format": "wav" | "mp3" | …}}`` →
-  ``{"type": "audio", "audio": bytes}``.
+  ``{"type": "audio", "audio": bytes}``;
+* transformers' chat form of our own media parts, ``{"type": "image" | "audio" | "video", "url": URL}`` or
+  ``{…, "path": PATH}`` → ``{"type": KIND, KIND: bytes | path}`` (a ``path`` is taken as written, never as a
+  URL). A part that gives its data twice (two of ``KIND``, ``url``, ``path`` not None) is refused.
 
 URLs: ``data:<type>/<subtype>;base64,…`` gives the decoded bytes (the MIME type must be of the part's medium);
 ``file:///abs/path``, ``file://localhost/abs/path`` and ``file:rel/path`` give the path, percent-decoded; a
@@ -16,8 +20,9 @@ relative: the caller resolves them (``data_specs.manifest.resolve_media`` agains
 no network, and a row must mean the same bytes every time it is run.
 
 Other keys of the part (our per-part options, e.g. ``"budget"``) are kept. ``detail`` is dropped: the image
-budget is this model's resolution knob, and OpenAI's detail levels do not map onto it. Parts of our own types,
-and anything this module does not convert, come back unchanged, for the renderer to validate.
+budget is this model's resolution knob, and OpenAI's detail levels do not map onto it. Parts of our own types
+with their data under their own key, and anything this module does not convert, come back unchanged, for the
+renderer to validate.
 
 Every error is a :class:`preprocess.errors.ChatFormatError` naming the part (``where``); it never quotes the
 data (a data URL may be megabytes): at most the URL's scheme or a data URL's header, cut to 40 characters.
@@ -26,6 +31,7 @@ data (a data URL may be megabytes): at most the URL's scheme or a data URL's hea
 from __future__ import annotations
 
 import binascii
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -38,6 +44,8 @@ __all__ = ["OPENAI_PART_TYPES", "normalize_part"]
 # OpenAI part type → (our part type, the MIME major type its data URLs must carry).
 _URL_PARTS = {"image_url": "image", "audio_url": "audio", "video_url": "video"}
 OPENAI_PART_TYPES = (*_URL_PARTS, "input_audio")
+_MEDIA_KINDS = tuple(_URL_PARTS.values())
+_LOCATORS = ("url", "path")  # transformers' keys for where a media part's data is
 # Containers the audio decoder reads (``preprocess.audio_io``). Raw PCM (OpenAI's "pcm16") has no header to
 # give its rate and sample format, so it is refused rather than guessed.
 _AUDIO_FORMATS = frozenset({"wav", "mp3", "flac", "ogg", "oga", "opus", "webm", "m4a", "mp4", "aac", "aiff", "aif"})
@@ -136,11 +144,35 @@ def _input_audio(part: Mapping[str, Any], where: str) -> dict:
     return {"type": "audio", "audio": audio, **options}
 
 
+def _located_part(part: Mapping[str, Any], kind: str, where: str) -> dict:
+    """``{"type": KIND, "url" | "path": …}`` → ``{"type": KIND, KIND: …}``."""
+    given = [key for key in (kind, *_LOCATORS) if part.get(key) is not None]
+    if len(given) > 1:
+        raise ChatFormatError(
+            f"{where}: this {kind} part gives its data twice ({' and '.join(map(repr, given))}); give one of "
+            f"{kind!r}, 'url' or 'path'"
+        )
+    options = {k: v for k, v in part.items() if k not in ("type", kind, *_LOCATORS)}
+    if given == ["url"]:
+        url = part["url"]
+        if not isinstance(url, str):
+            raise ChatFormatError(f"{where}: the {kind} part's 'url' must be a string, got {type(url).__name__}")
+        return {"type": kind, kind: _from_url(url, kind, where), **options}
+    path = part["path"]
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        shown = "an empty string" if path == "" else type(path).__name__
+        raise ChatFormatError(f"{where}: the {kind} part's 'path' must be a non-empty string, got {shown}")
+    return {"type": kind, kind: path, **options}
+
+
 def normalize_part(part: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     """One content part in our form: an OpenAI part (``image_url``, ``input_audio``, ``audio_url``,
-    ``video_url``) becomes a new dict; any other part is returned as it is (the same object), valid or not.
-    ``where`` names the part in errors, e.g. ``"messages[1].content[2]"``. Raises :class:`ChatFormatError`
-    for a remote URL, a malformed one, invalid base64 or a data URL of another medium."""
+    ``video_url``) or a media part located by ``url`` or ``path`` becomes a new dict; any other part is returned
+    as it is (the same object), valid or not. ``where`` names the part in errors, e.g.
+    ``"messages[1].content[2]"``. Raises :class:`ChatFormatError` for a remote URL, a malformed one, invalid
+    base64, a data URL of another medium, or a part that gives its data twice."""
     if not isinstance(part, Mapping):
         return part
     kind = part.get("type")
@@ -148,4 +180,6 @@ def normalize_part(part: Mapping[str, Any], where: str) -> Mapping[str, Any]:
         return _url_part(part, kind, where)
     if kind == "input_audio":
         return _input_audio(part, where)
+    if kind in _MEDIA_KINDS and any(part.get(key) is not None for key in _LOCATORS):
+        return _located_part(part, kind, where)
     return part

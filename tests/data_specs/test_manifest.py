@@ -191,6 +191,29 @@ def test_openai_parts_resolve_like_ours_and_stay_inside_the_media_root(tmp_path)
         resolve_media(part("https://example.com/a.png"), root)
 
 
+def test_media_parts_located_by_url_or_path_resolve_like_ours_and_stay_inside_the_media_root(tmp_path):
+    from preprocess.errors import ChatFormatError
+
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+
+    def part(**located):
+        return [
+            {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image", "budget": 70, **located}]}
+        ]
+
+    for located in ({"path": "images/a b.png"}, {"url": "file:images/a%20b.png"}, {"url": "images/a b.png"}):
+        resolved = resolve_media(part(**located), root, root)[0]["content"][1]
+        assert resolved == {"type": "image", "image": str(root / "images" / "a b.png"), "budget": 70}
+    for located in ({"path": "../outside.png"}, {"path": "/etc/passwd"}, {"url": "file:///etc/passwd"}):
+        with pytest.raises(MediaOutsideRootError, match="outside the media root"):
+            resolve_media(part(**located), root, root)
+    with pytest.raises(ChatFormatError, match=r"messages\[0\]\.content\[1\]: .*never fetched"):
+        resolve_media(part(url="https://example.com/a.png"), root)
+    with pytest.raises(ChatFormatError, match=r"messages\[0\]\.content\[1\]: .*gives its data twice"):
+        resolve_media(part(image="a.png", path="b.png"), root)
+
+
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 
 

@@ -187,6 +187,26 @@ def test_limits_allow_ordinary_templates():
     assert render_with("{{ 'x' * 20000 }}", unlimited).text == "x" * 20000
 
 
+def test_a_compiled_template_keeps_the_bounds_of_each_rendering():
+    """Templates are compiled once and shared; each rendering still runs under its own limits and clock."""
+    template = "{{ messages[0].content * 3 }}{% for i in range(3) %}{{ i }}{% endfor %}"
+    assert render_with(template).text == "hihihi012"
+    with pytest.raises(ChatFormatError, match="repetition"):
+        render_with(template, messages=[{"role": "user", "content": "y" * 5000}])
+    unlimited = MediaLimits(max_template_seconds=None, max_template_chars=None)
+    assert render_with(template, unlimited, [{"role": "user", "content": "y" * 5000}]).text == "y" * 15000 + "012"
+    assert render_with(template).text == "hihihi012"
+    with pytest.raises(ChatFormatError, match="center filter"):  # Jinja calls constant filters when compiling
+        render_with("{{ 'x'|center(20000) }}")
+    assert render_with("{{ 'x'|center(20000) }}", unlimited).text.strip() == "x"
+    with pytest.raises(ChatFormatError, match="center filter"):
+        render_with("{{ 'x'|center(20000) }}")
+    slow = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    for _ in range(2):
+        with pytest.raises(ChatFormatError, match="longer than 0.5 s"):
+            render_with(slow)
+
+
 def test_part_values_are_not_quoted_in_errors():
     with pytest.raises(ChatFormatError) as info:
         render_chat([{"role": "user", "content": [{"image": b"root:*:0:0"}]}])
@@ -243,3 +263,72 @@ def test_guards_do_not_change_what_a_template_renders():
     assert expected.endswith("321<|turn>model\n")
     with pytest.raises(ChatFormatError, match="must alternate"):
         render_chat(messages[:2] + messages[3:], chat_template=CHECKPOINT_STYLE)
+
+
+# --------------------------------------------------------------------------------- media located by url or path
+
+
+def test_media_parts_located_by_url_or_path():
+    located = [
+        {"type": "text", "text": "Compare"},
+        {"type": "image", "url": "file:///abs/x.png", "budget": 70},
+        {"type": "image", "path": "x.png"},
+        {"type": "audio", "url": "data:audio/wav;base64,UklGRg=="},
+        {"type": "audio", "path": "a.wav"},
+        {"type": "video", "url": "clips/v.mp4", "num_frames": 4},
+        {"type": "video", "path": "/v/clip.mp4"},
+    ]
+    ours = [
+        {"type": "text", "text": "Compare"},
+        {"type": "image", "image": "/abs/x.png", "budget": 70},
+        {"type": "image", "image": "x.png"},
+        {"type": "audio", "audio": b"RIFF"},
+        {"type": "audio", "audio": "a.wav"},
+        {"type": "video", "video": "clips/v.mp4", "num_frames": 4},
+        {"type": "video", "video": "/v/clip.mp4"},
+    ]
+    rendered = render_chat([{"role": "user", "content": located}])
+    assert rendered == render_chat([{"role": "user", "content": ours}])
+    assert [(m.kind, m.source, dict(m.options), m.where) for m in rendered.media] == [
+        ("image", "/abs/x.png", {"budget": 70}, "messages[0].content[1]"),
+        ("image", "x.png", {}, "messages[0].content[2]"),
+        ("audio", b"RIFF", {}, "messages[0].content[3]"),
+        ("audio", "a.wav", {}, "messages[0].content[4]"),
+        ("video", "clips/v.mp4", {"num_frames": 4}, "messages[0].content[5]"),
+        ("video", "/v/clip.mp4", {}, "messages[0].content[6]"),
+    ]
+    # a template sees each part's type and options, never where its data is
+    probe = (
+        "{% for p in messages[0].content %}{% if p.type != 'text' %}<|{{ p.type }}|>{{ p|dictsort }}{% endif %}"
+        "{% endfor %}"
+    )
+    text = render_chat([{"role": "user", "content": located}], chat_template=probe).text
+    assert "url" not in text and "path" not in text and "abs" not in text and "budget" in text
+
+
+@pytest.mark.parametrize(
+    ("part", "problem"),
+    [
+        ({"type": "image", "url": "https://example.com/a.png"}, r"'https' URL .* never fetched"),
+        ({"type": "audio", "url": "s3://bucket/a.wav"}, r"'s3' URL .* never fetched"),
+        ({"type": "video", "url": "http://example.com/v.mp4"}, r"'http' URL .* never fetched"),
+        ({"type": "image", "url": "file://otherhost/a.png"}, "only local files"),
+        ({"type": "image", "image": "a.png", "path": "a.png"}, r"gives its data twice \('image' and 'path'\)"),
+        ({"type": "image", "url": "a.png", "path": "a.png"}, r"gives its data twice \('url' and 'path'\)"),
+        (
+            {"type": "audio", "url": None, "path": None},
+            "an audio part needs its data under 'audio' .or a 'url' or 'path'",
+        ),
+    ],
+)
+def test_bad_located_media_parts_are_named(part, problem, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    messages = [{"role": "user", "content": "x"}, {"role": "user", "content": [{"type": "text", "text": "y"}, part]}]
+    with pytest.raises(ChatFormatError, match=r"^messages\[1\]\.content\[1\]: .*" + problem):
+        render_chat(messages)

@@ -175,3 +175,87 @@ def test_decoded_image_and_audio_are_what_was_encoded():
     assert np.array_equal(np.asarray(load_image(image["image"])), synthetic_image(24, 32))
     audio = normalize_part({"type": "input_audio", "input_audio": {"data": b64(wav_bytes()), "format": "wav"}}, WHERE)
     assert load_audio(audio["audio"]).shape == (8000,)
+
+
+# --- transformers' media parts located by url or path ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "part, expected",
+    [
+        ({"type": "image", "url": "file:///abs/cat%20one.png"}, {"type": "image", "image": "/abs/cat one.png"}),
+        (
+            {"type": "image", "url": "pictures/cat.png", "budget": 70},
+            {"type": "image", "image": "pictures/cat.png", "budget": 70},
+        ),
+        ({"type": "image", "path": "x.png"}, {"type": "image", "image": "x.png"}),
+        ({"type": "image", "path": "cat%20one.png"}, {"type": "image", "image": "cat%20one.png"}),  # a path, as written
+        ({"type": "audio", "url": f"data:audio/wav;base64,{b64(b'RIFF')}"}, {"type": "audio", "audio": b"RIFF"}),
+        ({"type": "audio", "path": "/a/q.flac"}, {"type": "audio", "audio": "/a/q.flac"}),
+        (
+            {"type": "video", "url": "file:clips/v.mp4", "num_frames": 8},
+            {"type": "video", "video": "clips/v.mp4", "num_frames": 8},
+        ),
+        ({"type": "video", "path": "v.mp4"}, {"type": "video", "video": "v.mp4"}),
+        # Arrow struct columns fill the keys a row lacks with None: those give no data
+        ({"type": "image", "image": None, "url": None, "path": "y.png"}, {"type": "image", "image": "y.png"}),
+    ],
+    ids=lambda value: value["type"] + " " + ",".join(k for k in value if k != "type") if "type" in value else None,
+)
+def test_media_parts_located_by_url_or_path_become_ours(part, expected):
+    before = dict(part)
+    assert normalize_part(part, WHERE) == expected
+    assert part == before
+
+
+def test_media_parts_with_their_data_and_no_locator_come_back_unchanged():
+    part = {"type": "image", "image": "a.png", "url": None, "path": None}
+    assert normalize_part(part, WHERE) is part
+
+
+@pytest.mark.parametrize(
+    "url", ["http://example.com/cat.png", "https://user:secret@example.com/a.png?token=abc", "s3://bucket/cat.png"]
+)
+@pytest.mark.parametrize("kind", ["image", "audio", "video"])
+def test_remote_urls_of_media_parts_are_refused_and_never_fetched(kind, url, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(
+        ChatFormatError, match=r"^messages\[1\]\.content\[2\]: a '(http|https|s3)' URL .* never fetched"
+    ) as info:
+        normalize_part({"type": kind, "url": url}, WHERE)
+    assert "secret" not in str(info.value) and "token" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "part, problem",
+    [
+        (
+            {"type": "image", "image": "a.png", "path": "b.png"},
+            "this image part gives its data twice ('image' and 'path')",
+        ),
+        (
+            {"type": "audio", "audio": b"RIFF", "url": "a.wav"},
+            "this audio part gives its data twice ('audio' and 'url')",
+        ),
+        ({"type": "video", "url": "v.mp4", "path": "v.mp4"}, "this video part gives its data twice ('url' and 'path')"),
+        ({"type": "image", "url": b"\x89PNG" + BIG.encode()}, "the image part's 'url' must be a string, got bytes"),
+        ({"type": "image", "path": ""}, "the image part's 'path' must be a non-empty string, got an empty string"),
+        ({"type": "image", "path": b"x.png"}, "the image part's 'path' must be a non-empty string, got bytes"),
+        ({"type": "image", "url": "file://otherhost/cat.png"}, "only local files"),
+        ({"type": "image", "url": ""}, "the image URL is empty"),
+        ({"type": "audio", "url": "data:image/png;base64," + BIG}, "needs one of type audio/*"),
+        ({"type": "image", "url": "data:image/png;base64,abc$" + BIG}, "not valid base64"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and len(value) < 30 else None,
+)
+def test_bad_located_media_parts_are_named_without_quoting_their_data(part, problem):
+    with pytest.raises(ChatFormatError, match=r"^messages\[1\]\.content\[2\]: ") as info:
+        normalize_part(part, WHERE)
+    assert problem in str(info.value)
+    assert len(str(info.value)) < 400 and "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" not in str(info.value)
