@@ -356,7 +356,7 @@ class CheckpointInfo:
     @property
     def name(self) -> str:
         """A short name: the directory's, or the repo's for a hub-cache snapshot."""
-        parts = self.directory.resolve().parts
+        parts = Path(os.path.abspath(self.directory)).parts  # not resolved: a snapshot may link elsewhere
         if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
             return parts[-3].split("--")[-1]
         return self.directory.resolve().name
@@ -395,10 +395,10 @@ def inspect_checkpoint(directory: str | os.PathLike, *, dtype: str | torch.dtype
         expected,
         {k: tuple(v["shape"]) for k, v in weights.items()},
     )
-    stored = default_dtype(directory) if chosen is None else chosen
+    compute = stored_dtype(directory) if chosen is None else chosen  # None: dtype="checkpoint", kept as stored
     size = {k: math.prod(v["shape"]) * _element_size(v["dtype"], chosen) for k, v in weights.items()}
     ple = size.get("language_model.embed_tokens_per_layer.weight", 0)
-    return CheckpointInfo(directory, config, stored, stored_dtype(directory), sum(size.values()), ple)
+    return CheckpointInfo(directory, config, compute, stored_dtype(directory), sum(size.values()), ple)
 
 
 def _element_size(name: str, dtype: torch.dtype | None) -> int:

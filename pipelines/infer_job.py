@@ -402,12 +402,19 @@ def prepare_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str
 
 
 def make_request(model, settings: InferSettings, key, row_id: str, batch, options: RowOptions | None):
-    """A prepared row as an engine ``Request`` (its id ``key``), or the error row saying why it cannot be one: ids
-    beyond the vocabulary (stage ``prompt``), prompt and new tokens beyond the context (stage ``context``)."""
+    """A prepared row as an engine ``Request`` (its id ``key``), or the error row saying why it cannot be one: media
+    the checkpoint has no tower for, ids beyond the vocabulary (stage ``prompt``), prompt and new tokens beyond the
+    context (stage ``context``)."""
     from model.engine import Request
 
     index = key[1]
     options = options or RowOptions()
+    towers = {"image": model.config.vision, "video frame": model.config.vision, "audio": model.config.audio}
+    for (_, media), label in zip(batch.media, ("image", "video frame", "audio"), strict=True):
+        if sum(media.num_soft_tokens) and towers[label] is None:
+            tower = "audio" if label == "audio" else "vision"
+            message = f"row {index} (id {row_id!r}) holds {label} input, and this checkpoint has no {tower} tower"
+            return _error_row(index, row_id, "prompt", "MediaCountError", message)
     vocab = model.config.text.vocab_size
     if batch.text_id_range is not None and batch.text_id_range[1] >= vocab:
         message = f"token id {batch.text_id_range[1]} is beyond the checkpoint's vocabulary of {vocab}"

@@ -241,3 +241,133 @@ def test_bad_settings_and_another_job_are_refused_by_name(sample, reference_run,
     with pytest.raises(ValueError, match="max_new_tokens: 6 there, 7 now"):
         run_infer(manifest, out, settings(checkpoint, max_new_tokens=7), workers=0, progress=False)
     assert issubclass(JobMismatchError, ValueError)
+
+
+# --- published checkpoints: fail before anything starts, device and dtype, the checkpoint's sampling ------------
+
+
+def broken_copies(checkpoint, tmp_path):
+    """(name, checkpoint directory, message) of checkpoints broken in one way each."""
+    import shutil
+
+    from pipelines.sample_data import toy_tokenizer_json
+
+    def copy(name):
+        target = tmp_path / name
+        shutil.copytree(checkpoint, target)
+        return target
+
+    cases = []
+    other = copy("other-tokenizer")
+    (other / "tokenizer.json").write_bytes(toy_tokenizer_json(seed=1, vocab_size=700))
+    cases.append((other, "vocab_size: tokenizer 700"))
+    llama = copy("llama")
+    config = json.loads((llama / "config.json").read_text())
+    (llama / "config.json").write_text(json.dumps(dict(config, model_type="llama")))
+    cases.append((llama, "model_type 'llama'"))
+    fifo = copy("fifo")
+    (fifo / "generation_config.json").unlink()
+    os.mkfifo(fifo / "generation_config.json")
+    cases.append((fifo, "generation_config.json' is not a regular file"))
+    weightless = copy("weightless")
+    (weightless / "model.safetensors").unlink()
+    cases.append((weightless, "has neither model.safetensors nor"))
+    bad_json = copy("bad-json")
+    (bad_json / "config.json").write_text("{not json")
+    cases.append((bad_json, "config.json' is not valid JSON"))
+    return cases
+
+
+def test_every_checkpoint_problem_is_refused_before_the_output_folder_or_a_worker_exists(sample, tmp_path, monkeypatch):
+    import pipelines.infer_job as infer_job
+    from model import device
+
+    manifest, checkpoint = sample
+    monkeypatch.setattr(infer_job, "_pool", lambda n: pytest.fail("a worker started"))
+    out = tmp_path / "out"
+    for broken, message in broken_copies(checkpoint, tmp_path):
+        with pytest.raises(ValueError, match=message):
+            run_infer(manifest, out, settings(broken), workers=1, progress=False)
+        assert not out.exists(), broken
+    for name, message in (("gpu", "device 'gpu' is not a device name"), ("cuda:9", "device 'cuda:9'")):
+        with pytest.raises(device.DeviceError, match=message):
+            run_infer(manifest, out, settings(checkpoint, device=name), workers=1, progress=False)
+    monkeypatch.setattr(device, "free_memory", lambda _: 10_000_000)
+    with pytest.raises(
+        device.NotEnoughMemoryError, match=r"needs .* of weights \(float32\) \+ .* of KV cache \(8 slots"
+    ):
+        run_infer(manifest, out, settings(checkpoint, batch_size=8), workers=1, progress=False)
+    assert not out.exists()
+
+
+def test_the_cli_refuses_in_one_line_before_making_the_output_folder(sample, tmp_path, capsys):
+    manifest, checkpoint = sample
+    out = tmp_path / "out"
+    for extra, message in (
+        (["--device", "gpu"], "device 'gpu' is not a device name"),
+        (["--max-new-tokens", "5000"], "max_new_tokens 5000 leaves no room for a prompt in a context of 4096"),
+    ):
+        assert cli.main(["infer", str(manifest), str(out), "--checkpoint", str(checkpoint), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_device_dtype_and_the_checkpoints_sampling_are_printed_and_recorded(sample, tmp_path, capsys):
+    manifest, checkpoint = sample
+    base = ["infer", str(manifest), "--checkpoint", str(checkpoint), "--max-new-tokens", "3", "--rows-per-shard", "8"]
+    assert cli.main([base[0], base[1], str(tmp_path / "default"), *base[2:]]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("model: checkpoint, float32 on cpu, weights ") and "(8 slots × 4096 tokens)" in first
+    assert first.endswith("sampling: temperature 1, top_k 64, top_p 0.95, seed 0")
+    run = json.loads((tmp_path / "default" / "job.json").read_text())["run"]
+    assert (run["device"], run["dtype"]) == ("cpu", "float32")
+    assert run["sampling"] == {
+        "temperature": {"value": 1.0, "from": "generation_config.json"},
+        "top_k": {"value": 64, "from": "generation_config.json"},
+        "top_p": {"value": 0.95, "from": "generation_config.json"},
+        "seed": {"value": 0, "from": "job"},
+    }
+    # the same command again: the same sampled tokens (the default seed makes the job reproducible)
+    assert cli.main([base[0], base[1], str(tmp_path / "again"), *base[2:]]) == 0
+
+    def untimed(name):
+        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in table(tmp_path / name, "results")]
+
+    assert untimed("again") == untimed("default")
+    # an explicit flag overrides its value only; --greedy overrides them all
+    assert cli.main([base[0], base[1], str(tmp_path / "cold"), *base[2:], "--temperature", "0.5", "--top-k", "0"]) == 0
+    sampling = json.loads((tmp_path / "cold" / "job.json").read_text())["run"]["sampling"]
+    assert sampling["temperature"] == {"value": 0.5, "from": "job"} and sampling["top_k"] == {"value": 0, "from": "job"}
+    assert sampling["top_p"] == {"value": 0.95, "from": "generation_config.json"}
+    assert cli.main([base[0], base[1], str(tmp_path / "greedy"), *base[2:], "--greedy"]) == 0
+    greedy = json.loads((tmp_path / "greedy" / "job.json").read_text())["run"]["sampling"]
+    assert {v["from"] for k, v in greedy.items() if k != "seed"} == {"greedy"}
+    capsys.readouterr()
+    greedy_rows = untimed("greedy")
+    assert greedy_rows != untimed("default")
+    reference = run_infer(
+        manifest,
+        tmp_path / "t0",
+        settings(checkpoint, temperature=0.0, max_new_tokens=3, rows_per_shard=8),
+        workers=0,
+        progress=False,
+    )
+    assert reference.results == len(greedy_rows)
+    assert greedy_rows == untimed("t0")
+
+
+def test_a_repo_id_in_the_hub_cache_runs(sample, tmp_path, monkeypatch, capsys):
+    manifest, checkpoint = sample
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--google--gemma-4-tiny-it"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots").mkdir()
+    (repo / "snapshots" / revision).symlink_to(checkpoint, target_is_directory=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    args = ["infer", str(manifest), str(out), "--checkpoint", "google/gemma-4-tiny-it", "--max-new-tokens", "2"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.startswith("model: gemma-4-tiny-it, float32 on cpu")
+    assert json.loads((out / "job.json").read_text())["run"]["checkpoint"] == "google/gemma-4-tiny-it"
