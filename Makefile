@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/gemma4 preprocess out/sample/manifest.jsonl out/preprocessed --tokenizer out/sample/tokenizer
 	$(BIN)/gemma4 inspect out/preprocessed --row ex0001 --preview out/preview.png
 	$(BIN)/gemma4 infer out/preprocessed out/inferred --checkpoint out/sample/checkpoint --max-new-tokens 16 --show 1
+	$(BIN)/gemma4 chat --checkpoint out/sample/checkpoint --image out/sample/media/img1.jpg "What is in this picture?" --max-new-tokens 24 --seed 0
 	@echo "(a tiny random checkpoint made on the spot: its replies are meaningless; --checkpoint DIR runs a real one)"
 
 lint: $(STAMP)

@@ -22,9 +22,9 @@ writing the result shards — until the last answer; not the process start. Rate
 and generated tokens (stop id included) ÷ the same seconds. Ours also prints the model's busy share (the job's
 own figure: 1 − seconds its engine waited for prepared rows ÷ seconds from model load to the last answer).
 The greedy tokens of rows both sides answered are compared position by position (random weights on other batch
-shapes and paddings: a near-tie may flip, so the share is printed, not required). Weak evidence here: the random
-decoder's residual stream is dominated by the token embedding (tied to the output), so greedy decoding mostly
-repeats the prompt's last token on both sides. One run per side (no best-of): the default run (24 rows, batch 8,
+shapes and paddings: a near-tie may flip, so the share is printed, not required). The sample checkpoint draws its
+token embedding small (``write_sample_checkpoint``), so each greedy token depends on the whole prompt. One run
+per side (no best-of): the default run (24 rows, batch 8,
 32 new tokens) takes about 1.5 minutes on 2 idle cores (the reference ~1.4 s per row, mostly prefilling prompts of
 100–1 000 tokens); contention slows both sides by large, uneven factors. With few rows, start-up (loading,
 the first shard's preparation) weighs on both sides and the ratio tends to 1.
@@ -81,6 +81,7 @@ def _ours(manifest: str, checkpoint: str, out: str, workers: int, batch: int, ne
         preprocess=PreprocessSettings(tokenizer=checkpoint, rows_per_shard=16),  # gemma4 infer's default
         max_new_tokens=new_tokens,
         batch_size=batch,
+        greedy=True,  # the sample checkpoint's generation_config.json samples; both sides decode greedily here
     )
     started = time.perf_counter()
     summary = run_infer(manifest, out, settings, workers=workers, progress=False)
@@ -104,11 +105,13 @@ def _reference(manifest: str, checkpoint: str, batch: int, new_tokens: int) -> d
 
     with open(manifest) as fp:
         source = [json.loads(line) for line in fp if line.strip()]
+    # the stop ids ours uses: config.json's eos_token_id, then generation_config.json's (tokenizer's turn ids in it)
     stop = json.loads((Path(checkpoint) / "config.json").read_text())["eos_token_id"]
-    started = time.perf_counter()
-    processor = oracles.load("hf_processor").processor(
-        Path(checkpoint) / "tokenizer.model", list(SPECIAL_STRINGS.values())
+    stop = list(
+        dict.fromkeys(stop + json.loads((Path(checkpoint) / "generation_config.json").read_text())["eos_token_id"])
     )
+    started = time.perf_counter()
+    processor = oracles.load("hf_processor").processor(checkpoint, list(SPECIAL_STRINGS.values()))
     processor.tokenizer.padding_side = "left"  # generation appends at the right
     model = oracles.load("hf_model").load(checkpoint)
     tokens: dict[str, list[int]] = {}

@@ -53,7 +53,15 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.sample_data import WORDS, synthetic_image, synthetic_speech, train_toy_tokenizer, write_video
+from pipelines.sample_data import (
+    WORDS,
+    synthetic_image,
+    synthetic_speech,
+    toy_tokenizer_json,
+    train_toy_tokenizer,
+    write_tokenizer_files,
+    write_video,
+)
 
 from .benchmarking import Row, benchmark_sizes, format_row, reference
 
@@ -76,6 +84,7 @@ UNIT = "rows/s"
 class GeneratedDataset:
     manifest: Path  # JSONL, media paths relative to its directory
     tokenizer: Path  # a directory holding the toy tokenizer.model
+    tokenizer_json: Path  # a directory holding a toy tokenizer.json of the same size, trained on the same text
     kinds: list[str]  # per row: "image", "audio", "image+audio", "video" or "text"
     description: str  # one line for the report
 
@@ -96,6 +105,7 @@ def make_dataset(directory: str | os.PathLike, rows: int, seed: int = 0) -> Gene
     (directory / "media").mkdir(parents=True, exist_ok=True)
     (directory / "tokenizer").mkdir(exist_ok=True)
     (directory / "tokenizer" / "tokenizer.model").write_bytes(train_toy_tokenizer(seed))
+    write_tokenizer_files(directory / "tokenizer-json", toy_tokenizer_json(seed), chat_template=False)
     rng = np.random.default_rng(seed)
     kinds = _row_kinds(rows, rng)
     needs = Counter(part for kind in kinds for part in kind.split("+"))
@@ -143,7 +153,7 @@ def make_dataset(directory: str | os.PathLike, rows: int, seed: int = 0) -> Gene
         f"{rows} rows ({', '.join(f'{counts[k]} {k}' for k, _ in MIX)}); media pools: {len(images)} images "
         f"(long sides 64–2000 px, PNG + JPEG), {len(clips)} clips (1–60 s, WAV + FLAC), {len(videos)} videos"
     )
-    return GeneratedDataset(manifest, directory / "tokenizer", kinds, description)
+    return GeneratedDataset(manifest, directory / "tokenizer", directory / "tokenizer-json", kinds, description)
 
 
 # --- the reference: datasets.map + Gemma4Processor -----------------------------------------------------------
@@ -378,6 +388,7 @@ def run(
             )
         )
         emit(format_row(result[-1]))
+        result += _tokenizer_formats(data, settings, workers, ours[workers], tmp, emit)
 
         image_ids = [f"row{i:05d}" for i, kind in enumerate(data.kinds) if kind == "image"][:bytes_rows]
         theirs: dict[int, dict[str, float] | None] = {1: None, workers: None}
@@ -444,6 +455,71 @@ def run(
         for row in result[-2:]:
             emit(format_row(row))
     return result
+
+
+def _tokenizer_formats(data: GeneratedDataset, settings, workers: int, model_rate: float, tmp: Path, emit) -> list[Row]:
+    """The published format (tokenizer.json, read by ``tokenizers``) against tokenizer.model (SentencePiece): the
+    whole job with ``workers`` processes, and the tokenization of every row's prompt alone (the job's figure is
+    dominated by media decoding). Target: tokenizer.json not slower (≥ 1.0×)."""
+    from pipelines.preprocess_job import run_preprocess
+    from preprocess.chat import render_chat
+    from preprocess.tokenizer import Tokenizer
+
+    json_settings = dataclasses.replace(settings, tokenizer=os.fspath(data.tokenizer_json))
+    with _torch_threads(1):
+        begin = time.perf_counter()
+        run_preprocess(data.manifest, tmp / "ours-json", json_settings, workers=workers, progress=False)
+        json_rate = len(data.kinds) / (time.perf_counter() - begin)
+    rows = [
+        Row(
+            "tokenizer",
+            f"tokenizer.json vs tokenizer.model, job, {_workers(workers)}",
+            model_rate,
+            json_rate,
+            1.0,
+            unit=UNIT,
+            baseline_label="tokenizer.model",
+            ours_label="tokenizer.json",
+        )
+    ]
+    emit(format_row(rows[-1]))
+    # Every row's prompt as build_example tokenizes it: the template's text with each placeholder expanded
+    # (images 280 tokens, audio 750, a video 4 frames of 70), control strings as tokens.
+    expansions = {
+        "<|image|>": "<|image>" + "<|image|>" * 280 + "<image|>",
+        "<|audio|>": "<|audio>" + "<|audio|>" * 750 + "<audio|>",
+        "<|video|>": " ".join(f"00:0{i} <|image>" + "<|video|>" * 70 + "<image|>" for i in range(4)),
+    }
+    with open(data.manifest) as fp:
+        prompts = [render_chat(json.loads(line)["messages"]).literal() for line in fp]
+    for placeholder, expansion in expansions.items():
+        prompts = [p.replace(placeholder, expansion) for p in prompts]
+    rates = {}
+    for name, directory in (("model", data.tokenizer), ("json", data.tokenizer_json)):
+        tokenizer = Tokenizer.from_pretrained(directory)
+        tokenizer.encode(prompts[0], allow_special=True)  # warm
+        best = math.inf
+        for _ in range(3):
+            begin = time.perf_counter()
+            count = sum(len(tokenizer.encode(p, allow_special=True)) for p in prompts)
+            best = min(best, time.perf_counter() - begin)
+        rates[name] = (count / best, count)
+    rows.append(
+        Row(
+            "tokenizer",
+            "tokenizer.json vs tokenizer.model, the prompts alone, 1 thread",
+            rates["model"][0],
+            rates["json"][0],
+            1.0,
+            unit="tok/s",
+            baseline_label="tokenizer.model",
+            ours_label="tokenizer.json",
+            note=f"{len(prompts)} prompts; tokens: tokenizer.json {rates['json'][1]}, tokenizer.model "
+            f"{rates['model'][1]} (two toy vocabularies of the same size, trained on the same text); best of 3",
+        )
+    )
+    emit(format_row(rows[-1]))
+    return rows
 
 
 @contextlib.contextmanager

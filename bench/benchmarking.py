@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-import numpy as np
-
 __all__ = ["Row", "alternate", "benchmark_sizes", "best_time", "format_row", "reference", "reference_row"]
 
 
@@ -90,6 +88,8 @@ def reference(name: str) -> ModuleType | None:
 def benchmark_sizes(count: int = 48, low: int = 120, high: int = 3000, seed: int = 0) -> list[tuple[int, int]]:
     """``count`` (height, width) pairs: long side uniform in [low, high], ratios from 1:1 to 4:1, both
     orientations; the first two are pinned to the extremes (``high`` and ``low`` long sides)."""
+    import numpy as np  # here: `gemma4 --help` builds every bench's options without loading numpy
+
     rng = np.random.default_rng(seed)
     sizes = []
     for _ in range(count):

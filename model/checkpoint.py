@@ -437,8 +437,8 @@ def load_text_decoder(
 
     ``dtype`` and ``ple_on_host`` as for :func:`load_pretrained`."""
     directory = resolve_checkpoint(directory)
+    config = text_from_hf(_config(directory))  # a missing or broken config.json is named first
     dtype = _dtype(dtype, directory)
-    config = text_from_hf(_config(directory))
     with torch.device("meta"):
         model = TextDecoder(config, ple_on_host=ple_on_host)
     text, _, _ = _partition(read_safetensors(directory, dtype), config)  # towers and the rest: not ours here
@@ -475,8 +475,8 @@ def load_pretrained(
     from .gemma4 import Gemma4
 
     directory = resolve_checkpoint(directory)
+    config = model_from_hf(_config(directory))  # a missing or broken config.json is named first
     dtype = _dtype(dtype, directory)
-    config = model_from_hf(_config(directory))
     if tokenizer is not None:
         check_tokenizer(config, tokenizer)
         config = replace(config, tokens=replace(config.tokens, stop_ids=stop_ids(config, tokenizer)))

@@ -1,7 +1,8 @@
-"""The reference ``Gemma4Processor`` around a SentencePiece model (for parity tests with tiny test models).
+"""The reference ``Gemma4Processor`` around a tokenizer (for parity tests with tiny test models).
 
-The tokenizer is transformers' ``GemmaTokenizer`` built from the model's BPE vocabulary and merges, with every
-Gemma 4 control string added as a special token and the processor's placeholder attributes set.
+The tokenizer is transformers' ``GemmaTokenizer``: read from a checkpoint's ``tokenizer.json``, or built from a
+SentencePiece model's BPE vocabulary and merges, with every Gemma 4 control string added as a special token and
+the processor's placeholder attributes set.
 """
 
 from __future__ import annotations
@@ -31,10 +32,15 @@ _PLACEHOLDER_ATTRIBUTES = {
 
 
 def processor(model_file: str | os.PathLike, control_strings: list[str], image_budget: int = 280) -> Gemma4Processor:
-    extracted = SentencePieceExtractor(os.fspath(model_file)).extract(BPE)
-    tokenizer = GemmaTokenizer(
-        vocab=extracted["vocab"], merges=extracted["merges"], extra_special_tokens=_PLACEHOLDER_ATTRIBUTES
-    )
+    """``model_file``: a SentencePiece ``tokenizer.model``, or a directory holding a ``tokenizer.json`` (read as
+    transformers reads a published checkpoint's)."""
+    if os.path.isdir(model_file):
+        tokenizer = GemmaTokenizer.from_pretrained(os.fspath(model_file), extra_special_tokens=_PLACEHOLDER_ATTRIBUTES)
+    else:
+        extracted = SentencePieceExtractor(os.fspath(model_file)).extract(BPE)
+        tokenizer = GemmaTokenizer(
+            vocab=extracted["vocab"], merges=extracted["merges"], extra_special_tokens=_PLACEHOLDER_ATTRIBUTES
+        )
     tokenizer.add_tokens(control_strings, special_tokens=True)
     return Gemma4Processor(
         feature_extractor=Gemma4AudioFeatureExtractor(),

@@ -340,7 +340,7 @@ def _show_results(output: str, count: int) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """sample-data → preprocess → inspect → infer, as ``make demo`` runs them, under one directory."""
+    """sample-data → preprocess → inspect → infer → chat, as ``make demo`` runs them, under one directory."""
     base = Path(args.directory)
     sample, pre, inferred = base / "sample", base / "preprocessed", base / "inferred"
     steps = [
@@ -348,6 +348,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ["preprocess", str(sample / "manifest.jsonl"), str(pre), "--tokenizer", str(sample / "tokenizer")],
         ["inspect", str(pre), "--row", "ex0001", "--preview", str(base / "preview.png")],
         DEMO_INFER + [str(pre), str(inferred), "--checkpoint", str(sample / "checkpoint")],
+        ["chat", "--checkpoint", str(sample / "checkpoint"), "--image", str(sample / "media" / "img1.jpg")] + DEMO_CHAT,
     ]
     for step in steps:
         print(f"$ gemma4 {' '.join(step)}")
@@ -359,6 +360,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 DEMO_INFER = ["infer", "--max-new-tokens", "16", "--show", "1"]
+DEMO_CHAT = ["What is in this picture?", "--max-new-tokens", "24", "--seed", "0"]
 DEMO_NOTE = (
     "The checkpoint above is a tiny random model made on the spot: its replies are meaningless text. "
     "gemma4 infer ... --checkpoint DIR runs a real Gemma 4 checkpoint the same way."
@@ -417,8 +419,11 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     lines = sum(1 for line in manifest.read_text().splitlines() if line.strip())
     broken = f", {BROKEN_ROWS} of them broken on purpose" if args.corrupt else ""
     print(f"wrote {manifest} ({lines} rows{broken})")
-    print(f"      {tokenizer}/tokenizer.model (a toy tokenizer)")
-    print(f"      {checkpoint} (a tiny random model that matches the tokenizer; its outputs mean nothing)")
+    print(f"      {tokenizer} (a toy tokenizer: tokenizer.json, tokenizer_config.json, chat_template.jinja)")
+    print(
+        f"      {checkpoint} (a tiny random model that matches the tokenizer, laid out as the published checkpoints; "
+        "its outputs mean nothing)"
+    )
     return 0
 
 
@@ -489,6 +494,18 @@ def _cmd_bench_infer(args: argparse.Namespace) -> int:
         rows=args.rows, batch_size=args.batch_size, new_tokens=args.new_tokens, workers=args.workers or (1, 2)
     )
     return 0
+
+
+def _bench_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    from bench import bench_checkpoint
+
+    bench_checkpoint.add_arguments(parser)
+
+
+def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
+    from bench import bench_checkpoint
+
+    return bench_checkpoint.run(args)
 
 
 def _cmd_bench_encoders(args: argparse.Namespace) -> int:
@@ -643,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="bfloat16, float32 … (default: the checkpoint's stored dtype)")
     p.set_defaults(func=_cmd_chat)
 
-    p = sub.add_parser("demo", help="the main job on a sample made here: sample-data, preprocess, inspect, infer")
+    p = sub.add_parser("demo", help="the main job on a sample made here: sample-data, preprocess, inspect, infer, chat")
     p.add_argument("directory", nargs="?", default="out/demo", help="where to write it all (default out/demo)")
     p.set_defaults(func=_cmd_demo)
 
@@ -731,6 +748,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=_positive, default=None, help="threads for the audio tower (default: torch's)")
     b.add_argument("--repeat", type=_positive, default=3, help="timed passes; the best counts (default 3)")
     b.set_defaults(func=_cmd_bench_encoders)
+    b = bench.add_parser(
+        "checkpoint",
+        help="a checkpoint at published size (published config, random bf16 weights) against the reference: load, "
+        "memory, prefill, decode",
+    )
+    b.set_defaults(func=_cmd_bench_checkpoint)
+    _bench_checkpoint_arguments(b)
     b = bench.add_parser("infer", help="the infer job (1 and 2 workers) against a plain loop of reference generate")
     b.add_argument("--rows", type=_positive, default=24, help="sample rows (default 24)")
     b.add_argument("--batch-size", type=_positive, default=8, help="rows decoded together, both sides (default 8)")

@@ -13,7 +13,7 @@ def test_make_dataset_mixes_every_kind(tmp_path):
     rows = [json.loads(line) for line in data.manifest.read_text().splitlines()]
     assert len(rows) == len(data.kinds) == 20
     assert sorted(set(data.kinds)) == ["audio", "image", "image+audio", "text", "video"]
-    assert (data.tokenizer / "tokenizer.model").is_file()
+    assert (data.tokenizer / "tokenizer.model").is_file() and (data.tokenizer_json / "tokenizer.json").is_file()
     for row, kind in zip(rows, data.kinds, strict=True):
         parts = row["messages"][0]["content"]
         media = sorted(p["type"] for p in parts if p["type"] != "text")
@@ -32,6 +32,8 @@ def test_run_prints_every_row_with_its_target(tmp_path):
     assert cases == [
         "2 workers vs 1",
         "fast vs exact mode, 2 workers",
+        "tokenizer.json vs tokenizer.model, job, 2 workers",
+        "tokenizer.json vs tokenizer.model, the prompts alone, 1 thread",
         "ours vs datasets.map, 1 worker",
         "ours vs datasets.map, 2 workers",
         "Parquet bytes per image row",
@@ -45,7 +47,8 @@ def test_run_prints_every_row_with_its_target(tmp_path):
         assert "transformers is not installed" in text
         return
     assert all(r.baseline is not None and r.baseline > 0 for r in rows)
-    scaling, fast, one, many, parquet, _ = rows
+    scaling, fast, job_format, prompt_format, one, many, parquet, _ = rows
+    assert job_format.baseline == scaling.ours and job_format.target == prompt_format.target == 1.0
     assert one.ours == scaling.baseline and many.ours == scaling.ours  # like for like: the same runs of ours
     assert fast.baseline == scaling.ours and fast.target is None  # fast mode against the same exact run
     assert parquet.met == (parquet.ours / parquet.baseline <= 0.3)  # lower is better
