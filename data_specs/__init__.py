@@ -7,7 +7,9 @@ One submodule per contract, imported directly (``from data_specs.example import 
 * ``example``: the Arrow schema of one preprocessed example (``SCHEMA_VERSION``), rows ↔ examples;
 * ``errors_table``: the Arrow schema of the errors table;
 * ``batch``: the packed batch the front end hands the model (``BATCH_VERSION``);
-* ``media``: the media facts both sides share (modality ids, patch size, pooling, mel bins, frames → tokens).
+* ``media``: the media facts both sides share (modality ids, patch size, pooling, mel bins, frames → tokens);
+* ``checkpoint_dir``: a checkpoint's place (a directory, or a Hugging Face repo id in the local hub cache) and its
+  small files (``generation_config.json``'s sampling, the chat template, JSON files read safely).
 
 This package imports none of them (nor pyarrow or torch): model code imports ``data_specs.batch`` and must not
 pay for the Arrow schemas.

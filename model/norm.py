@@ -16,8 +16,14 @@ __all__ = ["RMSNorm", "rms_norm"]
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """x (..., D) any float dtype → same shape and dtype; ``weight`` (D,) or None."""
-    x32 = x.float()
-    y = x32 * torch.pow(x32.pow(2).mean(-1, keepdim=True) + eps, -0.5)  # a new tensor: x is never modified
+    # Without autograd, one float32 copy of x scaled in place (x itself is never modified): the same values as
+    # x32 * scale, with one full-size float32 temporary fewer (E2B's per-layer inputs: 147 MB per 4096 tokens).
+    if torch.is_grad_enabled():  # autograd needs x32 as it was
+        x32 = x.float()
+        y = x32 * torch.pow(x32.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    else:
+        x32 = x.float() if x.dtype != torch.float32 else x.clone()
+        y = x32.mul_(torch.pow(x32.pow(2).mean(-1, keepdim=True) + eps, -0.5))
     if weight is not None:
         y.mul_(weight.float())
     return y.type_as(x)

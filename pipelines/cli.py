@@ -273,14 +273,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
+    plan = plan_infer(settings)  # every check, before the output folder, a worker or Ray exists
+    print(plan.line(), flush=True)
     if args.engine == "ray":
         from .ray_infer import run_infer_ray
 
         cpus = None if args.ray_address else args.workers
-        summary = run_infer_ray(args.input, args.output, settings, num_cpus=cpus, address=args.ray_address)
+        summary = run_infer_ray(args.input, args.output, settings, num_cpus=cpus, address=args.ray_address, plan=plan)
     else:
-        plan = plan_infer(settings)  # every check, before the output folder or a worker exists
-        print(plan.line(), flush=True)
         summary = run_infer(args.input, args.output, settings, workers=args.workers, plan=plan)
     print("\n".join(summary.lines()))
     if args.show:

@@ -81,6 +81,7 @@ def run_infer_ray(
     address: str | None = None,
     actors: int | None = None,
     progress: bool = True,
+    plan=None,
 ) -> InferSummary:
     """Run (or resume) the job on Ray Data; the output and summary are those of ``run_infer``.
 
@@ -88,14 +89,15 @@ def run_infer_ray(
     local one: that many CPUs for preparing rows, plus one per model actor) and shut down on return; otherwise
     the running one is used and both arguments are ignored. A cluster without GPUs needs a CPU per actor and at
     least one more (``ValueError`` otherwise, before any work).
-    ``actors``: copies of the model (default: one per GPU of the cluster, or one without GPUs). Raises
+    ``actors``: copies of the model (default: one per GPU of the cluster, or one without GPUs). ``plan``: the
+    ``plan_infer(settings)`` the caller made already, if any. Raises
     ``ImportError`` without Ray, ``JobMismatchError`` (before Ray is started) if ``output_dir`` holds another job.
     """
     for name, value in (("num_cpus", num_cpus), ("actors", actors)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer (--workers with --engine ray), got {value!r}")
     ray = _import_ray()
-    job = _InferJob(input_path, output_dir, plan_infer(settings), workers=0)  # every check before Ray starts
+    job = _InferJob(input_path, output_dir, plan or plan_infer(settings), workers=0)  # every check before Ray starts
     try:
         started_ray = not ray.is_initialized()
         if started_ray:

@@ -404,3 +404,24 @@ def test_inspect_checkpoint_refuses_what_does_not_fit_before_reading_weights(tmp
     (tmp_path / "model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(CheckpointError, match="is not a safetensors file"):
         inspect_checkpoint(tmp_path)
+
+
+def test_a_repo_id_in_the_hub_cache_loads(tiny_checkpoint, tmp_path, monkeypatch):
+    """load_config / load_pretrained / inspect_checkpoint take a repo id: the snapshot refs/main names in the
+    Hugging Face cache (HF_HUB_CACHE); one line with the `hf download` command when it is not there."""
+    revision = "f" * 40
+    repo = tmp_path / "models--google--gemma-4-tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots").mkdir()
+    (repo / "snapshots" / revision).symlink_to(tiny_checkpoint, target_is_directory=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_config("google/gemma-4-tiny") == load_config(tiny_checkpoint)
+    model = load_pretrained("google/gemma-4-tiny")
+    direct = load_pretrained(tiny_checkpoint).parameters()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), direct, strict=True))
+    assert inspect_checkpoint("google/gemma-4-tiny").name == "gemma-4-tiny"
+    with pytest.raises(FileNotFoundError, match="hf download google/absent --local-dir DIR") as info:
+        load_pretrained("google/absent")
+    assert "\n" not in str(info.value)
