@@ -1,5 +1,7 @@
 """Test-session settings shared by every test module."""
 
+from pathlib import Path
+
 import pytest
 from hypothesis import settings
 
@@ -18,6 +20,24 @@ def train_tiny_sentencepiece(user_symbols: list[str], seed: int = 0) -> bytes:
         s for role, s in SPECIAL_STRINGS.items() if role not in ("pad", "eos", "bos") and s not in user_symbols
     )
     return train_toy_tokenizer(seed, drop=drop)
+
+
+# The published config.json files and generation_config.json (spec §12), byte for byte: the project's copies
+# (package data of bench/, which `gemma4 bench checkpoint` ships), checked against ../shared/data/gemma4-configs
+# wherever that folder is (tests/bench/test_bench_checkpoint.py).
+PUBLISHED_CONFIGS = Path(__file__).resolve().parents[1] / "bench" / "published_configs"
+SHARED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gemma4-configs"
+
+
+def config_keys(config: dict, prefix: str = "") -> set[str]:
+    """Every key of a config.json, nested sections as ``section.key`` (maps of labels and RoPE parameters are
+    values, not sections): what "the published key set" compares."""
+    out = set()
+    for key, value in config.items():
+        out.add(prefix + key)
+        if isinstance(value, dict) and key not in ("id2label", "label2id", "rope_parameters"):
+            out |= config_keys(value, prefix + key + ".")
+    return out
 
 
 @pytest.fixture(scope="session")

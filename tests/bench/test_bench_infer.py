@@ -28,8 +28,11 @@ def test_run_prints_rows_and_tokens_per_worker_count_beside_the_reference():
     if reference("hf_model") is not None:
         for row in rows:
             assert row.baseline > 0 and row.ratio == row.ours / row.baseline
-        # The tiny model's logits agree to float32 rounding (the parity tests), far closer than their gaps.
-        assert text.count("greedy tokens equal to the reference's: 100.0% (3/3 rows identical)") == 2
+        # The tiny model's logits agree to float32 rounding (the parity tests), far closer than their gaps: the text
+        # and image rows are identical. The audio row's clip is 32.8 s, which the reference's loop cuts at 30 s and
+        # ours at the quietest point of the last second (bench docstring): its prompt, and so its reply, may differ.
+        identical = re.findall(r"greedy tokens equal to the reference's: [\d.]+% \((\d)/3 rows identical\)", text)
+        assert len(identical) == 2 and all(int(n) >= 2 for n in identical), identical
         assert "reference 3 in" in text and "(0 skipped)" in text
 
 

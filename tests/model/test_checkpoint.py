@@ -36,6 +36,7 @@ from model.config import FULL, PRESETS, SLIDING, ConfigError, TokenIds
 from model.decoder import TextDecoder
 from model.gemma4 import Gemma4
 from preprocess.tokenizer import Tokenizer
+from tests.conftest import PUBLISHED_CONFIGS, config_keys
 
 # --- config.json --------------------------------------------------------------------------------------------
 
@@ -263,7 +264,7 @@ PUBLISHED = {
     "gemma-4-31B-it": "gemma4-31b",
     "gemma-4-26B-A4B-it": "gemma4-26b-a4b",
 }
-CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data" / "gemma4-configs"
+CONFIGS = PUBLISHED_CONFIGS  # byte for byte the published files
 
 
 def published(name: str) -> dict:
@@ -302,16 +303,7 @@ def test_each_published_config_parses_as_is(name, tmp_path):
 def test_saved_configs_have_the_published_key_set(name):
     raw = published(name)
     ours = model_to_hf(model_from_hf(raw), dtype=torch.bfloat16)
-
-    def keys(d, prefix=""):
-        out = set()
-        for k, v in d.items():
-            out.add(prefix + k)
-            if isinstance(v, dict) and k not in ("id2label", "label2id", "rope_parameters"):
-                out |= keys(v, prefix + k + ".")
-        return out
-
-    assert keys(ours) == keys(raw)
+    assert config_keys(ours) == config_keys(raw)
     for section in ("text_config", "vision_config"):
         for k, v in raw[section].items():
             if k != "max_position_embeddings":  # not modelled here (131072 is written)

@@ -14,6 +14,7 @@ from pipelines.sample_data import train_toy_tokenizer, write_sample_checkpoint
 from preprocess.collate import collate
 from preprocess.prompt import build_example
 from preprocess.tokenizer import Tokenizer
+from tests.conftest import PUBLISHED_CONFIGS, config_keys
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,6 @@ def test_the_sample_checkpoint_is_laid_out_as_the_published_ones(checkpoint):
     """The files a published repo holds (spec §12), config.json with the published key set: `make demo` runs the
     path a real checkpoint takes (tokenizer.json, the chat template, generation and processor configs)."""
     import json
-    from pathlib import Path
 
     assert sorted(p.name for p in checkpoint.iterdir()) == [
         "chat_template.jinja",
@@ -68,20 +68,10 @@ def test_the_sample_checkpoint_is_laid_out_as_the_published_ones(checkpoint):
         "tokenizer.json",
         "tokenizer_config.json",
     ]
-    published = json.loads(
-        (Path(__file__).resolve().parents[3] / "shared/data/gemma4-configs/gemma-4-E2B-it.json").read_text()
-    )
+    published = json.loads((PUBLISHED_CONFIGS / "gemma-4-E2B-it.json").read_text())
+
     ours = json.loads((checkpoint / "config.json").read_text())
-
-    def keys(d, prefix=""):
-        out = set()
-        for k, v in d.items():
-            out.add(prefix + k)
-            if isinstance(v, dict) and k not in ("id2label", "label2id", "rope_parameters"):
-                out |= keys(v, prefix + k + ".")
-        return out
-
-    assert keys(ours) == keys(published)
+    assert config_keys(ours) == config_keys(published)
     tokenizer = Tokenizer.from_pretrained(checkpoint)
     assert tokenizer.format == "json" and tokenizer.chat_template is not None
     generation = json.loads((checkpoint / "generation_config.json").read_text())
