@@ -62,20 +62,22 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "MANIFEST_VERSION",
-    "MAX_DEPTH",
-    "ManifestError",
-    "MediaOutsideRootError",
     "Manifest",
-    "open_manifest",
+    "MANIFEST_VERSION",
+    "ManifestError",
     "ManifestRow",
+    "MAX_DEPTH",
+    "MediaOutsideRootError",
     "RowOptions",
-    "check_tools",
     "check_option",
-    "read_row",
+    "check_tools",
+    "check_values",
+    "open_manifest",
     "read_options",
-    "validate_row",
+    "read_row",
     "resolve_media",
+    "short_repr",
+    "validate_row",
 ]
 
 MANIFEST_VERSION = 2
@@ -94,7 +96,7 @@ class MediaOutsideRootError(PermissionError):
     """A media path that resolves outside the allowed media root."""
 
 
-def _check_values(row: Any, where: str) -> None:
+def check_values(row: Any, where: str) -> None:
     """Refuse nesting deeper than ``MAX_DEPTH`` and strings that cannot be encoded as UTF-8; iterative, so a
     100 000-deep row cannot overflow the stack here."""
     stack = [(row, 1)]
@@ -136,9 +138,9 @@ def read_row(row: Any, index: int) -> ManifestRow:
         raise ManifestError(f"{where}: expected an object with 'id' and 'messages', got {type(row).__name__}")
     row_id = row.get("id")
     if isinstance(row_id, bool) or not isinstance(row_id, str | int) or row_id == "":
-        raise ManifestError(f"{where}: 'id' must be a non-empty string, got {_short(row_id)}")
+        raise ManifestError(f"{where}: 'id' must be a non-empty string, got {short_repr(row_id)}")
     row_id = str(row_id)
-    _check_values(row, where if len(row_id) > 200 else f"{where} (id {row_id!r})")
+    check_values(row, where if len(row_id) > 200 else f"{where} (id {row_id!r})")
     where = f"{where} (id {row_id!r})"
     messages = _json_column(row.get("messages"), "messages", where)
     if not isinstance(messages, list) or not messages:
@@ -160,7 +162,7 @@ class RowOptions:
         for name in _OPTION_RULES:
             value = getattr(self, name)
             if value is not None and _option_problem(name, value):
-                raise ManifestError(f"RowOptions: {name!r} must be {_OPTION_RULES[name]}, got {_short(value)}")
+                raise ManifestError(f"RowOptions: {name!r} must be {_OPTION_RULES[name]}, got {short_repr(value)}")
 
 
 # field → what it must be; the checks are in _option_problem
@@ -218,7 +220,7 @@ def check_option(name: str, value: Any, where: str, key: str | None = None) -> A
     if name in _INTEGER_OPTIONS and isinstance(value, float) and value.is_integer():
         value = int(value)
     if _option_problem(name, value):
-        raise ManifestError(f"{where}: {key or name!r} must be {_OPTION_RULES[name]}, got {_short(value)}")
+        raise ManifestError(f"{where}: {key or name!r} must be {_OPTION_RULES[name]}, got {short_repr(value)}")
     return value if name in _INTEGER_OPTIONS else float(value)
 
 
@@ -243,8 +245,8 @@ def _json_column(value: Any, name: str, where: str) -> Any:
     try:
         value = json.loads(value)
     except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an integer of > 4300 digits
-        raise ManifestError(f"{where}: {name!r} is a string but not JSON: {_short(str(exc))}") from None
-    _check_values(value, where)
+        raise ManifestError(f"{where}: {name!r} is a string but not JSON: {short_repr(str(exc))}") from None
+    check_values(value, where)
     return value
 
 
@@ -276,7 +278,7 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def short_repr(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 

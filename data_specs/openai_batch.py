@@ -43,10 +43,10 @@ from .manifest import (
     ManifestError,
     ManifestRow,
     RowOptions,
-    _check_values,
-    _short,
     check_option,
     check_tools,
+    check_values,
+    short_repr,
 )
 
 __all__ = ["CHAT_COMPLETIONS_URL", "is_openai_batch", "read_request", "response_line", "error_line"]
@@ -116,14 +116,14 @@ def read_request(raw: Any, index: int) -> tuple[ManifestRow, RowOptions]:
         )
     custom_id = raw.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
-        raise ManifestError(f"{where}: 'custom_id' must be a non-empty string, got {_short(custom_id)}")
-    _check_values(raw, where if len(custom_id) > 200 else f"{where} (custom_id {custom_id!r})")
+        raise ManifestError(f"{where}: 'custom_id' must be a non-empty string, got {short_repr(custom_id)}")
+    check_values(raw, where if len(custom_id) > 200 else f"{where} (custom_id {custom_id!r})")
     where = f"{where} (custom_id {custom_id!r})"
     if raw.get("method", "POST") != "POST":
-        raise ManifestError(f"{where}: 'method' must be 'POST', got {_short(raw['method'])}")
+        raise ManifestError(f"{where}: 'method' must be 'POST', got {short_repr(raw['method'])}")
     if raw.get("url", CHAT_COMPLETIONS_URL) != CHAT_COMPLETIONS_URL:
         raise ManifestError(
-            f"{where}: 'url' is {_short(raw['url'])}; only chat completions ({CHAT_COMPLETIONS_URL!r}) are served"
+            f"{where}: 'url' is {short_repr(raw['url'])}; only chat completions ({CHAT_COMPLETIONS_URL!r}) are served"
         )
     body = raw.get("body")
     if not isinstance(body, Mapping):
@@ -135,12 +135,12 @@ def read_request(raw: Any, index: int) -> tuple[ManifestRow, RowOptions]:
     unknown = sorted(map(str, set(body) - _KNOWN))
     if unknown:
         raise ManifestError(
-            f"{where}: 'body' holds {_short(unknown)}, not chat completion parameters this job reads (the known "
+            f"{where}: 'body' holds {short_repr(unknown)}, not chat completion parameters this job reads (the known "
             "ones are listed in data_specs/openai_batch.py)"
         )
     for key, (accepted, unsupported) in _DEFAULT_ONLY.items():
         if key in body and not accepted(body[key]):
-            raise ManifestError(f"{where}: 'body.{key}' is {_short(body[key])}: {unsupported}")
+            raise ManifestError(f"{where}: 'body.{key}' is {short_repr(body[key])}: {unsupported}")
     if body.get("tool_choice") == "none" and tools is not None:
         raise ManifestError(
             f"{where}: 'body.tool_choice' is 'none' with tools: forbidding tool calls is not supported (drop "

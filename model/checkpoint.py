@@ -137,8 +137,12 @@ _MAX_HEADER = 100 * 2**20  # bytes: a safetensors header larger than this is not
 
 def stored_dtype(directory: str | os.PathLike) -> torch.dtype:
     """The floating dtype that holds most of a checkpoint's bytes (read from the safetensors headers)."""
+    return _stored(_headers(Path(directory)), directory)
+
+
+def _stored(headers: dict[Path, dict[str, dict]], directory: str | os.PathLike) -> torch.dtype:
     by_dtype: dict[torch.dtype, int] = {}
-    for header in _headers(Path(directory)).values():
+    for header in headers.values():
         for entry in header.values():
             dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
             if dtype.is_floating_point:
@@ -292,9 +296,9 @@ def _unused(name: str, config: TextConfig) -> bool:
     return False
 
 
-def _partition(tensors: dict[str, torch.Tensor], config: TextConfig) -> tuple[dict, dict, dict]:
-    """Split a checkpoint's tensors into (text weights by our decoder's names, tower weights by their names
-    below ``model.``, everything else but the tied output embedding)."""
+def _partition(tensors: dict[str, Any], config: TextConfig) -> tuple[dict, dict, dict]:
+    """Split a checkpoint's tensors (or their header entries) into (text weights by our decoder's names, tower
+    weights by their names below ``model.``, everything else but the tied output embedding)."""
     text_prefix = _text_prefix(tensors)
     towers = tuple("model." + t for t in TOWERS)
     text, tower, stray = {}, {}, {}
@@ -380,25 +384,14 @@ def inspect_checkpoint(directory: str | os.PathLike, *, dtype: str | torch.dtype
     chosen = _dtype(dtype, directory)
     with torch.device("meta"):
         expected = dict(Gemma4(config).state_dict())
-    prefix = _text_prefix(declared)
-    towers = tuple("model." + t for t in TOWERS)
-    weights = {}
-    for key, entry in declared.items():
-        if key.startswith(towers):
-            weights[key.removeprefix("model.")] = entry
-        elif key.startswith(prefix) and not _unused(key[len(prefix) :], config.text):
-            weights["language_model." + key[len(prefix) :]] = entry
-        elif not key.startswith(prefix) and key != "lm_head.weight":
-            weights[key] = entry
-    _check_names(
-        directory,
-        expected,
-        {k: tuple(v["shape"]) for k, v in weights.items()},
-    )
-    compute = stored_dtype(directory) if chosen is None else chosen  # None: dtype="checkpoint", kept as stored
+    text, towers, stray = _partition(declared, config.text)  # header entries by our names, as the loader's
+    weights = {f"language_model.{k}": v for k, v in text.items()} | towers | stray
+    _check_names(directory, expected, {k: tuple(v["shape"]) for k, v in weights.items()})
+    stored = _stored(headers, directory)
+    compute = stored if chosen is None else chosen  # None: dtype="checkpoint", kept as stored
     size = {k: math.prod(v["shape"]) * _element_size(v["dtype"], chosen) for k, v in weights.items()}
     ple = size.get("language_model.embed_tokens_per_layer.weight", 0)
-    return CheckpointInfo(directory, config, compute, stored_dtype(directory), sum(size.values()), ple)
+    return CheckpointInfo(directory, config, compute, stored, sum(size.values()), ple)
 
 
 def _element_size(name: str, dtype: torch.dtype | None) -> int:

@@ -60,25 +60,28 @@ from .preprocess_job import (
     JOB_FILE,
     JobMismatchError,
     PreprocessSettings,
-    _error_row,
-    _load_state,
-    _lock,
-    _pool,
-    _progress,
-    _row_results,
-    _save_state,
-    _TableWriter,
+    TableWriter,
+    error_row,
+    load_state,
+    lock_output,
+    progress_bar,
+    row_results,
+    save_state,
+    worker_pool,
 )
 
 __all__ = [
+    "InferJob",
     "InferPlan",
     "InferSettings",
     "InferSummary",
     "OUTPUT_FORMATS",
+    "ShardState",
     "checkpoint_fingerprint",
     "plan_infer",
     "read_results",
     "run_infer",
+    "summarize",
 ]
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
@@ -387,7 +390,7 @@ def prepare_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str
 
     out: list[tuple] = []
     fresh = [(i, row_id, payload) for i, row_id, payload in items if not isinstance(payload, dict)]
-    built = iter(_row_results(fresh, settings, base_dir))
+    built = iter(row_results(fresh, settings, base_dir))
     for index, row_id, payload in items:
         if isinstance(payload, dict) and "stage" in payload:  # an error row carried from a preprocess job
             out.append(("error", dict(payload, row=index)))
@@ -414,11 +417,11 @@ def make_request(model, settings: InferSettings, key, row_id: str, batch, option
         if sum(media.num_soft_tokens) and towers[label] is None:
             tower = "audio" if label == "audio" else "vision"
             message = f"row {index} (id {row_id!r}) holds {label} input, and this checkpoint has no {tower} tower"
-            return _error_row(index, row_id, "prompt", "MediaCountError", message)
+            return error_row(index, row_id, "prompt", "MediaCountError", message)
     vocab = model.config.text.vocab_size
     if batch.text_id_range is not None and batch.text_id_range[1] >= vocab:
         message = f"token id {batch.text_id_range[1]} is beyond the checkpoint's vocabulary of {vocab}"
-        return _error_row(index, row_id, "prompt", "TokenIdError", message)
+        return error_row(index, row_id, "prompt", "TokenIdError", message)
     new = options.max_new_tokens or settings.max_new_tokens
     prompt = batch.input_ids.shape[1]
     if prompt + new > settings.context:
@@ -426,7 +429,7 @@ def make_request(model, settings: InferSettings, key, row_id: str, batch, option
             f"row {index} (id {row_id!r}): its prompt has {prompt} tokens, and with max_new_tokens {new} needs "
             f"{prompt + new}, more than the job's context of {settings.context} tokens per row (--context)"
         )
-        return _error_row(index, row_id, "context", "ContextLengthError", message)
+        return error_row(index, row_id, "context", "ContextLengthError", message)
     return Request(
         prompt=batch.pin_memory(), max_new_tokens=new, sampling=row_sampling(settings, row_id, options), id=key
     )
@@ -479,7 +482,7 @@ def result_row(completion, row_id: str, index: int, summary: dict, tokenizer) ->
 
 
 @dataclass
-class _Shard:
+class ShardState:
     count: int
     results: dict[int, dict] = field(default_factory=dict)
     errors: dict[int, dict] = field(default_factory=dict)
@@ -489,7 +492,7 @@ class _Shard:
         return len(self.results) + len(self.errors) == self.count
 
 
-class _InferJob:
+class InferJob:
     def __init__(self, input_path, output_dir, plan: InferPlan, workers: int) -> None:
         self.started = time.perf_counter()
         self.plan, self.settings, self.workers = plan, plan.settings, workers
@@ -511,7 +514,7 @@ class _InferJob:
             comparable["preprocess"] = self.input.state["settings"]
         self.out_dir = Path(output_dir)
         (self.out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        self.lock = _lock(self.out_dir)
+        self.lock = lock_output(self.out_dir)
         try:
             for stale in (self.out_dir / "shards").glob(".*.tmp-*"):
                 stale.unlink()
@@ -522,7 +525,7 @@ class _InferJob:
                 "settings": comparable,
                 "rows": self.input.rows,
             }
-            self.state = _load_state(self.out_dir, expected)
+            self.state = load_state(self.out_dir, expected)
         except BaseException:
             os.close(self.lock)
             raise
@@ -543,20 +546,20 @@ class _InferJob:
 
     def record(self, shard: int, stats: dict) -> None:
         self.state["shards"][str(shard)] = stats
-        _save_state(self.out_dir, self.state)
+        save_state(self.out_dir, self.state)
 
-    def write(self, shard: int, state: _Shard) -> dict:
+    def write(self, shard: int, state: ShardState) -> dict:
         """Write a complete shard's files; its statistics for ``job.json``."""
         shards = self.out_dir / "shards"
         results = [state.results[i] for i in sorted(state.results)]
         errors = [state.errors[i] for i in sorted(state.errors)]
-        error_writer = _TableWriter(shards / f"errors-{shard:05d}.parquet", error_schema(self.metadata))
+        error_writer = TableWriter(shards / f"errors-{shard:05d}.parquet", error_schema(self.metadata))
         for row in errors:
             error_writer.add(row, len(row["message"]))
         written = error_writer.close()
         fmt = self.settings.output_format
         if fmt == "parquet":
-            writer = _TableWriter(shards / f"results-{shard:05d}.parquet", result_schema(self.metadata))
+            writer = TableWriter(shards / f"results-{shard:05d}.parquet", result_schema(self.metadata))
             for row in results:
                 writer.add(row, 8 * len(row["completion_ids"]) + len(row["raw_text"]))
             written += writer.close()
@@ -594,13 +597,13 @@ class _InferJob:
 class _Feeder:
     """Prepares shards ahead of the engine and turns them into requests; collects completions into shards."""
 
-    def __init__(self, job: _InferJob, pool) -> None:
+    def __init__(self, job: InferJob, pool) -> None:
         self.job, self.pool = job, pool
         self.model = self.engine = None  # set once loaded: preparing may start before
         self.shards = job.input.shards({int(k) for k in job.state["shards"]})
         self.exhausted = False
         self.running: dict[Future, tuple[int, list]] = {}
-        self.open: dict[int, _Shard] = {}
+        self.open: dict[int, ShardState] = {}
         self.options: dict[tuple[int, int], RowOptions | None] = {}
         self.waiting: dict[tuple[int, int], tuple[str, dict]] = {}  # a request's row id and prompt summary
         self.answered = Counter()  # this run's results and tokens (the summary's rates)
@@ -636,7 +639,7 @@ class _Feeder:
                 self.exhausted = True
                 return
             shard, items = item
-            self.open[shard] = _Shard(len(items))
+            self.open[shard] = ShardState(len(items))
             for index, _, _, options in items:
                 self.options[(shard, index)] = options
             work = [(index, row_id, payload) for index, row_id, payload, _ in items]
@@ -718,15 +721,15 @@ def run_infer(
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     plan = plan or plan_infer(settings)  # every check before the output folder exists or a worker starts
     settings = plan.settings
-    job = _InferJob(input_path, output_dir, plan, workers)
+    job = InferJob(input_path, output_dir, plan, workers)
     try:
         model_started = time.perf_counter()
         pending = job.input.shard_count - job.done_before
         # A preprocess output's rows are prepared already (reading them back is light): no worker processes then.
         prepares = job.input.kind != "preprocessed" and pending > 0
-        pool = _pool(min(workers, pending)) if workers and prepares else None
+        pool = worker_pool(min(workers, pending)) if workers and prepares else None
         feeder = _Feeder(job, pool)
-        feeder.bar = _progress(job.input.rows, progress, "infer")
+        feeder.bar = progress_bar(job.input.rows, progress, "infer")
         feeder.bar.update(sum(s["rows"] for s in job.state["shards"].values()))
         try:
             if pool is not None:
@@ -743,13 +746,13 @@ def run_infer(
                 pool.shutdown(cancel_futures=True)
             feeder.bar.close()
         model_seconds = time.perf_counter() - model_started
-        _save_state(job.out_dir, dict(job.state, complete=True))
-        return _summary(job, model_seconds, feeder.waited, feeder.answered)
+        save_state(job.out_dir, dict(job.state, complete=True))
+        return summarize(job, model_seconds, feeder.waited, feeder.answered)
     finally:
         job.close()
 
 
-def _summary(job: _InferJob, model_seconds: float, waited: float, answered: Counter) -> InferSummary:
+def summarize(job: InferJob, model_seconds: float, waited: float, answered: Counter) -> InferSummary:
     shards = job.state["shards"].values()
     stages: Counter = Counter()
     for s in shards:

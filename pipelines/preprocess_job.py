@@ -78,13 +78,21 @@ __all__ = [
     "JobMismatchError",
     "JobSummary",
     "OutputBusyError",
-    "RowTimeoutError",
     "PreprocessSettings",
+    "RowTimeoutError",
     "ShardTarget",
+    "TableWriter",
+    "error_row",
     "init_worker",
+    "load_state",
+    "lock_output",
     "process_rows",
     "process_shard",
+    "progress_bar",
+    "row_results",
     "run_preprocess",
+    "save_state",
+    "worker_pool",
 ]
 
 log = logging.getLogger(__name__)
@@ -249,7 +257,7 @@ def _text(value: object, limit: int = 2000) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… (message cut: {len(text)} characters)"
 
 
-def _error_row(index: int, row_id: str | None, stage: str, error_type: str, message: str) -> dict:
+def error_row(index: int, row_id: str | None, stage: str, error_type: str, message: str) -> dict:
     return {
         "id": _text(row_id, 200) if row_id is not None else f"row {index}",
         "row": index,
@@ -259,7 +267,7 @@ def _error_row(index: int, row_id: str | None, stage: str, error_type: str, mess
     }
 
 
-def _row_results(items: Iterable[tuple], settings: PreprocessSettings, base_dir: str) -> Iterator[tuple[str, dict]]:
+def row_results(items: Iterable[tuple], settings: PreprocessSettings, base_dir: str) -> Iterator[tuple[str, dict]]:
     """``("example", row)`` or ``("error", row)`` for each item, in input order."""
     from preprocess.prompt import build_example
 
@@ -285,14 +293,14 @@ def _row_results(items: Iterable[tuple], settings: PreprocessSettings, base_dir:
                 )
             result = ("example", example_to_row(row_id, example))
         except Exception as exc:  # every failure is recorded with its reason; the job goes on
-            result = ("error", _error_row(index, row_id, _stage(exc), type(exc).__name__, str(exc)))
+            result = ("error", error_row(index, row_id, _stage(exc), type(exc).__name__, str(exc)))
         yield result
 
 
 def process_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str) -> tuple[list[dict], list[dict]]:
     """``items`` = [(row index, id or None, a ``ManifestRow``, its messages or an exception)] → (example rows,
     error rows), in input order."""
-    results = list(_row_results(items, settings, base_dir))
+    results = list(row_results(items, settings, base_dir))
     return [r for kind, r in results if kind == "example"], [r for kind, r in results if kind == "error"]
 
 
@@ -335,7 +343,7 @@ def _row_bytes(row: dict) -> int:
     return size
 
 
-class _TableWriter:
+class TableWriter:
     """One Parquet file written in row groups of about ``ROW_GROUP_BYTES``, under a temporary name until
     ``close``; a file that would hold no rows is not written (and an old one of a killed run is removed)."""
 
@@ -380,8 +388,8 @@ def write_shard(shard: int, results: Iterable[tuple[str, dict]], target: ShardTa
     """Write one shard's results (``("example" | "error", row)`` in input order) to its files; its statistics,
     for :meth:`Job.record`."""
     shards = Path(target.out_dir) / "shards"
-    examples = _TableWriter(shards / f"examples-{shard:05d}.parquet", example_schema(target.metadata))
-    errors = _TableWriter(shards / f"errors-{shard:05d}.parquet", error_schema(target.metadata))
+    examples = TableWriter(shards / f"examples-{shard:05d}.parquet", example_schema(target.metadata))
+    errors = TableWriter(shards / f"errors-{shard:05d}.parquet", error_schema(target.metadata))
     tokens: Counter = Counter()
     stages: Counter = Counter()
     counts = Counter()
@@ -414,7 +422,7 @@ def write_shard(shard: int, results: Iterable[tuple[str, dict]], target: ShardTa
 def process_shard(shard: int, items: list[tuple], target: ShardTarget) -> dict:
     """Process one shard (``items`` from :meth:`Job.pending_shards`) and write its files atomically; returns
     its statistics, for :meth:`Job.record`."""
-    return write_shard(shard, _row_results(items, target.settings, target.base_dir), target)
+    return write_shard(shard, row_results(items, target.settings, target.base_dir), target)
 
 
 # --- the job (runs in the driver) -------------------------------------------------------------------------
@@ -467,7 +475,7 @@ class Job:
         template_hash = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
         out_dir = Path(output_dir)
         (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        lock = _lock(out_dir)
+        lock = lock_output(out_dir)
         try:
             for stale in (out_dir / "shards").glob(".*.tmp-*"):
                 stale.unlink()  # a shard half-written when the last run was killed (no live job: we hold the lock)
@@ -484,7 +492,7 @@ class Job:
                 out_dir=os.fspath(out_dir),
                 metadata=_metadata(expected["settings"]),
             )
-            state = _load_state(out_dir, expected)
+            state = load_state(out_dir, expected)
         except BaseException:
             os.close(lock)
             raise
@@ -492,7 +500,7 @@ class Job:
 
     def start(self, progress: bool = True) -> None:
         """Show the progress bar, counting the rows of shards done by earlier runs."""
-        self._bar = _progress(len(self.manifest), progress)
+        self._bar = progress_bar(len(self.manifest), progress)
         self._bar.update(sum(s["rows"] for s in self.state["shards"].values()))
 
     def pending_shards(self) -> Iterator[tuple[int, list[tuple]]]:
@@ -507,7 +515,7 @@ class Job:
     def record(self, shard: int, stats: dict) -> None:
         """Save a finished shard's statistics (from :func:`process_shard`) in ``job.json``."""
         self.state["shards"][str(shard)] = stats
-        _save_state(self.out_dir, self.state)
+        save_state(self.out_dir, self.state)
         if self._bar is not None:
             self._bar.update(stats["rows"])
             self._bar.set_postfix(errors=sum(s["errors"] for s in self.state["shards"].values()))
@@ -516,7 +524,7 @@ class Job:
         """Mark the job complete in ``job.json``; its summary."""
         if self._bar is not None:
             self._bar.close()
-        _save_state(self.out_dir, dict(self.state, complete=True))
+        save_state(self.out_dir, dict(self.state, complete=True))
         summary = _summary(self.state, self.shard_count, self._done_before, time.perf_counter() - self._started)
         assert summary.rows == len(self.manifest) == summary.examples + summary.errors, summary
         return summary
@@ -527,7 +535,7 @@ def _metadata(settings: dict) -> dict[str, str]:
     return {SETTINGS_KEY: json.dumps({k: v for k, v in settings.items() if k != "chat_template"}, sort_keys=True)}
 
 
-def _lock(out_dir: Path) -> int:
+def lock_output(out_dir: Path) -> int:
     """Take the output directory's lock (an ``flock`` on ``.lock``, released by the kernel if the process dies);
     its file descriptor. ``OutputBusyError`` names the pid of the job holding it."""
     fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -570,7 +578,7 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
-def _load_state(out_dir: Path, expected: dict) -> dict:
+def load_state(out_dir: Path, expected: dict) -> dict:
     path = out_dir / JOB_FILE
     if not path.exists():
         return dict(expected, shards={})
@@ -587,7 +595,7 @@ def _load_state(out_dir: Path, expected: dict) -> dict:
     return state
 
 
-def _save_state(out_dir: Path, state: dict) -> None:
+def save_state(out_dir: Path, state: dict) -> None:
     temporary = out_dir / f".{JOB_FILE}.tmp"
     temporary.write_text(json.dumps(state, indent=1, sort_keys=True))
     os.replace(temporary, out_dir / JOB_FILE)
@@ -636,7 +644,7 @@ def _summary(state: dict, count: int, done_before: int, seconds: float) -> JobSu
     )
 
 
-def _progress(total: int, enabled: bool, desc: str = "preprocess"):
+def progress_bar(total: int, enabled: bool, desc: str = "preprocess"):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="row", disable=not enabled, dynamic_ncols=True, desc=desc)
@@ -679,7 +687,7 @@ def _run_here(job: Job) -> None:
         torch.set_num_threads(threads)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def worker_pool(workers: int) -> ProcessPoolExecutor:
     # spawn: workers are children of this process (their watchdog sees it die), and no fork of a threaded parent
     context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(os.getpid(),))
@@ -701,7 +709,7 @@ def _run_pool(job: Job, workers: int) -> None:
 def _pool_pass(job: Job, shards: Iterator, workers: int) -> list[tuple[int, list]]:
     """Run shards until they are exhausted (returns ``[]``) or a worker dies (returns the shards it lost)."""
     running: dict = {}
-    with _pool(workers) as pool:
+    with worker_pool(workers) as pool:
         for shard, items in shards:
             try:
                 running[pool.submit(process_shard, shard, items, job.target)] = (shard, items)
@@ -740,7 +748,7 @@ def _retry_alone(job: Job, shard: int, items: list) -> None:
     """A shard whose worker died: retried alone in a fresh worker; if that dies too, its rows are run one per
     task, and each row that kills its worker becomes an error row (stage ``worker``)."""
     log.warning("a worker died while processing shard %d; retrying it alone", shard)
-    with _pool(1) as pool:
+    with worker_pool(1) as pool:
         try:
             job.record(shard, pool.submit(process_shard, shard, items, job.target).result())
             return
@@ -750,18 +758,18 @@ def _retry_alone(job: Job, shard: int, items: list) -> None:
 
 
 def _rows_alone(items: list, target: ShardTarget) -> Iterator[tuple[str, dict]]:
-    pool = _pool(1)
+    pool = worker_pool(1)
     try:
         for item in items:
             try:
                 yield from pool.submit(_results_list, [item], target).result()
             except BrokenProcessPool:
                 pool.shutdown()
-                pool = _pool(1)
-                yield "error", _error_row(item[0], item[1], "worker", "WorkerDiedError", _WORKER_DIED)
+                pool = worker_pool(1)
+                yield "error", error_row(item[0], item[1], "worker", "WorkerDiedError", _WORKER_DIED)
     finally:
         pool.shutdown()
 
 
 def _results_list(items: list, target: ShardTarget) -> list[tuple[str, dict]]:
-    return list(_row_results(items, target.settings, target.base_dir))
+    return list(row_results(items, target.settings, target.base_dir))

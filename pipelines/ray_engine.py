@@ -15,7 +15,7 @@ Ray task that writes the shard's files and returns its statistics. The driver co
 and records each shard (``Job.record``) as it completes, so a killed job resumes like a local one.
 
 Memory is bounded. The driver holds one shard of rows at a time, the object store at most one window of pending
-shards (``_WINDOW_PER_CPU`` per cluster CPU), and each task holds one shard. Execution streams: nothing is
+shards (``WINDOW_PER_CPU`` per cluster CPU), and each task holds one shard. Execution streams: nothing is
 materialised. Deviation from a single ``from_items`` dataset: it would need every shard's items in the object
 store before the first task starts. Windows keep that bounded, at the cost of a partly idle cluster while the
 last shards of a window finish (about one shard's time per window).
@@ -36,9 +36,9 @@ import pyarrow as pa
 
 from pipelines.preprocess_job import Job, JobSummary, PreprocessSettings, ShardTarget, init_worker, process_shard
 
-__all__ = ["run_preprocess_ray"]
+__all__ = ["WINDOW_PER_CPU", "import_ray", "run_preprocess_ray"]
 
-_WINDOW_PER_CPU = 8  # pending shards per cluster CPU in one dataset: a window's tail idles CPUs ~1/8 of its time
+WINDOW_PER_CPU = 8  # pending shards per cluster CPU in one dataset: a window's tail idles CPUs ~1/8 of its time
 
 
 def run_preprocess_ray(
@@ -57,7 +57,7 @@ def run_preprocess_ray(
     One shard runs per task, on one CPU. Raises ``ImportError`` without Ray, ``JobMismatchError`` (before Ray is
     started) if ``output_dir`` holds another job.
     """
-    ray = _import_ray()
+    ray = import_ray()
     with Job.open(input_path, output_dir, settings) as job:
         started_ray = not ray.is_initialized()
         if started_ray:
@@ -75,7 +75,7 @@ def run_preprocess_ray(
                 ray.shutdown()
 
 
-def _import_ray():
+def import_ray():
     try:
         import ray
         import ray.data  # noqa: F401  (the extra, not only Ray core)
@@ -88,7 +88,7 @@ def _import_ray():
 
 def _run(ray, job: Job, progress: bool) -> JobSummary:
     job.start(progress)
-    window = _WINDOW_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    window = WINDOW_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1)))
     pending = _pending_blocks(ray, job)
     while refs := list(itertools.islice(pending, window)):
         # ``refs`` stays alive until the window is consumed: the blocks are owned by this driver.

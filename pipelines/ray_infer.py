@@ -2,7 +2,7 @@
 by Ray actors that each hold one copy of the model.
 
 The output directory is the local engine's, file for file: the same ``job.json`` (settings, fingerprints, recorded
-shards), the same shard files written by the same ``_InferJob.write``, the same resumption and the same
+shards), the same shard files written by the same ``InferJob.write``, the same resumption and the same
 ``InferSummary``. A job may be started with one engine and finished with the other.
 
 How rows flow. The driver reads the input one shard at a time (``_Input.shards``, as the local engine does, so
@@ -20,14 +20,14 @@ of such references becomes ``ray.data.from_arrow_refs(...)`` and two ``map_batch
    (``make_request``: rows beyond the vocabulary or the context become error rows), runs them all through the
    engine (reused from call to call) and returns the shard's result and error rows (``result_row``), pickled.
 
-The driver consumes the stream with ``iter_rows`` and writes and records each shard (``_InferJob.write``,
-``_InferJob.record``) as it arrives, so a killed job resumes like a local one. A CPU actor also reserves the memory
+The driver consumes the stream with ``iter_rows`` and writes and records each shard (``InferJob.write``,
+``InferJob.record``) as it arrives, so a killed job resumes like a local one. A CPU actor also reserves the memory
 of the checkpoint's weights in the job's dtype and of its KV cache, so Ray places no more copies on a node than
 fit; it also keeps Ray Data from fusing the two stages, as it would two that ask for
 the same resources (preparation would then run in the actors, in turn with generation).
 
 Memory is bounded. The driver holds one shard of rows at a time and the references of one window of pending
-shards (``_WINDOW_PER_CPU`` per cluster CPU, as ``pipelines.ray_engine``); Ray Data's backpressure bounds the
+shards (``WINDOW_PER_CPU`` per cluster CPU, as ``pipelines.ray_engine``); Ray Data's backpressure bounds the
 prepared shards waiting for an actor; an actor holds one shard and the engine's KV cache (``batch_size`` slots of
 ``context`` tokens). Deviation from the local engine: an actor's engine drains at the end of each shard (its last
 rows decode with slots free) rather than admitting the next shard's rows; with shards of many times
@@ -56,18 +56,18 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from .infer_job import (
+    InferJob,
     InferSettings,
     InferSummary,
-    _InferJob,
-    _Shard,
-    _summary,
+    ShardState,
     make_request,
     plan_infer,
     prepare_rows,
     result_row,
+    summarize,
 )
-from .preprocess_job import PreprocessSettings, _progress, _save_state, init_worker
-from .ray_engine import _WINDOW_PER_CPU, _import_ray
+from .preprocess_job import PreprocessSettings, init_worker, progress_bar, save_state
+from .ray_engine import WINDOW_PER_CPU, import_ray
 
 __all__ = ["run_infer_ray"]
 
@@ -96,8 +96,8 @@ def run_infer_ray(
     for name, value in (("num_cpus", num_cpus), ("actors", actors)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer (--workers with --engine ray), got {value!r}")
-    ray = _import_ray()
-    job = _InferJob(input_path, output_dir, plan or plan_infer(settings), workers=0)  # every check before Ray starts
+    ray = import_ray()
+    job = InferJob(input_path, output_dir, plan or plan_infer(settings), workers=0)  # every check before Ray starts
     try:
         started_ray = not ray.is_initialized()
         if started_ray:
@@ -119,12 +119,12 @@ def run_infer_ray(
         job.close()
 
 
-def _run(ray, job: _InferJob, actors: int | None, progress: bool) -> InferSummary:
+def _run(ray, job: InferJob, actors: int | None, progress: bool) -> InferSummary:
     settings = job.settings
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     actors = actors or max(1, gpus)
-    window = _WINDOW_PER_CPU * max(1, int(resources.get("CPU", 1)))
+    window = WINDOW_PER_CPU * max(1, int(resources.get("CPU", 1)))
     prepare_kwargs = {
         "settings": settings.preprocess,
         "base_dir": os.fspath(job.input.base_dir),
@@ -142,7 +142,7 @@ def _run(ray, job: _InferJob, actors: int | None, progress: bool) -> InferSummar
         )
     answered: Counter = Counter()  # this run's results and tokens (the summary's rates)
     busy = 0.0  # the actors' seconds loading and generating, all together
-    bar = _progress(job.input.rows, progress, "infer")
+    bar = progress_bar(job.input.rows, progress, "infer")
     bar.update(sum(s["rows"] for s in job.state["shards"].values()))
     started = time.perf_counter()
     pending = _pending_blocks(ray, job)
@@ -178,11 +178,11 @@ def _run(ray, job: _InferJob, actors: int | None, progress: bool) -> InferSummar
     finally:
         bar.close()
     model_seconds = time.perf_counter() - started if answered or busy else 0.0
-    _save_state(job.out_dir, dict(job.state, complete=True))
-    return _summary(job, model_seconds, max(0.0, model_seconds - busy / actors), answered)
+    save_state(job.out_dir, dict(job.state, complete=True))
+    return summarize(job, model_seconds, max(0.0, model_seconds - busy / actors), answered)
 
 
-def _pending_blocks(ray, job: _InferJob) -> Iterator:
+def _pending_blocks(ray, job: InferJob) -> Iterator:
     """References to one-row blocks (shard, pickled items) of the job's pending shards, in order."""
     for shard, items in job.input.shards({int(k) for k in job.state["shards"]}):
         # Pickled as the local engine's process pool would: items hold exceptions, ManifestRows and options.
@@ -212,7 +212,7 @@ def _prepare_shard(batch: pa.Table, *, settings: PreprocessSettings, base_dir: s
 
 class _Generator:
     """Stage 2, a Ray actor: one model and its engine, loaded once; a prepared shard → one row (shard, the pickled
-    ``_Shard`` of its result and error rows, seconds spent)."""
+    ``ShardState`` of its result and error rows, seconds spent)."""
 
     def __init__(self, *, settings: InferSettings, dtype, device: str) -> None:
         from model.checkpoint import load_pretrained
@@ -237,7 +237,7 @@ class _Generator:
         started = time.perf_counter()
         shard = batch["shard"][0].as_py()
         prepared, options = pickle.loads(batch["prepared"][0].as_py())
-        state = _Shard(batch["rows"][0].as_py())
+        state = ShardState(batch["rows"][0].as_py())
         requests, rows = [], {}
         for item in prepared:
             if item[0] == "error":

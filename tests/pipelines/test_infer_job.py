@@ -283,7 +283,7 @@ def test_every_checkpoint_problem_is_refused_before_the_output_folder_or_a_worke
     from model import device
 
     manifest, checkpoint = sample
-    monkeypatch.setattr(infer_job, "_pool", lambda n: pytest.fail("a worker started"))
+    monkeypatch.setattr(infer_job, "worker_pool", lambda n: pytest.fail("a worker started"))
     out = tmp_path / "out"
     for broken, message in broken_copies(checkpoint, tmp_path):
         with pytest.raises(ValueError, match=message):

@@ -94,7 +94,7 @@ def test_ray_output_equals_the_local_engine(local_run, ray_run):
 def test_shards_flow_through_several_windows(local_run, sample, tmp_path, monkeypatch):
     from pipelines import ray_engine
 
-    monkeypatch.setattr(ray_engine, "_WINDOW_PER_CPU", 1)  # 2 CPUs: windows of 2 shards
+    monkeypatch.setattr(ray_engine, "WINDOW_PER_CPU", 1)  # 2 CPUs: windows of 2 shards
     windows = []
     from_arrow_refs = ray.data.from_arrow_refs
     monkeypatch.setattr(ray.data, "from_arrow_refs", lambda refs: windows.append(len(refs)) or from_arrow_refs(refs))
