@@ -8,8 +8,12 @@ What each layer keeps, per sequence:
   learned key-norm scale and RoPE applied, which are re-applied when the keys are read;
 * a KV-shared layer: nothing (it reads the cache of its source layer).
 
-Buffers are preallocated with fixed shapes and indexed by explicit positions (a decode step scatters one slot per
-row and reads the whole buffer), so a step has the same shapes every time. Which slots are valid follows from
+Buffers are preallocated with fixed shapes and indexed by explicit slots: :meth:`KVCache.update` writes a step's
+keys and values with one scatter per tensor at the slots the step's plan (:class:`model.step.StepMeta`) gives, and
+returns what the layer attends to as views of the buffers (never a copy of the cached prefix), so a step has the
+same shapes every time and reads nothing back. Each buffer has one spare slot past the last readable one: tokens
+that must not be stored (padding of a row shorter than the step, or a ring position the same step overwrites)
+are written there, and no read ever includes it. Which slots are valid follows from
 each row's logical position, never from what a slot holds: rows may have different lengths (left padding), finish
 early, or be reset and refilled while the others go on.
 
@@ -24,6 +28,8 @@ import copy
 import torch
 
 from .config import TextConfig
+from .rope import apply_rope
+from .step import StepMeta
 
 __all__ = ["KVCache", "cache_bytes", "cache_layout"]
 
@@ -66,69 +72,63 @@ class KVCache:
             raise ValueError(f"a cache needs at least one row and one position, got batch={batch}, context={context}")
         self.config, self.batch, self.context = config, batch, context
         self.window = config.sliding_window
+        self.ring = min(self.window, context)  # slots of a sliding layer
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         for layer, (slots, heads, dim, keeps_keys) in cache_layout(config, context).items():
-            shape = (batch, heads, slots, dim)  # (B, K, C, H)
+            shape = (batch, heads, slots + 1, dim)  # (B, K, C + 1, H): the last slot is the spare one
             self.values[layer] = torch.zeros(shape, device=device, dtype=dtype)
             if keeps_keys:
                 self.keys[layer] = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+        self.full_rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (C, H) cos, signed sin of slot = position
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys.values(), *self.values.values()))
+        """Bytes of the slots the cache can hold (``cache_bytes``); the spare slots add one per layer and row."""
+        return sum(t[:, :, :-1].numel() * t.element_size() for t in (*self.keys.values(), *self.values.values()))
 
-    def _slots(self, layer: int, positions: torch.Tensor) -> torch.Tensor:
-        return positions if self.config.is_full(layer) else positions % self.window
-
-    # --- prefill ----------------------------------------------------------------------------------------------
-
-    def write(
+    def update(
         self,
         layer: int,
         k: torch.Tensor,
         v: torch.Tensor,
-        first: torch.Tensor,
-        count: torch.Tensor,
-        start: torch.Tensor | None = None,
-        stop: int | None = None,
-    ) -> None:
-        """Store a run of tokens' K/V: k, v (B, K, T, H); row b's real tokens are the ``count[b]`` from index
-        ``first[b]`` on (left or right padding), at positions ``start[b]`` … (0 … for a whole prompt). Each slot
-        takes the latest of those positions that maps to it; a slot none maps to keeps what it held (earlier
-        positions, or nothing valid: it is masked by position). ``stop``: a bound on the positions (a full layer
-        then touches slots below it only)."""
-        values = self.values[layer]
-        full = self.config.is_full(layer)
-        n = min(stop, values.shape[2]) if full and stop is not None else values.shape[2]
-        slots = torch.arange(n, device=values.device)  # (n,)
-        start = torch.zeros_like(count) if start is None else start
-        begin, end = start[:, None], (start + count)[:, None]  # (B, 1): positions begin … end − 1
-        if full:
-            positions = slots[None, :].expand(len(count), -1)  # (B, n)
-        else:
-            positions = end - 1 - torch.remainder(end - 1 - slots[None, :], self.window)  # latest p ≡ slot (mod W)
-        hit = ((positions >= begin) & (positions < end))[:, None, :, None]  # (B, 1, n, 1)
-        index = (first[:, None] + positions - begin).clamp(0, k.shape[2] - 1)  # (B, n) token index
-        index = index[:, None, :, None].expand(-1, values.shape[1], -1, values.shape[3])  # (B, K, n, H)
-        for buffers, new in ((self.values, v), (self.keys, k)):
-            if layer in buffers:
-                kept = buffers[layer][:, :, :n]  # (B, K, n, H)
-                kept.copy_(torch.where(hit, torch.gather(new, 2, index), kept))
-
-    # --- decoding ---------------------------------------------------------------------------------------------
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
-        """Write one new token per row (k, v (B, K, 1, H) at ``positions`` (B,)); the layer's whole buffers
-        (keys or None, values), (B, K, C, H)."""
-        values = self.values[layer]
-        index = self._slots(layer, positions)[:, None, None, None].expand(-1, values.shape[1], 1, values.shape[3])
-        values.scatter_(2, index, v)
-        keys = self.keys.get(layer)
+        meta: StepMeta,
+        *,
+        key_scale: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one step's keys and values of ``layer``, k, v (B, K, T, H), at ``meta.write``'s slots, and return
+        what the layer attends to (``meta.keys`` of its kind): the step's own k, v ("own"); views of the first
+        ``meta.span`` slots, written first ("cache"); or the ring's first ``meta.span`` slots read before the
+        write, then k, v ("joined"), (B, K, S, H). A K=V layer keeps no keys: given ``key_scale`` (its key-norm
+        weight), its keys are rebuilt from the values read (learned scale, then RoPE of slot = position)."""
+        kind = "full" if self.config.is_full(layer) else "sliding"
+        how, span = meta.keys[kind], meta.span[kind]
+        values, keys = self.values[layer], self.keys.get(layer)
+        if how == "joined":  # the ring before this step's writes, then the step's own keys: (B, K, R' + T, H)
+            joined_v = torch.cat([values[:, :, :span], v], dim=2)
+            joined_k = torch.cat([keys[:, :, :span], k], dim=2) if keys is not None else joined_v
+        self.write(layer, k, v, meta)
+        if how == "own":
+            return k, v
+        if how == "joined":
+            return joined_k, joined_v
+        v_read = values[:, :, :span]  # (B, K, S, H) views
         if keys is not None:
-            keys.scatter_(2, index, k)
-        return keys, values
+            return keys[:, :, :span], v_read
+        if key_scale is None:
+            raise ValueError(f"layer {layer} keeps no keys (K=V): its key-norm scale is needed to rebuild them")
+        cos, sin = (t[:span] for t in self.full_rope)  # (S, H): full layers' slot = position
+        return apply_rope(v_read * key_scale, cos, sin), v_read
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: StepMeta) -> None:
+        """Only store k, v (B, K, T, H) at ``meta.write``'s slots: one scatter per tensor."""
+        kind = "full" if self.config.is_full(layer) else "sliding"
+        values = self.values[layer]
+        index = meta.write[kind][:, None, :, None].expand(-1, values.shape[1], -1, values.shape[3])  # (B, K, T, H)
+        values.scatter_(2, index, v)
+        if layer in self.keys:
+            self.keys[layer].scatter_(2, index, k)
 
     def span(self, longest: int) -> int | None:
         """The ``span`` for a decode step whose rows' positions are all below ``longest`` (a host number):
@@ -139,8 +139,12 @@ class KVCache:
 
     def read_slots(self, full: bool, span: int | None = None) -> int:
         """How many slots of a full (or sliding) layer a decode step reads: all, or the first ``span``."""
-        slots = self.context if full else min(self.window, self.context)
+        slots = self.context if full else self.ring
         return slots if span is None else min(span, slots)
+
+    def spare(self, full: bool) -> int:
+        """The index of a full (or sliding) layer's spare slot: where tokens that must not be stored go."""
+        return self.context if full else self.ring
 
     def mask(self, full: bool, positions: torch.Tensor, span: int | None = None) -> torch.Tensor:
         """(B, 1, 1, C) bool: the slots a token at ``positions`` (B,) may attend to once it has been written
@@ -159,7 +163,7 @@ class KVCache:
         length (the continuous engine admits a request into a slot this way)."""
         view = copy.copy(self)
         view.batch = 1
-        view.keys = {layer: t[index : index + 1] for layer, t in self.keys.items()}  # (1, K, C, H) views
+        view.keys = {layer: t[index : index + 1] for layer, t in self.keys.items()}  # (1, K, C + 1, H) views
         view.values = {layer: t[index : index + 1] for layer, t in self.values.items()}
         view.lengths = self.lengths[index : index + 1]  # (1,) view
         return view

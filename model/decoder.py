@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -22,7 +23,8 @@ from .host import HostEmbedding
 from .masks import banded_mask, chunk_masks, full_mask, sliding_mask
 from .moe import Experts, Router
 from .norm import RMSNorm
-from .rope import inverse_frequencies, rope_cos_sin
+from .rope import Float32Frequencies, inverse_frequencies, rope_cos_sin, signed_sin
+from .step import KINDS, StepMeta, additive
 
 __all__ = ["MLP", "DecoderLayer", "TextDecoder"]
 
@@ -72,29 +74,29 @@ class DecoderLayer(nn.Module):
             self.per_layer_projection = nn.Linear(config.ple_dim, d, bias=False)
             self.post_per_layer_input_norm = RMSNorm(d, eps)
         self.register_buffer("layer_scalar", torch.ones(1))
+        self.index = layer
 
-    def forward(self, h, cos, sin, mask, ple=None, shared_kv=None, rows: int = 0):
-        """h (B, S, D), ple (B, T, P) or None → (h (B, T, D), this layer's (k, v)). With ``rows`` > 0 only
-        the last ``rows`` positions are computed (T = rows; K/V still cover all S), else T = S."""
-        a, kv = self.self_attn(self.input_layernorm(h), cos, sin, mask, shared_kv, rows)
-        if rows:
-            h = h[:, -rows:]  # (B, T, D)
+    def forward(
+        self,
+        h: torch.Tensor,
+        meta: StepMeta,
+        cache: KVCache | None = None,
+        shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        queries: StepMeta | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """h (B·T, D) → (h (B·T', D), the (k, v) its attention read). With ``queries`` (the plan of each row's last
+        T' tokens) only those are computed past the K/V projection, else T' = T."""
+        a, kv = self.self_attn(self.input_layernorm(h), meta, cache, shared_kv, queries)
+        if queries is not None:
+            h, meta = queries.take(h), queries  # (B·T', D)
+        ple = None if meta.ple is None else meta.ple[:, self.index]  # (B·T', P)
         return self._feed_forward(h, a, ple), kv
 
-    def decode(self, h, cos, sin, mask, ple, cache, layer: int, positions, shared_kv=None, span=None):
-        """One token per row against the cache: h (B, 1, D) → (h (B, 1, D), the (k, v) its attention read)."""
-        a, kv = self.self_attn.decode(self.input_layernorm(h), cos, sin, mask, cache, layer, positions, shared_kv, span)
-        return self._feed_forward(h, a, ple), kv
-
-    def extend(self, h, cos, sin, mask, ple, cache, layer: int, old: int, write, shared_kv=None, rows: int = 0):
-        """A chunk of a prompt against the cache (``Attention.extend``): h (B, T, D) → (h (B, T', D), the (k, v)
-        its attention read); T' = ``rows`` (the last ones) when positive, else T."""
-        a, kv = self.self_attn.extend(
-            self.input_layernorm(h), cos, sin, mask, cache, layer, old, write, shared_kv, rows
-        )
-        if rows:
-            h = h[:, -rows:]  # (B, T', D)
-        return self._feed_forward(h, a, ple), kv
+    def store(self, h: torch.Tensor, meta: StepMeta, cache: KVCache) -> None:
+        """Only this layer's K/V of h (B·T, D) into ``cache``: what a prompt chunk before the last needs of the last
+        cache-writing layer."""
+        attention = self.self_attn
+        cache.write(attention.layer, *attention.key_values(self.input_layernorm(h), meta), meta)
 
     def _feed_forward(self, h: torch.Tensor, a: torch.Tensor, ple: torch.Tensor | None) -> torch.Tensor:
         """The residual stream after attention output ``a``: MLP (and experts), per-layer input, layer scale."""
@@ -107,25 +109,25 @@ class DecoderLayer(nn.Module):
         else:
             h = add(h, self.post_feedforward_layernorm(dense))
         if self.ple:
-            gated = gelu(self.per_layer_input_gate(h), approximate="tanh").mul_(ple)  # (B, T, P)
+            gated = gelu(self.per_layer_input_gate(h), approximate="tanh").mul_(ple)  # (B·T, P)
             h = add(h, self.post_per_layer_input_norm(self.per_layer_projection(gated)))
         return mul(h, self.layer_scalar)
 
     def _moe(self, r: torch.Tensor) -> torch.Tensor:
-        """r (B, T, D) residual → the experts' branch (B, T, D), before the shared post-norm (spec §2.8)."""
-        flat = r.reshape(-1, r.shape[-1])  # (N, D)
-        weights, experts = self.router(flat)
-        y = self.experts(self.pre_feedforward_layernorm_2(flat), weights, experts)
-        return self.post_feedforward_layernorm_2(y).view_as(r)
+        """r (B·T, D) residual → the experts' branch (B·T, D), before the shared post-norm (spec §2.8)."""
+        weights, experts = self.router(r)
+        return self.post_feedforward_layernorm_2(self.experts(self.pre_feedforward_layernorm_2(r), weights, experts))
 
 
-class TextDecoder(nn.Module):
+class TextDecoder(Float32Frequencies, nn.Module):
     """Token ids → logits. ``forward(input_ids, attention_mask, mm_token_type_ids=None, inputs_embeds=None)``.
 
     ``ple_on_host``: keep the per-layer-embedding table (``embed_tokens_per_layer``) in host memory, a
     :class:`~model.host.HostEmbedding` that ``.to(device)`` does not move, while everything else goes to the
     device; only the rows of the current tokens are sent there (see :meth:`per_layer_inputs`). Ignored by a
     config without per-layer embeddings. The first parameter (``embed_tokens``) is always on the compute device."""
+
+    FREQUENCY_BUFFERS = ("sliding_freq", "full_freq")
 
     def __init__(self, config: TextConfig, *, ple_on_host: bool = False) -> None:
         super().__init__()
@@ -141,6 +143,7 @@ class TextDecoder(nn.Module):
             self.per_layer_model_projection = nn.Linear(d, n * p, bias=False)
             self.per_layer_projection_norm = RMSNorm(p, config.rms_eps)
         self._sources = {config.kv_source(i) for i in range(config.first_shared_layer, config.n_layers)}
+        # float32 whatever the model is cast to (model.rope.Float32Frequencies)
         self.register_buffer("sliding_freq", torch.empty(config.head_dim // 2), persistent=False)
         self.register_buffer("full_freq", torch.empty(config.global_head_dim // 2), persistent=False)
         self.reset_buffers()
@@ -207,11 +210,12 @@ class TextDecoder(nn.Module):
         With ``cache`` (from :meth:`new_cache`, as many rows), the prompt's K/V are stored in it for
         :meth:`decode`, and each row's length becomes its number of real tokens."""
         c = self.config
+        b, t = input_ids.shape
         if attention_mask is None:
             attention_mask, padded = torch.ones_like(input_ids, dtype=torch.bool), False
+        if cache is not None and t > cache.context:
+            raise ValueError(f"a prompt of {t} tokens does not fit a cache of {cache.context} positions")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
-        positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
-        ple = self.per_layer_inputs(input_ids, x) if c.ple_dim else None  # (B, T, L, P)
         types = mm_token_type_ids if c.bidirectional == "vision" else None
         if padded is None:
             padded = not bool(attention_mask.all())
@@ -219,40 +223,12 @@ class TextDecoder(nn.Module):
             vision_span = 0
         elif vision_span is None:  # a bound: the vision tokens of the fullest row
             vision_span = int(((types == Modality.IMAGE) | (types == Modality.VIDEO)).sum(dim=1).max())
-        masks = self._masks(attention_mask, types, padded, vision_span, x.dtype)
-        rope = {
-            kind: rope_cos_sin(positions, freq, x.dtype)
-            for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
-        }
+        keep = logits_to_keep if 0 < logits_to_keep < t else 0
+        meta = self._plan_prompt(input_ids, x, attention_mask, types, padded, vision_span, keep, cache)
+        h = self.run(x.reshape(b * t, -1), meta, cache)  # (B·T', D)
         if cache is not None:
-            count = attention_mask.sum(dim=1)  # (B,) real tokens
-            first = attention_mask.int().argmax(dim=1)  # (B,) index of the first one (left or right padding)
-            cache.lengths.copy_(count)
-        keep = logits_to_keep if 0 < logits_to_keep < x.shape[1] else 0
-        # With ``keep``, layers after the last cache-writing one need only the kept rows (their K/V come from
-        # earlier layers), and that last one needs all rows only for its K/V: it computes the rest on kept rows.
-        narrow_from = c.first_shared_layer - 1
-        caches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        h = x
-        for i, layer in enumerate(self.layers):
-            rows = keep if i == narrow_from else 0
-            if rows:  # from here on only the kept rows matter (this layer's K/V aside)
-                masks = self._masks(attention_mask, types, padded, vision_span, rows=keep)
-                ple = None if ple is None else ple[:, -keep:]  # (B, keep, L, P)
-            kind = "full" if c.is_full(i) else "sliding"
-            source = c.kv_source(i)
-            h, kv = layer(h, *rope[kind], masks[kind], None if ple is None else ple[:, :, i], caches.get(source), rows)
-            if source == i:
-                if i in self._sources:  # kept for the KV-shared layers that read it; the others' are let go
-                    caches[i] = kv
-                if cache is not None:
-                    cache.write(i, *kv, first, count)
-            if rows:
-                rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
-        logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, T', V), tied (h already narrowed)
-        if c.final_logit_softcap:
-            logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
-        return logits
+            cache.lengths.copy_(attention_mask.sum(dim=1))
+        return self.compute_logits(h).view(b, keep or t, -1)
 
     def prefill(
         self,
@@ -267,13 +243,13 @@ class TextDecoder(nn.Module):
     ) -> Iterator[torch.Tensor | None]:
         """A prompt into ``cache`` chunk by chunk: tokens ``bounds[j]`` … ``bounds[j + 1]`` − 1 form chunk j
         (``bounds`` from 0 to T, rising; on the "vision" presets no chunk may split an image's soft tokens, see
-        ``model.gemma4.chunk_bounds``). Each chunk attends to the cache and to itself, then is stored, so the
-        activations and masks of one chunk at a time are alive, not the whole prompt's. Yields None after each
-        chunk but the last, then the logits (B, K, V) of the last K = ``logits_to_keep`` positions (at most the
-        last chunk's length). Chunks before the last stop at the last cache-writing layer: KV-shared layers write
-        nothing, so only the last chunk runs them. Each row's cache length counts its real tokens so far after
-        every chunk (a decode step in between, as the engine runs one, writes where the next chunk overwrites)."""
-        c, t = self.config, input_ids.shape[1]
+        ``model.gemma4.chunk_bounds``). Each chunk attends to the cache and to itself, so the activations and
+        masks of one chunk at a time are alive, not the whole prompt's. Yields None after each chunk but the
+        last, then the logits (B, K, V) of the last K = ``logits_to_keep`` positions (at most the last chunk's
+        length). Chunks before the last stop at the last cache-writing layer: KV-shared layers write nothing, so
+        only the last chunk runs them. Each row's cache length counts its real tokens so far after every chunk
+        (a decode step in between, as the engine runs one, writes where the next chunk overwrites)."""
+        c, (batch, t) = self.config, input_ids.shape
         bounds = list(bounds)
         if bounds[0] != 0 or bounds[-1] != t or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
             raise ValueError(f"chunk bounds must rise from 0 to the prompt length {t}, got {bounds}")
@@ -282,62 +258,30 @@ class TextDecoder(nn.Module):
                 f"a chunked prefill keeps logits of the last chunk only ({bounds[-1] - bounds[-2]} positions), "
                 f"got logits_to_keep={logits_to_keep}"
             )
+        if t > cache.context:
+            raise ValueError(f"a prompt of {t} tokens does not fit a cache of {cache.context} positions")
         x_all = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         real_all = attention_mask.bool()  # (B, T)
         seen = real_all.long().cumsum(dim=1)  # (B, T) real tokens up to each index
         positions_all = (seen - 1).clamp(min=0)  # (B, T)
         before_all = seen - real_all.long()  # (B, T) real tokens before each index
         types_all = mm_token_type_ids if c.bidirectional == "vision" else None
-        ring = min(c.sliding_window, cache.context)
-        narrow_from = c.first_shared_layer - 1  # the last cache-writing layer
         for a, b in zip(bounds, bounds[1:], strict=False):
             last = b == t
             ids, x, real = input_ids[:, a:b], x_all[:, a:b], real_all[:, a:b]  # (B, T_c …)
-            positions, start = positions_all[:, a:b], before_all[:, a]  # (B, T_c), (B,)
-            count, first = real.sum(dim=1), real.int().argmax(dim=1)  # (B,)
             types = None if types_all is None else types_all[:, a:b]
-            masks = chunk_masks(real, positions, start, c.sliding_window, a, ring, types)
-            ple = self.per_layer_inputs(ids, x) if c.ple_dim else None  # (B, T_c, L, P)
-            rope = {
-                kind: rope_cos_sin(positions, freq, x.dtype)
-                for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
-            }
-
-            def write(layer, k, v, first=first, count=count, start=start, stop=b):
-                cache.write(layer, k, v, first, count, start, stop)
-
             keep = logits_to_keep if last and logits_to_keep < b - a else 0
-            shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-            h = x
-            for i, layer in enumerate(self.layers):
-                kind = "full" if c.is_full(i) else "sliding"
-                old = a if kind == "full" else ring
-                if not last and i == narrow_from:  # only its K/V matter here
-                    attn = layer.self_attn
-                    write(i, *attn.key_values(layer.input_layernorm(h), *rope[kind]))
-                    break
-                rows = keep if i == narrow_from else 0
-                if rows:  # from here on only the kept query rows (this layer's K/V aside)
-                    masks = {kind: m[:, :, -keep:] for kind, m in masks.items()}
-                    ple = None if ple is None else ple[:, -keep:]
-                source = c.kv_source(i)
-                layer_ple = None if ple is None else ple[:, :, i]
-                h, kv = layer.extend(
-                    h, *rope[kind], masks[kind], layer_ple, cache, i, old, write, shared.get(source), rows
-                )
-                if source == i and i in self._sources:
-                    shared[i] = kv
-                if rows:
-                    rope = {kind: (cos[:, -keep:], sin[:, -keep:]) for kind, (cos, sin) in rope.items()}
-            cache.lengths.copy_(start + count)
+            if a == 0:  # nothing cached before it: the chunk is a prompt of its own
+                meta = self._plan_prompt(ids, x, real, types, True, (b - a) if types is not None else 0, keep, cache)
+            else:
+                meta = self._plan_chunk(ids, x, real, positions_all[:, a:b], before_all[:, a], b, types, keep, cache)
+            h = self.run(x.reshape(batch * (b - a), -1), meta, cache, whole=last)
+            cache.lengths.copy_(before_all[:, a] + real.sum(dim=1))
             if not last:
                 yield None
                 continue
-            h = h[:, -logits_to_keep:]  # (B, K, D)
-            logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, K, V), tied
-            if c.final_logit_softcap:
-                logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
-            yield logits
+            logits = self.compute_logits(h).view(batch, keep or b - a, -1)  # (B, T', V)
+            yield logits[:, -logits_to_keep:]
 
     def new_cache(
         self, batch: int, context: int, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
@@ -347,7 +291,8 @@ class TextDecoder(nn.Module):
         weight = self.embed_tokens.weight
         cache = KVCache(self.config, batch, context, device=device or weight.device, dtype=dtype or weight.dtype)
         slots = torch.arange(context, device=cache.lengths.device)[None]  # (1, C): full layers' slot = position
-        cache.full_rope = rope_cos_sin(slots, self.full_freq, dtype or weight.dtype)  # for K=V layers' keys
+        cos, sin = rope_cos_sin(slots, self.full_freq, dtype or weight.dtype)  # for K=V layers' keys
+        cache.full_rope = (cos[0], signed_sin(sin[0]))  # (C, H) each
         return cache
 
     def decode(self, input_ids: torch.Tensor, cache: KVCache, *, span: int | None = None) -> torch.Tensor:
@@ -357,31 +302,133 @@ class TextDecoder(nn.Module):
 
         ``span`` (from :meth:`KVCache.span`, planned on the host): a bound on every row's position + 1; full
         layers then attend over their first ``span`` slots instead of the whole context (and sliding layers over
-        as many, while that is less than the window). Shapes change only when
-        the bound crosses a step of ``KVCache.SPAN_STEP`` slots."""
-        c = self.config
-        positions = cache.lengths  # (B,) the new tokens' positions
+        as many, while that is less than the window). Shapes change only when the bound crosses a step of
+        ``KVCache.SPAN_STEP`` slots."""
+        b = input_ids.shape[0]
         x = self.embed(input_ids)  # (B, 1, D)
-        ple = self.per_layer_inputs(input_ids, x) if c.ple_dim else None  # (B, 1, L, P)
-        rope = {
-            kind: rope_cos_sin(positions[:, None], freq, x.dtype)
-            for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq))
-        }
-        masks = {kind: cache.mask(kind == "full", positions, span) for kind in ("full", "sliding")}  # (B, 1, 1, C)
-        shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        h = x
-        for i, layer in enumerate(self.layers):
-            kind = "full" if c.is_full(i) else "sliding"
-            source = c.kv_source(i)
-            layer_ple = None if ple is None else ple[:, :, i]
-            h, kv = layer.decode(h, *rope[kind], masks[kind], layer_ple, cache, i, positions, shared.get(source), span)
-            if source == i and i in self._sources:
-                shared[i] = kv
+        meta = self._plan_decode(input_ids, x, cache.lengths, cache, span)
+        h = self.run(x.view(b, -1), meta, cache)  # (B, D)
         cache.lengths.add_(1)
-        logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)  # (B, 1, V), tied
-        if c.final_logit_softcap:
-            logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
-        return logits
+        return self.compute_logits(h).view(b, 1, -1)
+
+    def run(self, h: torch.Tensor, meta: StepMeta, cache: KVCache | None = None, *, whole: bool = True):
+        """The one layer loop of every step: h (B·T, D) input embeddings → the final hidden states (B·T', D), T'
+        the kept tokens (``meta.narrow``) from the last cache-writing layer on. ``whole`` False (a prompt chunk
+        before the last): only the cache is filled, the loop stops at the last cache-writing layer and returns
+        None."""
+        c = self.config
+        narrow_from = c.first_shared_layer - 1  # the last cache-writing layer
+        shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, layer in enumerate(self.layers):
+            if i == narrow_from and not whole:
+                layer.store(h, meta, cache)  # the KV-shared layers after it write nothing
+                return None
+            queries = meta.narrow if i == narrow_from else None
+            source = c.kv_source(i)
+            h, kv = layer(h, meta, cache, shared.get(source), queries)
+            if queries is not None:
+                meta = queries
+            if source == i and i in self._sources:  # kept for the KV-shared layers that read it
+                shared[i] = kv
+        return h
+
+    def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h (…, D) → logits (…, V) through the final norm and the tied embedding, soft-capped (spec §2.9)."""
+        logits = nn.functional.linear(self.norm(h), self.embed_tokens.weight)
+        cap = self.config.final_logit_softcap
+        if not cap:
+            return logits
+        if torch.is_grad_enabled():
+            return torch.tanh(logits / cap) * cap
+        return logits.div_(cap).tanh_().mul_(cap)  # in place on the fresh logits: the same values, no temporaries
+
+    # --- step plans ------------------------------------------------------------------------------------------
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """positions (B, T) → kind → (cos, signed sin) (B·T, 1, H)."""
+        out = {}
+        for kind, freq in (("full", self.full_freq), ("sliding", self.sliding_freq)):
+            cos, sin = rope_cos_sin(positions.reshape(-1, 1), freq, dtype)  # (B·T, 1, H)
+            out[kind] = (cos, signed_sin(sin))
+        return out
+
+    def _ple(self, input_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.ple_dim:
+            return None
+        return self.per_layer_inputs(input_ids, x).flatten(0, 1)  # (B·T, L, P)
+
+    def _writes(self, cache: KVCache | None, positions: torch.Tensor, real: torch.Tensor, end: torch.Tensor):
+        """Cache slots of a step's tokens (B, T) per kind: a real token at position p goes to slot p (full) or
+        p mod W (sliding, and only if no later token of the same step maps there: p ≥ end − W); anything else to
+        the spare slot. end (B,): each row's position after the step."""
+        if cache is None:
+            return None
+        window = self.config.sliding_window
+        ring = real & (positions >= end[:, None] - window)
+        return {
+            "full": torch.where(real, positions, cache.spare(True)),
+            "sliding": torch.where(ring, positions % window, cache.spare(False)),
+        }
+
+    def _plan_prompt(self, input_ids, x, attention_mask, types, padded, vision_span, keep, cache) -> StepMeta:
+        """A prompt from position 0 (B, T): every layer attends to the step's own keys (a cache stores them)."""
+        b, t = input_ids.shape
+        real = attention_mask.bool()
+        positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        masks = self._masks(attention_mask, types, padded, vision_span, x.dtype)
+        meta = StepMeta(
+            batch=b,
+            tokens=t,
+            rope=self._rope(positions, x.dtype),
+            masks=masks,
+            keys={"full": "own", "sliding": "own"},
+            write=self._writes(cache, positions, real, real.sum(dim=1)),
+            span={"full": t, "sliding": t},
+            ple=self._ple(input_ids, x),
+        )
+        if not keep:
+            return meta
+        narrow = self._masks(attention_mask, types, padded, vision_span, x.dtype, rows=keep)
+        return replace(meta, narrow=meta.narrowed(keep, narrow))
+
+    def _plan_chunk(self, input_ids, x, real, positions, start, stop, types, keep, cache) -> StepMeta:
+        """A chunk (B, T) after ``start`` (B,) real tokens each in ``cache``; positions below ``stop`` (host):
+        full layers write, then read the first ``stop`` slots; sliding layers join the ring read before the
+        write with the chunk."""
+        b, t = input_ids.shape
+        c = self.config
+        ring = min(cache.ring, stop - t)  # ring slots that can hold a position before the chunk
+        masks = chunk_masks(real, positions, start, c.sliding_window, stop, ring, types)
+        masks = {kind: additive(m, x.dtype) for kind, m in masks.items()}
+        meta = StepMeta(
+            batch=b,
+            tokens=t,
+            rope=self._rope(positions, x.dtype),
+            masks=masks,
+            keys={"full": "cache", "sliding": "joined"},
+            write=self._writes(cache, positions, real, start + real.sum(dim=1)),
+            span={"full": stop, "sliding": ring},
+            ple=self._ple(input_ids, x),
+        )
+        if not keep:
+            return meta
+        return replace(meta, narrow=meta.narrowed(keep, {kind: m[:, :, -keep:] for kind, m in masks.items()}))
+
+    def _plan_decode(self, input_ids, x, positions, cache, span) -> StepMeta:
+        """One token per row at ``positions`` (B,): every layer writes, then reads its first slots."""
+        b = input_ids.shape[0]
+        p = positions[:, None]  # (B, 1)
+        masks = {kind: additive(cache.mask(kind == "full", positions, span), x.dtype) for kind in KINDS}
+        return StepMeta(
+            batch=b,
+            tokens=1,
+            rope=self._rope(p, x.dtype),
+            masks=masks,
+            keys={"full": "cache", "sliding": "cache"},
+            write={"full": p, "sliding": p % self.config.sliding_window},
+            span={kind: cache.read_slots(kind == "full", span) for kind in KINDS},
+            ple=self._ple(input_ids, x),
+        )
 
     def _masks(
         self,
@@ -389,19 +436,19 @@ class TextDecoder(nn.Module):
         types: torch.Tensor | None,
         padded: bool,
         vision_span: int,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype,
         rows: int = 0,
     ) -> dict:
-        """Masks per layer kind, (B, 1, T, S) bool. With ``rows`` > 0: the last ``rows`` query rows, as they
-        are. Otherwise (T = S) None where SDPA's causal kernel gives the same result (no padding; for sliding
-        layers also T ≤ W and no vision block), and long sliding masks cut into blocks in ``dtype``. ``types``
+        """Masks of a prompt per layer kind, additive (B, 1, T, S) in ``dtype``. With ``rows`` > 0: the last
+        ``rows`` query rows. Otherwise (T = S) None where SDPA's causal kernel gives the same result (no padding;
+        for sliding layers also T ≤ W and no vision block), and long sliding masks cut into blocks. ``types``
         only on the bidirectional presets; ``padded`` and ``vision_span`` are host facts (see ``forward``)."""
         c = self.config
         t = attention_mask.shape[1]
         if rows:
             return {
-                "full": full_mask(attention_mask, rows),
-                "sliding": sliding_mask(attention_mask, c.sliding_window, types, rows),
+                "full": additive(full_mask(attention_mask, rows), dtype),
+                "sliding": additive(sliding_mask(attention_mask, c.sliding_window, types, rows), dtype),
             }
         plain = not padded
         if plain and t <= c.sliding_window and not vision_span:
@@ -411,4 +458,6 @@ class TextDecoder(nn.Module):
             if t > c.sliding_window + BAND_BLOCK:
                 reach = (c.sliding_window - 1, max(vision_span - 1, 0))  # window back; a vision block ahead
                 sliding = banded_mask(sliding, BAND_BLOCK, dtype, reach)
-        return {"full": None if plain else full_mask(attention_mask), "sliding": sliding}
+            else:
+                sliding = additive(sliding, dtype)
+        return {"full": None if plain else additive(full_mask(attention_mask), dtype), "sliding": sliding}

@@ -69,12 +69,13 @@ def chunk_masks(
     ring_slots: int,
     mm_token_type_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Masks of one chunk of a prompt against the cache and itself (keys: the cache's slots, then the chunk's
-    tokens). real (B, T) bool and positions (B, T) of the chunk's tokens; start (B,) each row's real tokens
-    before the chunk (held in the cache); ``full_slots`` full-layer slots (slot = position) and ``ring_slots``
-    sliding slots (slot = position mod W) are read. A chunk never splits a vision block, so the bidirectional
-    part (``mm_token_type_ids``, the chunk's) stays inside the chunk. → {"full": (B, 1, T, F + T), "sliding":
-    (B, 1, T, R + T)}."""
+    """Masks of one chunk of a prompt after what the cache holds. real (B, T) bool and positions (B, T) of the
+    chunk's tokens; start (B,) each row's real tokens before the chunk. Full layers read their first
+    ``full_slots`` slots once the chunk is written (slot = position: every position up to the query's is the
+    row's own). Sliding layers read ``ring_slots`` ring slots (slot = position mod W) before the chunk is
+    written, then the chunk's own tokens. A chunk never splits a vision block, so the bidirectional part
+    (``mm_token_type_ids``, the chunk's) stays inside the chunk. → {"full": (B, 1, T, F), "sliding":
+    (B, 1, T, R + T)}, bool."""
     t = real.shape[1]
     index = torch.arange(t, device=real.device)
     q = positions[:, :, None]  # (B, T, 1) query positions
@@ -85,17 +86,13 @@ def chunk_masks(
         blocks = vision_blocks(mm_token_type_ids)  # (B, T)
         same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)  # (B, T, T)
         seen = causal | (same & real[:, None, :])
-    sliding_new = seen & recent
     slots = torch.arange(full_slots, device=real.device)
-    full_old = (slots[None, :] < start[:, None])[:, None, :].expand(-1, t, -1)  # (B, T, F)
+    full = slots[None, None, :] <= q  # (B, T, F)
     ring = torch.arange(ring_slots, device=real.device)
     last = (start - 1)[:, None]  # (B, 1) the latest position held
     held = last - torch.remainder(last - ring[None, :], window)  # (B, R) the position each ring slot holds
     sliding_old = (held >= 0)[:, None, :] & (q - held[:, None, :] < window)  # (B, T, R)
-    return {
-        "full": _open(torch.cat([full_old, causal], dim=-1)),
-        "sliding": _open(torch.cat([sliding_old, sliding_new], dim=-1)),
-    }
+    return {"full": _open(full), "sliding": _open(torch.cat([sliding_old, seen & recent], dim=-1))}
 
 
 def _open(allowed: torch.Tensor) -> torch.Tensor:

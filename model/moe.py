@@ -4,9 +4,12 @@ The router sees the raw residual (as the HF reference; GM feeds the experts' pre
 without scale, multiplies by a learned scale and ``D^(−1/2)``, projects to expert logits, takes a float32
 softmax, keeps the top-k probabilities renormalised to sum 1 and multiplies each by its expert's learned scale.
 Dispatch sorts the (token, expert) pairs by expert and runs every selected expert once on all of its tokens,
-never a loop over tokens. On an accelerator in bfloat16, one grouped matmul per projection takes the group sizes
-as a device tensor (``torch._grouped_mm``), so a decode step reads nothing back; elsewhere (the CPU, where reading
-the counts costs nothing and a loop over the selected experts is faster) a loop over the experts that have tokens.
+never a loop over tokens: one grouped matmul per projection (``torch._grouped_mm``) takes each expert's rows
+as a device tensor of cumulative ends, found by ``searchsorted`` over the sorted expert ids. Nothing is read
+back to the host (``torch.bincount`` would read its min and max: two blocking syncs per layer on CUDA, and it has
+no meta kernel, so a step using it cannot be captured in a CUDA graph), and the shapes do not depend on the
+routing. The same path runs on the CPU, where the grouped kernel gives the per-expert loop's values bit for bit
+and is faster (26B-A4B shapes, bf16: 57 vs 67 ms at 8 tokens, 198 vs 239 ms at 256).
 
 Shapes: N tokens (batch and time flattened), D model dim, E experts, k experts per token, F expert width.
 """
@@ -55,20 +58,21 @@ class Experts(nn.Module):
         flat = experts.reshape(-1)  # (N·k,)
         order = torch.argsort(flat, stable=True)  # pairs grouped by expert
         tokens = order // k  # (N·k,) token of each pair, in expert order
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0])  # (E,)
+        ids = torch.arange(self.gate_up_proj.shape[0], device=flat.device, dtype=flat.dtype)  # (E,)
+        ends = torch.searchsorted(flat[order], ids, right=True).to(torch.int32)  # (E,) end of each expert's rows
         pair_weights = weights.reshape(-1)[order, None]  # (N·k, 1)
-        grouped = x.is_cuda and x.dtype == torch.bfloat16
-        y = self.grouped(x[tokens], counts) if grouped else self.looped(x[tokens], counts.tolist())  # (N·k, D)
-        return torch.zeros_like(x).index_add_(0, tokens, y * pair_weights)
+        y = self.grouped(x[tokens], ends)  # (N·k, D)
+        return torch.zeros_like(x).index_add_(0, tokens, y.mul_(pair_weights))
 
-    def grouped(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """xs (N·k, D) grouped by expert, counts (E,) on the device → each row through its expert (N·k, D)."""
-        offsets = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows
-        gate, up = torch._grouped_mm(xs, self.gate_up_proj.transpose(1, 2), offs=offsets).split(self.d_ff, dim=-1)
-        return torch._grouped_mm(gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2), offs=offsets)
+    def grouped(self, xs: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """xs (N·k, D) grouped by expert, ends (E,) int32 cumulative ends of each expert's rows, on the device →
+        each row through its expert (N·k, D)."""
+        gate, up = torch._grouped_mm(xs, self.gate_up_proj.transpose(1, 2), offs=ends).split(self.d_ff, dim=-1)
+        return torch._grouped_mm(gelu(gate, approximate="tanh") * up, self.down_proj.transpose(1, 2), offs=ends)
 
     def looped(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """The same with the counts on the host: one matmul pair per expert that has rows."""
+        """The same with the counts on the host, one matmul pair per expert that has rows: the plain form
+        :meth:`grouped` is tested against."""
         out, start = torch.empty_like(xs), 0
         for expert, count in enumerate(counts):
             if count:

@@ -32,6 +32,7 @@ from .clipped import ClippedLinear
 from .config import VisionConfig
 from .host import offsets, ranks, to_device
 from .norm import RMSNorm, rms_norm
+from .rope import Float32Frequencies
 
 try:  # variable-length flash attention (CUDA only)
     from torch.nn.attention.varlen import varlen_attn
@@ -227,8 +228,11 @@ def plan_grids(grids: Sequence[tuple[int, int]], kernel: int) -> tuple[np.ndarra
     return positions, groups
 
 
-class VisionEncoder(nn.Module):
-    """Packed patches with their grids → packed soft tokens (before the multimodal embedder)."""
+class VisionEncoder(Float32Frequencies, nn.Module):
+    """Packed patches with their grids → packed soft tokens (before the multimodal embedder). The RoPE
+    frequencies stay float32 whatever the model is cast to (:class:`~model.rope.Float32Frequencies`)."""
+
+    FREQUENCY_BUFFERS = ("rope_freq",)
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()

@@ -187,7 +187,8 @@ def test_banded_sliding_attention_equals_the_full_mask(block, length):
     masked attention, with padding and with image blocks wider than the window."""
     from model.attention import Attention
     from model.masks import banded_mask
-    from model.rope import inverse_frequencies, rope_cos_sin
+    from model.rope import inverse_frequencies, rope_cos_sin, signed_sin
+    from model.step import StepMeta, additive
 
     config = PRESETS["tiny-31b"].text  # window 8
     torch.manual_seed(0)
@@ -198,13 +199,20 @@ def test_banded_sliding_attention_equals_the_full_mask(block, length):
     types = torch.zeros(2, length, dtype=torch.long)
     types[0, 5:20] = 1  # an image block wider than the window, crossing block boundaries
     positions = (mask2d.long().cumsum(1) - 1).clamp(min=0)
-    cos, sin = rope_cos_sin(positions, inverse_frequencies(config.head_dim, 1e4), torch.float32)
+    cos, sin = rope_cos_sin(positions.reshape(-1, 1), inverse_frequencies(config.head_dim, 1e4), torch.float32)
+    rope = {"sliding": (cos, signed_sin(sin))}  # (B·T, 1, H)
+
+    def step(mask):
+        return StepMeta(batch=2, tokens=length, rope=rope, masks={"sliding": mask}, keys={"sliding": "own"})
+
     for types_or_none, span in ((None, 0), (types, 15)):
         mask = sliding_mask(mask2d, config.sliding_window, types_or_none)
         banded = banded_mask(mask, block, torch.float32, reach=(config.sliding_window - 1, max(span - 1, 0)))
         assert banded.blocks[-1][3] - banded.blocks[-1][2] < length  # the last rows do not read every key
+        flat = x.reshape(2 * length, -1)  # (B·T, D)
         with torch.no_grad():  # real rows (padding rows attend to whatever their block reads: never used)
-            got, expected = layer(x, cos, sin, banded)[0], layer(x, cos, sin, mask)[0]
+            got = layer(flat, step(banded))[0].view(2, length, -1)
+            expected = layer(flat, step(additive(mask, torch.float32)))[0].view(2, length, -1)
         torch.testing.assert_close(got[mask2d], expected[mask2d], rtol=0, atol=1e-5)
 
 

@@ -142,10 +142,14 @@ def test_bfloat16_stays_close(towers, patches, reference_tower):
     assert got.dtype == torch.bfloat16
     got = got.float()
     assert torch.isfinite(got).all()
-    # bfloat16 keeps 8 significant bits: at outputs of ~20–30 one step is 0.125. Ours stays within two steps of
-    # the reference run in bfloat16 (measured: one step), and within 4% of the range of float32 (measured 0.70
-    # of 20.8 = 3.3% on tiny-e2b, 0.69 of 29.9 = 2.3% on tiny-31b).
-    torch.testing.assert_close(got, theirs, rtol=0, atol=0.25)
+    # bfloat16 keeps 8 significant bits: at outputs of ~20–30 one step is 0.125. Ours keeps its RoPE frequencies
+    # float32 (model.rope.Float32Frequencies); the reference's are cast to bf16 with the model, so the two bf16
+    # runs differ by a few steps on a few outputs. Ours must stay as close to float32 as the reference's bf16 run.
+    # Measured: mean |bf16 − float32| 0.092 (ours) vs 0.092 (reference) on tiny-e2b, 0.104 vs 0.106 on tiny-31b;
+    # the two bf16 runs at most 0.53 apart (4 steps) where the reference's rounded frequencies turn an angle.
+    ours_error, their_error = (got - exact).abs().mean(), (theirs - exact).abs().mean()
+    assert ours_error <= 1.02 * their_error, (ours_error, their_error)
+    torch.testing.assert_close(got, theirs, rtol=0, atol=0.75)
     torch.testing.assert_close(got, exact, rtol=0, atol=0.04 * exact.abs().max().item())
 
 
