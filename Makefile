@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean gpu-wheels gpu-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,27 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/gemma4 bench images
+
+# The GPU machine (../shared/spec/GPU.md §3: Python 3.12, torch, transformers 5.17, no registry) lacks some runtime
+# packages: their wheels, for Python 3.12 on x86-64 (its torch wheels are manylinux_2_28 already), at the versions
+# this venv holds, go to .whl/ (git-ignored; about 52 MB, and the tree plus .whl/ must stay under 64 MiB, so no
+# ray). av, soundfile, cffi, pycparser: absent there; transformers: the 5.23.0 the project pins; tokenizers: 0.23.3
+# as here (0.23.2 there); regex: transformers 5.23.0 needs ≥ 2025.10.22, the image's version is not known.
+# huggingface_hub (1.33 there) and safetensors (0.8.0 there) already satisfy transformers 5.23.0.
+GPU_WHEELS := av soundfile cffi pycparser transformers tokenizers regex
+GPU_PLATFORMS := --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
+
+gpu-wheels: $(STAMP)
+	rm -rf .whl
+	$(BIN)/python -m pip download --only-binary=:all: --python-version 3.12 --implementation cp $(GPU_PLATFORMS) \
+		--no-deps -d .whl $$($(BIN)/python -c 'from importlib.metadata import version; \
+		print(*(f"{name}=={version(name)}" for name in "$(GPU_WHEELS)".split()))')
+	@du -sh .whl
+
+# The GPU smoke (scripts/gpu_smoke.sh): here it prints "GPU SMOKE: SKIP (no CUDA device)"; on a GPU machine, where
+# there is no venv, it runs with python3.
+gpu-smoke:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash scripts/gpu_smoke.sh
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

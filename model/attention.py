@@ -59,7 +59,7 @@ def attend(
     b, n, t, h = q.shape
     heads = k.shape[1]
     if how is None:
-        how = formulation(n, heads, h, t, mask is not None or causal, q.device.type)
+        how = formulation(n, heads, h, t, mask is not None, q.device.type)  # causal alone is no mask to flash
     if how in ("plain", "gqa"):
         return scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=1.0, enable_gqa=how == "gqa"
