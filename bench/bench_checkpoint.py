@@ -313,7 +313,7 @@ def _ours(directory: str):
     """(prefill(ids) → logits, generate(ids, n) → (tokens per row, seconds to the first token)) of ours."""
     from data_specs.batch import Batch
     from model.checkpoint import load_pretrained
-    from model.generate import generate
+    from runtime.generate import generate
 
     model = load_pretrained(directory)  # the stored dtype
 

@@ -4,7 +4,7 @@ pass and against the reference, side by side.
 The model is the ~110 M-parameter text config of ``gemma4 bench model`` (PLE, KV sharing, window 512), random,
 float32, saved once as a checkpoint. Each measurement runs in a fresh process that loads it and prefills one
 random prompt of T tokens into a cache, keeping the last position's logits: ours through ``Gemma4.prefill`` in
-chunks of ``model.generate.PREFILL_CHUNK`` tokens (what ``generate`` and the engine do) and in one pass
+chunks of ``runtime.engine.PREFILL_CHUNK`` tokens (what ``generate`` and the engine do) and in one pass
 (``prefill_chunk=None``), the reference through a forward with ``use_cache=True`` and ``logits_to_keep=1``
 (its ``generate``'s prefill). The figure is the growth of the process's peak resident memory over what it held
 once the weights were loaded (the cache itself included), so the weights and the framework do not count. Speed
@@ -82,7 +82,7 @@ def run(
 
     from model.checkpoint import save_text_decoder
     from model.decoder import TextDecoder
-    from model.generate import PREFILL_CHUNK
+    from runtime.engine import PREFILL_CHUNK
 
     from .bench_model import bench_config
 

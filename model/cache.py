@@ -158,6 +158,16 @@ class KVCache:
             valid = p - torch.remainder(p - slots[None, :], self.window) >= 0  # the slot's position exists
         return valid[:, None, None, :]
 
+    def rows(self, count: int) -> KVCache:
+        """A view of this cache's first ``count`` rows (buffers and lengths): a step of those rows reads and
+        writes straight into this cache."""
+        view = copy.copy(self)
+        view.batch = count
+        view.keys = {layer: t[:count] for layer, t in self.keys.items()}  # (count, K, C + 1, H) views
+        view.values = {layer: t[:count] for layer, t in self.values.items()}
+        view.lengths = self.lengths[:count]  # (count,) view
+        return view
+
     def row(self, index: int) -> KVCache:
         """A one-row view of this cache: a prefill through it writes straight into row ``index``'s buffers and
         length (the continuous engine admits a request into a slot this way)."""

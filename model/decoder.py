@@ -270,18 +270,64 @@ class TextDecoder(Float32Frequencies, nn.Module):
             last = b == t
             ids, x, real = input_ids[:, a:b], x_all[:, a:b], real_all[:, a:b]  # (B, T_c …)
             types = None if types_all is None else types_all[:, a:b]
-            keep = logits_to_keep if last and logits_to_keep < b - a else 0
+            keep = logits_to_keep if last else 1
             if a == 0:  # nothing cached before it: the chunk is a prompt of its own
+                keep = keep if keep < b else 0
                 meta = self._plan_prompt(ids, x, real, types, True, (b - a) if types is not None else 0, keep, cache)
+                h = self.run(x.reshape(batch * b, -1), meta, cache, whole=last)
+                cache.lengths.copy_(real.sum(dim=1))
+                logits = None if h is None else self.compute_logits(h).view(batch, keep or b, -1)
             else:
-                meta = self._plan_chunk(ids, x, real, positions_all[:, a:b], before_all[:, a], b, types, keep, cache)
-            h = self.run(x.reshape(batch * (b - a), -1), meta, cache, whole=last)
-            cache.lengths.copy_(before_all[:, a] + real.sum(dim=1))
+                logits = self.extend(
+                    ids,
+                    real,
+                    before_all[:, a],
+                    b,
+                    min(cache.ring, a),
+                    cache=cache,
+                    inputs_embeds=x,
+                    mm_token_type_ids=types,
+                    logits_to_keep=keep,
+                    whole=last,
+                    positions=positions_all[:, a:b],
+                )
             if not last:
                 yield None
                 continue
-            logits = self.compute_logits(h).view(batch, keep or b - a, -1)  # (B, T', V)
             yield logits[:, -logits_to_keep:]
+
+    def extend(
+        self,
+        input_ids: torch.Tensor,
+        real: torch.Tensor,
+        start: torch.Tensor,
+        stop: int,
+        ring_read: int,
+        *,
+        cache: KVCache,
+        inputs_embeds: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 1,
+        whole: bool = True,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """Tokens after what ``cache`` holds, each row its own: input_ids (B, T) (the pad id at media placeholders
+        when ``inputs_embeds`` holds their soft tokens), real (B, T) bool (a row's tokens are contiguous; left
+        padding puts every row's last token at T − 1), start (B,) the tokens each row holds already → logits
+        (B, K, V) of the last K = ``logits_to_keep`` positions, or None when ``whole`` is False (only the cache is
+        filled). Host bounds: every position is below ``stop``; ring slots past ``ring_read`` hold no position
+        before the step (``min(ring, most tokens held by a row)``). Each row's cache length becomes start +
+        its real tokens. Prompt chunks and one-token decodes of different rows run together this way."""
+        b, t = input_ids.shape
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        if positions is None:
+            positions = start[:, None] + (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        types = mm_token_type_ids if self.config.bidirectional == "vision" else None
+        keep = logits_to_keep if 0 < logits_to_keep < t else 0
+        meta = self._plan_chunk(input_ids, x, real, positions, start, stop, ring_read, types, keep, cache)
+        h = self.run(x.reshape(b * t, -1), meta, cache, whole=whole)
+        cache.lengths.copy_(start + real.sum(dim=1))
+        return None if h is None else self.compute_logits(h).view(b, keep or t, -1)
 
     def new_cache(
         self, batch: int, context: int, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
@@ -391,13 +437,12 @@ class TextDecoder(Float32Frequencies, nn.Module):
         narrow = self._masks(attention_mask, types, padded, vision_span, x.dtype, rows=keep)
         return replace(meta, narrow=meta.narrowed(keep, narrow))
 
-    def _plan_chunk(self, input_ids, x, real, positions, start, stop, types, keep, cache) -> StepMeta:
+    def _plan_chunk(self, input_ids, x, real, positions, start, stop, ring, types, keep, cache) -> StepMeta:
         """A chunk (B, T) after ``start`` (B,) real tokens each in ``cache``; positions below ``stop`` (host):
-        full layers write, then read the first ``stop`` slots; sliding layers join the ring read before the
-        write with the chunk."""
+        full layers write, then read the first ``stop`` slots; sliding layers join the first ``ring`` ring slots,
+        read before the write, with the chunk."""
         b, t = input_ids.shape
         c = self.config
-        ring = min(cache.ring, stop - t)  # ring slots that can hold a position before the chunk
         masks = chunk_masks(real, positions, start, c.sliding_window, stop, ring, types)
         masks = {kind: additive(m, x.dtype) for kind, m in masks.items()}
         meta = StepMeta(
@@ -415,7 +460,8 @@ class TextDecoder(Float32Frequencies, nn.Module):
         return replace(meta, narrow=meta.narrowed(keep, {kind: m[:, :, -keep:] for kind, m in masks.items()}))
 
     def _plan_decode(self, input_ids, x, positions, cache, span) -> StepMeta:
-        """One token per row at ``positions`` (B,): every layer writes, then reads its first slots."""
+        """One token per row at ``positions`` (B,): every layer writes, then reads its first slots. A row at
+        position ``cache.context`` writes only the spare slots (a runner's idle row)."""
         b = input_ids.shape[0]
         p = positions[:, None]  # (B, 1)
         masks = {kind: additive(cache.mask(kind == "full", positions, span), x.dtype) for kind in KINDS}
@@ -425,7 +471,8 @@ class TextDecoder(Float32Frequencies, nn.Module):
             rope=self._rope(p, x.dtype),
             masks=masks,
             keys={"full": "cache", "sliding": "cache"},
-            write={"full": p, "sliding": p % self.config.sliding_window},
+            # a row at position C (the context: a row the step runs but nobody reads) writes the spare slots
+            write={"full": p, "sliding": torch.where(p < cache.context, p % self.config.sliding_window, cache.ring)},
             span={kind: cache.read_slots(kind == "full", span) for kind in KINDS},
             ple=self._ple(input_ids, x),
         )

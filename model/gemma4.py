@@ -116,7 +116,7 @@ class Gemma4(nn.Module):
                 f"Gemma4.forward takes a data_specs.batch.Batch (collate(...), Batch.from_hf(**processor_output) "
                 f"or Batch.from_ids(ids)), got {type(batch).__name__}"
             )
-        text_ids, types, x = self._inputs(batch)
+        text_ids, types, x = self.embed_inputs(batch)
         return self.language_model(
             text_ids,
             attention_mask=batch.attention_mask,
@@ -142,7 +142,7 @@ class Gemma4(nn.Module):
             return
         if bounds is None:
             bounds = self.chunk_bounds(batch, chunk)
-        text_ids, types, x = self._inputs(batch)
+        text_ids, types, x = self.embed_inputs(batch)
         yield from self.language_model.prefill(
             text_ids,
             batch.attention_mask,
@@ -179,7 +179,7 @@ class Gemma4(nn.Module):
                 "a tokenizer against the checkpoint)"
             )
 
-    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def embed_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(text ids with the pad id at placeholders (B, T), token types (B, T), embeddings with every soft token
         in place (B, T, D))."""
         self._check_ids(batch)

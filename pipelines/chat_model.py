@@ -6,7 +6,7 @@ template, prepares its media (the same front end as ``gemma4 preprocess``) and g
 
 * :meth:`~ChatModel.chat` → a :class:`ChatReply` (answer text, thinking, tool calls, finish reason, token counts);
 * :meth:`~ChatModel.chat_many` → one reply per conversation, generated together on the continuous engine
-  (``model.engine``: ``batch_size`` conversations decode at once, a new one starts as soon as one ends);
+  (``runtime.engine``: ``batch_size`` conversations decode at once, a new one starts as soon as one ends);
 * :meth:`~ChatModel.stream` → a :class:`ChatStream` of text deltas as the tokens come (``preprocess.reply.
   ReplyStream``: thinking, tool calls and control tokens never appear in it; characters split over several
   tokens come out whole), whose ``reply`` is the whole :class:`ChatReply` once it is exhausted.
@@ -145,8 +145,8 @@ class ChatModel:
 
     def stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> ChatStream:
         """The reply to one conversation, as text deltas (:class:`ChatStream`); options as :meth:`chat`."""
-        from model.generate import stream as generate_stream
         from preprocess.reply import ReplyStream
+        from runtime.generate import stream as generate_stream
 
         batch, sampling, new, prompt = self._prepare(messages, 0, options)
         stops = set(self.model.config.tokens.stop_ids)
@@ -179,7 +179,7 @@ class ChatModel:
         raises before any is generated, its error naming it (``conversations[3]: …``)."""
         import torch
 
-        from model.engine import Engine, Request
+        from runtime.engine import Engine, Request
 
         if isinstance(conversations, str | bytes | Mapping) or not isinstance(conversations, Sequence):
             raise TypeError(f"conversations must be a list of message lists, got {type(conversations).__name__}")
@@ -204,9 +204,9 @@ class ChatModel:
 
     def _prepare(self, messages, index: int, options: Mapping[str, Any], many: bool = False):
         """(one-row Batch, Sampling, max_new_tokens, prompt tokens) of one conversation."""
-        from model.generate import Sampling
         from preprocess.collate import collate
         from preprocess.prompt import build_example
+        from runtime.sampler import Sampling
 
         known = {
             "tools",

@@ -19,7 +19,7 @@ How rows flow. The driver reads the input one shard at a time (``rows_per_shard`
 (chat template, media decoding, patches, features: ``preprocess_job``'s per-row function, with its time limit and
 error stages) in ``workers`` processes, at most ``2 × workers`` shards ahead, each prepared row becoming a one-row
 :class:`data_specs.batch.Batch`, pinned when there is an accelerator. The model runs in the driver: the
-continuous engine (``model.engine``) pulls a prepared request whenever a slot frees, prefills it (chunked) while
+continuous engine (``runtime.engine``) pulls a prepared request whenever a slot frees, prefills it (chunked) while
 the other slots decode, and hands back each completion as it finishes. When the engine has nothing to run and no
 request is ready, the driver waits for the workers; that wait is what the summary reports as the model's idle
 time (a starved accelerator is visible there). A shard's files are written (under a temporary name, then
@@ -117,7 +117,8 @@ class InferSettings:
     dtype: str | None = None  # None: the checkpoint's stored dtype (model.checkpoint.default_dtype)
 
     def __post_init__(self) -> None:
-        from model.generate import Sampling, check_chunk
+        from runtime.engine import check_chunk
+        from runtime.sampler import Sampling
 
         Sampling(  # checks them (0 and 1 are "no cut" here)
             temperature=self.temperature or 0.0, top_k=self.top_k or None, top_p=self.top_p, seed=self.seed
@@ -408,7 +409,7 @@ def make_request(model, settings: InferSettings, key, row_id: str, batch, option
     """A prepared row as an engine ``Request`` (its id ``key``), or the error row saying why it cannot be one: media
     the checkpoint has no tower for, ids beyond the vocabulary (stage ``prompt``), prompt and new tokens beyond the
     context (stage ``context``)."""
-    from model.engine import Request
+    from runtime.engine import Request
 
     index = key[1]
     options = options or RowOptions()
@@ -437,7 +438,7 @@ def make_request(model, settings: InferSettings, key, row_id: str, batch, option
 
 def row_sampling(settings: InferSettings, row_id: str, options: RowOptions):
     """A row's sampling: its own options over the job's; the job's seed made the row's own by its id."""
-    from model.generate import Sampling
+    from runtime.sampler import Sampling
 
     seed = options.seed
     if seed is None and settings.seed is not None:
@@ -715,7 +716,7 @@ def run_infer(
     import torch
 
     from model.checkpoint import load_pretrained
-    from model.engine import Engine
+    from runtime.engine import Engine
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")

@@ -62,7 +62,7 @@ def tiny_decoder():
 @pytest.fixture
 def tiny_text_model():
     """A factory: ``make(name, device=CUDA, dtype=torch.bfloat16, seed=0)`` → an eval text-only :class:`Gemma4`
-    (no towers) of preset ``name``, what ``model.generate.generate`` and ``model.engine.Engine`` take."""
+    (no towers) of preset ``name``, what ``runtime.generate.generate`` and ``runtime.engine.Engine`` take."""
 
     def make(name: str, *, device=CUDA, dtype=torch.bfloat16, seed: int = 0) -> Gemma4:
         torch.manual_seed(seed)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from data_specs.batch import Batch
-from model.generate import generate
+from runtime.generate import generate
 
 CUDA = torch.device("cuda")
 MAX_ERROR, MEAN_ERROR = 0.06, 0.006  # × the largest |logit| of the float32 reference

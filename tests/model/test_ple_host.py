@@ -17,8 +17,8 @@ from model.checkpoint import load_pretrained, load_text_decoder, read_safetensor
 from model.config import PRESETS
 from model.decoder import TextDecoder
 from model.gemma4 import Gemma4
-from model.generate import generate
 from model.host import HostEmbedding
+from runtime.generate import generate
 
 TABLE = "language_model.embed_tokens_per_layer.weight"
 

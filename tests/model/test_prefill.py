@@ -11,13 +11,14 @@ import torch
 
 from data_specs.batch import Batch
 from data_specs.media import Modality
-from model.engine import Engine, Request
 from model.gemma4 import Gemma4, chunk_bounds
-from model.generate import Sampling, generate
+from runtime.engine import Engine, Request
+from runtime.generate import generate
+from runtime.sampler import Sampling
 from tests.model import test_gemma4 as gemma4_tests
 from tests.model.test_cache import tiny_decoder
 from tests.model.test_gemma4 import ours_batch, tiny_config
-from tests.model.test_generate import PROMPTS, left_padded, text_model
+from tests.runtime.test_generate import PROMPTS, left_padded, text_model
 
 tok = gemma4_tests.tok  # the test tokenizer fixture
 

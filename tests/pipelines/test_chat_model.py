@@ -32,9 +32,10 @@ HELLO = [{"role": "user", "content": "Hello there, who are you?"}]
 
 
 def test_a_reply_is_what_generate_gives_the_same_prompt(chat, sample):
-    from model.generate import Sampling, generate
     from preprocess.collate import collate
     from preprocess.prompt import build_example
+    from runtime.generate import generate
+    from runtime.sampler import Sampling
 
     reply = chat.chat(HELLO, max_new_tokens=12, seed=7)
     example = build_example(HELLO, chat.tokenizer)

@@ -81,10 +81,10 @@ def test_every_row_is_answered_or_in_the_errors_table(sample, reference_run):
 def test_results_equal_generate_on_each_row_alone(sample, reference_run):
     from data_specs.manifest import read_row, resolve_media
     from model.checkpoint import load_pretrained
-    from model.generate import generate
     from preprocess.collate import collate
     from preprocess.prompt import build_example
     from preprocess.tokenizer import Tokenizer
+    from runtime.generate import generate
 
     manifest, checkpoint = sample
     out, _ = reference_run

@@ -12,7 +12,8 @@ from data_specs.batch import Batch
 from model.checkpoint import load_pretrained
 from model.config import PRESETS
 from model.gemma4 import Gemma4
-from model.generate import Sampling, generate, sample, stream
+from runtime.generate import generate, stream
+from runtime.sampler import Sampling, sample
 from tests.model import test_gemma4 as gemma4_tests
 from tests.model.test_gemma4 import ours_batch, reference_inputs, tiny_config
 

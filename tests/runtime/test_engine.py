@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.engine import Completion, Engine, Request
 from model.gemma4 import Gemma4
-from model.generate import Sampling, generate, sample
 from preprocess.collate import collate
 from preprocess.prompt import build_example
+from runtime.engine import Completion, Engine, Request
+from runtime.generate import generate
+from runtime.sampler import Sampling, sample
 from tests.model import test_gemma4 as gemma4_tests
 from tests.model.test_gemma4 import messages, tiny_config
-from tests.model.test_generate import left_padded, text_model
+from tests.runtime.test_generate import left_padded, text_model
 
 tok = gemma4_tests.tok  # the test tokenizer fixture
 
@@ -128,8 +129,9 @@ def test_slots_stay_busy():
     assert [len(c.token_ids) for c in sorted(results, key=lambda c: c.id)] == limits
     work = sum(limit - 1 for limit in limits)  # the first token of each comes from its prefill
     static = (len(limits) // 2) * (max(limits) - 1)  # fixed batches of two wait for their slowest row
-    assert engine.steps <= -(-work // 2) + max(limits)
-    assert engine.steps == work // 2  # here the work splits evenly: no slot ever idles
+    # a step runs both slots: a decode each, or a newcomer's prefill beside the other's decode (its first token
+    # comes from the prefill); only when both slots free at once does a step run prefills alone
+    assert engine.steps <= work // 2 + len(limits) // 2
     assert engine.steps < static
     assert results[0].id == 1  # a short request comes back as soon as it finishes, not with its batch
 
