@@ -10,18 +10,32 @@ near-tie, so the agreement is printed rather than required).
 
 The bandwidth line: decoding one token reads every weight once (the embedding table as the output projection;
 the per-layer-embedding table only at the token's rows), so memory bandwidth ÷ those bytes bounds batch-1 decode
-speed. Bandwidth is measured here by summing a 512 MB tensor; our batch-1 decode rate (new tokens after the first
-÷ decode seconds) is printed as a fraction of that bound.
+speed. "Memory bandwidth" is the streaming read bandwidth (:func:`memory_bandwidth`): the best of 7 timed
+``t.sum()`` calls on a 1 GiB float32 tensor, with the torch thread count the decoding processes use (each is given
+the parent's). A sum reads every byte once, in order: the rate the memory system streams at. A matrix-vector
+product, which is what a decode step does, reaches less (the figure this bench printed before, ≈ 21 GB/s on the
+project's 2-core test machine, against ≈ 48 GB/s for the sum): the bound is the machine's, the shortfall the decode's.
+Our batch-1 decode rate (new tokens after the first ÷ decode seconds) is printed as a fraction of that bound; the
+aim is :data:`BANDWIDTH_AIM` (30 %) on the CPU.
 
 The device mode (:func:`run_device`, ``gemma4 bench generate --device cuda``) measures random E2B-sized and
 31B-sized text decoders (the presets' text configs, full vocabulary) in bfloat16 on one GPU, with no checkpoint on
-disk (31B in bf16 is ~61 GB). Each engine builds its model in a fresh process straight on the device and fills
-every tensor from a generator seeded by (seed, the tensor's checkpoint name less its text prefix)
-(:func:`fill_random`), so both engines hold the same weights by construction. Per batch size, after a warm-up, the
-best of ``repeat``: prefill = one forward of the B × P prompt to the first token (B·P ÷ seconds); decode = a whole
-greedy ``generate`` of N tokens less that prefill (B·(N−1) ÷ seconds); peak = ``torch.cuda.max_memory_allocated``
-over both (the process's peak RSS on the CPU). The device is synchronised before every clock read. The same code
-runs on the CPU with the tiny presets (``--device cpu --size tiny-e2b``), which is how the tests run it.
+disk (31B in bf16 is ~61 GB). A probe process first reads the device's free memory and measures its streaming
+read bandwidth the same way (1 GiB float32 sum, best of 7, the device synchronised before and after each call).
+Each batch size is planned against that free memory (:func:`plan_device_batches`: weights + KV cache + a margin
+for the prefill's activations); one that does not fit is a skip line with the figures, not an out-of-memory
+failure. Each engine builds its model in a fresh process straight on the device and fills every tensor from a
+generator seeded by (seed, the tensor's checkpoint name less its text prefix) (:func:`fill_random`), so both
+engines hold the same weights by construction. Per batch size, after a warm-up, the best of ``repeat``: prefill =
+one forward of the B × P prompt to the first token (B·P ÷ seconds); decode = a whole greedy ``generate`` of N
+tokens less that prefill (B·(N−1) ÷ seconds); peak = ``torch.cuda.max_memory_allocated`` over both (the process's
+peak RSS on the CPU). The device is synchronised before every clock read. Per size, our batch-1 decode rate is
+then set against the weight-read bound (device streaming bandwidth ÷ bf16 weight bytes per token), aim
+:data:`CUDA_BANDWIDTH_AIM` (40 %) on CUDA. The same code runs on the CPU with the tiny presets (``--device cpu
+--size tiny-e2b``), which is how the tests run it.
+
+Every process the bench starts runs under a timeout (``timeout``); one that times out or fails is printed as
+such with the other rows, and :class:`MeasurementError` is raised once everything else is printed.
 """
 
 from __future__ import annotations
@@ -36,7 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .benchmarking import Row, alternate, format_row, reference
 
@@ -44,24 +58,33 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "BatchFit",
     "MeasurementError",
     "SIZES",
+    "activation_bytes",
     "build_ours",
     "build_reference",
     "fill_random",
     "memory_bandwidth",
+    "plan_device_batches",
     "run",
     "run_device",
     "weight_bytes_per_token",
 ]
 
 TARGET = 5.0  # × the reference's new tokens per second, at batch 1 and 8
-BANDWIDTH_AIM = 0.40  # batch-1 decode rate as a fraction of the bandwidth bound (an aim, printed)
+BANDWIDTH_AIM = 0.30  # CPU: batch-1 decode rate as a fraction of the streaming-read bound (an aim, printed)
+CUDA_BANDWIDTH_AIM = 0.40  # the device mode on CUDA: the same fraction of the weight-read bound
+BANDWIDTH_BYTES = 1 << 30  # the streaming-read probe: a 1 GiB float32 tensor …
+BANDWIDTH_REPEAT = 7  # … summed this many times, the best call counts
+TIMEOUT_S = 900.0  # seconds one measuring process of the CPU mode may run (~10 × what it takes on 2 cores)
+DEVICE_TIMEOUT_S = 1800.0  # seconds one process of the device mode may run (31B: build, then every batch size)
 
 _CHILD = r"""
 import json, resource, sys, time, torch
 engine, path, out = sys.argv[1], sys.argv[2], sys.argv[3]
-rows, prompt, new, repeat, vocab = (int(a) for a in sys.argv[4:9])
+rows, prompt, new, repeat, vocab, threads = (int(a) for a in sys.argv[4:10])
+torch.set_num_threads(threads)  # the parent's count: the one its bandwidth probe ran with
 torch.manual_seed(0)
 ids = torch.randint(10, vocab, (rows, prompt))
 if engine == "reference":
@@ -75,7 +98,7 @@ if engine == "reference":
 else:
     from data_specs.batch import Batch
     from model.checkpoint import load_pretrained
-    from model.generate import generate
+    from runtime.generate import generate
     model = load_pretrained(path)
     batch = Batch.from_ids(ids)
     def run():
@@ -94,20 +117,38 @@ torch.save(tokens, out)
 print(json.dumps({"tokens_per_s": rows * new / best, "decode_s": decode_s,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _measure(engine: str, path: str, rows: int, prompt: int, new: int, repeat: int, vocab: int) -> dict:
+class MeasurementError(RuntimeError):
+    """A measuring process failed or ran past its timeout (its error is printed with the rows)."""
+
+
+def _python(args: Sequence[str], timeout: float, what: str, env: Mapping[str, str] | None = None) -> str:
+    """Run ``python args…`` from the repository with a timeout; the last line it printed. :class:`MeasurementError`
+    naming ``what`` if it times out (the process is killed) or exits with an error (the end of its stderr)."""
+    path = os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, **(env or {}), PYTHONPATH=path)
+    try:
+        done = subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, env=env, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise MeasurementError(f"{what} timed out after {timeout:g} s (killed)") from None
+    if done.returncode != 0:
+        raise MeasurementError(f"{what} failed, exit code {done.returncode}:\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _measure(
+    engine: str, path: str, rows: int, prompt: int, new: int, repeat: int, vocab: int, threads: int, timeout: float
+) -> dict:
     import torch
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     out = os.path.join(path, f"tokens-{engine}.pt")
-    args = [str(a) for a in (rows, prompt, new, repeat, vocab)]
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD, engine, path, out, *args], capture_output=True, text=True, env=env, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{engine} generate (batch {rows}) failed:\n{done.stderr[-2000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]), tokens=torch.load(out))
+    args = [str(a) for a in (rows, prompt, new, repeat, vocab, threads)]
+    line = _python(["-c", _CHILD, engine, path, out, *args], timeout, f"{engine} generate (batch {rows})")
+    return dict(json.loads(line), tokens=torch.load(out))
 
 
 def weight_bytes_per_token(config, element_size: int = 4) -> int:
@@ -119,16 +160,33 @@ def weight_bytes_per_token(config, element_size: int = 4) -> int:
     return (total - ple_table + config.n_layers * config.ple_dim) * element_size
 
 
-def memory_bandwidth(megabytes: int = 512, repeat: int = 5) -> float:
-    """Bytes per second this machine reads: the best of ``repeat`` sums of a float32 tensor of that size."""
-    import time
-
+def memory_bandwidth(
+    size_bytes: int = BANDWIDTH_BYTES, repeat: int = BANDWIDTH_REPEAT, *, device: str | torch.device = "cpu"
+) -> float:
+    """Streaming read bandwidth of ``device``, bytes per second: ``t.sum()`` of a float32 tensor of
+    ``size_bytes`` (1 GiB by default; tests pass less), the best of ``repeat`` timed calls after an untimed one.
+    The device is synchronised before and after each timed call; on the CPU the sum runs on the caller's torch
+    thread count (the decode's, where the bound is compared with a decode rate)."""
     import torch
 
-    x = torch.ones(megabytes * (1 << 20) // 4)
-    x.sum()
-    best = min((lambda s: (x.sum(), time.perf_counter() - s)[1])(time.perf_counter()) for _ in range(repeat))
-    return x.numel() * 4 / best
+    device = torch.device(device)
+    tensor = torch.ones(size_bytes // 4, dtype=torch.float32, device=device)
+    tensor.sum()  # untimed: the thread pool's or the kernel's first start
+    best = math.inf
+    for _ in range(repeat):
+        _sync(device)
+        start = time.perf_counter()
+        tensor.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return tensor.numel() * 4 / best
+
+
+def _bandwidth_text(bandwidth: float, size_bytes: int, device: str = "cpu", threads: int | None = None) -> str:
+    """``streaming read 48.1 GB/s (1 GiB float32 sum, best of 7, 2 threads)``."""
+    size = f"{size_bytes / 2**30:g} GiB" if size_bytes >= 2**30 else f"{size_bytes / 2**20:g} MiB"
+    where = f", {threads} threads" if threads is not None else f" on {device}"
+    return f"streaming read {bandwidth / 1e9:.1f} GB/s ({size} float32 sum, best of {BANDWIDTH_REPEAT}{where})"
 
 
 def run(
@@ -140,18 +198,26 @@ def run(
     rounds: int = 2,
     emit: Callable[[str], None] = print,
     config=None,
+    bandwidth_bytes: int = BANDWIDTH_BYTES,
+    timeout: float = TIMEOUT_S,
 ) -> list[Row]:
-
+    """The CPU mode (see the module docstring): one row per batch size, then the batch-1 bandwidth line.
+    ``bandwidth_bytes``: the size of the streaming-read probe; ``timeout``: seconds each measuring process may
+    run. A batch whose process fails or times out is printed as not measured, and :class:`MeasurementError` is
+    raised once the other rows are printed."""
     import torch
 
     from model.checkpoint import save_text_decoder
     from model.decoder import TextDecoder
+    from model.device import human_bytes
 
     from .bench_model import bench_config
 
     config = config or bench_config()
     oracle = reference("hf_decoder")
+    threads = torch.get_num_threads()  # each measuring process is given this count, the probe runs on it
     rows: list[Row] = []
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gemma4-bench-generate-") as tmp:
         torch.manual_seed(0)
         model = TextDecoder(config)
@@ -162,15 +228,22 @@ def run(
         del model
         emit(
             f"gemma4 bench generate: {config.num_parameters()['total'] / 1e6:.0f} M parameters, float32, prompt "
-            f"{prompt} tokens, {new_tokens} new tokens, greedy, {torch.get_num_threads()} threads, best of {repeat} "
+            f"{prompt} tokens, {new_tokens} new tokens, greedy, {threads} threads, best of {repeat} "
             f"calls × {rounds} processes"
         )
         vocab = min(config.vocab_size, 15_000)
         ours_batch1 = None
         for batch in batches:
-            ours, theirs = alternate(
-                lambda e, b=batch: _measure(e, tmp, b, prompt, new_tokens, repeat, vocab), oracle is not None, rounds
-            )
+            try:
+                ours, theirs = alternate(
+                    lambda e, b=batch: _measure(e, tmp, b, prompt, new_tokens, repeat, vocab, threads, timeout),
+                    oracle is not None,
+                    rounds,
+                )
+            except MeasurementError as exc:
+                failed.append(f"batch {batch}")
+                emit(f"{f'batch {batch}':<11} not measured: {exc}")
+                continue
             note = f"peak memory: ours {ours['peak_mb']:.0f} MB" + (
                 f", reference {theirs['peak_mb']:.0f} MB" if theirs else ""
             )
@@ -192,21 +265,23 @@ def run(
                 ours_batch1 = ours
         if ours_batch1 is not None and ours_batch1["decode_s"]:
             decode_rate = (new_tokens - 1) / ours_batch1["decode_s"]
-            bandwidth = memory_bandwidth()
-            bound = bandwidth / weight_bytes_per_token(config)
+            bandwidth = memory_bandwidth(bandwidth_bytes)
+            weights = weight_bytes_per_token(config)
             bound_row = Row(
                 "batch 1",
                 "decode vs bandwidth bound",
-                bound,
+                bandwidth / weights,
                 decode_rate,
                 BANDWIDTH_AIM,
                 unit="tok/s",
                 baseline_label="bound",
-                note=f"memory bandwidth {bandwidth / 1e9:.1f} GB/s, {weight_bytes_per_token(config) / 1e6:.0f} MB "
-                "of weights read per token",
+                note=f"{_bandwidth_text(bandwidth, bandwidth_bytes, threads=threads)}, {human_bytes(weights)} of "
+                "float32 weights read per token",
             )
             rows.append(bound_row)
             emit(format_row(bound_row))
+    if failed:
+        raise MeasurementError(f"these measurements failed (their errors are above): {', '.join(failed)}")
     return rows
 
 
@@ -217,11 +292,66 @@ LABELS = {"e2b": "E2B", "31b": "31B"}
 INIT_STD = 0.02  # matrices and embeddings: N(0, 0.02²), the reference's initializer_range
 SCALE_STD = 0.05  # norm scales and layer scalars: N(1, 0.05²), near the identity but not exactly it
 FIRST_CONTROL_ID = 255_999  # prompts draw ids below the first multimodal control id (<|image>, spec §1.6)
-_ROOT = Path(__file__).resolve().parents[1]
+ACTIVATION_SLACK = 1 << 30  # bytes beside the prefill's tensors: cuBLAS workspaces, allocator rounding
 
 
-class MeasurementError(RuntimeError):
-    """A measuring process of the device mode failed (its error is printed with the rows)."""
+class BatchFit(NamedTuple):
+    """Whether one batch size fits the device (:func:`plan_device_batches`), and the bytes it needs."""
+
+    batch: int
+    fits: bool
+    need_bytes: int  # weights + KV cache + activations
+    weight_bytes: int
+    cache_bytes: int
+    activation_bytes: int
+
+
+def activation_bytes(config, batch: int, prompt: int, element_size: int = 2) -> int:
+    """A margin for the largest working set of a measurement, the prefill of ``batch`` × ``prompt`` tokens in
+    one forward (a decode step holds far less): per token, four residual-width vectors, the MLP's gate, up and
+    product at the widest layer, the queries, K and V repeated to every head and the attention output at the
+    widest head dim, and every layer's per-layer input, all in ``element_size`` bytes; one float32 score block
+    (B, N, P, P), as SDPA's math kernel holds; float32 logits of one position; and :data:`ACTIVATION_SLACK`."""
+    head_dim = max(config.layer_head_dim(i) for i in range(config.n_layers))
+    d_ff = max(config.layer_d_ff(i) for i in range(config.n_layers))
+    moe = config.top_k_experts * config.moe_d_ff  # the routed experts' hidden units per token
+    per_token = 4 * config.d_model + 3 * max(d_ff, moe) + 4 * config.n_heads * head_dim
+    per_token += config.n_layers * config.ple_dim
+    scores = batch * config.n_heads * prompt * prompt * 4
+    logits = batch * config.vocab_size * 4
+    return batch * prompt * per_token * element_size + scores + logits + ACTIVATION_SLACK
+
+
+def plan_device_batches(
+    config, batches: Sequence[int], prompt: int, new_tokens: int, free_bytes: int | None, dtype=None
+) -> list[BatchFit]:
+    """Which batch sizes of the device mode fit ``free_bytes`` of device memory (None: unknown, every one is
+    tried): the text decoder's weights (parameter count × the dtype's size, bfloat16 by default), the KV cache
+    of ``batch`` rows of ``prompt + new_tokens`` tokens (``model.cache.cache_bytes``, what our ``generate``
+    allocates) and :func:`activation_bytes`. Pure arithmetic on the config; each engine runs alone in its
+    process, so one batch needs these bytes once."""
+    import torch
+
+    from model.cache import cache_bytes
+
+    dtype = dtype or torch.bfloat16
+    size = torch.empty((), dtype=dtype).element_size()
+    weights = config.num_parameters()["total"] * size
+    plan = []
+    for batch in batches:
+        cache = cache_bytes(config, batch, prompt + new_tokens, dtype)
+        activations = activation_bytes(config, batch, prompt, size)
+        need = weights + cache + activations
+        plan.append(BatchFit(batch, free_bytes is None or need <= free_bytes, need, weights, cache, activations))
+    return plan
+
+
+def _skip_line(group: str, fit: BatchFit, free_bytes: int, device: str) -> str:
+    return (
+        f"{group:<11} skipped, does not fit: needs {fit.need_bytes / 1e9:.1f} GB (weights "
+        f"{fit.weight_bytes / 1e9:.1f} GB + KV cache {fit.cache_bytes / 1e9:.1f} GB + activations "
+        f"{fit.activation_bytes / 1e9:.1f} GB), {free_bytes / 1e9:.1f} GB free on {device}"
+    )
 
 
 def fill_random(tensors: Mapping[str, torch.Tensor], seed: int = 0) -> None:
@@ -294,7 +424,7 @@ def _calls(engine: str, model, ids, new_tokens: int):
     rows, prompt = ids.shape
     if engine == "ours":
         from data_specs.batch import Batch
-        from model.generate import generate
+        from runtime.generate import generate
 
         batch = Batch.from_ids(ids.cpu()).to(ids.device)
 
@@ -389,27 +519,49 @@ def _device_child(spec_json: str) -> None:
     print(json.dumps(report))
 
 
-def _measure_device(engine: str, config, directory: str, spec: dict) -> dict:
-    """Run :func:`_device_child` for one engine and size; its report with the tokens, or {"failed": message}."""
+def _measure_device(engine: str, config, directory: str, spec: dict, timeout: float) -> dict:
+    """Run :func:`_device_child` for one engine and size; its report with the tokens, or {"failed": message}
+    (the process failed or ran past ``timeout`` seconds and was killed)."""
     import torch
 
     from model.checkpoint import text_to_hf
 
     out = os.path.join(directory, f"tokens-{engine}.pt")
     spec = dict(spec, engine=engine, text_config=text_to_hf(config), out=out)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
     # The 31B at batch 32 holds ~61 GB of weights and ~28 GB of cache beside the prefill's activations: growable
     # segments keep the allocator's fragmentation from failing it (either engine; set here, the entry point).
-    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    env = {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
     script = "import sys; from bench.bench_generate import _device_child; _device_child(sys.argv[1])"
-    done = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(spec)], capture_output=True, text=True, env=env, check=False
-    )
-    if done.returncode != 0:
-        return {"failed": f"exit code {done.returncode}:\n{done.stderr[-3000:]}"}
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        line = _python(["-c", script, json.dumps(spec)], timeout, f"the {engine} process", env)
+    except MeasurementError as exc:
+        return {"failed": str(exc)}
+    report = json.loads(line)
     report["tokens"] = torch.load(out)
     return report
+
+
+def _probe_child(device_name: str, size_bytes: int) -> None:
+    """In a fresh process (a CUDA context is not left behind in the parent, where it would hold memory the
+    measuring processes need): the device's name, its free memory (read before anything is allocated, after
+    this process's own CUDA context, as a measuring process will find it) and its streaming read bandwidth
+    (:func:`memory_bandwidth`), as one JSON line."""
+    import torch
+
+    from model.device import free_memory
+
+    device = torch.device(device_name)
+    free = free_memory(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    bandwidth = memory_bandwidth(size_bytes, device=device)
+    print(json.dumps({"name": name, "free_bytes": free, "bandwidth": bandwidth}))
+
+
+def _probe(device: str, size_bytes: int, timeout: float) -> dict:
+    """:func:`_probe_child`'s report and the probe's size; :class:`MeasurementError` if it fails or times out."""
+    script = "import sys; from bench.bench_generate import _probe_child; _probe_child(sys.argv[1], int(sys.argv[2]))"
+    report = json.loads(_python(["-c", script, device, str(size_bytes)], timeout, f"the {device} probe"))
+    return dict(report, size_bytes=size_bytes)
 
 
 def _check_device(device: str) -> None:
@@ -436,12 +588,19 @@ def run_device(
     dtype: str = "bfloat16",
     seed: int = 0,
     emit: Callable[[str], None] = print,
+    bandwidth_bytes: int = BANDWIDTH_BYTES,
+    timeout: float = DEVICE_TIMEOUT_S,
 ) -> list[Row]:
-    """The device mode: per size, ours and then the reference each in a fresh process (see the module docstring);
-    three rows per size and batch (prefill tok/s, decode tok/s with the greedy agreement, peak memory). Every
-    process's start-up and model construction count in the wall time printed at the end. Raises ``ValueError``
-    for bad settings or an unusable device (before any process starts), and :class:`MeasurementError` once
-    everything else is printed if a measuring process failed."""
+    """The device mode: a probe of the device (free memory, streaming read bandwidth), then per size the batch
+    sizes that fit (:func:`plan_device_batches`; the others are skip lines with the figures), ours and then the
+    reference each in a fresh process (see the module docstring); three rows per size and measured batch
+    (prefill tok/s, decode tok/s with the greedy agreement, peak memory), and per size the batch-1 decode rate
+    against the weight-read bound. Every process runs under ``timeout`` seconds; ``bandwidth_bytes`` sizes the
+    bandwidth probe. Every process's start-up and model construction count in the wall time printed at the end.
+    Raises ``ValueError`` for bad settings or an unusable device (before any process starts), and
+    :class:`MeasurementError` once everything else is printed if a process failed or timed out."""
+    import torch
+
     from model.checkpoint import DTYPES
     from model.config import PRESETS
 
@@ -454,8 +613,8 @@ def run_device(
     if new_tokens < 2 or repeat < 1:
         raise ValueError(f"--new-tokens {new_tokens}, --repeat {repeat}: the device mode needs N ≥ 2 and R ≥ 1")
     engines = ["ours"] + (["reference"] if reference("hf_decoder") is not None else [])
-    spec = {"device": device, "dtype": dtype, "batches": list(batches), "prompt": prompt}
-    spec |= {"new_tokens": new_tokens, "repeat": repeat, "seed": seed}
+    spec = {"device": device, "dtype": dtype, "prompt": prompt, "new_tokens": new_tokens, "repeat": repeat}
+    spec |= {"seed": seed}
     emit(
         f"gemma4 bench generate --device {device}: random text decoders, {dtype}, prompt {prompt} random tokens, "
         f"{new_tokens} new tokens, greedy, no early stop; batch {', '.join(map(str, batches))}; each engine and size "
@@ -465,30 +624,78 @@ def run_device(
         "prefill = B·P ÷ seconds of one prompt forward to the first token; decode = B·(N−1) ÷ (seconds of the whole "
         "generate − prefill); peak = " + ("max_memory_allocated" if device == "cuda" else "the process's peak RSS")
     )
-    rows: list[Row] = []
     failed: list[str] = []
+    try:
+        probe = _probe(device, bandwidth_bytes, timeout)
+        free = probe["free_bytes"]
+        emit(
+            f"device: {probe['name']}, "
+            + (f"{free / 1e9:.1f} GB free" if free is not None else "free memory unknown")
+            + f"; {_bandwidth_text(probe['bandwidth'], bandwidth_bytes, device)}"
+        )
+    except MeasurementError as exc:  # every batch is then tried, and no bound line printed
+        probe, free = None, None
+        failed.append("the device probe")
+        emit(f"device probe: {exc}")
+    aim = CUDA_BANDWIDTH_AIM if device == "cuda" else BANDWIDTH_AIM
+    element_size = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    rows: list[Row] = []
     for size in sizes:
         config, label = PRESETS[SIZES[size]].text, LABELS.get(size, size)
-        results = {}
-        with tempfile.TemporaryDirectory(prefix="gemma4-bench-generate-") as tmp:
-            for engine in engines:
-                result = _measure_device(engine, config, tmp, spec)
-                if "failed" in result:
-                    failed.append(f"{label} {engine}")
-                    emit(f"{label}: {engine} failed, {result['failed']}")
-                else:
-                    results[engine] = result
-        built = ", ".join(f"{e} {r['built_s']:.1f} s" for e, r in results.items())
+        plan = plan_device_batches(config, batches, prompt, new_tokens, free, DTYPES[dtype])
+        fitting = [fit.batch for fit in plan if fit.fits]
         count = config.num_parameters()["total"]
         size_text = f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.2f} M"
-        emit(f"{label}: {size_text} parameters; built on {device} in {built}")
-        if "ours" in results:
-            for batch in batches:
-                rows += _device_rows(f"{label} b{batch}", batch, results["ours"], results.get("reference"), spec, emit)
+        results = {}
+        if fitting:
+            with tempfile.TemporaryDirectory(prefix="gemma4-bench-generate-") as tmp:
+                for engine in engines:
+                    result = _measure_device(engine, config, tmp, dict(spec, batches=fitting), timeout)
+                    if "failed" in result:
+                        failed.append(f"{label} {engine}")
+                        emit(f"{label}: {engine} failed, {result['failed']}")
+                    else:
+                        results[engine] = result
+            built = ", ".join(f"{e} {r['built_s']:.1f} s" for e, r in results.items())
+            emit(f"{label}: {size_text} parameters; built on {device} in {built or 'no process'}")
+        else:
+            emit(f"{label}: {size_text} parameters; no batch size fits, nothing built")
+        for fit in plan:
+            group = f"{label} b{fit.batch}"
+            if not fit.fits:
+                emit(_skip_line(group, fit, free, device))
+            elif "ours" in results:
+                rows += _device_rows(group, fit.batch, results["ours"], results.get("reference"), spec, emit)
+        if probe is not None and "ours" in results:
+            rows += _bound_row(f"{label} b1", config, results["ours"], probe, element_size, aim, spec, emit)
     emit(f"wall time {time.perf_counter() - started:.0f} s (process start-up, model construction, measurements)")
     if failed:
         raise MeasurementError(f"these measurements failed (their errors are above): {', '.join(failed)}")
     return rows
+
+
+def _bound_row(group: str, config, ours: dict, probe: dict, element_size: int, aim: float, spec, emit) -> list[Row]:
+    """Our batch-1 decode rate against the weight-read bound (device streaming bandwidth ÷ weight bytes per token
+    in the measured dtype), emitted; none where batch 1 was not measured."""
+    from model.device import human_bytes
+
+    mine = next((b for b in ours["batches"] if b["rows"] == 1 and "error" not in b), None)
+    if mine is None:
+        return []
+    weights = weight_bytes_per_token(config, element_size)
+    row = Row(
+        group,
+        "decode vs bandwidth bound",
+        probe["bandwidth"] / weights,
+        (spec["new_tokens"] - 1) / mine["decode_s"],
+        aim,
+        unit="tok/s",
+        baseline_label="bound",
+        note=f"{_bandwidth_text(probe['bandwidth'], probe['size_bytes'], spec['device'])}, "
+        f"{human_bytes(weights)} of {spec['dtype']} weights read per token",
+    )
+    emit(format_row(row))
+    return [row]
 
 
 def _device_rows(group: str, batch: int, ours: dict, theirs: dict | None, spec: dict, emit) -> list[Row]:

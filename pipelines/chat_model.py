@@ -19,7 +19,8 @@ for audio and video. Remote URLs are refused, never fetched. Relative paths are 
 Sampling follows the checkpoint's ``generation_config.json`` (the published checkpoints sample with temperature
 1.0, top_k 64, top_p 0.95), as transformers and vLLM apply it; any argument given to a call overrides it,
 ``greedy=True`` decodes greedily. Without a ``seed`` each call draws its own (replies vary from call to call);
-with one, a conversation's reply is reproducible whatever else is generated beside it. ``max_new_tokens`` None
+with one, a conversation's reply is reproducible whatever else is generated beside it (bit for bit on the CPU in
+float32; on CUDA for the same device, dtype and company). ``max_new_tokens`` None
 lets a reply run to the end of the context (``context`` tokens, prompt included), as vLLM does; a prompt that
 leaves no room is a :class:`ContextLengthError`, never cut.
 """

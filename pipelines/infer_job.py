@@ -26,9 +26,10 @@ time (a starved accelerator is visible there). A shard's files are written (unde
 renamed) once every one of its rows is answered or failed, and recorded in ``job.json`` then: killed at any
 point, the same command finishes the job, redoing only unrecorded shards.
 
-Determinism. Greedy decoding, or sampling with a seed, gives the same tokens whatever ``batch_size`` and
-``workers`` are: the engine's rows do not influence each other, and a row's noise depends on its own seed and
-step only. With ``seed`` set for the job, each row draws with a seed made from the job's seed and the row's id;
+Determinism. On the CPU in float32, greedy decoding, or sampling with a seed, gives the same tokens whatever
+``batch_size`` and ``workers`` are: the engine's rows do not influence each other, and a row's noise depends on
+its own seed and step only. On CUDA only the same device, dtype and company give the same tokens (kernels chosen
+by problem size change the logits' last bits between batch shapes): compare GPU runs by agreement share. With ``seed`` set for the job, each row draws with a seed made from the job's seed and the row's id;
 a row's own ``seed`` overrides it. Sampling without any seed is not reproducible.
 
 Errors (stage in the errors table): what preprocessing reports (manifest, messages, image, audio, video, media,

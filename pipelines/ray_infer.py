@@ -14,11 +14,15 @@ of such references becomes ``ray.data.from_arrow_refs(...)`` and two ``map_batch
    (chat template, media, patches, features; the local engine's per-row function) and returns one row: the shard,
    its row count and the pickled prepared rows (one-row ``Batch`` and prompt summary, or an error row) with their
    options;
-2. generate — a pool of ``actors`` actors (default: one per GPU of the cluster, else one), each of which loads the
-   model once (on its GPU when the cluster has GPUs, ``num_gpus=1``; otherwise on ``settings.device`` with one
-   CPU) with a continuous ``model.engine.Engine``. Each call turns a prepared shard into requests
-   (``make_request``: rows beyond the vocabulary or the context become error rows), runs them all through the
-   engine (reused from call to call) and returns the shard's result and error rows (``result_row``), pickled.
+2. generate — a pool of ``actors`` actors (default: one per GPU of the cluster, else one; more actors than GPUs
+   are refused before anything starts, :func:`plan_actors`), each of which loads the model once with a
+   continuous ``runtime.engine.Engine``: on its own GPU when the cluster has GPUs (``num_gpus=1``), otherwise on
+   the CPU with one CPU. The actor resolves its device and dtype itself (:func:`resolve_actor`: ``cuda``, and the
+   checkpoint's default dtype unless the job names one), never taking the device and dtype the driver planned
+   with (``--device cpu`` on a driver without a GPU), and checks its own device's free memory. Each call turns a
+   prepared shard into requests (``make_request``: rows beyond the vocabulary or the context become error rows),
+   runs them all through the engine (reused from call to call) and returns the shard's result and error rows
+   (``result_row``), pickled.
 
 The driver consumes the stream with ``iter_rows`` and writes and records each shard (``InferJob.write``,
 ``InferJob.record``) as it arrives, so a killed job resumes like a local one. A CPU actor also reserves the memory
@@ -33,12 +37,17 @@ prepared shards waiting for an actor; an actor holds one shard and the engine's 
 rows decode with slots free) rather than admitting the next shard's rows; with shards of many times
 ``batch_size`` rows the cost is small.
 
-Determinism. Results equal the local engine's: the same per-row functions prepare rows, make requests and convert
-completions, and greedy decoding, or sampling with a seed, does not depend on which rows share the engine (see
-``pipelines.infer_job``). The model is loaded in the job's dtype (``--dtype``, or the checkpoint's stored dtype),
-also on a GPU actor, so a job resumed with the other engine keeps its numerics. The summary's model time runs
-from the first window's start to the last shard; its wait is that time less the actors' mean busy time (loading
-and generating), an estimate of how long the model had nothing to run.
+Determinism. The same per-row functions as the local engine's prepare rows, make requests and convert
+completions, and the model is loaded in the job's dtype (``--dtype``, or the checkpoint's default: the stored
+dtype), also on a GPU actor; a job resumed with the other engine keeps that dtype. On the CPU in float32 the
+computation is bit-exact whatever rows share the engine, so CPU actors give the local CPU engine's tokens, and
+greedy decoding, or sampling with a seed, does not depend on the slot count or on which rows share the engine
+(see ``pipelines.infer_job``). On GPU actors the tokens are the same only for the same device, dtype and slot
+count: cuBLAS picks kernels by problem size and ``index_add_`` accumulates with atomics, so logits differ in
+their last bits between batch sizes and a near-tie can flip a token; GPU results are compared with a tolerance
+or by their agreement share. The summary's model time runs from the first window's start to the last shard; its
+wait is that time less the actors' mean busy time (loading and generating), an estimate of how long the model had
+nothing to run.
 
 On a multi-node cluster, the checkpoint, the tokenizer and the input's media must be at the same path on every
 node (the tasks read media, the actors load the model); the output directory is written by the driver alone.
@@ -52,6 +61,7 @@ import pickle
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -69,7 +79,12 @@ from .infer_job import (
 from .preprocess_job import PreprocessSettings, init_worker, progress_bar, save_state
 from .ray_engine import WINDOW_PER_CPU, import_ray
 
-__all__ = ["run_infer_ray"]
+if TYPE_CHECKING:
+    import torch
+
+    from model.checkpoint import CheckpointInfo
+
+__all__ = ["plan_actors", "resolve_actor", "run_infer_ray"]
 
 
 def run_infer_ray(
@@ -89,7 +104,8 @@ def run_infer_ray(
     local one: that many CPUs for preparing rows, plus one per model actor) and shut down on return; otherwise
     the running one is used and both arguments are ignored. A cluster without GPUs needs a CPU per actor and at
     least one more (``ValueError`` otherwise, before any work).
-    ``actors``: copies of the model (default: one per GPU of the cluster, or one without GPUs). ``plan``: the
+    ``actors``: copies of the model (default: one per GPU of the cluster, or one without GPUs; on a cluster with
+    GPUs each takes one, and more actors than GPUs are a ``ValueError`` naming both, before any work). ``plan``: the
     ``plan_infer(settings)`` the caller made already, if any. Raises
     ``ImportError`` without Ray, ``JobMismatchError`` (before Ray is started) if ``output_dir`` holds another job.
     """
@@ -119,27 +135,69 @@ def run_infer_ray(
         job.close()
 
 
-def _run(ray, job: InferJob, actors: int | None, progress: bool) -> InferSummary:
-    settings = job.settings
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    actors = actors or max(1, gpus)
-    window = WINDOW_PER_CPU * max(1, int(resources.get("CPU", 1)))
-    prepare_kwargs = {
-        "settings": settings.preprocess,
-        "base_dir": os.fspath(job.input.base_dir),
-        "pad_id": job.plan.info.config.tokens.pad,  # what the model would say, without loading it
-    }
-    device = "cuda" if gpus else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU
-    # A CPU actor reserves its weights and KV cache, in the job's dtype, so Ray places no more than fit on a node.
-    memory = job.plan.info.weight_bytes + job.plan.cache_bytes
-    generate_args = {"num_gpus": 1} if gpus else {"num_cpus": 1, "memory": memory}
-    cpus = int(resources.get("CPU", 0))
+def plan_actors(actors: int | None, gpus: int, cpus: int) -> int:
+    """How many model actors a Ray cluster of ``gpus`` GPUs and ``cpus`` CPUs runs: ``actors``, or by default
+    one per GPU (one on a cluster without GPUs). ``ValueError`` naming both numbers for more actors than GPUs
+    (each actor of a GPU cluster holds a whole GPU: Ray would wait for the missing ones forever), and on a cluster
+    without GPUs for fewer CPUs than the actors take plus one to prepare rows."""
+    if actors is None:
+        return max(1, gpus)
+    if gpus and actors > gpus:
+        raise ValueError(
+            f"{actors} model actors asked for, and the Ray cluster has {gpus} GPUs: each actor takes one GPU (ask "
+            f"for at most {gpus}, or leave actors unset for one per GPU)"
+        )
     if not gpus and cpus < actors + 1:
         raise ValueError(
             f"the Ray cluster has {cpus} CPUs: {actors} model actors on CPUs take one each, and preparing rows needs "
             "at least one more (start Ray with more CPUs, or use fewer actors)"
         )
+    return actors
+
+
+def resolve_actor(settings: InferSettings, gpu: bool, job_dtype: torch.dtype) -> tuple[torch.device, CheckpointInfo]:
+    """Where and in what a model actor loads the model, resolved in the actor for its own device, never taken
+    from the driver (which may have planned the job for ``--device cpu``): ``(device, checkpoint info)``. A GPU
+    actor's device is ``cuda`` as its process sees it (Ray sets ``CUDA_VISIBLE_DEVICES`` to the actor's GPU, so
+    ``cuda:0``), a CPU actor's the CPU. The dtype (``info.dtype``) is ``settings.dtype`` if the job names one,
+    else the checkpoint's default, resolved here (``model.checkpoint.default_dtype``: the stored dtype, float16 →
+    bfloat16, today on every device; bfloat16 for the published checkpoints). Refuses a dtype other than
+    ``job_dtype``, the one the job records as its identity (``ValueError``), and weights and KV cache beyond the
+    device's free memory (``model.device.NotEnoughMemoryError``), before any weight is read."""
+    from model.checkpoint import inspect_checkpoint
+    from model.device import check_memory, resolve_device
+
+    device = resolve_device("cuda" if gpu else "cpu")
+    info = inspect_checkpoint(settings.preprocess.tokenizer, dtype=settings.dtype)  # the checkpoint's directory
+    if info.dtype != job_dtype:
+        mine, theirs = (str(d).removeprefix("torch.") for d in (info.dtype, job_dtype))
+        raise ValueError(
+            f"a model actor on {device} resolves {info.name} to {mine}, but the job records {theirs}: pass --dtype "
+            "to choose one for every device"
+        )
+    advice = "lower --batch-size or --context, or use devices with more free memory"
+    check_memory(info, device, settings.batch_size, settings.context, advice)
+    return device, info
+
+
+def _run(ray, job: InferJob, actors: int | None, progress: bool) -> InferSummary:
+    settings = job.settings
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    actors = plan_actors(actors, gpus, cpus)  # refused here, before any task or actor starts
+    window = WINDOW_PER_CPU * max(1, cpus)
+    prepare_kwargs = {
+        "settings": settings.preprocess,
+        "base_dir": os.fspath(job.input.base_dir),
+        "pad_id": job.plan.info.config.tokens.pad,  # what the model would say, without loading it
+    }
+    # Each actor resolves its own device and dtype (``resolve_actor``); the driver's (its --device) are not passed.
+    actor_kwargs = {"settings": settings, "gpu": bool(gpus), "job_dtype": job.dtype}
+    # A CPU actor reserves its weights and KV cache, in the job's dtype, so Ray places no more than fit on a node.
+    memory = job.plan.info.weight_bytes + job.plan.cache_bytes
+    generate_args = {"num_gpus": 1} if gpus else {"num_cpus": 1, "memory": memory}
+    if gpus:  # what this run runs on, in job.json: the actors' GPUs, not the device the driver planned for
+        job.state["run"] = dict(job.state["run"], device="cuda", ray_gpu_actors=actors)
     answered: Counter = Counter()  # this run's results and tokens (the summary's rates)
     busy = 0.0  # the actors' seconds loading and generating, all together
     bar = progress_bar(job.input.rows, progress, "infer")
@@ -163,7 +221,7 @@ def _run(ray, job: InferJob, actors: int | None, progress: bool) -> InferSummary
                     batch_size=1,
                     batch_format="pyarrow",
                     compute=ray.data.ActorPoolStrategy(size=actors),
-                    fn_constructor_kwargs={"settings": settings, "dtype": job.dtype, "device": device},
+                    fn_constructor_kwargs=actor_kwargs,
                     **generate_args,
                 )
             )
@@ -214,17 +272,16 @@ class _Generator:
     """Stage 2, a Ray actor: one model and its engine, loaded once; a prepared shard → one row (shard, the pickled
     ``ShardState`` of its result and error rows, seconds spent)."""
 
-    def __init__(self, *, settings: InferSettings, dtype, device: str) -> None:
+    def __init__(self, *, settings: InferSettings, gpu: bool, job_dtype: torch.dtype) -> None:
         from model.checkpoint import load_pretrained
-        from model.engine import Engine
         from preprocess.tokenizer import Tokenizer
+        from runtime.engine import Engine
 
         started = time.perf_counter()
         self.settings = settings
-        self.tokenizer = Tokenizer.from_pretrained(settings.preprocess.tokenizer)  # the checkpoint's directory
-        self.model = load_pretrained(
-            settings.preprocess.tokenizer, dtype=dtype, device=device, tokenizer=self.tokenizer
-        )
+        self.device, info = resolve_actor(settings, gpu, job_dtype)
+        self.tokenizer = Tokenizer.from_pretrained(info.directory)
+        self.model = load_pretrained(info.directory, dtype=info.dtype, device=self.device, tokenizer=self.tokenizer)
         self.engine = Engine(
             self.model, slots=settings.batch_size, context=settings.context, prefill_chunk=settings.prefill_chunk
         )

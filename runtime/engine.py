@@ -7,8 +7,8 @@ scheduler applies the results. A request's tokens are read once, when it finishe
 or from an iterable ``run`` pulls lazily, one per free slot.
 
 Sampling is per request and reproducible (:mod:`runtime.sampler`): bit for bit on the CPU in float32 whatever the
-company; on CUDA the same tokens for the same device, dtype and slot count (kernels chosen by problem size may
-change the last bits of logits between batch shapes).
+company; on CUDA the same tokens only for the same device, dtype and company (a step's problem size follows the
+rows it runs, and kernels chosen by problem size may change the last bits of logits between batch shapes).
 
 Shapes: S slots, C the engine's context (prompt and new tokens of one request), V vocabulary.
 """
@@ -95,7 +95,7 @@ class Completion:
 @dataclass
 class _Job:
     request: Request
-    prompt: Batch | Prompt
+    prompt: Prompt
     stop: tuple[int, ...]
     settings: tuple[float, int, float, int]
     state: RequestState
@@ -146,15 +146,12 @@ class Engine:
         if not isinstance(request, Request):
             raise TypeError(f"the engine takes a runtime.engine.Request, got {type(request).__name__}")
         prompt = request.prompt
-        if isinstance(prompt, Prompt):
-            tokens, types = len(prompt.ids), prompt.types
-        else:
+        if not isinstance(prompt, Prompt):
             batch = prompt if isinstance(prompt, Batch) else Batch.from_ids(torch.tensor([list(prompt)]))
             if batch.attention_mask.device.type != "cpu":
                 raise ValueError(f"request {request.id!r}: a prompt Batch must be on the host (the engine moves it)")
-            real = batch.attention_mask[0].bool().numpy()
-            tokens, types = int(real.sum()), batch.mm_token_type_ids[0].numpy()[real]
-            prompt = batch
+            prompt = Prompt.of(self.model, batch)  # host ids and types now; media encoded at admission
+        tokens, types = len(prompt.ids), prompt.types
         if tokens < 1:
             raise ValueError(f"request {request.id!r}: the prompt has no real tokens")
         if tokens + request.max_new_tokens > self.context:

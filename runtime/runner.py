@@ -41,12 +41,28 @@ def bucket(rows: int) -> int:
 
 @dataclass
 class Prompt:
-    """An admitted prompt: its real tokens' ids on the host (the pad id at media placeholders) and token types,
-    and, when it holds media, its merged input embeddings on the device (T, D)."""
+    """A prompt's real tokens: ids on the host (the pad id at media placeholders) and token types, and, when it
+    holds media, its merged input embeddings on the device (T, D) — or the one-row batch they are encoded from
+    at admission (``media``)."""
 
     ids: np.ndarray
     types: np.ndarray
     embeds: torch.Tensor | None
+    media: Batch | None = None
+
+    @classmethod
+    def of(cls, model, batch: Batch) -> Prompt:
+        """A one-row batch on the host as a prompt whose media (if any) are encoded later, by :meth:`encode`."""
+        real = np.flatnonzero(batch.attention_mask[0].bool().numpy())
+        types = batch.mm_token_type_ids[0].numpy()[real]
+        ids = np.where(types == Modality.TEXT, batch.input_ids[0].numpy()[real], model.config.tokens.pad)
+        return cls(ids=ids, types=types, embeds=None, media=batch if any(len(m) for _, m in batch.media) else None)
+
+    def encode(self, model) -> Prompt:
+        """The media encoded (once): a prompt with its merged embeddings on the model's device."""
+        if self.media is None:
+            return self
+        return Prompt.rows(model, self.media)[0]
 
     @classmethod
     def rows(cls, model, batch: Batch) -> list[Prompt]:
@@ -96,15 +112,16 @@ class Runner:
     ) -> None:
         """Take a prompt into ``slot``: a one-row batch on the host (its media encoded here, once) or a ready
         :class:`Prompt`; its sampling settings (``Sampling.row()``) and stop ids."""
-        self.prompts[slot] = prompt if isinstance(prompt, Prompt) else Prompt.rows(self.model, prompt)[0]
+        prompt = Prompt.of(self.model, prompt) if isinstance(prompt, Batch) else prompt
+        self.prompts[slot] = prompt.encode(self.model)
         self.sampler.set(slot, sampling)
         if len(stop) > self.stop.shape[1]:  # widen the table (rare)
             wider = torch.full((self.slots, len(stop)), -1, dtype=torch.int64, device=self.device)
             wider[:, : self.stop.shape[1]] = self.stop
             self.stop = wider
-        row = torch.full((self.stop.shape[1],), -1, dtype=torch.int64)
-        row[: len(stop)] = torch.tensor(stop, dtype=torch.int64)
-        self.stop[slot] = to_device(row.numpy(), self.device)
+        row = np.full(self.stop.shape[1], -1, dtype=np.int64)
+        row[: len(stop)] = stop
+        self.stop[slot] = to_device(row, self.device)
 
     def release(self, slot: int) -> None:
         self.prompts.pop(slot, None)

@@ -1,8 +1,9 @@
 """The sampler: each slot's settings kept on the device, and the draw of a step's tokens for the rows it ran.
 
 Sampling is per row and reproducible: a row's random numbers come from a counter-based hash of (its seed, its
-step, the token id) (a Gumbel-max draw), so a seeded request draws the same tokens
-whatever else is in the batch, whichever slot it lands in and whenever it is admitted. Two host facts keep the
+step, the token id) (a Gumbel-max draw), never from what else is in the batch: on the CPU in float32, where the
+model is bit-exact whatever the batch, a seeded request draws the same tokens whatever its company, slot and
+admission time (on CUDA the logits themselves change in their last bits with the batch shape). Two host facts keep the
 step cheap: when no row of the step samples (every live row greedy) the draw is the argmax alone, no sort and no
 noise; when every sampling row has a ``top_k``, the candidates are the ``max(top_k)`` largest logits
 (``torch.topk``) instead of a sort of the whole vocabulary — the same tokens, since a row's survivors are its
