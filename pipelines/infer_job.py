@@ -29,7 +29,8 @@ point, the same command finishes the job, redoing only unrecorded shards.
 Determinism. On the CPU in float32, greedy decoding, or sampling with a seed, gives the same tokens whatever
 ``batch_size`` and ``workers`` are: the engine's rows do not influence each other, and a row's noise depends on
 its own seed and step only. On CUDA only the same device, dtype and company give the same tokens (kernels chosen
-by problem size change the logits' last bits between batch shapes): compare GPU runs by agreement share. With ``seed`` set for the job, each row draws with a seed made from the job's seed and the row's id;
+by problem size change the logits' last bits between batch shapes): compare GPU runs by agreement share.
+With ``seed`` set for the job, each row draws with a seed made from the job's seed and the row's id;
 a row's own ``seed`` overrides it. Sampling without any seed is not reproducible.
 
 Errors (stage in the errors table): what preprocessing reports (manifest, messages, image, audio, video, media,
