@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 TARGET = 5.0  # × the reference's new tokens per second, at batch 1 and 8
+STEP_OPS_TARGET = 1500  # non-view operations per E2B-depth decode step, bf16, batch 8
 BANDWIDTH_AIM = 0.30  # CPU: batch-1 decode rate as a fraction of the streaming-read bound (an aim, printed)
 CUDA_BANDWIDTH_AIM = 0.40  # the device mode on CUDA: the same fraction of the weight-read bound
 BANDWIDTH_BYTES = 1 << 30  # the streaming-read probe: a 1 GiB float32 tensor …
@@ -280,9 +281,37 @@ def run(
             )
             rows.append(bound_row)
             emit(format_row(bound_row))
+    ops_row = step_ops_row(oracle)
+    rows.append(ops_row)
+    emit(format_row(ops_row))
     if failed:
         raise MeasurementError(f"these measurements failed (their errors are above): {', '.join(failed)}")
     return rows
+
+
+def step_ops_row(oracle, preset: str = "gemma4-e2b", rows: int = 8) -> Row:
+    """Operations one decode step dispatches on CUDA (host time on a GPU, where eager decode is launch-bound), ours
+    beside the reference's, at the published depth of ``preset`` in bf16 with ``rows`` rows
+    (:func:`bench.dispatch_count.decode_step_ops`). Target: at most :data:`STEP_OPS_TARGET` and fewer than the
+    reference's."""
+    import torch
+
+    from model.config import preset as get_preset
+
+    from .dispatch_count import decode_step_ops
+
+    ours, theirs = decode_step_ops(get_preset(preset).text, rows=rows, dtype=torch.bfloat16, reference=oracle)
+    return Row(
+        f"batch {rows}",
+        f"operations per {preset.removeprefix('gemma4-').upper()}-depth decode step",
+        theirs,
+        ours,
+        1.0,
+        unit="ops",
+        lower_is_better=True,
+        extra_ok=ours <= STEP_OPS_TARGET,
+        note=f"bf16, counted as CUDA dispatches them; target ≤ {STEP_OPS_TARGET:,} (3,405 before issue 21)",
+    )
 
 
 # --- the device mode --------------------------------------------------------------------------------------------
@@ -417,7 +446,7 @@ def _peak_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _calls(engine: str, model, ids, new_tokens: int):
+def _calls(engine: str, model, ids, new_tokens: int, cuda_graphs: bool = True):
     """(prefill() → first tokens (B,), generate(n) → new tokens (B, n)) of one engine for prompt ids (B, P)."""
     import torch
 
@@ -433,7 +462,8 @@ def _calls(engine: str, model, ids, new_tokens: int):
             return model(batch, logits_to_keep=1, cache=cache)[:, -1].argmax(dim=-1)
 
         def run(n: int):
-            return torch.tensor([r.token_ids for r in generate(model, batch, max_new_tokens=n, stop_ids=())])
+            results = generate(model, batch, max_new_tokens=n, stop_ids=(), cuda_graphs=cuda_graphs)
+            return torch.tensor([r.token_ids for r in results])
 
         return prefill, run
     mask = torch.ones_like(ids)
@@ -451,11 +481,13 @@ def _calls(engine: str, model, ids, new_tokens: int):
     return prefill_reference, run_reference
 
 
-def _measure_batch(engine: str, model, ids, new_tokens: int, repeat: int, device) -> tuple[dict, dict]:
+def _measure_batch(
+    engine: str, model, ids, new_tokens: int, repeat: int, device, cuda_graphs: bool = True
+) -> tuple[dict, dict]:
     """Timings (seconds, best of ``repeat`` after a warm-up) and peak bytes of one batch; and the tokens."""
     import torch
 
-    prefill, run = _calls(engine, model, ids, new_tokens)
+    prefill, run = _calls(engine, model, ids, new_tokens, cuda_graphs)
 
     def timed(fn):
         _sync(device)
@@ -508,7 +540,7 @@ def _device_child(spec_json: str) -> None:
             ids = torch.randint(10, high, (rows, spec["prompt"]), generator=generator).to(device)
             try:
                 timings, tokens[rows] = _measure_batch(
-                    spec["engine"], model, ids, spec["new_tokens"], spec["repeat"], device
+                    spec["engine"], model, ids, spec["new_tokens"], spec["repeat"], device, spec["cuda_graphs"]
                 )
             except torch.OutOfMemoryError as exc:
                 timings = {"error": "out of memory: " + str(exc).splitlines()[0]}
@@ -590,12 +622,14 @@ def run_device(
     emit: Callable[[str], None] = print,
     bandwidth_bytes: int = BANDWIDTH_BYTES,
     timeout: float = DEVICE_TIMEOUT_S,
+    cuda_graphs: bool = True,
 ) -> list[Row]:
     """The device mode: a probe of the device (free memory, streaming read bandwidth), then per size the batch
     sizes that fit (:func:`plan_device_batches`; the others are skip lines with the figures), ours and then the
     reference each in a fresh process (see the module docstring); three rows per size and measured batch
     (prefill tok/s, decode tok/s with the greedy agreement, peak memory), and per size the batch-1 decode rate
-    against the weight-read bound. Every process runs under ``timeout`` seconds; ``bandwidth_bytes`` sizes the
+    against the weight-read bound. Our decode steps run as CUDA graphs unless ``cuda_graphs`` is False. Every
+    process runs under ``timeout`` seconds; ``bandwidth_bytes`` sizes the
     bandwidth probe. Every process's start-up and model construction count in the wall time printed at the end.
     Raises ``ValueError`` for bad settings or an unusable device (before any process starts), and
     :class:`MeasurementError` once everything else is printed if a process failed or timed out."""
@@ -614,6 +648,7 @@ def run_device(
         raise ValueError(f"--new-tokens {new_tokens}, --repeat {repeat}: the device mode needs N ≥ 2 and R ≥ 1")
     engines = ["ours"] + (["reference"] if reference("hf_decoder") is not None else [])
     spec = {"device": device, "dtype": dtype, "prompt": prompt, "new_tokens": new_tokens, "repeat": repeat}
+    spec["cuda_graphs"] = cuda_graphs
     spec |= {"seed": seed}
     emit(
         f"gemma4 bench generate --device {device}: random text decoders, {dtype}, prompt {prompt} random tokens, "

@@ -83,8 +83,20 @@ class ChatModel:
     """A checkpoint loaded once, answering conversations (see the module docstring). Build it with
     :meth:`from_pretrained`."""
 
-    def __init__(self, model, tokenizer, *, generation, front_end, context: int, batch_size: int, name: str) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        generation,
+        front_end,
+        context: int,
+        batch_size: int,
+        name: str,
+        cuda_graphs: bool = True,
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.cuda_graphs = cuda_graphs  # decode steps as CUDA graphs on CUDA (runtime.graphs)
         self.generation = generation  # data_specs.checkpoint_dir.GenerationDefaults
         self.front_end = front_end  # preprocess.processor_config.FrontEndDefaults
         self.context, self.batch_size, self.name = context, batch_size, name
@@ -98,13 +110,14 @@ class ChatModel:
         dtype: str | None = None,
         context: int = 8192,
         batch_size: int = 8,
+        cuda_graphs: bool = True,
     ) -> ChatModel:
         """Load ``checkpoint`` (a directory as published, or a repo id in the hub cache) on ``device`` (``auto``:
         CUDA where there is a GPU, else the CPU) in ``dtype`` (None: the checkpoint's stored dtype).
         ``context``: tokens per conversation, prompt and reply together; ``batch_size``: conversations
-        :meth:`chat_many` decodes at once. Every check is made before a weight is read: the files, the tokenizer
-        against the config, the device, and whether the weights and ``batch_size`` × ``context`` tokens of KV
-        cache fit the device's free memory."""
+        :meth:`chat_many` decodes at once; ``cuda_graphs`` False decodes eagerly on CUDA. Every check is made before
+        a weight is read: the files, the tokenizer against the config, the device, and whether the weights and
+        ``batch_size`` × ``context`` tokens of KV cache fit the device's free memory."""
         from data_specs.checkpoint_dir import generation_defaults, resolve_checkpoint
         from model.checkpoint import check_tokenizer, inspect_checkpoint, load_pretrained
         from model.device import check_memory, resolve_device
@@ -133,6 +146,7 @@ class ChatModel:
             context=context,
             batch_size=batch_size,
             name=info.name,
+            cuda_graphs=cuda_graphs,
         )
 
     # --- one conversation ---------------------------------------------------------------------------------------
@@ -158,7 +172,9 @@ class ChatModel:
 
             reader = ReplyStream(self.tokenizer)
             with torch.inference_mode():
-                for (token,) in generate_stream(self.model, batch, max_new_tokens=new, sampling=[sampling]):
+                for (token,) in generate_stream(
+                    self.model, batch, max_new_tokens=new, sampling=[sampling], cuda_graphs=self.cuda_graphs
+                ):
                     if token is None:
                         break
                     if delta := reader.feed(token):
@@ -192,7 +208,9 @@ class ChatModel:
             requests.append(Request(prompt=batch, max_new_tokens=new, sampling=sampling, id=index))
             prompts.append(prompt)
         context = max(p + r.max_new_tokens for p, r in zip(prompts, requests, strict=True))
-        engine = Engine(self.model, slots=min(self.batch_size, len(requests)), context=context)
+        engine = Engine(
+            self.model, slots=min(self.batch_size, len(requests)), context=context, cuda_graphs=self.cuda_graphs
+        )
         replies: dict[int, ChatReply] = {}
         with torch.inference_mode():
             for completion in engine.run(requests):

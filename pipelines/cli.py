@@ -272,6 +272,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         output_format=args.output_format,
         device=args.device,
         dtype=args.dtype,
+        cuda_graphs=not args.no_cuda_graphs,
     )
     plan = plan_infer(settings)  # every check, before the output folder, a worker or Ray exists
     print(plan.line(), flush=True)
@@ -306,7 +307,12 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     }
     messages = conversation(args.prompt, images=args.image, audio=args.audio, videos=args.video, system=args.system)
     model = ChatModel.from_pretrained(
-        args.checkpoint, device=args.device, dtype=args.dtype, context=args.context, batch_size=1
+        args.checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        context=args.context,
+        batch_size=1,
+        cuda_graphs=not args.no_cuda_graphs,
     )
     if args.json:
         print(json.dumps(model.chat(messages, **options).to_dict(), ensure_ascii=False, indent=2))
@@ -447,13 +453,17 @@ def _cmd_bench_generate(args: argparse.Namespace) -> int:
     if args.device is None:
         if given := [f"--{n}" for n in ("size", "dtype") if getattr(args, n) is not None]:
             raise ValueError(f"{' and '.join(given)}: only with --device (the device mode)")
-        bench_generate.run(
-            args.batch or (1, 8),
-            prompt=args.prompt or 256,
-            new_tokens=args.new_tokens,
-            repeat=args.repeat,
-            rounds=args.rounds or 2,
-        )
+        try:
+            bench_generate.run(
+                args.batch or (1, 8),
+                prompt=args.prompt or 256,
+                new_tokens=args.new_tokens,
+                repeat=args.repeat,
+                rounds=args.rounds or 2,
+            )
+        except bench_generate.MeasurementError as exc:  # the rows measured and each failure are printed already
+            print(f"gemma4 bench generate: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.rounds is not None:
         raise ValueError("--rounds is for the CPU mode: --device runs one process per engine and size")
@@ -466,6 +476,7 @@ def _cmd_bench_generate(args: argparse.Namespace) -> int:
             new_tokens=args.new_tokens,
             repeat=args.repeat,
             dtype=args.dtype or "bfloat16",
+            cuda_graphs=not args.no_cuda_graphs,
         )
     except bench_generate.MeasurementError as exc:  # the rows measured and each failure are printed already
         print(f"gemma4 bench generate: {exc}", file=sys.stderr)
@@ -624,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_count, default=1, help="processes preparing rows; 0: the model's (default 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("--dtype", default=None, help="bfloat16, float32 … (default: the checkpoint's stored dtype)")
+    p.add_argument(
+        "--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (default: decode steps as CUDA graphs)"
+    )
     p.add_argument("--output-format", choices=("parquet", "jsonl", "openai"), default="parquet", help="results files")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
@@ -658,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_budget, default=None, help="image soft-token budget (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("--dtype", default=None, help="bfloat16, float32 … (default: the checkpoint's stored dtype)")
+    p.add_argument(
+        "--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA (default: decode steps as CUDA graphs)"
+    )
     p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("demo", help="the main job on a sample made here: sample-data, preprocess, inspect, infer, chat")
@@ -733,6 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--rounds", type=_positive, default=None, help="processes per engine; the best counts (default 2; not --device)"
     )
+    b.add_argument("--no-cuda-graphs", action="store_true", help="with --device cuda: our decode steps eagerly")
     b.set_defaults(func=_cmd_bench_generate)
     b = bench.add_parser(
         "prefill", help="memory of a long prompt's prefill, chunked and in one pass, and the reference's"

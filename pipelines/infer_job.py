@@ -117,6 +117,7 @@ class InferSettings:
     output_format: str = "parquet"
     device: str = "auto"  # CUDA where torch sees a GPU, else the CPU (model.device.resolve_device)
     dtype: str | None = None  # None: the checkpoint's stored dtype (model.checkpoint.default_dtype)
+    cuda_graphs: bool = True  # decode steps as CUDA graphs on CUDA (runtime.graphs); not part of the job's identity
 
     def __post_init__(self) -> None:
         from runtime.engine import check_chunk
@@ -540,6 +541,7 @@ class InferJob:
             "sampling": plan.sampling,
             "device": plan.device,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "cuda_graphs": settings.cuda_graphs and plan.device.startswith("cuda"),
             "checkpoint": settings.checkpoint,
             "checkpoint_dir": os.fspath(plan.directory),
         }
@@ -739,7 +741,11 @@ def run_infer(
                 feeder._top_up()  # the workers start (and prepare the first shards) while the model loads
             feeder.model = load_pretrained(plan.directory, dtype=job.dtype, device=plan.device, tokenizer=job.tokenizer)
             engine = feeder.engine = Engine(
-                feeder.model, slots=settings.batch_size, context=settings.context, prefill_chunk=settings.prefill_chunk
+                feeder.model,
+                slots=settings.batch_size,
+                context=settings.context,
+                prefill_chunk=settings.prefill_chunk,
+                cuda_graphs=settings.cuda_graphs,
             )
             with torch.inference_mode():
                 for completion in engine.run(feeder.requests()):

@@ -283,7 +283,11 @@ class _Generator:
         self.tokenizer = Tokenizer.from_pretrained(info.directory)
         self.model = load_pretrained(info.directory, dtype=info.dtype, device=self.device, tokenizer=self.tokenizer)
         self.engine = Engine(
-            self.model, slots=settings.batch_size, context=settings.context, prefill_chunk=settings.prefill_chunk
+            self.model,
+            slots=settings.batch_size,
+            context=settings.context,
+            prefill_chunk=settings.prefill_chunk,
+            cuda_graphs=settings.cuda_graphs,
         )
         self.loading = time.perf_counter() - started  # counted once, with the first shard
 

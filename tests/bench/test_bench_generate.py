@@ -33,7 +33,10 @@ def test_generate_bench_prints_each_batch_and_the_bandwidth_line():
         (1, 2), prompt=12, new_tokens=4, repeat=1, rounds=1, emit=lines.append, config=config, bandwidth_bytes=MiB
     )
     assert lines[0].startswith("gemma4 bench generate:")
-    assert [r.group for r in rows] == ["batch 1", "batch 2", "batch 1"]
+    assert [r.group for r in rows] == ["batch 1", "batch 2", "batch 1", "batch 8"]
+    ops = rows[3]  # operations per E2B-depth decode step, beside the reference's
+    assert ops.case == "operations per E2B-depth decode step" and ops.lower_is_better and ops.unit == "ops"
+    assert ops.ours <= bench_generate.STEP_OPS_TARGET and ops.extra_ok
     assert rows[0].target == rows[1].target == bench_generate.TARGET
     assert rows[2].case == "decode vs bandwidth bound" and rows[2].target == bench_generate.BANDWIDTH_AIM == 0.30
     threads = torch.get_num_threads()
@@ -43,6 +46,7 @@ def test_generate_bench_prints_each_batch_and_the_bandwidth_line():
         for row in rows[:2]:
             assert "greedy tokens equal to the reference's: 100.0%" in row.note
             assert row.ratio == row.ours / row.baseline
+        assert ops.baseline > ops.ours and ops.met
 
 
 def test_memory_bandwidth_is_the_best_of_seven_timed_float32_sums(monkeypatch):

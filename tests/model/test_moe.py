@@ -61,7 +61,7 @@ def test_the_sync_free_grouped_path_equals_the_loop():
 
 def test_dispatch_reads_nothing_back_and_never_counts_with_bincount():
     # bincount reads its min/max back to the host on CUDA (two syncs per layer) and cannot be captured in a graph
-    from tests.model.host_reads import HostReadCounter
+    from bench.dispatch_count import HostReadCounter
 
     torch.manual_seed(3)
     experts = Experts(32, 8, 16)

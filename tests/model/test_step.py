@@ -2,45 +2,25 @@
 decode is launch-bound) and the data-dependent reads of device values by the host (a blocking sync each on a GPU,
 and what makes a step impossible to capture in a CUDA graph).
 
-Counted with a ``TorchDispatchMode`` on the CPU (tests/model/host_reads.py). One operation differs in structure
-between the two devices: ``aten::_fused_rms_norm`` (model.norm) is one CUDA kernel, but has no CPU kernel and
-decomposes there into its seven float32 operations. The count gives the CPU a stand-in kernel for that one op
-(the same decomposition, so the same values), so that what is counted is what CUDA dispatches.
+Counted with a ``TorchDispatchMode`` on the CPU (bench/dispatch_count.py, which ``gemma4 bench generate`` uses
+too). One operation differs in structure between the two devices: ``aten::_fused_rms_norm`` (model.norm) is one
+CUDA kernel, but has no CPU kernel and decomposes there into its seven float32 operations. The count gives the CPU
+a stand-in kernel for that one op (the same decomposition, so the same values), so that what is counted is what
+CUDA dispatches.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 
 import pytest
 import torch
 
+from bench.dispatch_count import HostReadCounter, cuda_like_rms_norm, decode_step_ops
 from model.config import PRESETS
 from model.decoder import TextDecoder
-from tests.model.host_reads import HostReadCounter
 
 OPS_PER_E2B_DECODE_STEP = 1500  # issue 21's target at the published E2B depth, bf16, batch 8 (3,405 before)
-
-
-@contextlib.contextmanager
-def cuda_like_rms_norm():
-    """Register a CPU kernel for ``aten::_fused_rms_norm`` (CUDA has one; the CPU only its decomposition)."""
-    library = torch.library.Library("aten", "IMPL")
-
-    def kernel(x, normalized_shape, weight, eps):
-        x32 = x.float()
-        inverse = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + (1e-6 if eps is None else eps))
-        y = x32 * inverse
-        if weight is not None:
-            y = y * weight.float()
-        return y.to(x.dtype), inverse
-
-    library.impl("_fused_rms_norm", kernel, "CPU")
-    try:
-        yield
-    finally:
-        library._destroy()
 
 
 def e2b_depth(**changes):
@@ -105,3 +85,9 @@ def test_the_counter_sees_a_host_read():
     assert counter.reads[0] == "Tensor.item" and "Tensor.tolist" in counter.reads
     assert any("boolean mask" in read for read in counter.reads)
     assert "aten.bincount.default" in counter.reads
+
+
+def test_the_bench_counts_the_same_step():
+    # gemma4 bench generate prints this count beside the reference's; it must be the step the test above counts
+    ours, _ = decode_step_ops(PRESETS["gemma4-e2b"].text, rows=8)
+    assert ours <= OPS_PER_E2B_DECODE_STEP
