@@ -310,6 +310,7 @@ class TextDecoder(Float32Frequencies, nn.Module):
         logits_to_keep: int = 1,
         whole: bool = True,
         positions: torch.Tensor | None = None,
+        fresh: tuple[bool, int] | None = None,
     ) -> torch.Tensor | None:
         """Tokens after what ``cache`` holds, each row its own: input_ids (B, T) (the pad id at media placeholders
         when ``inputs_embeds`` holds their soft tokens), real (B, T) bool (a row's tokens are contiguous; left
@@ -317,14 +318,23 @@ class TextDecoder(Float32Frequencies, nn.Module):
         (B, K, V) of the last K = ``logits_to_keep`` positions, or None when ``whole`` is False (only the cache is
         filled). Host bounds: every position is below ``stop``; ring slots past ``ring_read`` hold no position
         before the step (``min(ring, most tokens held by a row)``). Each row's cache length becomes start +
-        its real tokens. Prompt chunks and one-token decodes of different rows run together this way."""
+        its real tokens. Prompt chunks and one-token decodes of different rows run together this way. ``fresh``:
+        every row starts at position 0 (nothing cached before), with the host facts (some row is padded, the
+        most soft tokens of one image): then the step is planned as a prompt (its own keys, causal or banded
+        masks)."""
         b, t = input_ids.shape
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         if positions is None:
             positions = start[:, None] + (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
         types = mm_token_type_ids if self.config.bidirectional == "vision" else None
         keep = logits_to_keep if 0 < logits_to_keep < t else 0
-        meta = self._plan_chunk(input_ids, x, real, positions, start, stop, ring_read, types, keep, cache)
+        if fresh is not None:
+            padded, vision_span = fresh
+            meta = self._plan_prompt(
+                input_ids, x, real, types, padded, vision_span if types is not None else 0, keep, cache
+            )
+        else:
+            meta = self._plan_chunk(input_ids, x, real, positions, start, stop, ring_read, types, keep, cache)
         h = self.run(x.reshape(b * t, -1), meta, cache, whole=whole)
         cache.lengths.copy_(start + real.sum(dim=1))
         return None if h is None else self.compute_logits(h).view(b, keep or t, -1)

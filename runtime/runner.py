@@ -195,6 +195,9 @@ class Runner:
             if embeds is not None:
                 x[chunk.slot, width - (chunk.stop - chunk.start) :] = embeds[chunk.start : chunk.stop].to(x.dtype)
         ends = start + real.sum(axis=1)
+        fresh = None
+        if not decodes and all(c.start == 0 for c in plan.prefills):  # prompts from position 0: planned as one
+            fresh = (not bool(real.all()), _longest_run((types == Modality.IMAGE) | (types == Modality.VIDEO)))
         logits = self.decoder.extend(
             ids_dev,
             to_device(real, self.device),
@@ -205,8 +208,20 @@ class Runner:
             inputs_embeds=x,
             mm_token_type_ids=to_device(types, self.device),
             whole=bool(drawn),
+            fresh=fresh,
         )
         if logits is not None:
             self.steps[:rows].copy_(to_device(steps[:rows], self.device))
             self.next[:rows].copy_(self.sampler(logits[:, -1], self.steps[:rows], self.sampler.kind(drawn)))
         return rows
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    """The longest run of True along the rows of flags (R, T): the most soft tokens of one image in a row."""
+    longest = 0
+    for row in flags:
+        edges = np.diff(np.concatenate(([0], row.astype(np.int8), [0])))
+        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        if len(starts):
+            longest = max(longest, int((stops - starts).max()))
+    return longest
