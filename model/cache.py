@@ -167,17 +167,3 @@ class KVCache:
         view.values = {layer: t[:count] for layer, t in self.values.items()}
         view.lengths = self.lengths[:count]  # (count,) view
         return view
-
-    def row(self, index: int) -> KVCache:
-        """A one-row view of this cache: a prefill through it writes straight into row ``index``'s buffers and
-        length (the continuous engine admits a request into a slot this way)."""
-        view = copy.copy(self)
-        view.batch = 1
-        view.keys = {layer: t[index : index + 1] for layer, t in self.keys.items()}  # (1, K, C + 1, H) views
-        view.values = {layer: t[index : index + 1] for layer, t in self.values.items()}
-        view.lengths = self.lengths[index : index + 1]  # (1,) view
-        return view
-
-    def reset(self, rows: torch.Tensor) -> None:
-        """Forget rows (bool (B,) or indices): their length becomes 0; their slots are then masked."""
-        self.lengths[rows] = 0

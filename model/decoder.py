@@ -1,6 +1,11 @@
 """The Gemma 4 text decoder (spec §2.2–§2.4, §2.9): scaled embeddings, per-layer embeddings, decoder layers,
 final norm, tied output embedding with a logit soft-cap, and the MoE block of 26B-A4B (``model.moe``).
 
+Every call — a whole prompt (``forward``), a chunk after what the cache holds (``extend``, which the chunks of
+``prefill`` and the runtime's mixed steps use), one token per row (``decode``) — is planned once on the host into a
+:class:`~model.step.StepMeta` and runs the one layer loop (``run``); ``compute_logits`` holds the soft-cap. The
+residual stream is flat, (B·T, D): a decode step's projections are plain matrix products, no reshapes.
+
 Shapes: B batch, T tokens, D model dim, L layers, P per-layer-embedding width, V vocabulary.
 """
 
@@ -247,8 +252,7 @@ class TextDecoder(Float32Frequencies, nn.Module):
         masks of one chunk at a time are alive, not the whole prompt's. Yields None after each chunk but the
         last, then the logits (B, K, V) of the last K = ``logits_to_keep`` positions (at most the last chunk's
         length). Chunks before the last stop at the last cache-writing layer: KV-shared layers write nothing, so
-        only the last chunk runs them. Each row's cache length counts its real tokens so far after every chunk
-        (a decode step in between, as the engine runs one, writes where the next chunk overwrites)."""
+        only the last chunk runs them. Each row's cache length counts its real tokens so far after every chunk."""
         c, (batch, t) = self.config, input_ids.shape
         bounds = list(bounds)
         if bounds[0] != 0 or bounds[-1] != t or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):

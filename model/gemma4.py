@@ -9,7 +9,7 @@ pad id at placeholder positions and take their context part from the merged embe
 
 Placeholder counts are checked against the media when the batch is built (on the host), which also records
 whether any row has padding; with that and the grids, neither the media path nor the attention masks read
-anything back from the device. (The MoE layers of the 26B-A4B still read their expert counts.)
+anything back from the device, nor do the MoE layers of the 26B-A4B (``model.moe``).
 
 Shapes: B batch, T tokens, D text width, N soft tokens of all media together.
 """

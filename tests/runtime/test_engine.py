@@ -191,24 +191,24 @@ def test_per_row_steps_equal_one_step_at_a_time():
         assert together[row] == one[0]
 
 
-def test_a_prefill_through_a_row_view_fills_only_that_slot():
+def test_a_prefill_through_a_rows_view_fills_only_those_rows():
     model = text_model("tiny-31b")
     big = model.new_cache(3, 20)
     for t in (*big.keys.values(), *big.values.values()):
         t.fill_(7.0)
     big.lengths.fill_(5)
-    small = model.new_cache(1, 20)
+    small = model.new_cache(2, 20)
     for t in (*small.keys.values(), *small.values.values()):
-        t.fill_(7.0)  # slots the prompt does not reach keep what they held, in both
-    batch = left_padded([PROMPTS[2]])
+        t.fill_(7.0)  # slots the prompts do not reach keep what they held, in both
+    batch = left_padded([PROMPTS[2], PROMPTS[0]])
     with torch.no_grad():
-        model(batch, logits_to_keep=1, cache=big.row(1))
+        model(batch, logits_to_keep=1, cache=big.rows(2))
         model(batch, logits_to_keep=1, cache=small)
-    assert big.lengths.tolist() == [5, len(PROMPTS[2]), 5]
-    for store, single in ((big.keys, small.keys), (big.values, small.values)):
+    assert big.lengths.tolist() == [len(PROMPTS[2]), len(PROMPTS[0]), 5]
+    for store, pair in ((big.keys, small.keys), (big.values, small.values)):
         for layer, t in store.items():
-            torch.testing.assert_close(t[1], single[layer][0], rtol=0, atol=0)
-            assert bool((t[[0, 2]] == 7.0).all())
+            torch.testing.assert_close(t[:2], pair[layer], rtol=0, atol=0)
+            assert bool((t[2] == 7.0).all())
 
 
 def test_a_multimodal_request_equals_generate_alone(tok):
