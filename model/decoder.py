@@ -432,20 +432,12 @@ class TextDecoder(Float32Frequencies, nn.Module):
 
     def _plan_prompt(self, input_ids, x, attention_mask, types, padded, vision_span, keep, cache) -> StepMeta:
         """A prompt from position 0 (B, T): every layer attends to the step's own keys (a cache stores them)."""
-        b, t = input_ids.shape
+        t = input_ids.shape[1]
         real = attention_mask.bool()
         positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
         masks = self._masks(attention_mask, types, padded, vision_span, x.dtype)
-        meta = StepMeta(
-            batch=b,
-            tokens=t,
-            rope=self._rope(positions, x.dtype),
-            masks=masks,
-            keys={"full": "own", "sliding": "own"},
-            write=self._writes(cache, positions, real, real.sum(dim=1)),
-            span={"full": t, "sliding": t},
-            ple=self._ple(input_ids, x),
-        )
+        write = self._writes(cache, positions, real, real.sum(dim=1))
+        meta = self._meta(input_ids, x, positions, masks, {"full": "own", "sliding": "own"}, write, (t, t))
         if not keep:
             return meta
         narrow = self._masks(attention_mask, types, padded, vision_span, x.dtype, rows=keep)
@@ -455,20 +447,11 @@ class TextDecoder(Float32Frequencies, nn.Module):
         """A chunk (B, T) after ``start`` (B,) real tokens each in ``cache``; positions below ``stop`` (host):
         full layers write, then read the first ``stop`` slots; sliding layers join the first ``ring`` ring slots,
         read before the write, with the chunk."""
-        b, t = input_ids.shape
         c = self.config
         masks = chunk_masks(real, positions, start, c.sliding_window, stop, ring, types)
         masks = {kind: additive(m, x.dtype) for kind, m in masks.items()}
-        meta = StepMeta(
-            batch=b,
-            tokens=t,
-            rope=self._rope(positions, x.dtype),
-            masks=masks,
-            keys={"full": "cache", "sliding": "joined"},
-            write=self._writes(cache, positions, real, start + real.sum(dim=1)),
-            span={"full": stop, "sliding": ring},
-            ple=self._ple(input_ids, x),
-        )
+        write = self._writes(cache, positions, real, start + real.sum(dim=1))
+        meta = self._meta(input_ids, x, positions, masks, {"full": "cache", "sliding": "joined"}, write, (stop, ring))
         if not keep:
             return meta
         return replace(meta, narrow=meta.narrowed(keep, {kind: m[:, :, -keep:] for kind, m in masks.items()}))
@@ -476,18 +459,26 @@ class TextDecoder(Float32Frequencies, nn.Module):
     def _plan_decode(self, input_ids, x, positions, cache, span) -> StepMeta:
         """One token per row at ``positions`` (B,): every layer writes, then reads its first slots. A row at
         position ``cache.context`` writes only the spare slots (a runner's idle row)."""
-        b = input_ids.shape[0]
         p = positions[:, None]  # (B, 1)
         masks = {kind: additive(cache.mask(kind == "full", positions, span), x.dtype) for kind in KINDS}
+        # a row at position C (the context: a row the step runs but nobody reads) writes the spare slots
+        ring = torch.where(p < cache.context, p % self.config.sliding_window, cache.ring)
+        spans = tuple(cache.read_slots(kind == "full", span) for kind in KINDS)
+        return self._meta(
+            input_ids, x, p, masks, {"full": "cache", "sliding": "cache"}, {"full": p, "sliding": ring}, spans
+        )
+
+    def _meta(self, input_ids, x, positions, masks, keys, write, spans: tuple[int, int]) -> StepMeta:
+        """The plan of a step of tokens input_ids (B, T) with embeddings x (B, T, D) at positions (B, T)."""
+        b, t = input_ids.shape
         return StepMeta(
             batch=b,
-            tokens=1,
-            rope=self._rope(p, x.dtype),
+            tokens=t,
+            rope=self._rope(positions, x.dtype),
             masks=masks,
-            keys={"full": "cache", "sliding": "cache"},
-            # a row at position C (the context: a row the step runs but nobody reads) writes the spare slots
-            write={"full": p, "sliding": torch.where(p < cache.context, p % self.config.sliding_window, cache.ring)},
-            span={kind: cache.read_slots(kind == "full", span) for kind in KINDS},
+            keys=keys,
+            write=write,
+            span=dict(zip(KINDS, spans, strict=True)),
             ple=self._ple(input_ids, x),
         )
 

@@ -18,22 +18,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
 from model.gemma4 import chunk_bounds
+from tests.gpu.conftest import prompt
 
 CUDA = torch.device("cuda")
 FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
 PRESETS = ["tiny-e2b", "tiny-31b", "tiny-moe"]
 REAL_HEAD_DIMS = {"head_dim": 256, "global_head_dim": 512}
-
-
-def prompt(rows: int, length: int, vocab: int, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random ids (B, T) and a bool mask (B, T) on the device; with ``padded``, rows 1… are left padded."""
-    generator = torch.Generator().manual_seed(length)
-    ids = torch.randint(3, vocab, (rows, length), generator=generator)
-    mask = torch.ones(rows, length, dtype=torch.bool)
-    if padded:
-        for row in range(1, rows):
-            mask[row, : min(3 * row, length - 1)] = False
-    return ids.to(CUDA), mask.to(CUDA)
 
 
 def test_the_guard_refuses_what_only_the_math_kernel_serves():

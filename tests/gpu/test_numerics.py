@@ -19,8 +19,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_specs.batch import Batch
 from runtime.generate import generate
+from tests.runtime.test_generate import left_padded
 
 CUDA = torch.device("cuda")
 MAX_ERROR, MEAN_ERROR = 0.06, 0.006  # × the largest |logit| of the float32 reference
@@ -71,16 +71,6 @@ def test_bf16_logits_at_long_positions_match_float32(tiny_decoder):
         expected = cpu(ids, logits_to_keep=32)  # (B, 32, V)
         got = gpu(ids.to(CUDA), logits_to_keep=32)
     check_logits(got, expected)
-
-
-def left_padded(rows: list[list[int]]) -> Batch:
-    longest = max(map(len, rows))
-    ids = torch.zeros(len(rows), longest, dtype=torch.long)
-    mask = torch.zeros(len(rows), longest, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, longest - len(row) :] = torch.tensor(row)
-        mask[i, longest - len(row) :] = True
-    return Batch.from_ids(ids, mask)
 
 
 @pytest.mark.parametrize("name", ["tiny-e2b", "tiny-31b", "tiny-moe"])

@@ -20,6 +20,7 @@ import torch
 
 from data_specs.batch import Batch
 from model.moe import Experts, Router
+from tests.gpu.conftest import prompt
 
 CUDA = torch.device("cuda")
 PRESETS = ["tiny-e2b", "tiny-31b", "tiny-moe"]
@@ -34,17 +35,6 @@ def syncs_raise() -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode("default")
-
-
-def prompt(rows: int, length: int, vocab: int, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random ids (B, T) and a bool mask (B, T) on the device; with ``padded``, rows 1… are left padded."""
-    generator = torch.Generator().manual_seed(length)
-    ids = torch.randint(3, vocab, (rows, length), generator=generator)
-    mask = torch.ones(rows, length, dtype=torch.bool)
-    if padded:
-        for row in range(1, rows):
-            mask[row, : min(3 * row, length - 1)] = False
-    return ids.to(CUDA), mask.to(CUDA)
 
 
 @pytest.mark.parametrize("span", ["whole", "planned"])
