@@ -237,3 +237,35 @@ def test_decode_spans_change_nothing_in_generate_and_the_engine(monkeypatch):
     engine = Engine(model, slots=2, context=64)
     assert {c.id: c.token_ids for c in engine.run(requests)} == expected
     assert {r.id: alone(model, r) for r in requests} == expected
+
+
+def test_an_image_prompt_in_small_chunks_beside_decodes_on_a_bidirectional_preset(tok):
+    """31B-style presets attend both ways inside an image: the scheduler never ends a chunk inside one, and a
+    request prefilled a few tokens per step beside other rows' decodes gets generate's one-pass tokens."""
+    from data_specs.media import Modality
+    from runtime.runner import Runner
+
+    config = tiny_config("tiny-31b", tok)
+    torch.manual_seed(5)
+    model = Gemma4(config).eval()
+    image = collate([build_example(messages(False), tok)], pad_id=tok.special.pad)
+    text = [int(i) for i in collate([build_example([{"role": "user", "content": "Hi."}], tok)], pad_id=0).input_ids[0]]
+    expected = generate(model, image, max_new_tokens=6, stop_ids=(), sampling=[WARM], prefill_chunk=None)[0].token_ids
+    types = image.mm_token_type_ids[0].tolist()
+    vision = [t in (Modality.IMAGE, Modality.VIDEO) for t in types]
+    inside = {e for e in range(1, len(types)) if vision[e - 1] and vision[e]}  # an edge here splits an image
+    assert inside, "the prompt holds an image"
+    edges = []
+    step = Runner.step
+
+    def recording(runner, plan):
+        edges.extend(chunk.stop for chunk in plan.prefills if chunk.request.prompt_tokens == len(types))
+        return step(runner, plan)
+
+    engine = Engine(model, slots=2, context=image.input_ids.shape[1] + 8, prefill_chunk=3)
+    engine.runner.step = recording.__get__(engine.runner)
+    engine.submit(Request(prompt=text, max_new_tokens=40, stop_ids=(), id="text"))
+    engine.submit(Request(prompt=image, max_new_tokens=6, sampling=WARM, stop_ids=(), id="image"))
+    results = {c.id: c for c in engine.run()}
+    assert results["image"].token_ids == expected
+    assert len(edges) > 3 and not inside & set(edges), (sorted(inside), edges)
