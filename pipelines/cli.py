@@ -219,7 +219,7 @@ def _preprocess_settings(args: argparse.Namespace, tokenizer: str):
     return PreprocessSettings(
         tokenizer=tokenizer,
         image_budget=_first(args.budget, defaults.image_budget, PreprocessSettings.image_budget),
-        max_tokens=args.max_tokens,
+        max_tokens=args.max_prompt_tokens,
         video_frames=_first(args.video_frames, defaults.video_frames, PreprocessSettings.video_frames),
         video_budget=_first(args.video_budget, defaults.video_budget, PreprocessSettings.video_budget),
         exact=not args.fast,
@@ -251,7 +251,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     else:
         summary = run_preprocess(args.input, args.output, settings, workers=args.workers)
     print("\n".join(summary.lines()))
-    return 0
+    return _exit_status(summary.rows, summary.errors, args.fail_on_errors)
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
@@ -286,6 +286,21 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     print("\n".join(summary.lines()))
     if args.show:
         _show_results(args.output, args.show)
+    return _exit_status(summary.rows, summary.errors, args.fail_on_errors)
+
+
+# Exit statuses of the jobs: 0 every row answered (or some failed, without --fail-on-errors); 2 bad input or
+# settings (nothing ran); 3 every row failed; 4 some rows failed with --fail-on-errors.
+EXIT_ALL_FAILED, EXIT_SOME_FAILED = 3, 4
+
+
+def _exit_status(rows: int, errors: int, fail_on_errors: bool) -> int:
+    """A job's exit status from its counts: a job in which every row failed is never a success."""
+    if rows and errors == rows:
+        print(f"every one of the {rows} rows failed (see the errors table)", file=sys.stderr)
+        return EXIT_ALL_FAILED
+    if errors and fail_on_errors:
+        return EXIT_SOME_FAILED
     return 0
 
 
@@ -533,7 +548,12 @@ def _front_end_options(p: argparse.ArgumentParser, *, rows_per_shard: int) -> No
     """The options of the front end that ``preprocess`` and ``infer`` share."""
     checkpoint = "the checkpoint's processor_config.json, else"
     p.add_argument("--budget", type=_budget, default=None, help=f"image soft-token budget (default: {checkpoint} 280)")
-    p.add_argument("--max-tokens", type=_positive, default=None, help="lower image budgets so each example fits")
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=_positive,
+        default=None,
+        help="lower image budgets so each prompt fits this many tokens (nothing is cut: a row that cannot fit fails)",
+    )
     p.add_argument(
         "--video-frames", type=_positive, default=None, help=f"frames sampled per video (default: {checkpoint} 32)"
     )
@@ -564,6 +584,12 @@ def _front_end_options(p: argparse.ArgumentParser, *, rows_per_shard: int) -> No
     )
     p.add_argument("--enable-thinking", action="store_true", help="render every prompt with thinking on")
     p.add_argument(
+        "--fail-on-errors",
+        action="store_true",
+        help=f"exit with status {EXIT_SOME_FAILED} when any row failed (a job where every row failed always exits "
+        f"{EXIT_ALL_FAILED})",
+    )
+    p.add_argument(
         "--tools",
         default=None,
         metavar="FILE.json",
@@ -578,10 +604,37 @@ def _front_end_options(p: argparse.ArgumentParser, *, rows_per_shard: int) -> No
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gemma4-pipeline")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
+def _verbose_anywhere(subparsers):
+    """Give every parser ``subparsers`` makes (and the subparsers they make) the ``-v`` option too, so that it
+    works after the command as well as before it."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
+    add_parser = subparsers.add_parser
+
+    def with_common(name, **kwargs):
+        parser = add_parser(name, parents=[common, *kwargs.pop("parents", [])], **kwargs)
+        original = parser.add_subparsers
+        parser.add_subparsers = lambda **kw: _verbose_anywhere(original(**kw))
+        return parser
+
+    subparsers.add_parser = with_common
+    return subparsers
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemma4", description="Gemma 4 multimodal preprocessing and inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = _verbose_anywhere(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 
     p = sub.add_parser("budget", help="image target size, patches and soft tokens for each budget")
     p.add_argument("height", type=_side, help="image height in px")
@@ -621,7 +674,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint directory as published (config.json, safetensors, tokenizer.json …), or a Hugging Face repo "
         "id found in the local hub cache (e.g. google/gemma-4-E2B-it)",
     )
-    p.add_argument("--max-new-tokens", type=_positive, default=256, help="new tokens per row (default 256)")
+    p.add_argument(
+        "--max-new-tokens",
+        "--max-tokens",
+        dest="max_new_tokens",
+        type=_positive,
+        default=256,
+        help="new tokens per row, as OpenAI's and vLLM's max_tokens (default 256)",
+    )
     p.add_argument(
         "--temperature", type=float, default=None, help="sampling temperature; 0 is greedy (default: the checkpoint's)"
     )

@@ -131,6 +131,11 @@ class InferSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_new_tokens >= self.context:  # every row would fail: refused before the model loads
+            raise ValueError(
+                f"max_new_tokens {self.max_new_tokens} leaves no room for a prompt in a context of {self.context} "
+                "tokens (prompt and new tokens together): raise --context or lower --max-new-tokens"
+            )
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)):
             raise ValueError(f"top_k must be an integer ≥ 0 (0: no cut), got {self.top_k!r}")
         if self.output_format not in OUTPUT_FORMATS:

@@ -121,7 +121,7 @@ PREPROCESS = ["preprocess", "m.jsonl", "out", "--tokenizer", "t"]
         ([*PREPROCESS, "--video-frames", "0"], "--video-frames: 0: must be at least 1"),
         ([*PREPROCESS, "--workers", "-3"], "--workers: -3: must be at least 1"),
         ([*PREPROCESS, "--rows-per-shard", "0"], "--rows-per-shard: 0: must be at least 1"),
-        ([*PREPROCESS, "--max-tokens", "0"], "--max-tokens: 0: must be at least 1"),
+        ([*PREPROCESS, "--max-prompt-tokens", "0"], "--max-prompt-tokens: 0: must be at least 1"),
         ([*PREPROCESS, "--workers", "two"], "'two' is not a whole number"),
         (["sample-data", "d", "--rows", "-1"], "--rows: -1: must be at least 0"),
         (["inspect", "out", "--frame", "-1"], "--frame: -1: must be at least 0"),
@@ -374,3 +374,52 @@ def test_bad_template_kwargs_are_named(tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli.main([*argv, "--template-kwarg", bad])
         assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_job_in_which_every_row_failed_is_not_a_success(tokenizer_dir, tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    good = {"id": "a", "messages": [{"role": "user", "content": "hello"}]}
+    bad = {"id": "b", "messages": [{"role": "user", "content": [{"type": "image", "image": "/no/such.png"}]}]}
+    argv = ["preprocess", str(manifest), "--workers", "1", "--tokenizer", str(tokenizer_dir)]
+    manifest.write_text(json.dumps(bad) + "\n")
+    assert cli.main([*argv[:2], str(tmp_path / "all-failed"), *argv[2:]]) == cli.EXIT_ALL_FAILED == 3
+    assert "every one of the 1 rows failed" in capsys.readouterr().err
+    manifest.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    assert cli.main([*argv[:2], str(tmp_path / "some-failed"), *argv[2:]]) == 0  # the errors table has the row
+    strict = [*argv[:2], str(tmp_path / "strict"), *argv[2:], "--fail-on-errors"]
+    assert cli.main(strict) == cli.EXIT_SOME_FAILED == 4
+    manifest.write_text(json.dumps(good) + "\n")
+    assert cli.main([*argv[:2], str(tmp_path / "clean"), *argv[2:], "--fail-on-errors"]) == 0
+
+
+def test_max_tokens_counts_new_tokens_and_the_prompt_cap_has_its_own_name():
+    parser = cli.build_parser()
+    infer = ["infer", "in", "out", "--checkpoint", "c"]
+    assert parser.parse_args([*infer, "--max-tokens", "5"]).max_new_tokens == 5  # OpenAI's and vLLM's max_tokens
+    assert parser.parse_args([*infer, "--max-new-tokens", "7"]).max_new_tokens == 7
+    args = parser.parse_args([*infer, "--max-prompt-tokens", "900"])
+    assert args.max_prompt_tokens == 900 and args.max_new_tokens == 256
+    assert parser.parse_args([*PREPROCESS, "--max-prompt-tokens", "900"]).max_prompt_tokens == 900
+
+
+def test_settings_that_fail_every_row_are_refused_before_the_model_loads(tmp_path, capsys):
+    from pipelines.infer_job import InferSettings
+    from pipelines.preprocess_job import PreprocessSettings
+
+    with pytest.raises(ValueError, match="max_new_tokens 4096 leaves no room for a prompt in a context of 4096"):
+        InferSettings(checkpoint="c", preprocess=PreprocessSettings(tokenizer="t"), max_new_tokens=4096, context=4096)
+    # from the command line: one line, before the checkpoint's files are checked or its weights read
+    argv = ["infer", "in", str(tmp_path / "o"), "--checkpoint", str(tmp_path), "--max-tokens", "64"]
+    assert cli.main([*argv, "--context", "64"]) == 2
+    assert "max_new_tokens 64 leaves no room" in capsys.readouterr().err
+
+
+def test_version_and_verbose_anywhere(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("gemma4 ")
+    parser = cli.build_parser()
+    assert parser.parse_args(["budget", "10", "10"]).verbose is False
+    assert parser.parse_args(["-v", "budget", "10", "10"]).verbose is True
+    assert parser.parse_args(["budget", "10", "10", "-v"]).verbose is True
+    assert parser.parse_args(["bench", "cache", "--verbose"]).verbose is True  # a nested command too
