@@ -321,7 +321,8 @@ class _Input:
             return
         self.manifest = open_manifest(path)
         self.rows, self.rows_per_shard = len(self.manifest), rows_per_shard
-        first = next(self.manifest.rows(0, 1), None) if self.rows else None
+        # the format of the first row that parses: a broken first line costs that line only, not the file's format
+        first = next((raw for raw in self.manifest.rows(0, self.rows) if not isinstance(raw, Exception)), None)
         self.kind = "openai" if is_openai_batch(first) else "manifest"
         self.fingerprint = f"{self.kind}:{self.manifest.fingerprint}"
         self.base_dir = self.manifest.base_dir

@@ -188,17 +188,19 @@ def test_openai_batch_in_and_out(sample, tmp_path):
         {"custom_id": "c", "method": "POST", "url": "/v1/embeddings", "body": {"input": "no"}},
     ]
     batch = tmp_path / "batch.jsonl"
-    batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    # a broken first line costs that line only: the format is the first parsed line's (an OpenAI batch)
+    batch.write_text('{"custom_id": "broken", "body": \n' + "".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "out"
     summary = run_infer(batch, out, settings(checkpoint, output_format="openai"), workers=0, progress=False)
-    assert (summary.results, summary.errors) == (2, 1)
+    assert (summary.results, summary.errors) == (2, 2)
     written = [
         json.loads(line)
         for f in sorted((out / "shards").glob("results-*.jsonl"))
         for line in f.read_text().splitlines()
     ]
-    assert [w["custom_id"] for w in written] == ["a", "b", "c"]
-    a, b, c = written
+    assert [w["custom_id"] for w in written][1:] == ["a", "b", "c"]
+    assert written[0]["response"] is None and written[0]["error"]["code"] == "manifest"
+    a, b, c = written[1:]
     assert a["response"]["status_code"] == 200 and a["error"] is None
     body = a["response"]["body"]
     assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 4
