@@ -14,7 +14,7 @@
 | ``text_tokens`` … ``video_tokens`` | int64 | the prompt's tokens per modality (soft tokens and their markers) |
 | ``problems`` | list<string> | what ``parse_reply`` found malformed (a cut call, …); empty when none |
 | ``raw_text`` | string | the new tokens decoded with their control tokens, as the model wrote them |
-| ``queue_s``, ``prefill_s``, ``decode_s`` | float64 | seconds waiting for a slot, to the first token, to the last |
+| ``queue_s``, ``prefill_s``, ``decode_s`` | float64 | seconds: prepared → in a slot → its first token → its last |
 
 Rows that were not answered are in the errors table (``data_specs.errors_table``). Every file's schema metadata
 carries the schema version, the job's settings and the checkpoint's fingerprint.

@@ -441,7 +441,11 @@ def make_request(model, settings: InferSettings, key, row_id: str, batch, option
         )
         return error_row(index, row_id, "context", "ContextLengthError", message)
     return Request(
-        prompt=batch.pin_memory(), max_new_tokens=new, sampling=row_sampling(settings, row_id, options), id=key
+        prompt=batch.pin_memory(),
+        max_new_tokens=new,
+        sampling=row_sampling(settings, row_id, options),
+        id=key,
+        ready_at=time.perf_counter(),  # prepared now: its queue_s counts from here, not from when a slot pulls it
     )
 
 

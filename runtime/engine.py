@@ -52,13 +52,15 @@ class Request:
     """One prompt to complete: a one-row :class:`data_specs.batch.Batch` (media allowed), its token ids, or a
     :class:`runtime.runner.Prompt` (a row of a batch whose media are already encoded: ``Prompt.rows``), its own
     sampling settings, a limit on new tokens and stop ids (None: the checkpoint's, ``()``: none). ``id`` is
-    handed back in its :class:`Completion`."""
+    handed back in its :class:`Completion`. ``ready_at``: when the request was ready to run (a job that prepares
+    rows ahead of the engine sets it), from which its ``queue_s`` counts."""
 
     prompt: Batch | Sequence[int] | Prompt
     max_new_tokens: int
     sampling: Sampling = Sampling()
     stop_ids: Sequence[int] | None = None
     id: Hashable = None
+    ready_at: float | None = None  # time.perf_counter() when the request was ready (default: its submission)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -79,7 +81,8 @@ class Request:
 @dataclass(frozen=True)
 class Completion:
     """One request's result: its new token ids (the stop id included when it stopped), why it ended, its prompt
-    length, the slot it ran in, and host timings in seconds: ``queue_s`` from ``submit`` to admission,
+    length, the slot it ran in, and host timings in seconds: ``queue_s`` from the request being ready
+    (``Request.ready_at``, else its ``submit``) to admission,
     ``prefill_s`` from admission to its first token known on the host, ``decode_s`` from then to its last."""
 
     id: Hashable
@@ -165,6 +168,7 @@ class Engine:
             prompt_tokens=tokens,
             max_new_tokens=request.max_new_tokens,
             edges=self._edges(types, tokens),
+            submitted=request.ready_at,
         )
         return _Job(request, prompt, stop, request.sampling.row(), state)
 

@@ -113,7 +113,10 @@ def test_batch_size_workers_and_a_preprocessed_input_give_the_same_results(sampl
     expected = {r["id"]: r["completion_ids"] for r in table(out, "results")}
     one = run_infer(manifest, tmp_path / "b1", settings(checkpoint, batch_size=1), workers=2, progress=False)
     assert one.results == len(expected)
-    assert {r["id"]: r["completion_ids"] for r in table(tmp_path / "b1", "results")} == expected
+    rows = table(tmp_path / "b1", "results")
+    assert {r["id"]: r["completion_ids"] for r in rows} == expected
+    # one slot: rows prepared ahead wait for it, and that wait is their queue time (from being ready)
+    assert sum(r["queue_s"] > 0.01 for r in rows) >= len(rows) // 2
     pre = tmp_path / "pre"
     run_preprocess(manifest, pre, PreprocessSettings(tokenizer=str(checkpoint), rows_per_shard=5), progress=False)
     run_infer(pre, tmp_path / "from-pre", settings(checkpoint, batch_size=4), workers=0, progress=False)

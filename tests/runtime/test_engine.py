@@ -269,3 +269,17 @@ def test_an_image_prompt_in_small_chunks_beside_decodes_on_a_bidirectional_prese
     results = {c.id: c for c in engine.run()}
     assert results["image"].token_ids == expected
     assert len(edges) > 3 and not inside & set(edges), (sorted(inside), edges)
+
+
+def test_queue_time_counts_from_when_a_request_was_ready():
+    # a job prepares rows ahead and hands them over when a slot frees: their wait is queue time, not zero
+    import time
+
+    model = text_model("tiny-e2b")
+    engine = Engine(model, slots=1, context=32)
+    ready = time.perf_counter() - 5.0  # prepared five seconds ago
+    late = Request(prompt=PROMPTS[0], max_new_tokens=2, stop_ids=(), id="late", ready_at=ready)
+    now = Request(prompt=PROMPTS[1], max_new_tokens=2, stop_ids=(), id="now")
+    results = {c.id: c for c in engine.run([late, now])}
+    assert results["late"].queue_s >= 5.0 and results["now"].queue_s < 5.0
+    assert all(c.prefill_s >= 0 and c.decode_s >= 0 for c in results.values())
