@@ -842,12 +842,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command says: for a job, how many shards it had written and how to resume."""
+    import json
+
+    output = getattr(args, "output", None)
+    if args.command not in ("preprocess", "infer") or output is None:
+        return "interrupted"
+    try:
+        state = json.loads((Path(output) / "job.json").read_text())
+    except (OSError, ValueError):
+        return "interrupted before any shard was written; run the same command to start again"
+    settings = state.get("settings", {})
+    per_shard = settings.get("rows_per_shard") or settings.get("preprocess", {}).get("rows_per_shard")
+    done = len(state.get("shards", {}))
+    total = f" of {-(-state['rows'] // per_shard)}" if isinstance(per_shard, int) and "rows" in state else ""
+    return f"interrupted after {done}{total} shards; run the same command to resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; a job's finished shards are kept
+        lead = "\n" if sys.stderr.isatty() else ""  # off the progress bar's line
+        print(f"{lead}gemma4 {args.command}: {_interrupted(args)}", file=sys.stderr)
+        return 130
     except (ValueError, OSError, LookupError) as exc:  # bad input: one clear line, no traceback
         # A KeyError's str() is the repr of its message (quoted); print the message itself.
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -740,8 +740,12 @@ def run_infer(
     try:
         model_started = time.perf_counter()
         pending = job.input.shard_count - job.done_before
-        # A preprocess output's rows are prepared already (reading them back is light): no worker processes then.
-        prepares = job.input.kind != "preprocessed" and pending > 0
+        if pending == 0:  # a finished job run again: its summary, without loading the model
+            save_state(job.out_dir, dict(job.state, complete=True))
+            return summarize(job, 0.0, 0.0, Counter())
+        # A preprocess output's rows are prepared already (reading them back is light), and one shard is prepared
+        # faster here than a worker process starts: no worker processes then.
+        prepares = job.input.kind != "preprocessed" and pending > 1
         pool = worker_pool(min(workers, pending)) if workers and prepares else None
         feeder = _Feeder(job, pool)
         feeder.bar = progress_bar(job.input.rows, progress, "infer")

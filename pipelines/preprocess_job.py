@@ -320,11 +320,14 @@ class ShardTarget:
 def init_worker(parent: int | None = None) -> None:
     """A worker process's (or Ray task's) setup: one torch thread, since parallelism comes from the workers, and
     float results must not depend on the worker count. With ``parent`` (the job's pid), a watchdog thread ends
-    this process when the job's process is gone, so a ``kill -9`` of the job leaves no orphans behind."""
+    this process when the job's process is gone, so a ``kill -9`` of the job leaves no orphans behind, and Ctrl-C
+    (which the terminal sends to every process of the job) is left to the job's process: it stops the job with one
+    line, and no worker prints a traceback."""
     import torch
 
     torch.set_num_threads(1)
     if parent is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="gemma4-watchdog").start()
 
 

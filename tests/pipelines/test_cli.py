@@ -423,3 +423,21 @@ def test_version_and_verbose_anywhere(capsys):
     assert parser.parse_args(["-v", "budget", "10", "10"]).verbose is True
     assert parser.parse_args(["budget", "10", "10", "-v"]).verbose is True
     assert parser.parse_args(["bench", "cache", "--verbose"]).verbose is True  # a nested command too
+
+
+def test_ctrl_c_stops_a_job_with_one_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+
+    def interrupted(args):
+        out.mkdir()
+        state = {"rows": 300, "settings": {"rows_per_shard": 128}, "shards": {"0": {}, "1": {}}}
+        (out / "job.json").write_text(json.dumps(state))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_preprocess", interrupted)
+    assert cli.main(["preprocess", "m.jsonl", str(out), "--tokenizer", "t"]) == 130
+    err = capsys.readouterr().err
+    assert err == "gemma4 preprocess: interrupted after 2 of 3 shards; run the same command to resume\n"
+    monkeypatch.setattr(cli, "_cmd_preprocess", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main(["preprocess", "m.jsonl", str(tmp_path / "none"), "--tokenizer", "t"]) == 130
+    assert "interrupted before any shard was written" in capsys.readouterr().err

@@ -376,3 +376,38 @@ def test_a_repo_id_in_the_hub_cache_runs(sample, tmp_path, monkeypatch, capsys):
     assert cli.main(args) == 0
     assert capsys.readouterr().out.startswith("model: gemma-4-tiny-it, float32 on cpu")
     assert json.loads((out / "job.json").read_text())["run"]["checkpoint"] == "google/gemma-4-tiny-it"
+
+
+def test_a_finished_job_run_again_reports_without_loading_the_model(sample, reference_run, tmp_path, monkeypatch):
+    import shutil
+
+    import model.checkpoint
+
+    manifest, checkpoint = sample
+    out, first = reference_run
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished job loaded the model")
+
+    monkeypatch.setattr(model.checkpoint, "load_pretrained", refuse)
+    summary = run_infer(manifest, again, settings(checkpoint, batch_size=3), workers=2, progress=False)
+    assert summary.shards_skipped == summary.shards
+    assert (summary.results, summary.errors) == (first.results, first.errors)
+    assert summary.this_run == {}
+
+
+def test_a_one_shard_job_prepares_its_rows_in_process(sample, tmp_path, monkeypatch):
+    import pipelines.infer_job as infer_job
+
+    manifest, checkpoint = sample
+    one = tmp_path / "one.jsonl"
+    one.write_text(manifest.read_text().splitlines()[0] + "\n")
+
+    def no_pool(workers):
+        raise AssertionError("a worker process was started for one shard")
+
+    monkeypatch.setattr(infer_job, "worker_pool", no_pool)
+    summary = run_infer(one, tmp_path / "out", settings(checkpoint), workers=2, progress=False)
+    assert summary.rows == 1
