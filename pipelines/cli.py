@@ -613,14 +613,32 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default: appended as "(default: X)" where the help text does not already
+    say it, and where there is one to show (not None, not a switch's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and "default" not in text
+            and default not in (None, False, argparse.SUPPRESS)
+            and not isinstance(default, list)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _verbose_anywhere(subparsers):
     """Give every parser ``subparsers`` makes (and the subparsers they make) the ``-v`` option too, so that it
-    works after the command as well as before it."""
+    works after the command as well as before it, and help that shows the defaults."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
     add_parser = subparsers.add_parser
 
     def with_common(name, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
         parser = add_parser(name, parents=[common, *kwargs.pop("parents", [])], **kwargs)
         original = parser.add_subparsers
         parser.add_subparsers = lambda **kw: _verbose_anywhere(original(**kw))
@@ -631,7 +649,9 @@ def _verbose_anywhere(subparsers):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gemma4", description="Gemma 4 multimodal preprocessing and inference.")
+    parser = argparse.ArgumentParser(
+        prog="gemma4", description="Gemma 4 multimodal preprocessing and inference.", formatter_class=_DefaultsFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = _verbose_anywhere(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
@@ -691,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_count, default=0, help="sampling seed (each row: seed + its id; default 0)")
     p.add_argument("--batch-size", type=_positive, default=8, help="rows decoded together (engine slots; default 8)")
     p.add_argument("--context", type=_positive, default=4096, help="tokens per row, prompt + new (default 4096)")
-    p.add_argument("--prefill-chunk", type=_positive, default=1024, help="prompt tokens per prefill step (1024)")
+    p.add_argument("--prefill-chunk", type=_positive, default=1024, help="prompt tokens per prefill step")
     p.add_argument("--workers", type=_count, default=1, help="processes preparing rows; 0: the model's (default 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA if there is a GPU, else cpu), cpu, cuda, cuda:1 …")
     p.add_argument("--dtype", default=None, help="bfloat16, float32 … (default: the checkpoint's stored dtype)")
@@ -723,7 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-new-tokens", type=_positive, default=None, help="new tokens at most (default: to the end of --context)"
     )
-    p.add_argument("--context", type=_positive, default=8192, help="tokens of prompt and reply together (8192)")
+    p.add_argument("--context", type=_positive, default=8192, help="tokens of prompt and reply together")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the checkpoint's)")
     p.add_argument("--top-k", type=_count, default=None, help="sample among the k likeliest tokens; 0: no cut")
     p.add_argument("--top-p", type=float, default=None, help="sample in the smallest set holding this probability")

@@ -441,3 +441,25 @@ def test_ctrl_c_stops_a_job_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_cmd_preprocess", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
     assert cli.main(["preprocess", "m.jsonl", str(tmp_path / "none"), "--tokenizer", "t"]) == 130
     assert "interrupted before any shard was written" in capsys.readouterr().err
+
+
+def test_every_help_shows_each_default():
+    import argparse
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    missing = []
+    for parser in parsers(cli.build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            shown = action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action.default, list)
+            if action.option_strings and shown and action.help:
+                text = formatter._expand_help(action) if hasattr(formatter, "_expand_help") else action.help
+                if "default" not in text:
+                    missing.append(f"{parser.prog} {action.option_strings[0]}")
+    assert not missing, missing
