@@ -26,6 +26,7 @@ on every node (a shared filesystem): the tasks read and write them directly.
 
 from __future__ import annotations
 
+import logging
 import itertools
 import json
 import os
@@ -67,6 +68,7 @@ def run_preprocess_ray(
                 include_dashboard=False,
                 ignore_reinit_error=True,
                 log_to_driver=False,
+                logging_level=logging.WARNING,  # a normal run prints no Ray info lines
             )
         try:
             return _run(ray, job, progress)

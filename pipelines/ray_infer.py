@@ -55,6 +55,7 @@ node (the tasks read media, the actors load the model); the output directory is 
 
 from __future__ import annotations
 
+import logging
 import itertools
 import os
 import pickle
@@ -125,6 +126,7 @@ def run_infer_ray(
                 include_dashboard=False,
                 ignore_reinit_error=True,
                 log_to_driver=False,
+                logging_level=logging.WARNING,  # a normal run prints no Ray info lines
             )
         try:
             return _run(ray, job, actors, progress)
