@@ -26,9 +26,9 @@ on every node (a shared filesystem): the tasks read and write them directly.
 
 from __future__ import annotations
 
-import logging
 import itertools
 import json
+import logging
 import os
 import pickle
 from collections.abc import Iterator

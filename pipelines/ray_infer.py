@@ -55,8 +55,8 @@ node (the tasks read media, the actors load the model); the output directory is 
 
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import os
 import pickle
 import time
