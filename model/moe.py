@@ -9,7 +9,8 @@ as a device tensor of cumulative ends, found by ``searchsorted`` over the sorted
 back to the host (``torch.bincount`` would read its min and max: two blocking syncs per layer on CUDA, and it has
 no meta kernel, so a step using it cannot be captured in a CUDA graph), and the shapes do not depend on the
 routing. The same path runs on the CPU, where the grouped kernel gives the per-expert loop's values bit for bit
-and is faster (26B-A4B shapes, bf16: 57 vs 67 ms at 8 tokens, 198 vs 239 ms at 256).
+and is faster (26B-A4B shapes, bf16: 57 vs 67 ms at 8 tokens, 198 vs 239 ms at 256). On CUDA the grouped kernel
+takes bf16 only (GPU.md §2): another dtype there loops over the experts, reading the counts (one sync per layer).
 
 Shapes: N tokens (batch and time flattened), D model dim, E experts, k experts per token, F expert width.
 """
@@ -61,7 +62,11 @@ class Experts(nn.Module):
         ids = torch.arange(self.gate_up_proj.shape[0], device=flat.device, dtype=flat.dtype)  # (E,)
         ends = torch.searchsorted(flat[order], ids, right=True).to(torch.int32)  # (E,) end of each expert's rows
         pair_weights = weights.reshape(-1)[order, None]  # (N·k, 1)
-        y = self.grouped(x[tokens], ends)  # (N·k, D)
+        if x.is_cuda and x.dtype != torch.bfloat16:  # CUDA's grouped kernel is bf16 only: loop (reads the counts)
+            counts = torch.diff(ends, prepend=ends.new_zeros(1)).tolist()
+            y = self.looped(x[tokens], counts)
+        else:
+            y = self.grouped(x[tokens], ends)  # (N·k, D)
         return torch.zeros_like(x).index_add_(0, tokens, y.mul_(pair_weights))
 
     def grouped(self, xs: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
