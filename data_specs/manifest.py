@@ -386,6 +386,13 @@ class Manifest:
     def __len__(self) -> int:
         return self._length
 
+    def head(self, rows: int) -> None:
+        """Keep only the first ``rows`` rows (a smoke run); the fingerprint says so, so a job of the whole input
+        is another job."""
+        if rows < self._length:
+            self._length = rows
+            self.fingerprint += f":head{rows}"
+
     def rows(self, start: int, stop: int) -> Iterator[Any]:
         """Raw rows ``start … stop − 1`` in order; an unreadable line is yielded as its ``ManifestError``."""
         if self.kind == "jsonl":

@@ -228,6 +228,7 @@ def _preprocess_settings(args: argparse.Namespace, tokenizer: str):
         row_timeout_s=args.row_timeout,
         limits=_media_limits(args.limit or ()),
         enable_thinking=args.enable_thinking,
+        head=args.head,
         tools=_tools_file(args.tools),
         template_kwargs=_template_kwargs(args.template_kwarg or ()),
     )
@@ -583,6 +584,7 @@ def _front_end_options(p: argparse.ArgumentParser, *, rows_per_shard: int) -> No
         "max_media_parts, max_template_seconds, max_template_chars",
     )
     p.add_argument("--enable-thinking", action="store_true", help="render every prompt with thinking on")
+    p.add_argument("--head", type=_positive, default=None, help="only the first N input rows (a smoke run)")
     p.add_argument(
         "--fail-on-errors",
         action="store_true",

@@ -301,7 +301,7 @@ class _Input:
     """The input as shards of items ``(index, id or None, payload, options)``; a payload is a ``ManifestRow``
     (to prepare), an example row (prepared already), an error row (carried over) or an exception."""
 
-    def __init__(self, path: str | os.PathLike, rows_per_shard: int) -> None:
+    def __init__(self, path: str | os.PathLike, rows_per_shard: int, head: int | None = None) -> None:
         self.path = Path(path)
         if (self.path / JOB_FILE).is_file() and (self.path / "shards").is_dir():
             self.kind = "preprocessed"
@@ -313,13 +313,17 @@ class _Input:
                     f"{os.fspath(path)!r} was written with example schema {self.state.get('schema_version')}, "
                     f"this version reads {SCHEMA_VERSION}"
                 )
-            self.rows = self.state["rows"]
+            self.rows = self.state["rows"] if head is None else min(head, self.state["rows"])
             self.rows_per_shard = self.state["settings"]["rows_per_shard"]  # the preprocess job's shards
             stat = (self.path / JOB_FILE).stat()
             self.fingerprint = f"preprocessed:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+            if self.rows < self.state["rows"]:
+                self.fingerprint += f":head{self.rows}"
             self.base_dir = self.path
             return
         self.manifest = open_manifest(path)
+        if head is not None:
+            self.manifest.head(head)
         self.rows, self.rows_per_shard = len(self.manifest), rows_per_shard
         # the format of the first row that parses: a broken first line costs that line only, not the file's format
         first = next((raw for raw in self.manifest.rows(0, self.rows) if not isinstance(raw, Exception)), None)
@@ -375,7 +379,7 @@ class _Input:
         the positions the errors leave, in order)."""
         stats = self.state["shards"].get(str(shard), {})
         start = shard * self.rows_per_shard
-        count = stats.get("rows", min(self.rows, start + self.rows_per_shard) - start)
+        count = min(stats.get("rows", self.rows_per_shard), self.rows - start)  # a --head may end inside a shard
         files = {kind: self.path / "shards" / f"{kind}-{shard:05d}.parquet" for kind in ("examples", "errors")}
         errors = pq.read_table(files["errors"]).to_pylist() if files["errors"].is_file() else []
         by_row = {e["row"]: e for e in errors}
@@ -511,7 +515,7 @@ class InferJob:
         self.started = time.perf_counter()
         self.plan, self.settings, self.workers = plan, plan.settings, workers
         settings = plan.settings
-        self.input = _Input(input_path, settings.preprocess.rows_per_shard)
+        self.input = _Input(input_path, settings.preprocess.rows_per_shard, settings.preprocess.head)
         self.tokenizer = plan.tokenizer
         self.dtype = plan.info.dtype
         template_hash = hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()[:16]

@@ -129,6 +129,7 @@ class PreprocessSettings:
     enable_thinking: bool = False  # rendered with the thinking switch on
     tools: list | None = None  # tool specs (their content) for rows that have no tools of their own
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra variables of the chat template (JSON)
+    head: int | None = None  # only the first ``head`` input rows (a smoke run); None: every row
 
     def __post_init__(self) -> None:
         from preprocess.budget import check_budget
@@ -149,8 +150,10 @@ class PreprocessSettings:
         for name in ("rows_per_shard", "video_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be positive, got {self.max_tokens}")
+        for name in ("max_tokens", "head"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.row_timeout_s is not None and not self.row_timeout_s > 0:
             raise ValueError(f"row_timeout_s must be positive (or None for no limit), got {self.row_timeout_s}")
         if self.media_root is not None and not os.path.isdir(self.media_root):
@@ -161,6 +164,8 @@ class PreprocessSettings:
         tokenizer by its fingerprint, the media root by its resolved path), so spellings do not matter."""
         settings = asdict(self)
         del settings["tokenizer"]
+        if self.head is None:  # every row: the key is left out, so jobs written before it existed still resume
+            del settings["head"]
         if self.media_root is not None:
             settings["media_root"] = os.path.realpath(self.media_root)
         # Tools by content (a file's path says nothing of what it held), as job.json will read them back; the hash
@@ -474,6 +479,8 @@ class Job:
 
         started = time.perf_counter()
         manifest = open_manifest(input_path)
+        if settings.head is not None:
+            manifest.head(settings.head)
         tokenizer = Tokenizer.from_pretrained(settings.tokenizer)
         template_hash = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
         out_dir = Path(output_dir)

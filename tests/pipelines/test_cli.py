@@ -463,3 +463,18 @@ def test_every_help_shows_each_default():
                 if "default" not in text:
                     missing.append(f"{parser.prog} {action.option_strings[0]}")
     assert not missing, missing
+
+
+def test_head_runs_the_first_rows_as_a_job_of_its_own(tokenizer_dir, tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"hello {i}"}]} for i in range(7)]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    argv = ["preprocess", str(manifest), str(out), "--workers", "1", "--tokenizer", str(tokenizer_dir)]
+    assert cli.main([*argv, "--head", "3"]) == 0
+    assert "rows 3 = examples 3" in capsys.readouterr().out
+    assert cli.main([*argv, "--head", "3"]) == 0  # the same smoke run: found done
+    assert cli.main(argv) == 2  # the whole input is another job: refused by name, never mixed
+    assert "gemma4 preprocess: error:" in capsys.readouterr().err
+    assert cli.main([*argv[:2], str(tmp_path / "whole"), *argv[3:]]) == 0
+    assert "rows 7 = examples 7" in capsys.readouterr().out

@@ -411,3 +411,21 @@ def test_a_one_shard_job_prepares_its_rows_in_process(sample, tmp_path, monkeypa
     monkeypatch.setattr(infer_job, "worker_pool", no_pool)
     summary = run_infer(one, tmp_path / "out", settings(checkpoint), workers=2, progress=False)
     assert summary.rows == 1
+
+
+def test_head_answers_the_first_rows_of_a_manifest_and_of_a_preprocess_output(sample, tmp_path):
+    manifest, checkpoint = sample
+    head = settings(checkpoint, preprocess={"head": 4})
+    summary = run_infer(manifest, tmp_path / "m", head, workers=0, progress=False)
+    assert summary.rows == 4 == summary.results + summary.errors
+    pre = tmp_path / "pre"
+    run_preprocess(manifest, pre, PreprocessSettings(tokenizer=str(checkpoint), rows_per_shard=3), progress=False)
+    again = run_infer(pre, tmp_path / "p", head, workers=0, progress=False)
+    assert again.rows == 4 and again.shards == 2  # shards of 3 rows: the head ends inside the second
+
+    def rows(out):  # (input row, id) of every result and error: the first four rows of the input, both times
+        return sorted(
+            [(r["row"], r["id"]) for r in table(out, "results")] + [(e["row"], e["id"]) for e in table(out, "errors")]
+        )
+
+    assert rows(tmp_path / "m") == rows(tmp_path / "p") and [row for row, _ in rows(tmp_path / "m")] == [0, 1, 2, 3]
