@@ -588,11 +588,20 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
+# The kinds of job folder, by the version key their job.json holds.
+OUTPUT_KINDS = {"results_version": "a gemma4 infer output (results)", "schema_version": "a gemma4 preprocess output"}
+
+
 def load_state(out_dir: Path, expected: dict) -> dict:
     path = out_dir / JOB_FILE
     if not path.exists():
         return dict(expected, shards={})
     state = json.loads(path.read_text())
+    theirs, ours = (next((kind for key, kind in OUTPUT_KINDS.items() if key in d), None) for d in (state, expected))
+    if theirs and ours and theirs != ours:  # one line, not every differing key of two different kinds of job
+        raise JobMismatchError(
+            f"{os.fspath(out_dir)!r} holds {theirs}, and this job writes {ours}: use another output directory"
+        )
     state.pop("complete", None)  # set again when this run finishes
     if isinstance(state.get("settings"), dict):
         state["settings"].pop("tokenizer", None)  # a path: jobs before 2026-12 recorded it; its fingerprint counts

@@ -160,6 +160,11 @@ def open_output(path: str | os.PathLike, *, allow_incomplete: bool = False) -> O
     if not job.is_file():
         raise FileNotFoundError(f"{os.fspath(path)!r} has no {JOB_FILE}: not a gemma4 preprocess output")
     state = json.loads(job.read_text())
+    if "results_version" in state and "schema_version" not in state:
+        raise SchemaError(
+            f"{os.fspath(path)!r} is a gemma4 infer output (results), not a gemma4 preprocess output (examples): "
+            "its results are in its shards/results-*.parquet (pipelines.infer_job.read_results)"
+        )
     if state.get("schema_version") != SCHEMA_VERSION:
         raise SchemaError(
             f"{os.fspath(path)!r} was written with schema version {state.get('schema_version')}; "

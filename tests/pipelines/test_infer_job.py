@@ -17,7 +17,7 @@ import pytest
 
 from pipelines import cli
 from pipelines.infer_job import InferSettings, run_infer
-from pipelines.preprocess_job import PreprocessSettings, run_preprocess
+from pipelines.preprocess_job import JobMismatchError, PreprocessSettings, run_preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -429,3 +429,17 @@ def test_head_answers_the_first_rows_of_a_manifest_and_of_a_preprocess_output(sa
         )
 
     assert rows(tmp_path / "m") == rows(tmp_path / "p") and [row for row, _ in rows(tmp_path / "m")] == [0, 1, 2, 3]
+
+
+def test_one_kind_of_output_where_the_other_is_expected_is_one_line(sample, reference_run, tmp_path, capsys):
+    manifest, checkpoint = sample
+    out, _ = reference_run
+    assert cli.main(["inspect", str(out)]) == 2  # an infer output given to inspect (which reads preprocess outputs)
+    err = capsys.readouterr().err
+    assert "is a gemma4 infer output (results), not a gemma4 preprocess output" in err and len(err.splitlines()) == 1
+    pre = tmp_path / "pre"
+    run_preprocess(manifest, pre, PreprocessSettings(tokenizer=str(checkpoint), rows_per_shard=5), progress=False)
+    with pytest.raises(JobMismatchError, match="holds a gemma4 preprocess output, and this job writes a gemma4 infer"):
+        run_infer(manifest, pre, settings(checkpoint), workers=0, progress=False)
+    with pytest.raises(JobMismatchError, match="holds a gemma4 infer output .results., and this job writes"):
+        run_preprocess(manifest, out, PreprocessSettings(tokenizer=str(checkpoint)), progress=False)
