@@ -253,7 +253,7 @@ class TextDecoder(Float32Frequencies, nn.Module):
         last, then the logits (B, K, V) of the last K = ``logits_to_keep`` positions (at most the last chunk's
         length). Chunks before the last stop at the last cache-writing layer: KV-shared layers write nothing, so
         only the last chunk runs them. Each row's cache length counts its real tokens so far after every chunk."""
-        c, (batch, t) = self.config, input_ids.shape
+        c, t = self.config, input_ids.shape[1]
         bounds = list(bounds)
         if bounds[0] != 0 or bounds[-1] != t or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
             raise ValueError(f"chunk bounds must rise from 0 to the prompt length {t}, got {bounds}")
@@ -275,26 +275,21 @@ class TextDecoder(Float32Frequencies, nn.Module):
             ids, x, real = input_ids[:, a:b], x_all[:, a:b], real_all[:, a:b]  # (B, T_c …)
             types = None if types_all is None else types_all[:, a:b]
             keep = logits_to_keep if last else 1
-            if a == 0:  # nothing cached before it: the chunk is a prompt of its own
-                keep = keep if keep < b else 0
-                meta = self._plan_prompt(ids, x, real, types, True, (b - a) if types is not None else 0, keep, cache)
-                h = self.run(x.reshape(batch * b, -1), meta, cache, whole=last)
-                cache.lengths.copy_(real.sum(dim=1))
-                logits = None if h is None else self.compute_logits(h).view(batch, keep or b, -1)
-            else:
-                logits = self.extend(
-                    ids,
-                    real,
-                    before_all[:, a],
-                    b,
-                    min(cache.ring, a),
-                    cache=cache,
-                    inputs_embeds=x,
-                    mm_token_type_ids=types,
-                    logits_to_keep=keep,
-                    whole=last,
-                    positions=positions_all[:, a:b],
-                )
+            fresh = (True, b if types is not None else 0) if a == 0 else None  # nothing cached: a prompt of its own
+            logits = self.extend(
+                ids,
+                real,
+                before_all[:, a],
+                b,
+                min(cache.ring, a),
+                cache=cache,
+                inputs_embeds=x,
+                mm_token_type_ids=types,
+                logits_to_keep=keep,
+                whole=last,
+                positions=positions_all[:, a:b],
+                fresh=fresh,
+            )
             if not last:
                 yield None
                 continue

@@ -26,7 +26,7 @@ from data_specs.batch import Batch
 from data_specs.media import Modality
 
 from .request import FinishReason, RequestState, chunk_edges
-from .runner import Prompt, Runner
+from .runner import Prompt, Runner, runs
 from .sampler import Sampling
 from .scheduler import Scheduler
 
@@ -178,15 +178,7 @@ class Engine:
         vision = (types == Modality.IMAGE) | (types == Modality.VIDEO)
         if self.model.config.text.bidirectional != "vision" or not vision.any():
             return None
-        vision = (types == Modality.IMAGE) | (types == Modality.VIDEO)
-        runs, start = [], None
-        for i, inside in enumerate([*vision, False]):
-            if inside and start is None:
-                start = i
-            elif not inside and start is not None:
-                runs.append((start, i))
-                start = None
-        return chunk_edges(tokens, runs)
+        return chunk_edges(tokens, runs(vision))
 
     # --- the loop ---------------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from .graphs import DecodeGraphs
 from .sampler import Sampler
 from .scheduler import StepPlan
 
-__all__ = ["Prompt", "Runner", "bucket"]
+__all__ = ["Prompt", "Runner", "bucket", "runs"]
 
 
 def bucket(rows: int) -> int:
@@ -107,12 +107,9 @@ class Runner:
 
     # --- slots ------------------------------------------------------------------------------------------------
 
-    def admit(
-        self, slot: int, prompt: Batch | Prompt, sampling: tuple[float, int, float, int], stop: tuple[int, ...]
-    ) -> None:
-        """Take a prompt into ``slot``: a one-row batch on the host (its media encoded here, once) or a ready
-        :class:`Prompt`; its sampling settings (``Sampling.row()``) and stop ids."""
-        prompt = Prompt.of(self.model, prompt) if isinstance(prompt, Batch) else prompt
+    def admit(self, slot: int, prompt: Prompt, sampling: tuple[float, int, float, int], stop: tuple[int, ...]) -> None:
+        """Take ``prompt`` into ``slot`` (its media, if any, encoded here, once), with its sampling settings
+        (``Sampling.row()``) and stop ids."""
         self.prompts[slot] = prompt.encode(self.model)
         self.sampler.set(slot, sampling)
         if len(stop) > self.stop.shape[1]:  # widen the table (rare)
@@ -216,12 +213,12 @@ class Runner:
         return rows
 
 
+def runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open (start, stop) spans of the runs of True in flags (T,) (the soft tokens of each image)."""
+    edges = np.diff(np.concatenate(([0], flags.astype(np.int8), [0])))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
+
+
 def _longest_run(flags: np.ndarray) -> int:
     """The longest run of True along the rows of flags (R, T): the most soft tokens of one image in a row."""
-    longest = 0
-    for row in flags:
-        edges = np.diff(np.concatenate(([0], row.astype(np.int8), [0])))
-        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        if len(starts):
-            longest = max(longest, int((stops - starts).max()))
-    return longest
+    return max((stop - start for row in flags for start, stop in runs(row)), default=0)
