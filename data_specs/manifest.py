@@ -18,9 +18,10 @@ JSON string; ids are read as text, so ``007`` stays ``"007"``), or a directory w
 * ``tools`` (optional): the tool specs the row's conversation may call — a list of OpenAI-style specs
   ``{"type": "function", "function": {"name": …, "description": …, "parameters": {JSON schema}}}`` (or bare
   functions ``{"name": …}``), or a JSON string of one; missing, null or empty means the job's ``--tools``;
-* generation options (optional, read by ``gemma4 infer`` through ``read_options``; ``gemma4 preprocess`` ignores
-  them): ``max_new_tokens`` (alias ``max_tokens``), ``temperature``, ``top_k``, ``top_p``, ``seed``, each a
-  :class:`RowOptions` field; missing or null means the job's setting.
+* generation options (optional, read through ``read_options`` by ``gemma4 infer``, and by ``gemma4 preprocess``,
+  which carries them in its output for ``gemma4 infer`` to honour): ``max_new_tokens`` (alias ``max_tokens``),
+  ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop`` (a string or a list of strings, see
+  :func:`check_stop`), each a :class:`RowOptions` field; missing or null means the job's setting.
 
 Example line::
 
@@ -70,6 +71,7 @@ __all__ = [
     "MediaOutsideRootError",
     "RowOptions",
     "check_option",
+    "check_stop",
     "check_tools",
     "check_values",
     "open_manifest",
@@ -86,6 +88,8 @@ OPENAI_PART_TYPES = ("image_url", "audio_url", "video_url", "input_audio")  # pr
 MAX_DEPTH = 64  # nesting levels of a row: ample for messages and tool schemas, far below the stack's limit
 _PARQUET_BATCH = 256  # rows decoded at a time from a Parquet manifest
 MAX_SEED = 2**63 - 1  # seeds become int64 tensors in the sampler
+MAX_STOP_STRINGS = 64  # OpenAI takes 4, vLLM any number: enough for both, bounded so a row cannot stall the job
+MAX_STOP_CHARS = 1000  # characters of one stop string
 
 
 class ManifestError(ValueError):
@@ -157,8 +161,12 @@ class RowOptions:
     top_k: int | None = None  # ≥ 1
     top_p: float | None = None  # in (0, 1]
     seed: int | None = None  # 0 … MAX_SEED
+    stop: tuple[str, ...] | None = None  # stop strings (see check_stop); None: the job's, () none
+    model: str | None = None  # the model the request names (OpenAI's body.model): its response's, unless the job's
 
     def __post_init__(self) -> None:
+        if self.stop is not None:
+            object.__setattr__(self, "stop", check_stop(self.stop, "RowOptions"))
         for name in _OPTION_RULES:
             value = getattr(self, name)
             if value is not None and _option_problem(name, value):
@@ -208,7 +216,36 @@ def read_options(row: Mapping, where: str) -> RowOptions:
                 "disagree; give one"
             )
         values["max_new_tokens"] = alias
-    return RowOptions(**values)
+    stop = row.get("stop")  # a string is a stop string; a CSV cell holds a list as JSON text, an empty cell none
+    if stop == "":
+        stop = None
+    elif isinstance(stop, str) and stop.lstrip().startswith("["):
+        stop = _json_column(stop, "stop", where)
+    return RowOptions(**values, stop=None if stop is None else check_stop(stop, where))
+
+
+def check_stop(value: Any, where: str) -> tuple[str, ...]:
+    """Stop strings as given (a string, a list of strings; None or empty: none) as a tuple of distinct strings in
+    their order; ``ManifestError`` naming ``where`` and the problem otherwise (an empty string would end every reply
+    before it starts)."""
+    if value is None:
+        return ()
+    strings = [value] if isinstance(value, str) else value
+    if not isinstance(strings, list | tuple):
+        raise ManifestError(f"{where}: 'stop' must be a string or a list of strings, got {short_repr(value)}")
+    if len(strings) > MAX_STOP_STRINGS:
+        raise ManifestError(f"{where}: 'stop' holds {len(strings)} strings; at most {MAX_STOP_STRINGS} are taken")
+    out: list[str] = []
+    for i, text in enumerate(strings):
+        if not isinstance(text, str):
+            raise ManifestError(f"{where}: 'stop' item {i} must be a string, got {short_repr(text)}")
+        if not text:
+            raise ManifestError(f"{where}: 'stop' item {i} is empty (it would end every reply before it starts)")
+        if len(text) > MAX_STOP_CHARS:
+            raise ManifestError(f"{where}: 'stop' item {i} has {len(text)} characters; at most {MAX_STOP_CHARS}")
+        if text not in out:
+            out.append(text)
+    return tuple(out)
 
 
 def check_option(name: str, value: Any, where: str, key: str | None = None) -> Any:

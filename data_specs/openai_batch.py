@@ -9,13 +9,14 @@ Input: JSON Lines, one request a line, the format of the OpenAI Batch API and ``
 ``read_request(raw, index)`` gives a line's :class:`~data_specs.manifest.ManifestRow` (``custom_id`` is the row
 id; the messages pass through unchanged: OpenAI content parts are the chat code's to read) and its
 :class:`~data_specs.manifest.RowOptions` (``max_completion_tokens``, or the older ``max_tokens``; ``temperature``,
-``top_p``, ``seed``; vLLM's ``top_k``). Body keys:
+``top_p``, ``seed``, ``stop`` (a string or a list of strings); vLLM's ``top_k``). Body keys:
 
-* ignored, harmless to an offline job: ``model`` (the output names the job's model), ``user``, ``metadata``,
+* ignored, harmless to an offline job: ``model`` (the response names it, unless the job gives
+  ``--served-model-name``), ``user``, ``metadata``,
   ``store``, ``service_tier``, ``stream_options``, ``safety_identifier``, ``prompt_cache_key``;
 * accepted only at their default, since anything else asks for behaviour the job does not implement: ``n`` (1),
   ``stream`` (false), ``logprobs`` (false), ``top_logprobs`` (0), ``response_format`` (``{"type": "text"}``),
-  ``stop`` (empty), ``tool_choice`` (``"auto"``, or ``"none"`` when the request declares no tools: with tools it
+  ``tool_choice`` (``"auto"``, or ``"none"`` when the request declares no tools: with tools it
   would have to forbid calls the model may still make), ``parallel_tool_calls`` (true), ``frequency_penalty``
   and ``presence_penalty`` (0), ``logit_bias`` (empty), ``modalities`` (``["text"]``), ``audio``,
   ``prediction``, ``reasoning_effort``, ``web_search_options`` (null), vLLM's ``repetition_penalty`` (1),
@@ -24,7 +25,8 @@ id; the messages pass through unchanged: OpenAI content parts are the chat code'
 
 Every refusal is a ``ManifestError`` naming the row and the key, so the job files the line in its errors table and
 goes on. A request's ``tools`` follow the manifest's rule (:func:`~data_specs.manifest.check_tools`): missing or
-empty means the job's ``--tools``. Ids (``custom_id``) must be unique within the file: that is the job's check.
+empty means the job's ``--tools``. Ids (``custom_id``) must be unique within the file: :func:`check_unique_ids`
+refuses the whole file otherwise, before anything runs, as OpenAI does.
 
 Output: one line per input line, in the format of the Batch API's output file. ``response_line(result, model=…,
 created=…)`` turns one result row of the job into a ``chat.completion`` response; ``error_line(error)`` turns one
@@ -36,7 +38,8 @@ writes the same file. A reply's thinking goes in ``reasoning_content``, as vLLM 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .manifest import (
@@ -44,12 +47,13 @@ from .manifest import (
     ManifestRow,
     RowOptions,
     check_option,
+    check_stop,
     check_tools,
     check_values,
     short_repr,
 )
 
-__all__ = ["CHAT_COMPLETIONS_URL", "is_openai_batch", "read_request", "response_line", "error_line"]
+__all__ = ["CHAT_COMPLETIONS_URL", "check_unique_ids", "is_openai_batch", "read_request", "response_line", "error_line"]
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 FINISH_REASONS = ("stop", "length")  # a result row's; "tool_calls" is derived from "stop"
@@ -81,7 +85,6 @@ _DEFAULT_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "logprobs": (_is(False), "log probabilities are not returned"),
     "top_logprobs": (_is(0), "log probabilities are not returned"),
     "response_format": (_is({"type": "text"}), "only text responses are supported (no JSON mode or schema)"),
-    "stop": (_is("", []), "stop sequences are not supported (generation stops at the end of the turn)"),
     "tool_choice": (_is("auto", "none"), "only 'auto' is supported (or 'none' without tools)"),
     "parallel_tool_calls": (_is(True), "limiting a reply to one tool call is not supported"),
     "frequency_penalty": (_is(0, 0.0), "penalties are not supported"),
@@ -97,13 +100,29 @@ _DEFAULT_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_tokens": (_is(0), "min_tokens is not supported"),
     "chat_template_kwargs": (_is({}), "thinking is the job's setting (--enable-thinking), not a request's"),
 }
-_KNOWN = _IGNORED | set(_OPTION_KEYS) | set(_DEFAULT_ONLY) | {"messages", "tools"}
+_KNOWN = _IGNORED | set(_OPTION_KEYS) | set(_DEFAULT_ONLY) | {"messages", "tools", "stop"}
 
 
 def is_openai_batch(first_row: Any) -> bool:
     """Whether an input's first raw row is an OpenAI batch request (an object with ``custom_id`` and ``body``)
     rather than a manifest row."""
     return isinstance(first_row, Mapping) and "custom_id" in first_row and "body" in first_row
+
+
+def check_unique_ids(rows: Iterable[Any], source: str | os.PathLike) -> None:
+    """Refuse a batch in which two requests share a ``custom_id``, as OpenAI refuses such a file as a whole:
+    ``ManifestError`` naming the id and both rows. Rows that are not request objects are the rows' own errors."""
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(rows):
+        custom_id = raw.get("custom_id") if isinstance(raw, Mapping) else None
+        if not isinstance(custom_id, str) or not custom_id:
+            continue
+        if custom_id in seen:
+            raise ManifestError(
+                f"{os.fspath(source)}: custom_id {short_repr(custom_id)} is used by rows {seen[custom_id]} and "
+                f"{index}; the requests of a batch need distinct ids (OpenAI refuses such a file as a whole)"
+            )
+        seen[custom_id] = index
 
 
 def read_request(raw: Any, index: int) -> tuple[ManifestRow, RowOptions]:
@@ -151,6 +170,16 @@ def read_request(raw: Any, index: int) -> tuple[ManifestRow, RowOptions]:
         value = check_option(name, body.get(key), where, f"body.{key}")
         if value is not None and name not in options:
             options[name] = value
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model or len(model) > 256):
+        raise ManifestError(
+            f"{where}: 'body.model' must be a model name (1 to 256 characters), got {short_repr(model)}"
+        )
+    if model is not None:
+        options["model"] = model
+    stop = body.get("stop")
+    if stop is not None and stop not in ("", []):  # an empty string or list means none, as in OpenAI's API
+        options["stop"] = check_stop(stop, f"{where}: body")
     return ManifestRow(custom_id, messages, tools), RowOptions(**options)
 
 

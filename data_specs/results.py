@@ -1,4 +1,4 @@
-"""The results table of ``gemma4 infer`` (version 1): one row per input row that was answered.
+"""The results table of ``gemma4 infer`` (version 2): one row per input row that was answered.
 
 | column | type | content |
 |---|---|---|
@@ -7,14 +7,23 @@
 | ``text`` | string | the answer: the reply without its thought channel, tool calls and control tokens |
 | ``thinking`` | string (null) | the thought channel's text; null when the reply has none |
 | ``tool_calls`` | list<struct<name: string, arguments: string>> | the calls of the reply; arguments as JSON text |
-| ``finish_reason`` | string | ``stop`` (a stop id was drawn) or ``length`` (``max_new_tokens`` reached) |
+| ``finish_reason`` | string | ``stop`` (a stop id drawn or a stop string written) or ``length`` (at max) |
+| ``stop_reason`` | string (null) | the stop string that ended the reply (not part of ``text``); null otherwise |
+| ``model`` | string | ``--served-model-name``, else the request's ``model``, else the checkpoint's name |
 | ``completion_ids`` | list<int32> | the new token ids, the stop id included |
 | ``completion_tokens`` | int64 | their number |
 | ``prompt_tokens`` | int64 | tokens of the prompt, all modalities |
 | ``text_tokens`` … ``video_tokens`` | int64 | the prompt's tokens per modality (soft tokens and their markers) |
 | ``problems`` | list<string> | what ``parse_reply`` found malformed (a cut call, …); empty when none |
 | ``raw_text`` | string | the new tokens decoded with their control tokens, as the model wrote them |
-| ``queue_s``, ``prefill_s``, ``decode_s`` | float64 | seconds: prepared → in a slot → its first token → its last |
+| ``queue_s`` | float64 | seconds from the row being prepared (ready to run) to its admission into an engine slot |
+| ``prefill_s`` | float64 | seconds from its admission to its first new token on the host: its own prefill |
+| ``ttft_s`` | float64 | time to first token: ``queue_s + prefill_s`` |
+| ``decode_s`` | float64 | seconds from its first new token to its last |
+
+``prefill_s`` is the row's own: its prompt's chunks run in steps shared with other rows' decoding, which it
+includes, but not the prefill of rows admitted before it. Version 2 added ``stop_reason``, ``model`` and
+``ttft_s``.
 
 Rows that were not answered are in the errors table (``data_specs.errors_table``). Every file's schema metadata
 carries the schema version, the job's settings and the checkpoint's fingerprint.
@@ -28,7 +37,7 @@ from .example import schema_metadata
 
 __all__ = ["RESULTS_VERSION", "RESULT_COLUMNS", "MODALITY_COLUMNS", "result_schema"]
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
 MODALITY_COLUMNS = ("text_tokens", "image_tokens", "audio_tokens", "video_tokens")
 
 _CALL = pa.struct([("name", pa.string()), ("arguments", pa.string())])
@@ -39,6 +48,8 @@ _FIELDS = (
     ("thinking", pa.string()),
     ("tool_calls", pa.list_(_CALL)),
     ("finish_reason", pa.string()),
+    ("stop_reason", pa.string()),
+    ("model", pa.string()),
     ("completion_ids", pa.list_(pa.int32())),
     ("completion_tokens", pa.int64()),
     ("prompt_tokens", pa.int64()),
@@ -47,6 +58,7 @@ _FIELDS = (
     ("raw_text", pa.string()),
     ("queue_s", pa.float64()),
     ("prefill_s", pa.float64()),
+    ("ttft_s", pa.float64()),
     ("decode_s", pa.float64()),
 )
 RESULT_COLUMNS = tuple(name for name, _ in _FIELDS)

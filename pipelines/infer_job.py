@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -54,23 +55,31 @@ import pyarrow.parquet as pq
 
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, row_to_example
-from data_specs.manifest import MANIFEST_VERSION, ManifestError, RowOptions, open_manifest, read_options, read_row
-from data_specs.openai_batch import error_line, is_openai_batch, read_request, response_line
+from data_specs.manifest import (
+    MANIFEST_VERSION,
+    ManifestError,
+    RowOptions,
+    check_stop,
+    open_manifest,
+    read_options,
+    read_row,
+)
+from data_specs.openai_batch import check_unique_ids, error_line, is_openai_batch, read_request, response_line
 from data_specs.results import MODALITY_COLUMNS, RESULTS_VERSION, result_schema
 
-from .preprocess_job import (
+from .jobdir import (
     JOB_FILE,
     JobMismatchError,
-    PreprocessSettings,
     TableWriter,
-    error_row,
     load_state,
-    lock_output,
+    open_folder,
     progress_bar,
-    row_results,
+    read_state,
     save_state,
-    worker_pool,
+    shard_path,
+    write_text,
 )
+from .preprocess_job import PreprocessSettings, error_row, row_results, worker_pool
 
 __all__ = [
     "InferJob",
@@ -79,6 +88,7 @@ __all__ = [
     "InferSummary",
     "OUTPUT_FORMATS",
     "ShardState",
+    "check_front_end",
     "checkpoint_fingerprint",
     "plan_infer",
     "read_results",
@@ -87,6 +97,8 @@ __all__ = [
 ]
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
+TABLES = ("results", "errors")  # the output's folders (pipelines.jobdir)
+RESULTS_FILE = "results.jsonl"  # --output-format jsonl or openai: every line in input order, written at the end
 SETTINGS_KEY = "gemma4.infer_settings"
 
 
@@ -118,6 +130,8 @@ class InferSettings:
     device: str = "auto"  # CUDA where torch sees a GPU, else the CPU (model.device.resolve_device)
     dtype: str | None = None  # None: the checkpoint's stored dtype (model.checkpoint.default_dtype)
     cuda_graphs: bool = True  # decode steps as CUDA graphs on CUDA (runtime.graphs); not part of the job's identity
+    stop: tuple[str, ...] = ()  # stop strings: a reply ends before the first one (rows' own "stop" replace these)
+    served_model_name: str | None = None  # the "model" of OpenAI responses; None: the request's, else the checkpoint's
 
     def __post_init__(self) -> None:
         from runtime.engine import check_chunk
@@ -140,11 +154,11 @@ class InferSettings:
             raise ValueError(f"top_k must be an integer ≥ 0 (0: no cut), got {self.top_k!r}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
-        if self.max_new_tokens >= self.context:
-            raise ValueError(
-                f"max_new_tokens {self.max_new_tokens} leaves no room for a prompt in a context of {self.context} "
-                "tokens per row (--context): every row would fail"
-            )
+        object.__setattr__(self, "stop", check_stop(list(self.stop) if self.stop else None, "settings"))
+        if self.served_model_name is not None and (
+            not isinstance(self.served_model_name, str) or not self.served_model_name.strip()
+        ):
+            raise ValueError(f"served_model_name must be a non-empty name, got {self.served_model_name!r}")
 
     def resolved(self, defaults) -> tuple[InferSettings, dict]:
         """These settings with the checkpoint's sampling defaults (a ``GenerationDefaults``) filled in, and where
@@ -254,6 +268,7 @@ class InferSummary:
     model_seconds: float  # from the model's load to the last completion
     waited_seconds: float  # of those, the engine had nothing to run and waited for prepared rows
     this_run: dict = field(default_factory=dict)  # rows answered, prompt and generated tokens by this run
+    written: list[str] = field(default_factory=list)  # the output's paths: its tables (or results.jsonl), job.json
 
     @property
     def busy(self) -> float:
@@ -271,6 +286,7 @@ class InferSummary:
             f"model: {self.model_seconds:.1f} s, busy {100 * self.busy:.0f}% (waited {self.waited_seconds:.1f} s for "
             f"input); this run: {run['rows'] / rate:.2f} rows/s, prompt {run['prompt'] / rate:.0f} tok/s, "
             f"generated {run['generated'] / rate:.1f} tok/s",
+            *(["written: " + ", ".join(self.written)] if self.written else []),
         ]
 
 
@@ -303,9 +319,14 @@ class _Input:
 
     def __init__(self, path: str | os.PathLike, rows_per_shard: int, head: int | None = None) -> None:
         self.path = Path(path)
-        if (self.path / JOB_FILE).is_file() and (self.path / "shards").is_dir():
+        if (self.path / JOB_FILE).is_file():
             self.kind = "preprocessed"
-            self.state = json.loads((self.path / JOB_FILE).read_text())
+            self.state = read_state(self.path)
+            if "results_version" in self.state:
+                raise ValueError(
+                    f"{os.fspath(path)!r} is a gemma4 infer output (results), and gemma4 infer reads a manifest, an "
+                    "OpenAI batch file or a gemma4 preprocess output"
+                )
             if not self.state.get("complete"):
                 raise ValueError(f"{os.fspath(path)!r} holds an unfinished gemma4 preprocess job: finish it first")
             if self.state.get("schema_version") != SCHEMA_VERSION:
@@ -328,6 +349,8 @@ class _Input:
         # the format of the first row that parses: a broken first line costs that line only, not the file's format
         first = next((raw for raw in self.manifest.rows(0, self.rows) if not isinstance(raw, Exception)), None)
         self.kind = "openai" if is_openai_batch(first) else "manifest"
+        if self.kind == "openai":
+            check_unique_ids(self.manifest.rows(0, self.rows), path)
         self.fingerprint = f"{self.kind}:{self.manifest.fingerprint}"
         self.base_dir = self.manifest.base_dir
 
@@ -380,7 +403,7 @@ class _Input:
         stats = self.state["shards"].get(str(shard), {})
         start = shard * self.rows_per_shard
         count = min(stats.get("rows", self.rows_per_shard), self.rows - start)  # a --head may end inside a shard
-        files = {kind: self.path / "shards" / f"{kind}-{shard:05d}.parquet" for kind in ("examples", "errors")}
+        files = {kind: shard_path(self.path, kind, shard) for kind in ("examples", "errors")}
         errors = pq.read_table(files["errors"]).to_pylist() if files["errors"].is_file() else []
         by_row = {e["row"]: e for e in errors}
         examples = iter(pq.read_table(files["examples"]).to_pylist() if files["examples"].is_file() else [])
@@ -392,6 +415,32 @@ class _Input:
                 row = next(examples)
                 items.append((index, row["id"], row, None))
         return items
+
+
+def check_front_end(input_path: str | os.PathLike, given: dict[str, tuple[str, object]]) -> None:
+    """Refuse front-end options given for an input that is a ``gemma4 preprocess`` output: its prompts are built
+    already, so they would be silently ignored. ``given`` maps each option given (its flag, e.g. ``--budget``) to
+    the ``PreprocessSettings`` field it sets and its value; the ``ValueError`` names the flag, the value given
+    and the value the input was built with."""
+    path = Path(input_path)
+    if not given or not (path / JOB_FILE).is_file():
+        return
+    state = json.loads((path / JOB_FILE).read_text())
+    if "schema_version" not in state:
+        return  # not a preprocess output: the input's own check says what it is
+    built = state.get("settings", {})
+    for flag, (name, value) in given.items():
+        recorded = built.get(name, "(not recorded)")
+        raise ValueError(
+            f"{flag} {_shown(value)}: {os.fspath(input_path)!r} is a gemma4 preprocess output, built with {name} = "
+            f"{_shown(recorded)}; front-end options do not apply to its prompts (drop {flag}, or run gemma4 "
+            "preprocess again with it)"
+        )
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 120 else f"{text[:120]}… ({len(text)} characters)"
 
 
 # --- preparing rows (in worker processes) -------------------------------------------------------------------
@@ -418,11 +467,13 @@ def prepare_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str
     return out
 
 
-def make_request(model, settings: InferSettings, key, row_id: str, batch, options: RowOptions | None):
+def make_request(model, settings: InferSettings, key, row_id: str, batch, options: RowOptions | None, tokenizer):
     """A prepared row as an engine ``Request`` (its id ``key``), or the error row saying why it cannot be one: media
     the checkpoint has no tower for, ids beyond the vocabulary (stage ``prompt``), prompt and new tokens beyond the
-    context (stage ``context``)."""
+    context (stage ``context``). The row's stop strings (its own, else the job's) are watched on ``tokenizer``'s
+    text of its new tokens."""
     from runtime.engine import Request
+    from runtime.stop import StopStrings
 
     index = key[1]
     options = options or RowOptions()
@@ -444,13 +495,21 @@ def make_request(model, settings: InferSettings, key, row_id: str, batch, option
             f"{prompt + new}, more than the job's context of {settings.context} tokens per row (--context)"
         )
         return error_row(index, row_id, "context", "ContextLengthError", message)
+    stop = settings.stop if options.stop is None else options.stop
     return Request(
         prompt=batch.pin_memory(),
         max_new_tokens=new,
         sampling=row_sampling(settings, row_id, options),
         id=key,
         ready_at=time.perf_counter(),  # prepared now: its queue_s counts from here, not from when a slot pulls it
+        stop_strings=StopStrings(stop, lambda ids: tokenizer.decode(ids, skip_special=True)) if stop else None,
     )
+
+
+def model_name(settings: InferSettings, options: RowOptions | None, checkpoint_name: str) -> str:
+    """The model a row's answer names: ``--served-model-name``, else the model the request names, else the
+    checkpoint's name (as vLLM answers)."""
+    return settings.served_model_name or (options.model if options is not None else None) or checkpoint_name
 
 
 def row_sampling(settings: InferSettings, row_id: str, options: RowOptions):
@@ -468,11 +527,15 @@ def row_sampling(settings: InferSettings, row_id: str, options: RowOptions):
     )
 
 
-def result_row(completion, row_id: str, index: int, summary: dict, tokenizer) -> dict:
-    """A finished request as a row of ``data_specs.results``: its tokens decoded and parsed (``parse_reply``)."""
+def result_row(completion, row_id: str, index: int, summary: dict, tokenizer, model: str) -> dict:
+    """A finished request as a row of ``data_specs.results``: its tokens decoded, cut before the stop string that
+    ended it (which is not part of the reply, as in OpenAI and vLLM), and parsed (``parse_reply``)."""
     from preprocess.reply import parse_reply
+    from runtime.stop import cut_at_stop
 
     raw = tokenizer.decode(completion.token_ids)
+    if completion.stop_string is not None:
+        raw = cut_at_stop(raw, [completion.stop_string])
     reply = parse_reply(raw)
     return {
         "id": row_id,
@@ -484,6 +547,8 @@ def result_row(completion, row_id: str, index: int, summary: dict, tokenizer) ->
             for call in reply.tool_calls
         ],
         "finish_reason": completion.finish_reason,
+        "stop_reason": completion.stop_string,
+        "model": model,
         "completion_ids": completion.token_ids,
         "completion_tokens": len(completion.token_ids),
         "prompt_tokens": completion.prompt_tokens,
@@ -492,6 +557,7 @@ def result_row(completion, row_id: str, index: int, summary: dict, tokenizer) ->
         "raw_text": raw,
         "queue_s": completion.queue_s,
         "prefill_s": completion.prefill_s,
+        "ttft_s": completion.queue_s + completion.prefill_s,
         "decode_s": completion.decode_s,
     }
 
@@ -531,11 +597,8 @@ class InferJob:
                 )
             comparable["preprocess"] = self.input.state["settings"]
         self.out_dir = Path(output_dir)
-        (self.out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        self.lock = lock_output(self.out_dir)
+        self.lock = open_folder(self.out_dir, TABLES)
         try:
-            for stale in (self.out_dir / "shards").glob(".*.tmp-*"):
-                stale.unlink()
             expected = {
                 "results_version": RESULTS_VERSION,
                 "manifest_version": MANIFEST_VERSION,
@@ -563,22 +626,55 @@ class InferJob:
     def close(self) -> None:
         os.close(self.lock)
 
+    def finish(self) -> None:
+        """Mark the job complete. With ``--output-format jsonl|openai``, its lines go first into one file,
+        ``results.jsonl``, in input order (written whole, then renamed), and the shards' line files, the job's
+        resumable record until then, are removed."""
+        if self.settings.output_format != "parquet":
+            folder = self.out_dir / "results"
+            parts = [shard_path(self.out_dir, "results", k, "jsonl") for k in range(self.input.shard_count)]
+            if folder.is_dir() or not (self.out_dir / RESULTS_FILE).is_file():
+                target = self.out_dir / RESULTS_FILE
+                temporary = target.with_name(f".{RESULTS_FILE}.tmp-{os.getpid()}")
+                with open(temporary, "wb") as out:
+                    for part in parts:
+                        if part.is_file():
+                            with open(part, "rb") as fp:
+                                shutil.copyfileobj(fp, out)
+                os.replace(temporary, target)
+            save_state(self.out_dir, dict(self.state, complete=True, results_file=RESULTS_FILE))
+            for part in parts:
+                part.unlink(missing_ok=True)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        else:
+            save_state(self.out_dir, dict(self.state, complete=True))
+
+    def paths(self) -> list[str]:
+        """What the job wrote: its tables' folders (or ``results.jsonl``) and ``job.json``."""
+        results = self.out_dir / RESULTS_FILE if self.settings.output_format != "parquet" else self.out_dir / "results"
+        found = [results, self.out_dir / "errors"]
+        return [
+            os.fspath(p) + ("/" if p.is_dir() else "")
+            for p in found
+            if p.is_file() or (p.is_dir() and any(p.glob("*.parquet")))
+        ] + [os.fspath(self.out_dir / JOB_FILE)]
+
     def record(self, shard: int, stats: dict) -> None:
         self.state["shards"][str(shard)] = stats
         save_state(self.out_dir, self.state)
 
     def write(self, shard: int, state: ShardState) -> dict:
         """Write a complete shard's files; its statistics for ``job.json``."""
-        shards = self.out_dir / "shards"
         results = [state.results[i] for i in sorted(state.results)]
         errors = [state.errors[i] for i in sorted(state.errors)]
-        error_writer = TableWriter(shards / f"errors-{shard:05d}.parquet", error_schema(self.metadata))
+        error_writer = TableWriter(shard_path(self.out_dir, "errors", shard), error_schema(self.metadata))
         for row in errors:
             error_writer.add(row, len(row["message"]))
         written = error_writer.close()
         fmt = self.settings.output_format
         if fmt == "parquet":
-            writer = TableWriter(shards / f"results-{shard:05d}.parquet", result_schema(self.metadata))
+            writer = TableWriter(shard_path(self.out_dir, "results", shard), result_schema(self.metadata))
             for row in results:
                 writer.add(row, 8 * len(row["completion_ids"]) + len(row["raw_text"]))
             written += writer.close()
@@ -586,20 +682,16 @@ class InferJob:
             if fmt == "jsonl":
                 lines = [json.dumps(row, ensure_ascii=False) for row in results]
             else:
-                model = Path(self.settings.checkpoint).resolve().name
                 created = int(time.time())
                 merged = sorted(
-                    [(r["row"], response_line(r, model=model, created=created)) for r in results]
+                    [(r["row"], response_line(r, model=r["model"], created=created)) for r in results]
                     + [(e["row"], error_line(e)) for e in errors],
                     key=lambda pair: pair[0],
                 )
                 lines = [json.dumps(line, ensure_ascii=False) for _, line in merged]
-            path = shards / f"results-{shard:05d}.jsonl"
+            path = shard_path(self.out_dir, "results", shard, "jsonl")
             if lines:
-                temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-                temporary.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-                os.replace(temporary, path)
-                written += path.stat().st_size
+                written += write_text(path, "".join(line + "\n" for line in lines))
             else:
                 path.unlink(missing_ok=True)
         return {
@@ -624,7 +716,7 @@ class _Feeder:
         self.running: dict[Future, tuple[int, list]] = {}
         self.open: dict[int, ShardState] = {}
         self.options: dict[tuple[int, int], RowOptions | None] = {}
-        self.waiting: dict[tuple[int, int], tuple[str, dict]] = {}  # a request's row id and prompt summary
+        self.waiting: dict[tuple[int, int], tuple[str, dict, str]] = {}  # a request's row id, prompt summary, model
         self.answered = Counter()  # this run's results and tokens (the summary's rates)
         self.ready: deque = deque()
         self.waited = 0.0
@@ -688,11 +780,12 @@ class _Feeder:
 
     def _request(self, shard: int, index: int, row_id: str, batch, summary: dict) -> None:
         options = self.options.pop((shard, index), None)
-        request = make_request(self.model, self.job.settings, (shard, index), row_id, batch, options)
+        settings = self.job.settings
+        request = make_request(self.model, settings, (shard, index), row_id, batch, options, self.job.tokenizer)
         if isinstance(request, dict):
             self._error(shard, request)
             return
-        self.waiting[(shard, index)] = (row_id, summary)
+        self.waiting[(shard, index)] = (row_id, summary, model_name(settings, options, self.job.plan.info.name))
         self.ready.append(request)
 
     def _error(self, shard: int, row: dict) -> None:
@@ -705,8 +798,8 @@ class _Feeder:
 
     def complete(self, completion) -> None:
         shard, index = completion.id
-        row_id, summary = self.waiting.pop((shard, index))
-        self.open[shard].results[index] = result_row(completion, row_id, index, summary, self.job.tokenizer)
+        row_id, summary, model = self.waiting.pop((shard, index))
+        self.open[shard].results[index] = result_row(completion, row_id, index, summary, self.job.tokenizer, model)
         self.answered.update(rows=1, prompt=completion.prompt_tokens, generated=len(completion.token_ids))
         if self.bar is not None:
             self.bar.update(1)
@@ -745,7 +838,7 @@ def run_infer(
         model_started = time.perf_counter()
         pending = job.input.shard_count - job.done_before
         if pending == 0:  # a finished job run again: its summary, without loading the model
-            save_state(job.out_dir, dict(job.state, complete=True))
+            job.finish()
             return summarize(job, 0.0, 0.0, Counter())
         # A preprocess output's rows are prepared already (reading them back is light), and one shard is prepared
         # faster here than a worker process starts: no worker processes then.
@@ -773,7 +866,7 @@ def run_infer(
                 pool.shutdown(cancel_futures=True)
             feeder.bar.close()
         model_seconds = time.perf_counter() - model_started
-        save_state(job.out_dir, dict(job.state, complete=True))
+        job.finish()
         return summarize(job, model_seconds, feeder.waited, feeder.answered)
     finally:
         job.close()
@@ -797,6 +890,7 @@ def summarize(job: InferJob, model_seconds: float, waited: float, answered: Coun
         model_seconds=model_seconds,
         waited_seconds=waited,
         this_run=dict(answered),
+        written=job.paths(),
     )
     assert summary.rows == job.input.rows == summary.results + summary.errors, summary
     return summary
@@ -806,15 +900,15 @@ def read_results(output_dir: str | os.PathLike) -> list[dict]:
     """Every result of a finished infer output, in input order: result rows (``data_specs.results``), or with
     ``--output-format openai`` the output lines (answers and errors)."""
     out = Path(output_dir)
-    state = json.loads((out / JOB_FILE).read_text())
+    state = read_state(out)
     if not state.get("complete"):
         raise ValueError(f"{os.fspath(output_dir)!r} holds an unfinished infer job: run the same command to finish it")
-    shards = sorted(int(k) for k in state["shards"])
+    if state.get("results_file"):
+        text = (out / state["results_file"]).read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line]
     rows: list[dict] = []
-    for shard in shards:
-        parquet, jsonl = (out / "shards" / f"results-{shard:05d}.{ext}" for ext in ("parquet", "jsonl"))
+    for shard in sorted(int(k) for k in state["shards"]):
+        parquet = shard_path(out, "results", shard)
         if parquet.is_file():
             rows += pq.read_table(parquet).to_pylist()
-        elif jsonl.is_file():
-            rows += [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
     return rows

@@ -1,16 +1,16 @@
 """``gemma4 preprocess``: a manifest of chat examples → Parquet shards of model-ready examples + an errors table.
 
-Layout of OUTPUT_DIR::
+Layout of OUTPUT_DIR (``pipelines.jobdir``, output version 2)::
 
-    job.json                     the source of truth: settings, input fingerprint, completed shards and counts
-    .lock                        held (flock) by the job writing here; a second job is refused
-    shards/examples-00000.parquet   data_specs.example schema, input rows 0 … S−1 that succeeded, in input order
-    shards/errors-00000.parquet     data_specs.errors_table schema, the rows of the same range that failed
+    job.json                        the source of truth: settings, input fingerprint, completed shards and counts
+    .lock                           held (flock) by the job writing here; a second job is refused
+    examples/shard-00000.parquet    data_specs.example schema, input rows 0 … S−1 that succeeded, in input order
+    errors/shard-00000.parquet      data_specs.errors_table schema, the rows of the same range that failed
     …
 
-No file is written empty: a shard whose rows all failed has no ``examples-K.parquet``, one without errors no
-``errors-K.parquet`` (``job.json`` still records the shard with its counts), so ``datasets``, ``pyarrow.dataset``,
-polars or duckdb can read ``shards/examples-*.parquet`` directly. Rows are written in row groups of at most
+No file is written empty: a shard whose rows all failed has no examples file, one without errors no errors file
+(``job.json`` still records the shard with its counts), so ``datasets``, ``pyarrow.dataset``, pandas, polars or
+duckdb can read the ``examples/`` folder directly. Rows are written in row groups of at most
 ``ROW_GROUP_BYTES``, so a worker holds about that much output at a time whatever the shard size.
 
 Shard k always holds input rows ``k·S … (k+1)·S − 1`` (S = ``rows_per_shard``), so the contents do not depend on
@@ -43,7 +43,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -52,9 +51,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, example_schema, example_to_row
@@ -73,6 +69,17 @@ from preprocess.chat import ChatFormatError
 from preprocess.errors import InvalidAudioError, InvalidImageError, InvalidVideoError
 from preprocess.limits import MediaLimits
 
+from .jobdir import (
+    JobMismatchError,
+    OutputBusyError,
+    TableWriter,
+    load_state,
+    open_folder,
+    progress_bar,
+    save_state,
+    shard_path,
+)
+
 __all__ = [
     "Job",
     "JobMismatchError",
@@ -81,33 +88,19 @@ __all__ = [
     "PreprocessSettings",
     "RowTimeoutError",
     "ShardTarget",
-    "TableWriter",
+    "TABLES",
     "error_row",
     "init_worker",
-    "load_state",
-    "lock_output",
     "process_rows",
     "process_shard",
-    "progress_bar",
     "row_results",
     "run_preprocess",
-    "save_state",
     "worker_pool",
 ]
 
 log = logging.getLogger(__name__)
-JOB_FILE = "job.json"
-LOCK_FILE = ".lock"
 SETTINGS_KEY = "gemma4.settings"
-ROW_GROUP_BYTES = 64 << 20  # output a worker holds before writing a row group
-
-
-class JobMismatchError(ValueError):
-    """OUTPUT_DIR holds a job made from another input or with other settings."""
-
-
-class OutputBusyError(OSError):
-    """Another live job is writing to OUTPUT_DIR."""
+TABLES = ("examples", "errors")  # the output's folders (pipelines.jobdir)
 
 
 class RowTimeoutError(Exception):
@@ -130,6 +123,8 @@ class PreprocessSettings:
     tools: list | None = None  # tool specs (their content) for rows that have no tools of their own
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra variables of the chat template (JSON)
     head: int | None = None  # only the first ``head`` input rows (a smoke run); None: every row
+    generation_prompt: bool = True  # end each prompt with the model's turn opener; False: a finished conversation
+    continue_final_message: bool = False  # the last message is a partial model turn the prompt ends inside
 
     def __post_init__(self) -> None:
         from preprocess.budget import check_budget
@@ -156,6 +151,11 @@ class PreprocessSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.row_timeout_s is not None and not self.row_timeout_s > 0:
             raise ValueError(f"row_timeout_s must be positive (or None for no limit), got {self.row_timeout_s}")
+        if self.continue_final_message and self.generation_prompt:
+            raise ValueError(
+                "continue_final_message continues the last (model) message, so no generation prompt may follow it: "
+                "give it with generation_prompt=False (--no-generation-prompt)"
+            )
         if self.media_root is not None and not os.path.isdir(self.media_root):
             raise ValueError(f"media_root {self.media_root!r} is not a directory")
 
@@ -351,53 +351,11 @@ def _row_bytes(row: dict) -> int:
     return size
 
 
-class TableWriter:
-    """One Parquet file written in row groups of about ``ROW_GROUP_BYTES``, under a temporary name until
-    ``close``; a file that would hold no rows is not written (and an old one of a killed run is removed)."""
-
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self.path, self.schema = path, schema
-        self.rows: list[dict] = []
-        self.pending_bytes = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")  # unique even across nodes
-
-    def add(self, row: dict, size: int) -> None:
-        self.rows.append(row)
-        self.pending_bytes += size
-        if self.pending_bytes >= ROW_GROUP_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.rows:
-            return
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._temporary, self.schema)
-        self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema), row_group_size=len(self.rows))
-        self.rows, self.pending_bytes = [], 0
-
-    def close(self) -> int:
-        """Finish the file; its size in bytes (0 when there were no rows)."""
-        self._flush()
-        if self._writer is None:
-            self.path.unlink(missing_ok=True)
-            return 0
-        self._writer.close()
-        os.replace(self._temporary, self.path)
-        return self.path.stat().st_size
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._temporary.unlink(missing_ok=True)
-
-
 def write_shard(shard: int, results: Iterable[tuple[str, dict]], target: ShardTarget) -> dict:
     """Write one shard's results (``("example" | "error", row)`` in input order) to its files; its statistics,
     for :meth:`Job.record`."""
-    shards = Path(target.out_dir) / "shards"
-    examples = TableWriter(shards / f"examples-{shard:05d}.parquet", example_schema(target.metadata))
-    errors = TableWriter(shards / f"errors-{shard:05d}.parquet", error_schema(target.metadata))
+    examples = TableWriter(shard_path(target.out_dir, "examples", shard), example_schema(target.metadata))
+    errors = TableWriter(shard_path(target.out_dir, "errors", shard), error_schema(target.metadata))
     tokens: Counter = Counter()
     stages: Counter = Counter()
     counts = Counter()
@@ -484,11 +442,8 @@ class Job:
         tokenizer = Tokenizer.from_pretrained(settings.tokenizer)
         template_hash = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
         out_dir = Path(output_dir)
-        (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        lock = lock_output(out_dir)
+        lock = open_folder(out_dir, TABLES)
         try:
-            for stale in (out_dir / "shards").glob(".*.tmp-*"):
-                stale.unlink()  # a shard half-written when the last run was killed (no live job: we hold the lock)
             expected = {
                 "schema_version": SCHEMA_VERSION,
                 "manifest_version": MANIFEST_VERSION,
@@ -545,81 +500,6 @@ def _metadata(settings: dict) -> dict[str, str]:
     return {SETTINGS_KEY: json.dumps({k: v for k, v in settings.items() if k != "chat_template"}, sort_keys=True)}
 
 
-def lock_output(out_dir: Path) -> int:
-    """Take the output directory's lock (an ``flock`` on ``.lock``, released by the kernel if the process dies);
-    its file descriptor. ``OutputBusyError`` names the pid of the job holding it."""
-    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform
-        return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise OutputBusyError(
-            f"another job is writing to {os.fspath(out_dir)!r} (pid {holder}); wait for it to finish or use another "
-            "output directory"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-_ABSENT = "(absent)"
-
-
-def _differences(there: dict, now: dict, prefix: str = "") -> list[str]:
-    """``key: value there, value now`` for each differing key (settings compared key by key)."""
-    lines = []
-    for key in sorted(set(there) | set(now)):
-        a, b = there.get(key, _ABSENT), now.get(key, _ABSENT)
-        if isinstance(a, dict) and isinstance(b, dict):
-            lines += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            lines.append(f"{prefix}{key}: {_short(a)} there, {_short(b)} now")
-    return lines
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    """``repr(value)``, cut to ``limit`` characters (tool specs can be long: their hash tells them apart)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
-
-
-# The kinds of job folder, by the version key their job.json holds.
-OUTPUT_KINDS = {"results_version": "a gemma4 infer output (results)", "schema_version": "a gemma4 preprocess output"}
-
-
-def load_state(out_dir: Path, expected: dict) -> dict:
-    path = out_dir / JOB_FILE
-    if not path.exists():
-        return dict(expected, shards={})
-    state = json.loads(path.read_text())
-    theirs, ours = (next((kind for key, kind in OUTPUT_KINDS.items() if key in d), None) for d in (state, expected))
-    if theirs and ours and theirs != ours:  # one line, not every differing key of two different kinds of job
-        raise JobMismatchError(
-            f"{os.fspath(out_dir)!r} holds {theirs}, and this job writes {ours}: use another output directory"
-        )
-    state.pop("complete", None)  # set again when this run finishes
-    if isinstance(state.get("settings"), dict):
-        state["settings"].pop("tokenizer", None)  # a path: jobs before 2026-12 recorded it; its fingerprint counts
-    differences = _differences({key: state.get(key, _ABSENT) for key in expected}, expected)
-    if differences:
-        raise JobMismatchError(
-            f"{os.fspath(out_dir)!r} holds another job ({'; '.join(differences)}); use a new output directory, or "
-            "delete this one to start again"
-        )
-    return state
-
-
-def save_state(out_dir: Path, state: dict) -> None:
-    temporary = out_dir / f".{JOB_FILE}.tmp"
-    temporary.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(temporary, out_dir / JOB_FILE)
-
-
 def _shard_items(manifest, shard: int, size: int, seen: dict[str, int]) -> list[tuple]:
     """Validated rows of one shard: (index, id, ManifestRow) or (index, id or None, ManifestError)."""
     items = []
@@ -661,12 +541,6 @@ def _summary(state: dict, count: int, done_before: int, seconds: float) -> JobSu
         shards_skipped=done_before,
         seconds=seconds,
     )
-
-
-def progress_bar(total: int, enabled: bool, desc: str = "preprocess"):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="row", disable=not enabled, dynamic_ncols=True, desc=desc)
 
 
 # --- the local engine -------------------------------------------------------------------------------------

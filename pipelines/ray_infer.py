@@ -72,12 +72,14 @@ from .infer_job import (
     InferSummary,
     ShardState,
     make_request,
+    model_name,
     plan_infer,
     prepare_rows,
     result_row,
     summarize,
 )
-from .preprocess_job import PreprocessSettings, init_worker, progress_bar, save_state
+from .jobdir import progress_bar
+from .preprocess_job import PreprocessSettings, init_worker
 from .ray_engine import WINDOW_PER_CPU, import_ray
 
 if TYPE_CHECKING:
@@ -238,7 +240,7 @@ def _run(ray, job: InferJob, actors: int | None, progress: bool) -> InferSummary
     finally:
         bar.close()
     model_seconds = time.perf_counter() - started if answered or busy else 0.0
-    save_state(job.out_dir, dict(job.state, complete=True))
+    job.finish()
     return summarize(job, model_seconds, max(0.0, model_seconds - busy / actors), answered)
 
 
@@ -282,6 +284,7 @@ class _Generator:
         started = time.perf_counter()
         self.settings = settings
         self.device, info = resolve_actor(settings, gpu, job_dtype)
+        self.name = info.name
         self.tokenizer = Tokenizer.from_pretrained(info.directory)
         self.model = load_pretrained(info.directory, dtype=info.dtype, device=self.device, tokenizer=self.tokenizer)
         self.engine = Engine(
@@ -307,17 +310,20 @@ class _Generator:
                 state.errors[item[1]["row"]] = item[1]
                 continue
             _, index, row_id, row_batch, summary = item
-            request = make_request(self.model, self.settings, (shard, index), row_id, row_batch, options.get(index))
+            row_options = options.get(index)
+            request = make_request(
+                self.model, self.settings, (shard, index), row_id, row_batch, row_options, self.tokenizer
+            )
             if isinstance(request, dict):
                 state.errors[index] = request
                 continue
-            rows[index] = (row_id, summary)
+            rows[index] = (row_id, summary, model_name(self.settings, row_options, self.name))
             requests.append(request)
         with torch.inference_mode():
             for completion in self.engine.run(requests):
                 index = completion.id[1]
-                row_id, summary = rows[index]
-                state.results[index] = result_row(completion, row_id, index, summary, self.tokenizer)
+                row_id, summary, model = rows[index]
+                state.results[index] = result_row(completion, row_id, index, summary, self.tokenizer, model)
         assert state.complete, (shard, state.count, len(state.results), len(state.errors))
         seconds = time.perf_counter() - started + self.loading
         self.loading = 0.0

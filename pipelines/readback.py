@@ -7,10 +7,10 @@ pyarrow dataset over the example shards, ``to_datasets()`` the same rows as a ``
 ``errors()`` the errors table, ``ids()`` the example ids in input order, and ``example(key)`` one row (by id
 or position) as a ``preprocess.prompt.Example``.
 
-Files are found from ``job.json`` and what exists: a shard whose rows all failed may have no examples file, a
-shard without failures no errors file (``job.json`` still lists it with its counts). A file that ``job.json``
-says holds rows but that is missing is an error; an output with no examples at all (an empty manifest, or
-every row broken) reads as empty tables.
+Files (``examples/`` and ``errors/``, ``pipelines.jobdir``) are found from ``job.json`` and what exists: a shard
+whose rows all failed may have no examples file, a shard without failures no errors file (``job.json`` still
+lists it with its counts). A file that ``job.json`` says holds rows but that is missing is an error; an output
+with no examples at all (an empty manifest, or every row broken) reads as empty tables.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, SchemaError, check_schema, example_schema, row_to_example
 
-from .preprocess_job import JOB_FILE, SETTINGS_KEY
+from .jobdir import JOB_FILE, JobMismatchError, check_version, shard_path
+from .preprocess_job import SETTINGS_KEY
 
 __all__ = ["IncompleteJobError", "OutputDir", "RowNotFoundError", "open_output"]
 
@@ -54,7 +55,7 @@ class OutputDir:
         A shard that ``job.json`` says has such rows must have its file."""
         files = []
         for k, stats in sorted(self.state["shards"].items(), key=lambda item: int(item[0])):
-            file = self.path / "shards" / f"{kind}-{int(k):05d}.parquet"
+            file = shard_path(self.path, kind, int(k))
             if file.is_file():
                 files.append(str(file))
             elif stats.get(count_key, 0):
@@ -163,8 +164,12 @@ def open_output(path: str | os.PathLike, *, allow_incomplete: bool = False) -> O
     if "results_version" in state and "schema_version" not in state:
         raise SchemaError(
             f"{os.fspath(path)!r} is a gemma4 infer output (results), not a gemma4 preprocess output (examples): "
-            "its results are in its shards/results-*.parquet (pipelines.infer_job.read_results)"
+            "its results are in its results/ folder (pipelines.infer_job.read_results)"
         )
+    try:
+        check_version(state, path)
+    except JobMismatchError as exc:
+        raise SchemaError(str(exc)) from None
     if state.get("schema_version") != SCHEMA_VERSION:
         raise SchemaError(
             f"{os.fspath(path)!r} was written with schema version {state.get('schema_version')}; "
@@ -178,7 +183,7 @@ def open_output(path: str | os.PathLike, *, allow_incomplete: bool = False) -> O
     expected_settings = {k: v for k, v in state["settings"].items() if k != "chat_template"}
     for file in out.example_files + out.error_files:
         schema = pq.read_schema(file)
-        if "examples-" in Path(file).name:
+        if Path(file).parent.name == "examples":
             check_schema(schema)
         stored = json.loads((schema.metadata or {}).get(SETTINGS_KEY.encode(), b"{}"))
         if stored != expected_settings:

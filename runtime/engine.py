@@ -29,6 +29,7 @@ from .request import FinishReason, RequestState, chunk_edges
 from .runner import Prompt, Runner, runs
 from .sampler import Sampling
 from .scheduler import Scheduler
+from .stop import StopStrings
 
 __all__ = ["PREFILL_CHUNK", "Completion", "Engine", "Request", "check_chunk"]
 
@@ -53,7 +54,9 @@ class Request:
     :class:`runtime.runner.Prompt` (a row of a batch whose media are already encoded: ``Prompt.rows``), its own
     sampling settings, a limit on new tokens and stop ids (None: the checkpoint's, ``()``: none). ``id`` is
     handed back in its :class:`Completion`. ``ready_at``: when the request was ready to run (a job that prepares
-    rows ahead of the engine sets it), from which its ``queue_s`` counts."""
+    rows ahead of the engine sets it), from which its ``queue_s`` counts. ``stop_strings``: a
+    :class:`runtime.stop.StopStrings` watching this request's text (one per request); the request finishes with
+    ``stop`` on the step whose token completes one of them."""
 
     prompt: Batch | Sequence[int] | Prompt
     max_new_tokens: int
@@ -61,8 +64,11 @@ class Request:
     stop_ids: Sequence[int] | None = None
     id: Hashable = None
     ready_at: float | None = None  # time.perf_counter() when the request was ready (default: its submission)
+    stop_strings: StopStrings | None = None
 
     def __post_init__(self) -> None:
+        if self.stop_strings is not None and not isinstance(self.stop_strings, StopStrings):
+            raise TypeError(f"stop_strings must be a runtime.stop.StopStrings, got {type(self.stop_strings).__name__}")
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not isinstance(self.sampling, Sampling):
@@ -83,7 +89,8 @@ class Completion:
     """One request's result: its new token ids (the stop id included when it stopped), why it ended, its prompt
     length, the slot it ran in, and host timings in seconds: ``queue_s`` from the request being ready
     (``Request.ready_at``, else its ``submit``) to admission,
-    ``prefill_s`` from admission to its first token known on the host, ``decode_s`` from then to its last."""
+    ``prefill_s`` from admission to its first token known on the host, ``decode_s`` from then to its last.
+    ``stop_string``: the stop string that ended it (``Request.stop_strings``), else None."""
 
     id: Hashable
     token_ids: list[int]
@@ -93,6 +100,7 @@ class Completion:
     queue_s: float
     prefill_s: float
     decode_s: float
+    stop_string: str | None = None
 
 
 @dataclass
@@ -132,6 +140,7 @@ class Engine:
         self.prefill_chunks = 0  # prompt chunks run so far (within those steps)
         self._serial = itertools.count()
         self._jobs: dict[int, _Job] = {}
+        self._watched = 0  # live requests with stop strings: their tokens are read every step
 
     # --- requests ---------------------------------------------------------------------------------------------
 
@@ -143,6 +152,7 @@ class Engine:
         """Queue ``request``; it is admitted once a slot is free (first come, first served)."""
         job = self._job(request)
         self._jobs[job.state.id] = job
+        self._watched += request.stop_strings is not None
         self.scheduler.add(job.state)
 
     def _job(self, request: Request) -> _Job:
@@ -209,7 +219,8 @@ class Engine:
 
     def step(self, drawn: dict | None = None) -> list[Completion]:
         """One ``plan → run → update``; the requests it finished. With ``drawn`` (a dict), the step's tokens are
-        read with its finished flags (the same one transfer) and stored there by request id."""
+        read with its finished flags (the same one transfer) and stored there by request id. While a request with
+        stop strings runs, the tokens are read so every step (still that one transfer)."""
         plan = self.scheduler.schedule()
         for state in plan.admitted:
             job = self._jobs[state.id]
@@ -218,19 +229,26 @@ class Engine:
         self.steps += 1
         self.prefill_chunks += len(plan.prefills)
         by_slot = {r.slot: r for r in plan.decodes} | {c.slot: c.request for c in plan.prefills if c.last}
-        if drawn is None:
+        if drawn is None and not self._watched:
             flags = finished.tolist()  # the one read of a step: (R,) flags
         else:
             rows = len(finished)
             flags, tokens = torch.stack([finished.long(), self.runner.next[:rows]]).tolist()  # one read
             for slot in slots:
-                drawn[self._jobs[by_slot[slot].id].request.id] = tokens[slot]
+                job = self._jobs[by_slot[slot].id]
+                if drawn is not None:
+                    drawn[job.request.id] = tokens[slot]
+                watch = job.request.stop_strings
+                if watch is not None and not flags[slot] and watch.feed(tokens[slot]):
+                    flags[slot] = 1  # its text holds a stop string: it ends now, as on a stop id
         stopped = [by_slot[slot].id for slot in slots if flags[slot]]
         done = self.scheduler.update(plan, stopped)
         return [self._complete(state) for state in done]
 
     def _complete(self, state: RequestState) -> Completion:
         job = self._jobs.pop(state.id)
+        watch = job.request.stop_strings
+        self._watched -= watch is not None
         tokens = self.runner.out[state.slot, : state.num_output_tokens].tolist()  # its tokens, read once
         self.runner.release(state.slot)
         now = state.finished
@@ -244,4 +262,5 @@ class Engine:
             queue_s=state.admitted - state.submitted,
             prefill_s=first - state.admitted,
             decode_s=now - first,
+            stop_string=None if watch is None else watch.matched,
         )

@@ -219,7 +219,12 @@ def test_tools_and_options_are_read_from_the_body():
     )
     row, options = read_request(raw, 4)
     assert row.tools == [WEATHER]
-    assert options == RowOptions(max_new_tokens=128, temperature=0.5, top_k=40, top_p=0.95, seed=7)
+    assert options == RowOptions(
+        max_new_tokens=128, temperature=0.5, top_k=40, top_p=0.95, seed=7, model="gemma-4-e4b"
+    )
+    assert read_request(request(stop="\n"), 0)[1].stop == ("\n",)
+    assert read_request(request(stop=["END", "\n\n"]), 0)[1].stop == ("END", "\n\n")
+    assert read_request(request(stop=""), 0)[1].stop is None  # empty: none, as OpenAI reads it
     assert read_request(request(max_tokens=16), 0)[1].max_new_tokens == 16
     assert read_request(request(max_completion_tokens=None, max_tokens=16), 0)[1].max_new_tokens == 16
 
@@ -254,8 +259,9 @@ def test_tool_choice_none_is_accepted_without_tools_only():
         (request(logprobs=True), r"'body.logprobs' is True: log probabilities"),
         (request(top_logprobs=5), r"'body.top_logprobs' is 5"),
         (request(response_format={"type": "json_object"}), r"'body.response_format' is .*json_object.*only text"),
-        (request(stop="\n"), r"'body.stop' is '\\n': stop sequences are not supported"),
-        (request(stop=["END"]), r"'body.stop' is \['END'\]"),
+        (request(stop=[""]), r"body: 'stop' item 0 is empty"),
+        (request(stop=["a", 3]), r"body: 'stop' item 1 must be a string"),
+        (request(model=""), r"'body.model' must be a model name"),
         (request(tool_choice="required"), r"'body.tool_choice' is 'required': only 'auto'"),
         (
             request(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}),
@@ -399,7 +405,7 @@ def test_a_batch_round_trips_through_requests_results_and_output_lines():
             results.append(result(row.id, row=index, text="", thinking="Oslo.", tool_calls=calls, prompt_tokens=90,
                                   completion_tokens=22))  # fmt: skip
         else:
-            assert options == RowOptions()
+            assert options == RowOptions(model="gemma-4")
             results.append(result(row.id, row=index, text="Hi there.", finish_reason="length", completion_tokens=50))
 
     written = [json.dumps(response_line(r, model="gemma-4-e4b", created=1)) for r in results]
