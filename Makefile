@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime  # the package and what its jobs need (make demo)
 STAMP := $(VENV)/.installed  # and the test extra: pytest, ruff, the parity oracle, Ray (make test)
 
-.PHONY: install demo test lint bench clean gpu-wheels gpu-smoke
+.PHONY: install demo test test-fast lint bench clean gpu-wheels gpu-smoke
 
 $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The tests not marked slow (each under a few seconds): a few minutes, for the edit-test loop; `make test` runs all.
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/gemma4 bench images

@@ -16,14 +16,12 @@ One process runs both on the same fixed-seed set: 32 speech-like clips of 1–30
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
 
+from pipelines.pool import threads
 from pipelines.sample_data import synthetic_speech
 from preprocess.audio import chunk_audio, log_mel, log_mel_batch
 
@@ -33,17 +31,6 @@ TARGET_ONE_THREAD = 2.5
 TARGET_SCALING = 0.8
 SR = 16_000
 UNIT = "audio s/s"
-
-
-@contextlib.contextmanager
-def threads(count: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        with threadpool_limits(limits=count):
-            yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def make_clips(count: int = 32, seed: int = 0) -> list[np.ndarray]:

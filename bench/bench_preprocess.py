@@ -35,7 +35,6 @@ installed, only our figures are printed.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -45,7 +44,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.pool import threads
 from pipelines.sample_data import (
     WORDS,
     synthetic_image,
@@ -294,7 +294,7 @@ def _our_image_rows(out_dir: Path, ids: list[str]):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables(pq.read_table(p) for p in sorted((out_dir / "shards").glob("examples-*.parquet")))
+    table = pa.concat_tables(pq.read_table(p) for p in sorted((out_dir / "examples").glob("*.parquet")))
     return table.filter(pc.is_in(table["id"], value_set=pa.array(ids)))
 
 
@@ -346,7 +346,7 @@ def run(
         ours: dict[int, float] = {}
         summaries = {}
         for count in sorted({1, workers}):
-            with _torch_threads(1):  # one thread in-process too, as in every worker
+            with threads(1):  # one thread in-process too, as in every worker
                 begin = time.perf_counter()
                 summaries[count] = run_preprocess(
                     data.manifest, tmp / f"ours-{count}", settings, workers=count, progress=False
@@ -370,7 +370,7 @@ def run(
         emit(format_row(result[-1]))
         # Fast mode: JPEGs draft-decoded at 1/2–1/8 scale, torch's resize and FFT (not bit-identical).
         fast_settings = dataclasses.replace(settings, exact=False)
-        with _torch_threads(1):
+        with threads(1):
             begin = time.perf_counter()
             fast = run_preprocess(data.manifest, tmp / "ours-fast", fast_settings, workers=workers, progress=False)
             fast_rate = rows / (time.perf_counter() - begin)
@@ -466,7 +466,7 @@ def _tokenizer_formats(data: GeneratedDataset, settings, workers: int, model_rat
     from preprocess.tokenizer import Tokenizer
 
     json_settings = dataclasses.replace(settings, tokenizer=os.fspath(data.tokenizer_json))
-    with _torch_threads(1):
+    with threads(1):
         begin = time.perf_counter()
         run_preprocess(data.manifest, tmp / "ours-json", json_settings, workers=workers, progress=False)
         json_rate = len(data.kinds) / (time.perf_counter() - begin)
@@ -520,15 +520,3 @@ def _tokenizer_formats(data: GeneratedDataset, settings, workers: int, model_rat
     )
     emit(format_row(rows[-1]))
     return rows
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

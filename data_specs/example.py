@@ -1,9 +1,11 @@
-"""The Arrow schema of one preprocessed example (version 1), and the conversion both ways.
+"""The Arrow schema of one preprocessed example (version 2), and the conversion both ways.
 
 One row per example:
 
 * ``id`` (string): the input row's id.
 * ``input_ids`` (large_list<int32>), ``mm_token_type_ids`` (large_list<int8>: 0 text, 1 image, 2 video, 3 audio).
+* ``assistant_mask`` (large_list<int8>): 1 on the tokens the model writes (its turns' content and the ``<turn|>``
+  closing each, ``preprocess.prompt.Example.assistant_mask``), 0 elsewhere: the training labels' mask.
 * ``images`` (large_list<struct>): ``patches`` (large_binary: P × 768 uint8, raster order), ``height`` and
   ``width`` (resized), ``original_height``, ``original_width``, ``budget``.
 * ``audio`` (large_list<struct>), one per ≤ 30 s segment: ``features`` (large_binary: F × 128 float32,
@@ -12,6 +14,11 @@ One row per example:
 * ``videos`` (large_list<struct>): ``frames`` (large_list of the image struct), ``timestamps``
   (list<string>, ``MM:SS``), ``budget``.
 * ``summary`` (string): JSON with token counts per modality, budgets and audio segments.
+* ``options`` (string, nullable): JSON of the row's own generation options (``max_new_tokens``, ``temperature``,
+  ``top_k``, ``top_p``, ``seed``, ``stop``), keys sorted, or null when the row has none (:func:`row_options`).
+
+Version 2 added ``assistant_mask`` and ``options``; a version-1 table is refused by :func:`check_schema` (re-run
+``gemma4 preprocess``: its examples have no mask to read).
 
 Patch positions are not stored: they follow from each image's size (``preprocess.image.patch_positions``).
 Every list and binary column uses 64-bit offsets (``large_*``), so a shard holding many 1120-budget images
@@ -22,13 +29,23 @@ the schema metadata (``gemma4.schema_version``) and checked by :func:`check_sche
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["SCHEMA_VERSION", "example_schema", "example_to_row", "row_to_example", "check_schema", "SchemaError"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "example_schema",
+    "example_to_row",
+    "row_to_example",
+    "row_options",
+    "check_schema",
+    "SchemaError",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VERSION_KEY = b"gemma4.schema_version"
 
 
@@ -66,16 +83,18 @@ def schema_metadata(extra: dict[str, str] | None = None) -> dict[bytes, bytes]:
 
 
 def example_schema(extra_metadata: dict[str, str] | None = None) -> pa.Schema:
-    """The version-1 schema; ``extra_metadata`` (e.g. preprocessing settings) is added to its metadata."""
+    """The version-2 schema; ``extra_metadata`` (e.g. preprocessing settings) is added to its metadata."""
     return pa.schema(
         [
             ("id", pa.string()),
             ("input_ids", pa.large_list(pa.int32())),
             ("mm_token_type_ids", pa.large_list(pa.int8())),
+            ("assistant_mask", pa.large_list(pa.int8())),
             ("images", pa.large_list(_IMAGE)),
             ("audio", pa.large_list(_AUDIO)),
             ("videos", pa.large_list(_VIDEO)),
             ("summary", pa.string()),
+            ("options", pa.string()),
         ],
         metadata=schema_metadata(extra_metadata),
     )
@@ -92,12 +111,16 @@ def _image_row(image) -> dict:
     }
 
 
-def example_to_row(example_id: str, example) -> dict:
-    """A ``preprocess.prompt.Example`` as a row of :func:`example_schema`."""
+def example_to_row(example_id: str, example, options: Mapping[str, Any] | None = None) -> dict:
+    """A ``preprocess.prompt.Example`` as a row of :func:`example_schema`; ``options`` are the row's own
+    generation options (JSON data), None when it has none."""
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a mapping of generation options or None, got {type(options).__name__}")
     return {
         "id": example_id,
         "input_ids": example.input_ids.astype(np.int32).tolist(),
         "mm_token_type_ids": example.mm_token_type_ids.astype(np.int8).tolist(),
+        "assistant_mask": example.assistant_mask.astype(np.int8).tolist(),
         "images": [_image_row(i) for i in example.images],
         "audio": [
             {
@@ -116,7 +139,14 @@ def example_to_row(example_id: str, example) -> dict:
             for v in example.videos
         ],
         "summary": json.dumps(example.summary, sort_keys=True),
+        "options": None if options is None else json.dumps(dict(options), sort_keys=True),
     }
+
+
+def row_options(row: dict) -> dict | None:
+    """The row's own generation options that :func:`example_to_row` wrote, or None when it has none."""
+    value = row.get("options")
+    return None if value is None else json.loads(value)
 
 
 def _image_from_row(row: dict):
@@ -154,15 +184,21 @@ def row_to_example(row: dict):
         audio=audio,
         videos=videos,
         summary=json.loads(row["summary"]),
+        assistant_mask=np.asarray(row["assistant_mask"], dtype=np.int8),
     )
     return row["id"], example
 
 
 def check_schema(schema: pa.Schema) -> None:
-    """Raise :class:`SchemaError` unless ``schema`` is version 1 of this schema (metadata aside)."""
+    """Raise :class:`SchemaError` unless ``schema`` is version 2 of this schema (metadata aside)."""
     version = (schema.metadata or {}).get(VERSION_KEY)
     if version is None:
         raise SchemaError("the table has no gemma4.schema_version: it was not written by this pipeline")
+    if version.isdigit() and int(version) < SCHEMA_VERSION:
+        raise SchemaError(
+            f"the table was written by an older version of this pipeline (schema version {version.decode()}); this "
+            f"code reads schema version {SCHEMA_VERSION}: re-run `gemma4 preprocess` to write it again"
+        )
     if version != str(SCHEMA_VERSION).encode():
         raise SchemaError(f"the table has schema version {version.decode()}; this code reads version {SCHEMA_VERSION}")
     expected = example_schema()

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from data_specs.checks import check_count
+
 __all__ = ["ChatModel", "ChatReply", "ChatStream", "ContextLengthError"]
 
 
@@ -124,9 +126,8 @@ class ChatModel:
         from preprocess.processor_config import read_processor_config
         from preprocess.tokenizer import Tokenizer
 
-        for label, value in (("context", context), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+        check_count(context, "context")
+        check_count(batch_size, "batch_size")
         target = resolve_device(device)
         directory = resolve_checkpoint(checkpoint)
         info = inspect_checkpoint(directory, dtype=dtype)
@@ -269,9 +270,7 @@ class ChatModel:
             )
         if new is None:
             new = room
-        elif isinstance(new, bool) or not isinstance(new, int) or new < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer or None, got {new!r}")
-        elif new > room:
+        elif check_count(new, "max_new_tokens", optional=True) > room:
             raise ContextLengthError(
                 f"{where}the prompt has {prompt} tokens; with max_new_tokens {new} it needs {prompt + new}, more than "
                 f"the context of {self.context} tokens (ChatModel.from_pretrained(context=…))"

@@ -1,9 +1,15 @@
 """A torch ``IterableDataset`` over a ``gemma4 preprocess`` output, for training or evaluating with your own loop.
 
 ``ExampleDataset(dir)`` yields the output's examples as ``preprocess.prompt.Example`` objects (``(id, Example)``
-pairs with ``with_ids=True``); ``ExampleDataset.collator(pad_id)`` is a DataLoader ``collate_fn`` that packs
-them into ``data_specs.batch.Batch``es (``(ids, Batch)`` for pairs). The failed rows are not examples: they are
-in ``pipelines.readback.open_output(dir).errors()``.
+pairs with ``with_ids=True``), each with its ``assistant_mask``; ``ExampleDataset.collator(pad_id)`` is a
+DataLoader ``collate_fn`` that packs them into ``data_specs.batch.Batch``es (``(ids, Batch)`` for pairs). The
+failed rows are not examples: they are in ``pipelines.readback.open_output(dir).errors()``.
+
+Training. ``ExampleDataset.collator(pad_id, labels=True)`` gives ``preprocess.collate.TrainingBatch``es instead:
+the same ``Batch`` with ``labels`` (B, T) int64 — ``input_ids`` on the tokens the model writes, -100 elsewhere,
+padding included — and ``assistant_masks`` (B, T) bool. Labels are not shifted (transformers' causal-LM losses
+shift them). Preprocess a finished conversation for it (``add_generation_prompt=False``): a prompt ending with
+the generation prompt has nothing of the model's in its last turn.
 
 Units. The examples are read in units of one row group of one examples file: the files of the shards
 ``job.json`` records, in shard order, and each file's row groups in order (a row group holds at most about
@@ -40,11 +46,12 @@ import pyarrow.parquet as pq
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_specs.batch import Batch
+from data_specs.checks import check_count
 from data_specs.example import SchemaError, row_to_example
-from preprocess.collate import collate
+from preprocess.collate import TrainingBatch, collate, collate_training
 from preprocess.prompt import Example
 
-from .preprocess_job import JOB_FILE
+from .jobdir import JOB_FILE
 from .readback import IncompleteJobError, open_output
 
 __all__ = ["ExampleDataset", "Unit", "collate_items", "consumer_units"]
@@ -66,14 +73,16 @@ def consumer_units(num_units: int, *, rank: int, world_size: int, worker: int, n
 
 
 def collate_items(
-    items: Sequence[Example | tuple[str, Example]], *, pad_id: int, padding_side: str = "left"
-) -> Batch | tuple[list[str], Batch]:
+    items: Sequence[Example | tuple[str, Example]], *, pad_id: int, padding_side: str = "left", labels: bool = False
+) -> Batch | TrainingBatch | tuple[list[str], Batch | TrainingBatch]:
     """``preprocess.collate.collate`` of a DataLoader's list of items: a :class:`Batch` of Examples, or
-    ``(ids, Batch)`` of ``(id, Example)`` pairs."""
+    ``(ids, Batch)`` of ``(id, Example)`` pairs; with ``labels``, ``collate_training``'s :class:`TrainingBatch`
+    in place of the Batch."""
+    pack = collate_training if labels else collate
     if items and isinstance(items[0], tuple):
         ids = [example_id for example_id, _ in items]
-        return ids, collate([example for _, example in items], pad_id=pad_id, padding_side=padding_side)
-    return collate(items, pad_id=pad_id, padding_side=padding_side)
+        return ids, pack([example for _, example in items], pad_id=pad_id, padding_side=padding_side)
+    return pack(items, pad_id=pad_id, padding_side=padding_side)
 
 
 class ExampleDataset(IterableDataset):
@@ -155,10 +164,11 @@ class ExampleDataset(IterableDataset):
             yield row_to_example(table.slice(row, 1).to_pylist()[0])  # one row's Python objects at a time
 
     @staticmethod
-    def collator(pad_id: int, *, padding_side: str = "left") -> Callable:
-        """A DataLoader ``collate_fn`` giving packed :class:`Batch`es (``(ids, Batch)`` with ``with_ids``):
-        ``functools.partial(collate_items, …)``, which worker processes can unpickle."""
-        return functools.partial(collate_items, pad_id=pad_id, padding_side=padding_side)
+    def collator(pad_id: int, *, padding_side: str = "left", labels: bool = False) -> Callable:
+        """A DataLoader ``collate_fn`` giving packed :class:`Batch`es (``(ids, Batch)`` with ``with_ids``), or with
+        ``labels`` :class:`TrainingBatch`es (the Batch, unshifted labels and assistant masks; see the module
+        docstring): ``functools.partial(collate_items, …)``, which worker processes can unpickle."""
+        return functools.partial(collate_items, pad_id=pad_id, padding_side=padding_side, labels=labels)
 
     def __repr__(self) -> str:
         return (
@@ -191,8 +201,7 @@ def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int,
             default = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
         rank = default[0] if rank is None else rank
         world_size = default[1] if world_size is None else world_size
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    check_count(world_size, "world_size")
     if not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ValueError(f"rank must be an integer in 0 … {world_size - 1} (world_size {world_size}), got {rank!r}")
     return rank, world_size

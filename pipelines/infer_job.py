@@ -47,24 +47,22 @@ import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from data_specs.checks import check_count
 from data_specs.errors_table import error_schema
-from data_specs.example import SCHEMA_VERSION, row_to_example
+from data_specs.example import SCHEMA_VERSION, row_options, row_to_example
 from data_specs.manifest import (
     MANIFEST_VERSION,
-    ManifestError,
     RowOptions,
     check_stop,
     open_manifest,
-    read_options,
-    read_row,
 )
-from data_specs.openai_batch import check_unique_ids, error_line, is_openai_batch, read_request, response_line
+from data_specs.openai_batch import check_unique_ids, error_line, is_openai_batch, response_line
 from data_specs.results import MODALITY_COLUMNS, RESULTS_VERSION, result_schema
 
 from .jobdir import (
@@ -79,7 +77,15 @@ from .jobdir import (
     shard_path,
     write_text,
 )
-from .preprocess_job import PreprocessSettings, error_row, row_results, worker_pool
+from .pool import ShardPool, Work
+from .preprocess_job import (
+    PreprocessSettings,
+    build_rows,
+    dead_row,
+    error_row,
+    options_from_json,
+)
+from .rows import Built, Failed, Item, Prepared, read_items
 
 __all__ = [
     "InferJob",
@@ -115,23 +121,58 @@ class InferSettings:
     ``greedy`` forces greedy decoding. ``seed`` (default 0) makes a sampled job reproducible and resumable: each
     row draws with a seed made from it and the row's id. :meth:`resolved` fills the defaults in."""
 
-    checkpoint: str  # a checkpoint directory or a Hugging Face repo id in the local hub cache
+    checkpoint: str = field(
+        metadata={
+            "help": "checkpoint directory as published (config.json, safetensors, tokenizer.json …), or a Hugging "
+            "Face repo id found in the local hub cache (e.g. google/gemma-4-E2B-it)"
+        }
+    )
     preprocess: PreprocessSettings
-    max_new_tokens: int = 256
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    greedy: bool = False
-    seed: int = 0
-    batch_size: int = 8  # engine slots: rows decoded together
-    context: int = 4096  # tokens per slot, prompt and new tokens together
-    prefill_chunk: int | None = 1024
-    output_format: str = "parquet"
-    device: str = "auto"  # CUDA where torch sees a GPU, else the CPU (model.device.resolve_device)
-    dtype: str | None = None  # None: the checkpoint's stored dtype (model.checkpoint.default_dtype)
-    cuda_graphs: bool = True  # decode steps as CUDA graphs on CUDA (runtime.graphs); not part of the job's identity
-    stop: tuple[str, ...] = ()  # stop strings: a reply ends before the first one (rows' own "stop" replace these)
-    served_model_name: str | None = None  # the "model" of OpenAI responses; None: the request's, else the checkpoint's
+    max_new_tokens: int = field(
+        default=256,
+        metadata={
+            "flag": ("--max-new-tokens", "--max-tokens"),
+            "min": 1,
+            "help": "new tokens per row, as OpenAI's and vLLM's max_tokens",
+        },
+    )
+    temperature: float | None = field(
+        default=None, metadata={"help": "sampling temperature; 0 is greedy (default: the checkpoint's)"}
+    )
+    top_k: int | None = field(
+        default=None, metadata={"min": 0, "help": "sample among the k likeliest tokens; 0: no cut"}
+    )
+    top_p: float | None = field(default=None, metadata={"help": "sample in the smallest set holding this probability"})
+    greedy: bool = field(default=False, metadata={"help": "greedy decoding, whatever the checkpoint's sampling"})
+    seed: int = field(default=0, metadata={"min": 0, "help": "sampling seed (each row: seed + its id)"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "rows decoded together (engine slots)"})
+    context: int = field(default=4096, metadata={"min": 1, "help": "tokens per row (slot), prompt + new"})
+    prefill_chunk: int | None = field(default=1024, metadata={"min": 1, "help": "prompt tokens per prefill step"})
+    output_format: str = field(default="parquet", metadata={"choices": OUTPUT_FORMATS, "help": "results files"})
+    device: str = field(  # model.device.resolve_device
+        default="auto", metadata={"help": "auto (CUDA if there is a GPU, else cpu), cpu, cuda, cuda:1 …"}
+    )
+    dtype: str | None = field(  # None: model.checkpoint.default_dtype
+        default=None, metadata={"help": "bfloat16, float32 … (default: the checkpoint's stored dtype)"}
+    )
+    cuda_graphs: bool = field(  # runtime.graphs; not part of the job's identity
+        default=True, metadata={"help": "decode eagerly on CUDA (default: decode steps as CUDA graphs)"}
+    )
+    stop: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "metavar": "STRING",
+            "help": "a stop string: a reply ends before the first one it reaches (repeatable; the stop strings of a "
+            "row replace these)",
+        },
+    )
+    served_model_name: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "NAME",
+            "help": "the \"model\" of OpenAI responses (default: the request's, else the checkpoint's)",
+        },
+    )
 
     def __post_init__(self) -> None:
         from runtime.engine import check_chunk
@@ -142,9 +183,7 @@ class InferSettings:
         )
         check_chunk(self.prefill_chunk)
         for name in ("max_new_tokens", "batch_size", "context"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name)
         if self.max_new_tokens >= self.context:  # every row would fail: refused before the model loads
             raise ValueError(
                 f"max_new_tokens {self.max_new_tokens} leaves no room for a prompt in a context of {self.context} "
@@ -291,9 +330,11 @@ class InferSummary:
 
 
 def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
-    """A short hash of a checkpoint: its ``config.json``, and for each safetensors file its size, header (the
-    tensor names, shapes and offsets) and first and last 64 KiB of data; cheap on a 60 GB checkpoint, and a
-    different training run changes it."""
+    """A short hash of a checkpoint: its ``config.json`` and ``generation_config.json``, and for each safetensors
+    file its size, its tensors' names, dtypes and shapes (read with ``safetensors.safe_open``) and its first and
+    last 64 KiB of data; cheap on a 60 GB checkpoint, and a different training run changes it."""
+    from safetensors import safe_open
+
     digest = hashlib.sha256()
     directory = Path(directory)
     for path in sorted(p for p in directory.iterdir() if p.is_file()):  # a FIFO is never opened
@@ -301,9 +342,12 @@ def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
             digest.update(path.name.encode() + path.read_bytes())
         elif path.suffix == ".safetensors":
             size = path.stat().st_size
+            digest.update(path.name.encode() + str(size).encode())
+            with safe_open(path, framework="pt") as tensors:
+                for name in sorted(tensors.keys()):
+                    piece = tensors.get_slice(name)
+                    digest.update(f"{name}:{piece.get_dtype()}:{piece.get_shape()};".encode())
             with open(path, "rb") as fp:
-                header = int.from_bytes(fp.read(8), "little")
-                digest.update(path.name.encode() + str(size).encode() + fp.read(min(header, size)))
                 digest.update(fp.read(65536))
                 fp.seek(max(0, size - 65536))
                 digest.update(fp.read())
@@ -313,7 +357,7 @@ def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
 # --- the input ---------------------------------------------------------------------------------------------
 
 
-class _Input:
+class InferInput:
     """The input as shards of items ``(index, id or None, payload, options)``; a payload is a ``ManifestRow``
     (to prepare), an example row (prepared already), an error row (carried over) or an exception."""
 
@@ -358,7 +402,7 @@ class _Input:
     def shard_count(self) -> int:
         return -(-self.rows // self.rows_per_shard)
 
-    def shards(self, done: set[int]) -> Iterator[tuple[int, list[tuple]]]:
+    def shards(self, done: set[int]) -> Iterator[tuple[int, list[Item]]]:
         """``(shard, items)`` of every shard not in ``done``, in order (ids of done shards still count for
         duplicate detection)."""
         seen: dict[str, int] = {}
@@ -367,39 +411,14 @@ class _Input:
                 if shard not in done:
                     yield shard, self._preprocessed(shard)
                 continue
-            items = self._manifest_items(shard, seen)
+            start = shard * self.rows_per_shard
+            items = read_items(self.manifest, start, min(self.rows, start + self.rows_per_shard), seen, kind=self.kind)
             if shard not in done:
                 yield shard, items
 
-    def _manifest_items(self, shard: int, seen: dict[str, int]) -> list[tuple]:
-        items = []
-        start = shard * self.rows_per_shard
-        stop = min(self.rows, start + self.rows_per_shard)
-        for index, raw in enumerate(self.manifest.rows(start, stop), start):
-            row_id = None
-            try:
-                if isinstance(raw, Exception):
-                    raise raw
-                if self.kind == "openai":
-                    row, options = read_request(raw, index)
-                else:
-                    row = read_row(raw, index)
-                    options = read_options(raw, f"row {index} (id {row.id!r})")
-                row_id = row.id
-                if row.id in seen:
-                    raise ManifestError(f"row {index}: id {row.id!r} repeats row {seen[row.id]}")
-                seen[row.id] = index
-                items.append((index, row.id, row, options))
-            except ManifestError as exc:
-                if row_id is None and isinstance(raw, dict):
-                    raw_id = raw.get("custom_id" if self.kind == "openai" else "id")
-                    row_id = str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None
-                items.append((index, row_id, exc, None))
-        return items
-
-    def _preprocessed(self, shard: int) -> list[tuple]:
-        """Shard k of the preprocess job: its example rows and error rows, merged in input order (examples fill
-        the positions the errors leave, in order)."""
+    def _preprocessed(self, shard: int) -> list[Item]:
+        """Shard k of the preprocess job: its example rows (with the generation options their input rows gave)
+        and error rows, merged in input order (examples fill the positions the errors leave, in order)."""
         stats = self.state["shards"].get(str(shard), {})
         start = shard * self.rows_per_shard
         count = min(stats.get("rows", self.rows_per_shard), self.rows - start)  # a --head may end inside a shard
@@ -410,10 +429,10 @@ class _Input:
         items = []
         for index in range(start, start + count):
             if index in by_row:
-                items.append((index, by_row[index]["id"], by_row[index], None))
+                items.append(Item(index, by_row[index]["id"], by_row[index]))
             else:
                 row = next(examples)
-                items.append((index, row["id"], row, None))
+                items.append(Item(index, row["id"], row, options_from_json(row_options(row))))
         return items
 
 
@@ -446,25 +465,38 @@ def _shown(value: object) -> str:
 # --- preparing rows (in worker processes) -------------------------------------------------------------------
 
 
-def prepare_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str, pad_id: int) -> list[tuple]:
-    """Each item (index, id, payload) → ``("batch", index, id, one-row Batch, prompt summary)`` or ``("error",
-    error row)``, in order: manifest rows through the front end, example rows as they are."""
+def prepare_rows(items: list[Item], settings: PreprocessSettings, base_dir: str, pad_id: int) -> list:
+    """Each item → a :class:`Prepared` one-row batch or a :class:`Failed` error row, in order: manifest rows
+    through the front end (``preprocess_job.build_rows``), example rows as they are, carried error rows kept."""
     from preprocess.collate import collate
 
-    out: list[tuple] = []
-    fresh = [(i, row_id, payload) for i, row_id, payload in items if not isinstance(payload, dict)]
-    built = iter(row_results(fresh, settings, base_dir))
-    for index, row_id, payload in items:
-        if isinstance(payload, dict) and "stage" in payload:  # an error row carried from a preprocess job
-            out.append(("error", dict(payload, row=index)))
+    out: list = []
+    fresh = [item for item in items if not isinstance(item.payload, dict)]
+    built = iter(build_rows(fresh, settings, base_dir))
+    for item in items:
+        if item.carried_error:  # an error row carried from a preprocess job
+            out.append(Failed(dict(item.payload, row=item.index)))
             continue
-        kind, row = ("example", payload) if isinstance(payload, dict) else next(built)
-        if kind == "error":
-            out.append(("error", row))
+        outcome = Built(item.index, item.payload) if isinstance(item.payload, dict) else next(built)
+        if isinstance(outcome, Failed):
+            out.append(outcome)
             continue
-        _, example = row_to_example(row)
-        out.append(("batch", index, row_id, collate([example], pad_id=pad_id), example.summary))
+        _, example = row_to_example(outcome.row)
+        out.append(Prepared(item.index, item.id, collate([example], pad_id=pad_id), example.summary))
     return out
+
+
+def prepare_list(items: list[Item], prepare: tuple) -> list:
+    """:func:`prepare_rows` with its arguments in a tuple (a worker's task, ``pipelines.pool``)."""
+    return prepare_rows(items, *prepare)
+
+
+def prepare_shard(shard: int, items: list[Item], prepare: tuple) -> list:
+    return prepare_rows(items, *prepare)
+
+
+def _prepared_shard(shard: int, outcomes: list) -> list:
+    return outcomes
 
 
 def make_request(model, settings: InferSettings, key, row_id: str, batch, options: RowOptions | None, tokenizer):
@@ -581,7 +613,7 @@ class InferJob:
         self.started = time.perf_counter()
         self.plan, self.settings, self.workers = plan, plan.settings, workers
         settings = plan.settings
-        self.input = _Input(input_path, settings.preprocess.rows_per_shard, settings.preprocess.head)
+        self.input = InferInput(input_path, settings.preprocess.rows_per_shard, settings.preprocess.head)
         self.tokenizer = plan.tokenizer
         self.dtype = plan.info.dtype
         template_hash = hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()[:16]
@@ -625,6 +657,22 @@ class InferJob:
 
     def close(self) -> None:
         os.close(self.lock)
+
+    @property
+    def prepare_args(self) -> tuple:
+        """The arguments of :func:`prepare_rows` after the items: front-end settings, media base, pad id."""
+        pad = self.tokenizer.special.pad  # the checkpoint's too (load_pretrained checks the pair)
+        return self.settings.preprocess, os.fspath(self.input.base_dir), pad
+
+    def work(self) -> Work:
+        """What the worker pool runs: shards prepared, rows one at a time after a worker died twice."""
+        prepare = self.prepare_args
+        return Work(
+            shard=partial(prepare_shard, prepare=prepare),
+            rows=partial(prepare_list, prepare=prepare),
+            from_rows=_prepared_shard,
+            dead_row=dead_row,
+        )
 
     def finish(self) -> None:
         """Mark the job complete. With ``--output-format jsonl|openai``, its lines go first into one file,
@@ -706,14 +754,15 @@ class InferJob:
 
 
 class _Feeder:
-    """Prepares shards ahead of the engine and turns them into requests; collects completions into shards."""
+    """Prepares shards ahead of the engine (in a ``pipelines.pool.ShardPool``, or here between the model's steps)
+    and turns them into requests; collects completions into shards."""
 
-    def __init__(self, job: InferJob, pool) -> None:
+    def __init__(self, job: InferJob, pool: ShardPool | None) -> None:
         self.job, self.pool = job, pool
         self.model = self.engine = None  # set once loaded: preparing may start before
         self.shards = job.input.shards({int(k) for k in job.state["shards"]})
         self.exhausted = False
-        self.running: dict[Future, tuple[int, list]] = {}
+        self.prepared: deque = deque()  # (shard, outcomes) prepared here, not yet turned into requests
         self.open: dict[int, ShardState] = {}
         self.options: dict[tuple[int, int], RowOptions | None] = {}
         self.waiting: dict[tuple[int, int], tuple[str, dict, str]] = {}  # a request's row id, prompt summary, model
@@ -723,6 +772,10 @@ class _Feeder:
         self.ahead = 2 * max(1, job.workers)
         self.bar = None
 
+    @property
+    def preparing(self) -> int:
+        return len(self.pool) if self.pool is not None else len(self.prepared)
+
     # -- feeding the engine --
 
     def requests(self) -> Iterator:
@@ -731,7 +784,7 @@ class _Feeder:
             if self.ready:
                 yield self.ready.popleft()
                 continue
-            if self.exhausted and not self.running:
+            if self.exhausted and not self.preparing:
                 return
             block = self.engine.idle
             started = time.perf_counter()
@@ -744,38 +797,31 @@ class _Feeder:
     def _top_up(self) -> None:
         """Submit shards while fewer than ``ahead`` are being prepared and few requests wait."""
         slots = self.job.settings.batch_size
-        while not self.exhausted and len(self.running) < self.ahead and len(self.ready) < slots * 2:
+        while not self.exhausted and self.preparing < self.ahead and len(self.ready) < slots * 2:
             item = next(self.shards, None)
             if item is None:
                 self.exhausted = True
                 return
             shard, items = item
             self.open[shard] = ShardState(len(items))
-            for index, _, _, options in items:
-                self.options[(shard, index)] = options
-            work = [(index, row_id, payload) for index, row_id, payload, _ in items]
-            settings, base = self.job.settings.preprocess, os.fspath(self.job.input.base_dir)
-            pad = self.job.tokenizer.special.pad  # the checkpoint's too (load_pretrained checks the pair)
+            for row in items:
+                self.options[(shard, row.index)] = row.options
             if self.pool is None:
-                future: Future = Future()
-                future.set_result(prepare_rows(work, settings, base, pad))
-            else:
-                future = self.pool.submit(prepare_rows, work, settings, base, pad)
-            self.running[future] = (shard, work)
-            if self.pool is None:
+                self.prepared.append((shard, prepare_rows(items, *self.job.prepare_args)))
                 return  # prepared here: one shard at a time
+            self.pool.submit(shard, items)
 
     def _collect(self, block: bool) -> None:
-        if not self.running:
-            return
-        done, _ = wait(self.running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
-        for future in done:
-            shard, _ = self.running.pop(future)
-            for prepared in future.result():
-                if prepared[0] == "error":
-                    self._error(shard, prepared[1])
+        if self.pool is None:
+            finished, self.prepared = list(self.prepared), deque()
+        else:
+            finished = self.pool.finished(block) if len(self.pool) else []
+        for shard, outcomes in finished:
+            for outcome in outcomes:
+                if isinstance(outcome, Failed):
+                    self._error(shard, outcome.row)
                 else:
-                    self._request(shard, *prepared[1:])
+                    self._request(shard, outcome.index, outcome.id, outcome.batch, outcome.summary)
             self._maybe_write(shard)
 
     def _request(self, shard: int, index: int, row_id: str, batch, summary: dict) -> None:
@@ -843,7 +889,7 @@ def run_infer(
         # A preprocess output's rows are prepared already (reading them back is light), and one shard is prepared
         # faster here than a worker process starts: no worker processes then.
         prepares = job.input.kind != "preprocessed" and pending > 1
-        pool = worker_pool(min(workers, pending)) if workers and prepares else None
+        pool = ShardPool(min(workers, pending), job.work()) if workers and prepares else None
         feeder = _Feeder(job, pool)
         feeder.bar = progress_bar(job.input.rows, progress, "infer")
         feeder.bar.update(sum(s["rows"] for s in job.state["shards"].values()))
@@ -863,7 +909,7 @@ def run_infer(
                     feeder.complete(completion)
         finally:
             if pool is not None:
-                pool.shutdown(cancel_futures=True)
+                pool.close()
             feeder.bar.close()
         model_seconds = time.perf_counter() - model_started
         job.finish()

@@ -38,20 +38,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from data_specs.checks import check_count
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, example_schema, example_to_row
 from data_specs.manifest import (
@@ -60,9 +59,9 @@ from data_specs.manifest import (
     ManifestError,
     ManifestRow,
     MediaOutsideRootError,
+    RowOptions,
     check_tools,
     open_manifest,
-    read_row,
     resolve_media,
 )
 from preprocess.chat import ChatFormatError
@@ -79,6 +78,8 @@ from .jobdir import (
     save_state,
     shard_path,
 )
+from .pool import WORKER_DIED, ShardPool, Work, threads
+from .rows import Built, Failed, Item, read_items
 
 __all__ = [
     "Job",
@@ -90,12 +91,13 @@ __all__ = [
     "ShardTarget",
     "TABLES",
     "error_row",
-    "init_worker",
-    "process_rows",
+    "build_rows",
+    "dead_row",
+    "options_from_json",
     "process_shard",
-    "row_results",
+    "options_to_json",
+    "settings_from_record",
     "run_preprocess",
-    "worker_pool",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,22 +111,53 @@ class RowTimeoutError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class PreprocessSettings:
-    tokenizer: str  # checkpoint directory holding tokenizer.model (and maybe chat_template.jinja), or that file
-    image_budget: int = 280
-    max_tokens: int | None = None
-    video_frames: int = 32
-    video_budget: int = 70
-    exact: bool = True
-    rows_per_shard: int = 128
-    media_root: str | None = None  # when set, media paths must resolve inside it (manifests from elsewhere)
-    row_timeout_s: float | None = 300.0  # a row taking longer becomes an error row (stage "timeout")
+    tokenizer: str = field(
+        metadata={
+            "help": "checkpoint directory with tokenizer.model, or that file; chat_template.jinja beside it is used too"
+        }
+    )
+    image_budget: int = field(default=280, metadata={"flag": "--budget", "help": "image soft-token budget"})
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "flag": "--max-prompt-tokens",
+            "min": 1,
+            "help": "lower image budgets so each prompt fits this many tokens (nothing is cut: a row that cannot fit "
+            "fails)",
+        },
+    )
+    video_frames: int = field(default=32, metadata={"min": 1, "help": "frames sampled per video"})
+    video_budget: int = field(default=70, metadata={"help": "budget per video frame"})
+    exact: bool = field(default=True, metadata={"flag": "--fast", "help": "fast image/audio modes (not bit-identical)"})
+    rows_per_shard: int = field(default=128, metadata={"min": 1, "help": "input rows per output shard"})
+    media_root: str | None = field(
+        default=None, metadata={"help": "media paths must resolve inside this directory (manifests from elsewhere)"}
+    )
+    row_timeout_s: float | None = field(
+        default=300.0,
+        metadata={
+            "flag": "--row-timeout",
+            "help": "seconds a row may take, or 'none'; a row taking longer becomes an error row (stage timeout)",
+        },
+    )
     limits: MediaLimits = field(default_factory=MediaLimits)  # checked from headers, before decoding
-    enable_thinking: bool = False  # rendered with the thinking switch on
+    enable_thinking: bool = field(default=False, metadata={"help": "render every prompt with thinking on"})
     tools: list | None = None  # tool specs (their content) for rows that have no tools of their own
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra variables of the chat template (JSON)
-    head: int | None = None  # only the first ``head`` input rows (a smoke run); None: every row
-    generation_prompt: bool = True  # end each prompt with the model's turn opener; False: a finished conversation
-    continue_final_message: bool = False  # the last message is a partial model turn the prompt ends inside
+    head: int | None = field(  # None: every row
+        default=None, metadata={"min": 1, "metavar": "N", "help": "only the first N input rows (a smoke run)"}
+    )
+    generation_prompt: bool = field(  # end each prompt with the model's turn opener; False: a finished conversation
+        default=True,
+        metadata={"help": "end each prompt without the model's turn opener: the conversation as it stands"},
+    )
+    continue_final_message: bool = field(
+        default=False,
+        metadata={
+            "help": "the last message is a partial model turn the prompt ends inside, for the model to continue "
+            "(with --no-generation-prompt)"
+        },
+    )
 
     def __post_init__(self) -> None:
         from preprocess.budget import check_budget
@@ -143,12 +176,9 @@ class PreprocessSettings:
         check_budget(self.image_budget)
         check_budget(self.video_budget)
         for name in ("rows_per_shard", "video_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            check_count(getattr(self, name), name)
         for name in ("max_tokens", "head"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name, optional=True)
         if self.row_timeout_s is not None and not self.row_timeout_s > 0:
             raise ValueError(f"row_timeout_s must be positive (or None for no limit), got {self.row_timeout_s}")
         if self.continue_final_message and self.generation_prompt:
@@ -272,12 +302,40 @@ def error_row(index: int, row_id: str | None, stage: str, error_type: str, messa
     }
 
 
-def row_results(items: Iterable[tuple], settings: PreprocessSettings, base_dir: str) -> Iterator[tuple[str, dict]]:
-    """``("example", row)`` or ``("error", row)`` for each item, in input order."""
+def options_to_json(options: RowOptions | None) -> dict | None:
+    """A row's own generation options as JSON data for the examples table's ``options`` column (the fields it
+    sets; None when it sets none), read back by ``gemma4 infer`` (:func:`options_from_json`)."""
+    if options is None:
+        return None
+    given = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items() if v is not None}
+    return given or None
+
+
+def settings_from_record(record: dict, tokenizer: str) -> PreprocessSettings:
+    """The settings a job recorded in ``job.json`` (:meth:`PreprocessSettings.comparable`'s form: paths
+    resolved, tools by content, plus fingerprints), with ``tokenizer``: to rebuild one row as that job did."""
+    names = {f.name for f in fields(PreprocessSettings)} - {"tokenizer"}
+    values = {k: v for k, v in record.items() if k in names}
+    if isinstance(values.get("limits"), dict):
+        values["limits"] = MediaLimits(**values["limits"])
+    return PreprocessSettings(tokenizer=tokenizer, **values)
+
+
+def options_from_json(data: dict | None) -> RowOptions | None:
+    """The inverse of :func:`options_to_json`."""
+    if not data:
+        return None
+    return RowOptions(**{k: (tuple(v) if k == "stop" else v) for k, v in data.items()})
+
+
+def build_rows(items: Iterable[Item], settings: PreprocessSettings, base_dir: str) -> Iterator[Built | Failed]:
+    """Each item (``pipelines.rows.Item``) through the front end: a :class:`Built` examples-table row, or a
+    :class:`Failed` errors-table row naming the stage that failed; in input order."""
     from preprocess.prompt import build_example
 
     tokenizer = _tokenizer(settings)
-    for index, row_id, payload in items:
+    for item in items:
+        index, row_id, payload = item.index, item.id, item.payload
         try:
             if isinstance(payload, BaseException):
                 raise payload
@@ -295,18 +353,18 @@ def row_results(items: Iterable[tuple], settings: PreprocessSettings, base_dir: 
                     video_budget=settings.video_budget,
                     exact=settings.exact,
                     limits=settings.limits,
+                    add_generation_prompt=settings.generation_prompt,
+                    continue_final_message=settings.continue_final_message,
                 )
-            result = ("example", example_to_row(row_id, example))
+            result = Built(index, example_to_row(row_id, example, options_to_json(item.options)))
         except Exception as exc:  # every failure is recorded with its reason; the job goes on
-            result = ("error", error_row(index, row_id, _stage(exc), type(exc).__name__, str(exc)))
+            result = Failed(error_row(index, row_id, _stage(exc), type(exc).__name__, str(exc)))
         yield result
 
 
-def process_rows(items: list[tuple], settings: PreprocessSettings, base_dir: str) -> tuple[list[dict], list[dict]]:
-    """``items`` = [(row index, id or None, a ``ManifestRow``, its messages or an exception)] → (example rows,
-    error rows), in input order."""
-    results = list(row_results(items, settings, base_dir))
-    return [r for kind, r in results if kind == "example"], [r for kind, r in results if kind == "error"]
+def dead_row(item: Item) -> Failed:
+    """The error row of an item whose row killed its worker twice (``pipelines.pool``)."""
+    return Failed(error_row(item.index, item.id, "worker", "WorkerDiedError", WORKER_DIED))
 
 
 # --- one shard (runs in a worker) --------------------------------------------------------------------------
@@ -322,26 +380,6 @@ class ShardTarget:
     metadata: dict[str, str]  # written into both Parquet files' schema metadata
 
 
-def init_worker(parent: int | None = None) -> None:
-    """A worker process's (or Ray task's) setup: one torch thread, since parallelism comes from the workers, and
-    float results must not depend on the worker count. With ``parent`` (the job's pid), a watchdog thread ends
-    this process when the job's process is gone, so a ``kill -9`` of the job leaves no orphans behind, and Ctrl-C
-    (which the terminal sends to every process of the job) is left to the job's process: it stops the job with one
-    line, and no worker prints a traceback."""
-    import torch
-
-    torch.set_num_threads(1)
-    if parent is not None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="gemma4-watchdog").start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)  # the job is gone: nobody will read this worker's results
-
-
 def _row_bytes(row: dict) -> int:
     """About how many bytes a row of the examples table holds (media bytes + 5 per token)."""
     size = 5 * len(row["input_ids"])
@@ -351,23 +389,24 @@ def _row_bytes(row: dict) -> int:
     return size
 
 
-def write_shard(shard: int, results: Iterable[tuple[str, dict]], target: ShardTarget) -> dict:
-    """Write one shard's results (``("example" | "error", row)`` in input order) to its files; its statistics,
-    for :meth:`Job.record`."""
+def write_shard(shard: int, results: Iterable[Built | Failed], target: ShardTarget) -> dict:
+    """Write one shard's outcomes (in input order) to its files; its statistics, for :meth:`Job.record`."""
     examples = TableWriter(shard_path(target.out_dir, "examples", shard), example_schema(target.metadata))
     errors = TableWriter(shard_path(target.out_dir, "errors", shard), error_schema(target.metadata))
     tokens: Counter = Counter()
     stages: Counter = Counter()
     counts = Counter()
     try:
-        for kind, row in results:
-            counts[kind] += 1
-            if kind == "example":
+        for outcome in results:
+            row = outcome.row
+            if isinstance(outcome, Built):
+                counts["example"] += 1
                 summary = json.loads(row["summary"])
                 for key in ("text", "image", "audio", "video"):
                     tokens[key] += summary[f"{key}_tokens"]
                 examples.add(row, _row_bytes(row))
             else:
+                counts["error"] += 1
                 stages[row["stage"]] += 1
                 errors.add(row, len(row["message"]))
         written = examples.close() + errors.close()
@@ -385,10 +424,15 @@ def write_shard(shard: int, results: Iterable[tuple[str, dict]], target: ShardTa
     }
 
 
-def process_shard(shard: int, items: list[tuple], target: ShardTarget) -> dict:
+def process_shard(shard: int, items: list[Item], target: ShardTarget) -> dict:
     """Process one shard (``items`` from :meth:`Job.pending_shards`) and write its files atomically; returns
     its statistics, for :meth:`Job.record`."""
-    return write_shard(shard, row_results(items, target.settings, target.base_dir), target)
+    return write_shard(shard, build_rows(items, target.settings, target.base_dir), target)
+
+
+def build_list(items: list[Item], target: ShardTarget) -> list[Built | Failed]:
+    """:func:`build_rows` as a list (a worker's task when a shard's rows run one at a time)."""
+    return list(build_rows(items, target.settings, target.base_dir))
 
 
 # --- the job (runs in the driver) -------------------------------------------------------------------------
@@ -458,6 +502,9 @@ class Job:
                 metadata=_metadata(expected["settings"]),
             )
             state = load_state(out_dir, expected)
+            # How this run ran (recorded, not part of the job's identity): the tokenizer as given, which
+            # ``gemma4 inspect --prompt`` decodes the prompts with.
+            state["run"] = {"tokenizer": os.path.realpath(settings.tokenizer)}
         except BaseException:
             os.close(lock)
             raise
@@ -468,12 +515,14 @@ class Job:
         self._bar = progress_bar(len(self.manifest), progress)
         self._bar.update(sum(s["rows"] for s in self.state["shards"].values()))
 
-    def pending_shards(self) -> Iterator[tuple[int, list[tuple]]]:
+    def pending_shards(self) -> Iterator[tuple[int, list[Item]]]:
         """``(shard, items)`` of every shard not yet done, in order. Every shard's rows are read and validated,
         done ones too: their ids still count for duplicate detection."""
         seen: dict[str, int] = {}
+        size = self.target.settings.rows_per_shard
         for shard in range(self.shard_count):
-            items = _shard_items(self.manifest, shard, self.target.settings.rows_per_shard, seen)
+            start = shard * size
+            items = read_items(self.manifest, start, min(len(self.manifest), start + size), seen)
             if str(shard) not in self.state["shards"]:
                 yield shard, items
 
@@ -498,28 +547,6 @@ class Job:
 def _metadata(settings: dict) -> dict[str, str]:
     """The Parquet files' schema metadata: the job's comparable settings, less the template hash."""
     return {SETTINGS_KEY: json.dumps({k: v for k, v in settings.items() if k != "chat_template"}, sort_keys=True)}
-
-
-def _shard_items(manifest, shard: int, size: int, seen: dict[str, int]) -> list[tuple]:
-    """Validated rows of one shard: (index, id, ManifestRow) or (index, id or None, ManifestError)."""
-    items = []
-    start = shard * size
-    for index, raw in enumerate(manifest.rows(start, min(len(manifest), start + size)), start):
-        if isinstance(raw, ManifestError):
-            items.append((index, None, raw))
-            continue
-        try:
-            row = read_row(raw, index)
-        except ManifestError as exc:
-            raw_id = raw.get("id") if isinstance(raw, dict) else None
-            items.append((index, str(raw_id) if isinstance(raw_id, str | int) and raw_id != "" else None, exc))
-            continue
-        if row.id in seen:
-            items.append((index, row.id, ManifestError(f"row {index}: id {row.id!r} repeats row {seen[row.id]}")))
-            continue
-        seen[row.id] = index
-        items.append((index, row.id, row))
-    return items
 
 
 def _summary(state: dict, count: int, done_before: int, seconds: float) -> JobSummary:
@@ -556,8 +583,7 @@ def run_preprocess(
 ) -> JobSummary:
     """Run (or resume) the local job; see the module docstring. With ``workers`` > 1 and more than one shard to
     do, shards run in that many worker processes (at most one per pending shard); otherwise in this process."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    check_count(workers, "workers")
     with Job.open(input_path, output_dir, settings) as job:
         job.start(progress)
         workers = min(workers, job.pending_count)
@@ -569,100 +595,31 @@ def run_preprocess(
 
 
 def _run_here(job: Job) -> None:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in worker processes: float results must not depend on the worker count
-    try:
+    with threads(1):  # as in worker processes: float results must not depend on the worker count
         for shard, items in job.pending_shards():
             job.record(shard, process_shard(shard, items, job.target))
-    finally:
-        torch.set_num_threads(threads)
-
-
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    # spawn: workers are children of this process (their watchdog sees it die), and no fork of a threaded parent
-    context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(os.getpid(),))
 
 
 def _run_pool(job: Job, workers: int) -> None:
-    """Shards through a pool of ``workers`` processes, at most ``2 × workers`` in flight. If a worker dies, the
-    pool breaks: finished shards are recorded, the shards that were running are retried alone, and the rest go on
-    in a new pool."""
-    shards = job.pending_shards()
-    while True:
-        lost = _pool_pass(job, shards, workers)
-        if not lost:
-            return
-        for shard, items in lost:
-            _retry_alone(job, shard, items)
+    """Shards through ``workers`` processes, at most ``2 × workers`` in flight, each recorded as it finishes; a
+    worker that dies costs only the rows that kill it (``pipelines.pool``)."""
+    target = job.target
+    work = Work(
+        shard=partial(process_shard, target=target),
+        rows=partial(build_list, target=target),
+        from_rows=partial(_write_shard_here, target=target),
+        dead_row=dead_row,
+    )
+    with ShardPool(workers, work) as pool:
+        for shard, items in job.pending_shards():
+            pool.submit(shard, items)
+            while len(pool) >= 2 * workers:
+                for done, stats in pool.finished(block=True):
+                    job.record(done, stats)
+        while len(pool):
+            for done, stats in pool.finished(block=True):
+                job.record(done, stats)
 
 
-def _pool_pass(job: Job, shards: Iterator, workers: int) -> list[tuple[int, list]]:
-    """Run shards until they are exhausted (returns ``[]``) or a worker dies (returns the shards it lost)."""
-    running: dict = {}
-    with worker_pool(workers) as pool:
-        for shard, items in shards:
-            try:
-                running[pool.submit(process_shard, shard, items, job.target)] = (shard, items)
-            except BrokenProcessPool:
-                return [(shard, items), *_collect(job, running, keep=0)]
-            if lost := _collect(job, running, keep=2 * workers - 1):
-                return lost
-        return _collect(job, running, keep=0)
-
-
-def _collect(job: Job, running: dict, *, keep: int) -> list[tuple[int, list]]:
-    """Record every finished future of ``running`` as soon as it finishes, waiting until at most ``keep`` are
-    left; the shards whose worker died. Once one died the pool is broken: every remaining future is collected."""
-    lost = []
-    while running:
-        block = len(running) > keep or lost
-        done, _ = wait(running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
-        if not done:
-            break
-        for future in done:
-            shard, items = running.pop(future)
-            try:
-                job.record(shard, future.result())
-            except BrokenProcessPool:
-                lost.append((shard, items))
-    return sorted(lost, key=lambda x: x[0])
-
-
-_WORKER_DIED = (
-    "the worker process died while processing this row (killed by the system, e.g. for lack of memory, or crashed "
-    "in a decoder); it died again when the row was retried alone"
-)
-
-
-def _retry_alone(job: Job, shard: int, items: list) -> None:
-    """A shard whose worker died: retried alone in a fresh worker; if that dies too, its rows are run one per
-    task, and each row that kills its worker becomes an error row (stage ``worker``)."""
-    log.warning("a worker died while processing shard %d; retrying it alone", shard)
-    with worker_pool(1) as pool:
-        try:
-            job.record(shard, pool.submit(process_shard, shard, items, job.target).result())
-            return
-        except BrokenProcessPool:
-            log.warning("shard %d killed its worker again; running its %d rows one at a time", shard, len(items))
-    job.record(shard, write_shard(shard, _rows_alone(items, job.target), job.target))
-
-
-def _rows_alone(items: list, target: ShardTarget) -> Iterator[tuple[str, dict]]:
-    pool = worker_pool(1)
-    try:
-        for item in items:
-            try:
-                yield from pool.submit(_results_list, [item], target).result()
-            except BrokenProcessPool:
-                pool.shutdown()
-                pool = worker_pool(1)
-                yield "error", error_row(item[0], item[1], "worker", "WorkerDiedError", _WORKER_DIED)
-    finally:
-        pool.shutdown()
-
-
-def _results_list(items: list, target: ShardTarget) -> list[tuple[str, dict]]:
-    return list(row_results(items, target.settings, target.base_dir))
+def _write_shard_here(shard: int, outcomes: list, target: ShardTarget) -> dict:
+    return write_shard(shard, outcomes, target)

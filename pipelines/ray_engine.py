@@ -35,7 +35,8 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from pipelines.preprocess_job import Job, JobSummary, PreprocessSettings, ShardTarget, init_worker, process_shard
+from pipelines.pool import init_worker
+from pipelines.preprocess_job import Job, JobSummary, PreprocessSettings, ShardTarget, process_shard
 
 __all__ = ["WINDOW_PER_CPU", "import_ray", "run_preprocess_ray"]
 

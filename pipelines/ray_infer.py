@@ -5,7 +5,7 @@ The output directory is the local engine's, file for file: the same ``job.json``
 shards), the same shard files written by the same ``InferJob.write``, the same resumption and the same
 ``InferSummary``. A job may be started with one engine and finished with the other.
 
-How rows flow. The driver reads the input one shard at a time (``_Input.shards``, as the local engine does, so
+How rows flow. The driver reads the input one shard at a time (``InferInput.shards``, as the local engine does, so
 validation and duplicate-id detection are identical) and puts each pending shard into the object store as a
 one-row Arrow block (shard index, pickled items: each row's index, id, payload and generation options). A window
 of such references becomes ``ray.data.from_arrow_refs(...)`` and two ``map_batches(batch_size=1)`` stages:
@@ -66,6 +66,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from data_specs.checks import check_count
+
 from .infer_job import (
     InferJob,
     InferSettings,
@@ -79,8 +81,10 @@ from .infer_job import (
     summarize,
 )
 from .jobdir import progress_bar
-from .preprocess_job import PreprocessSettings, init_worker
+from .pool import init_worker
+from .preprocess_job import PreprocessSettings
 from .ray_engine import WINDOW_PER_CPU, import_ray
+from .rows import Failed
 
 if TYPE_CHECKING:
     import torch
@@ -112,9 +116,8 @@ def run_infer_ray(
     ``plan_infer(settings)`` the caller made already, if any. Raises
     ``ImportError`` without Ray, ``JobMismatchError`` (before Ray is started) if ``output_dir`` holds another job.
     """
-    for name, value in (("num_cpus", num_cpus), ("actors", actors)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer (--workers with --engine ray), got {value!r}")
+    check_count(num_cpus, "num_cpus", optional=True, what="--workers with --engine ray")
+    check_count(actors, "actors", optional=True)
     ray = import_ray()
     job = InferJob(input_path, output_dir, plan or plan_infer(settings), workers=0)  # every check before Ray starts
     try:
@@ -258,10 +261,8 @@ def _prepare_shard(batch: pa.Table, *, settings: PreprocessSettings, base_dir: s
     shard = batch["shard"][0].as_py()
     items = pickle.loads(batch["items"][0].as_py())
     init_worker()  # one thread per task: parallelism comes from the tasks, as from the local engine's processes
-    prepared = prepare_rows(
-        [(index, row_id, payload) for index, row_id, payload, _ in items], settings, base_dir, pad_id
-    )
-    options = {index: row_options for index, _, _, row_options in items}
+    prepared = prepare_rows(items, settings, base_dir, pad_id)
+    options = {item.index: item.options for item in items}
     payload = pickle.dumps((prepared, options), protocol=pickle.HIGHEST_PROTOCOL)
     return pa.table(
         {
@@ -305,11 +306,11 @@ class _Generator:
         prepared, options = pickle.loads(batch["prepared"][0].as_py())
         state = ShardState(batch["rows"][0].as_py())
         requests, rows = [], {}
-        for item in prepared:
-            if item[0] == "error":
-                state.errors[item[1]["row"]] = item[1]
+        for outcome in prepared:
+            if isinstance(outcome, Failed):
+                state.errors[outcome.index] = outcome.row
                 continue
-            _, index, row_id, row_batch, summary = item
+            index, row_id, row_batch, summary = outcome.index, outcome.id, outcome.batch, outcome.summary
             row_options = options.get(index)
             request = make_request(
                 self.model, self.settings, (shard, index), row_id, row_batch, row_options, self.tokenizer

@@ -54,6 +54,28 @@ sentinel ``\\ue000<k>\\ue001``; :class:`RenderedPrompt` keeps the originals so t
 plain text. Text of model turns and tool-call arguments are the model's own output and keep their control
 strings (so thought channels can be removed), except media placeholders. Every media placeholder in the
 rendered prompt therefore belongs to a media part, in order.
+
+Assistant spans (for training labels). :attr:`RenderedPrompt.assistant_spans` are the character ranges of the
+rendered text the model writes, read from the turn structure of spec §5.4.1 the same way for the built-in layout
+and for any checkpoint template: in each model turn, everything after its opener ``<|turn>model\\n`` up to and
+including the ``<turn|>`` that closes it. That is the convention of transformers' ``{% generation %}`` blocks
+(``return_assistant_tokens_mask``) and TRL's assistant-only loss: the model's content and its end marker, not the
+opener (the prompt writes it) nor the line break after ``<turn|>`` (generation stops at ``<turn|>``). The Gemma 4
+checkpoints' own template has no ``{% generation %}`` markers (transformers would give an all-zero mask), hence
+the structural reading. Inside a model turn, tool responses (``<|tool_response>…<tool_response|>``, written by
+the caller) and media placeholders are left out, except the ``<|tool_response>`` right after the model's last
+``<tool_call|>``: the model writes it to end its calls (it is a stop token, spec §5.4.1) as it writes ``<turn|>``
+to end a turn. System, user and tool turns, ``<bos>`` and the generation prompt (the trailing opener and empty
+thought channel, or what follows tool responses) are never the model's. Only the model's own text can hold
+control strings (everyone else's are protected), so the markers read are the template's or the model's. A
+template that writes model turns in another form gets the spans that form's markers give.
+
+``continue_final_message=True`` (with ``add_generation_prompt=False``) ends the prompt inside the last message,
+which must be a model turn (after OpenAI's tool messages are folded into it): the conversation is rendered as a
+finished one and cut before the ``<turn|>`` that closes the last turn (and the template's line break after it),
+as transformers' ``apply_chat_template(continue_final_message=True)`` and vLLM do. The last message is rendered as
+any model turn is (stripped, thought channels removed): text the template changed cannot be continued and is an
+error, as in transformers. The partial turn belongs to the assistant spans.
 """
 
 from __future__ import annotations
@@ -73,7 +95,15 @@ from .limits import DEFAULT_LIMITS, MediaLimits
 from .openai_parts import OPENAI_PART_TYPES, normalize_part
 from .tokenizer import SPECIAL_STRINGS
 
-__all__ = ["ChatFormatError", "MediaPart", "RenderedPrompt", "builtin_template_text", "render_chat", "strip_thinking"]
+__all__ = [
+    "ChatFormatError",
+    "MediaPart",
+    "RenderedPrompt",
+    "assistant_spans",
+    "builtin_template_text",
+    "render_chat",
+    "strip_thinking",
+]
 
 ROLES = ("system", "developer", "user", "assistant", "model", "tool")
 MEDIA_KINDS = ("image", "audio", "video")
@@ -106,11 +136,14 @@ class MediaPart:
 
 @dataclass(frozen=True)
 class RenderedPrompt:
-    """The rendered prompt; ``protected[k]`` is the literal text hidden behind sentinel ``k``."""
+    """The rendered prompt; ``protected[k]`` is the literal text hidden behind sentinel ``k``;
+    ``assistant_spans`` the ``[start, end)`` character ranges of ``text`` the model writes, in order and disjoint
+    (see the module docstring)."""
 
     text: str
     protected: tuple[str, ...]
     media: tuple[MediaPart, ...]
+    assistant_spans: tuple[tuple[int, int], ...] = ()
 
     def literal(self) -> str:
         """The prompt as plain text, sentinels replaced by what they hide (what a template renders from the raw
@@ -383,15 +416,28 @@ def render_chat(
     *,
     tools: Sequence[Mapping[str, Any]] | None = None,
     add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
     enable_thinking: bool = False,
     chat_template: str | None = None,
     limits: MediaLimits | None = None,
     **template_kwargs: Any,
 ) -> RenderedPrompt:
     """Render ``messages`` (see the module docstring) and ``tools`` (OpenAI-style function specs) into a prompt
-    string with protected text. ``template_kwargs`` reach a checkpoint template (the built-in layout reads none);
-    ``limits`` (default ``MediaLimits()``) bounds the rendering of ``chat_template``."""
+    string with protected text and the assistant spans. ``template_kwargs`` reach a checkpoint template (the
+    built-in layout reads none); ``limits`` (default ``MediaLimits()``) bounds the rendering of ``chat_template``.
+    ``continue_final_message`` ends the prompt inside the last (model) message; it needs
+    ``add_generation_prompt=False``, and a last message that is not a model turn is a :class:`ChatFormatError`."""
+    if continue_final_message and add_generation_prompt:
+        raise ChatFormatError(
+            "continue_final_message=True continues the last (model) message, so no generation prompt may follow "
+            "it: pass add_generation_prompt=False"
+        )
     conversation = _Conversation(messages, tools)
+    if continue_final_message and conversation.messages[-1]["role"] not in ("assistant", "model"):
+        raise ChatFormatError(
+            f"continue_final_message=True continues the last message, which must be a model (assistant) turn; "
+            f"messages[{len(messages) - 1}] is a {conversation.messages[-1]['role']!r} message"
+        )
     if chat_template is None:
         if template_kwargs:
             raise ChatFormatError(
@@ -408,6 +454,8 @@ def render_chat(
             limits or DEFAULT_LIMITS,
             template_kwargs,
         )
+    if continue_final_message:
+        text = _open_final_turn(text, conversation.messages[-1], len(messages) - 1)
     media = conversation.media
     for kind in MEDIA_KINDS:
         wanted = sum(m.kind == kind for m in media)
@@ -416,7 +464,87 @@ def render_chat(
             raise ChatFormatError(
                 f"the chat template wrote {found} {PLACEHOLDERS[kind]} placeholder(s) for {wanted} {kind} part(s)"
             )
-    return RenderedPrompt(text=text, protected=tuple(conversation.protect.protected), media=tuple(media))
+    return RenderedPrompt(
+        text=text,
+        protected=tuple(conversation.protect.protected),
+        media=tuple(media),
+        assistant_spans=assistant_spans(text, generation_prompt=add_generation_prompt),
+    )
+
+
+def _open_final_turn(text: str, last: Mapping[str, Any], index: int) -> str:
+    """``text`` (a finished conversation) cut before the ``<turn|>`` closing its last turn and what follows it; a
+    last turn that ends with tool responses and no content is left open as it is. The last message's final text
+    must survive rendering to be continued (as transformers requires)."""
+    s = SPECIAL_STRINGS
+    end = text.rstrip()  # the template's line break after <turn|>
+    if end.endswith(s["turn_end"]):
+        text = end[: -len(s["turn_end"])]
+    elif not end.endswith(s["tool_response_end"]):
+        raise ChatFormatError(
+            f"continue_final_message=True: the rendered prompt does not end with the {s['turn_end']} of "
+            f"messages[{index}] (it ends with {_short(end[-_QUOTE:])}), so it cannot be left open"
+        )
+    content = last.get("content")
+    if isinstance(content, list) and content:
+        content = content[-1].get("text") if content[-1]["type"] == "text" else None
+    if isinstance(content, str) and not text.endswith(content.strip()):
+        raise ChatFormatError(
+            f"continue_final_message=True: the text of messages[{index}] does not end the rendered prompt (the "
+            "chat template changed it: a model turn is stripped and loses its thought channels), so it cannot be "
+            "continued"
+        )
+    return text
+
+
+# The markers that delimit what the model writes (module docstring, "Assistant spans").
+_STRUCTURE_RE = re.compile(
+    "|".join(
+        re.escape(SPECIAL_STRINGS[role])
+        for role in ("turn_start", "turn_end", "tool_response_start", "tool_response_end", *MEDIA_KINDS)
+    )
+)
+_MODEL_OPENER = "model\n"  # after <|turn>
+
+
+def assistant_spans(text: str, *, generation_prompt: bool) -> tuple[tuple[int, int], ...]:
+    """The ``[start, end)`` character ranges of a rendered prompt ``text`` that the model writes: the content of
+    each model turn and the ``<turn|>`` closing it (see the module docstring). A model turn still open at the end
+    of ``text`` is the generation prompt after its last closed part when ``generation_prompt``, else a partial
+    turn the model writes (``continue_final_message``)."""
+    s = SPECIAL_STRINGS
+    spans: list[tuple[int, int]] = []
+    start: int | None = None  # where the model's current run of text began; None outside model turns
+    model = in_response = False
+
+    def close(end: int) -> None:
+        if start is not None and end > start:
+            spans.append((start, end))
+
+    for match in _STRUCTURE_RE.finditer(text):
+        marker = match.group()
+        if marker == s["turn_start"]:  # a new turn; a model turn left open (tool responses, no content) ends
+            close(match.start())
+            model = text.startswith(_MODEL_OPENER, match.end())
+            start = match.end() + len(_MODEL_OPENER) if model else None
+            in_response = False
+        elif not model:
+            continue
+        elif in_response:
+            if marker == s["tool_response_end"]:
+                in_response, start = False, match.end()
+        elif marker == s["turn_end"]:
+            close(match.end())
+            model, start = False, None
+        elif marker == s["tool_response_start"]:  # the model's own stop marker only right after its calls
+            close(match.end() if text.endswith(s["tool_call_end"], 0, match.start()) else match.start())
+            in_response, start = True, None
+        elif marker != s["tool_response_end"]:  # a media placeholder: the model does not write soft tokens
+            close(match.start())
+            start = match.end()
+    if model and not in_response and not generation_prompt:
+        close(len(text))
+    return tuple(spans)
 
 
 @functools.cache

@@ -7,12 +7,20 @@ video frame likewise, every audio segment's valid log-mel frames back to back wi
 uint8 (4× smaller to move); :meth:`Batch.to` rescales them to float on the target device. ``uncollate`` recovers
 every example exactly, which the tests check.
 
+For training, ``collate_training`` adds to the same :class:`Batch` the examples' assistant masks and the labels of
+a causal-LM loss (:class:`TrainingBatch`): ``labels`` are ``input_ids`` where the model writes the token
+(``Example.assistant_mask``), :data:`IGNORE_INDEX` (-100) everywhere else, padding included. Labels are *not*
+shifted: they sit at the positions of their tokens, as transformers' causal-LM models expect (their loss shifts,
+comparing the logits at position t with the label at t + 1). The :class:`Batch` contract is unchanged; the
+training tensors travel beside it.
+
 Shapes: B examples, T tokens, P patches of all images (or frames), F valid feature frames of all segments.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,7 +31,9 @@ from .image import ImagePatches
 from .prompt import AudioFeatures, Example
 from .video import VideoPatches
 
-__all__ = ["collate", "uncollate", "bucket_by_length"]
+__all__ = ["IGNORE_INDEX", "TrainingBatch", "collate", "collate_training", "uncollate", "bucket_by_length"]
+
+IGNORE_INDEX = -100  # the label no loss is computed on (torch.nn.CrossEntropyLoss's default ignore_index)
 
 
 def _pack_patches(items: Sequence[ImagePatches]) -> PackedPatches:
@@ -78,6 +88,50 @@ def collate(examples: Sequence[Example], *, pad_id: int, padding_side: str = "le
         audio=_pack_audio(segments),
         layout=tuple(_layout(e) for e in examples),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingBatch:
+    """A :class:`Batch` with what a causal-LM loss needs: ``assistant_masks`` (B, T) bool, True on the tokens the
+    model writes; ``labels`` (B, T) int64, ``input_ids`` there and :data:`IGNORE_INDEX` elsewhere (padding
+    included), unshifted (see the module docstring)."""
+
+    batch: Batch
+    labels: torch.Tensor
+    assistant_masks: torch.Tensor
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.batch.input_ids.shape)
+        for name in ("labels", "assistant_masks"):
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(getattr(self, name).shape)}, but input_ids {shape}")
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def to(
+        self, device: str | torch.device, dtype: torch.dtype | None = None, *, non_blocking: bool = True
+    ) -> TrainingBatch:
+        """Every tensor on ``device`` (:meth:`Batch.to` for the batch: ``dtype`` is its media's)."""
+        return TrainingBatch(
+            batch=self.batch.to(device, dtype, non_blocking=non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+            assistant_masks=self.assistant_masks.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> TrainingBatch:
+        """Every tensor pinned (a DataLoader with ``pin_memory=True`` calls this)."""
+        return TrainingBatch(self.batch.pin_memory(), self.labels.pin_memory(), self.assistant_masks.pin_memory())
+
+
+def collate_training(examples: Sequence[Example], *, pad_id: int, padding_side: str = "left") -> TrainingBatch:
+    """:func:`collate` of ``examples`` with their assistant masks and labels (see :class:`TrainingBatch`)."""
+    batch = collate(examples, pad_id=pad_id, padding_side=padding_side)
+    masks = torch.zeros(batch.input_ids.shape, dtype=torch.bool)  # (B, T)
+    for row, example in enumerate(examples):
+        masks[row, batch.attention_mask[row]] = torch.from_numpy(example.assistant_mask != 0)
+    labels = torch.where(masks, batch.input_ids, torch.tensor(IGNORE_INDEX, dtype=torch.int64))  # (B, T)
+    return TrainingBatch(batch=batch, labels=labels, assistant_masks=masks)
 
 
 def _layout(example: Example) -> dict:

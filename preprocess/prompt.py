@@ -12,6 +12,17 @@ exactly as the reference processor expands placeholders in the text before token
 control tokens is tokenized the same way. N always comes from the same function the encoders' input shapes
 derive from (the media item itself), so placeholder counts cannot disagree with the encoders.
 
+The assistant-token mask (``Example.assistant_mask``, for training labels) marks the tokens of what the model
+writes: the character spans :func:`preprocess.chat.render_chat` reads from the rendered prompt (each model turn's
+content and the ``<turn|>`` closing it; see :mod:`preprocess.chat`, "Assistant spans"). To make it exact at the
+token level, the text is cut at the edges of those spans and each piece tokenized on its own, as it is already
+cut at every control string: every edge but one is a control string, and the remaining one, after a model turn's
+opener ``<|turn>model\\n``, is where the tokens the model generates begin (they never merge with the prompt's
+line break). Gemma 4's tokenizer splits runs of line breaks from other text before merging (llama.cpp's
+``GEMMA4`` pre-tokenizer, ``[^\\n]+|[\\n]+``) and Gemma's templates strip model content, so this changes no
+token id there (the tests check it on the toy tokenizers). Media expansions are never the model's; a video in a
+model turn (rare) is cut from the text before it, so its first timestamp is tokenized on its own there.
+
 ``max_tokens`` lowers image budgets with :func:`preprocess.budget.fit_image_budgets` (images only: text,
 audio and video are never cut); if even budget 70 cannot fit, a clear error. Nothing is truncated.
 
@@ -59,7 +70,15 @@ __all__ = ["AudioFeatures", "Example", "RESERVED_TEMPLATE_KWARGS", "build_exampl
 
 # render_chat's own arguments: a template kwarg of one of these names would collide with it.
 RESERVED_TEMPLATE_KWARGS = frozenset(
-    {"messages", "tools", "add_generation_prompt", "enable_thinking", "chat_template", "limits"}
+    {
+        "messages",
+        "tools",
+        "add_generation_prompt",
+        "continue_final_message",
+        "enable_thinking",
+        "chat_template",
+        "limits",
+    }
 )
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
 
@@ -81,7 +100,10 @@ class Example:
     """A model-ready example.
 
     input_ids (T,) int32; mm_token_type_ids (T,) int8 (0 text, 1 image, 2 video, 3 audio); the media items in
-    order of appearance; ``summary`` counts tokens per modality, the budgets used and the audio segments.
+    order of appearance; ``summary`` counts tokens per modality, the budgets used and the audio segments;
+    ``assistant_mask`` (T,) int8, 1 on the tokens the model writes (its turns' content and their closing
+    ``<turn|>``, see the module docstring), 0 elsewhere: ``build_example`` always computes it, and left out it is
+    all zeros.
     """
 
     input_ids: np.ndarray
@@ -90,6 +112,15 @@ class Example:
     audio: list[AudioFeatures] = field(default_factory=list)
     videos: list[VideoPatches] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    assistant_mask: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.assistant_mask is None:
+            self.assistant_mask = np.zeros(self.input_ids.shape, dtype=np.int8)
+        elif self.assistant_mask.shape != self.input_ids.shape:
+            raise ValueError(
+                f"assistant_mask has shape {self.assistant_mask.shape}, but input_ids {self.input_ids.shape}"
+            )
 
 
 def check_template_kwargs(template_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,16 +170,41 @@ def _audio_features(part: MediaPart, index: int, exact: bool, limits: MediaLimit
     return out
 
 
-def _expand(rendered: RenderedPrompt, expansions: Sequence[str]) -> str:
-    counter = iter(expansions)
-    return _PLACEHOLDER_RE.sub(lambda _: next(counter), rendered.text)
-
-
 def _tokenize(tokenizer: Tokenizer, text: str, protected: Sequence[str]) -> list[int]:
     ids: list[int] = []
     for literal, run in unprotect_segments(text, protected):
         ids += tokenizer.encode(run, allow_special=not literal)
     return ids
+
+
+def _pieces(rendered: RenderedPrompt) -> list[tuple[str, bool]]:
+    """The rendered text cut at the edges of its assistant spans: ``(text, written by the model)`` in order."""
+    text, out, position = rendered.text, [], 0
+    for start, end in rendered.assistant_spans:
+        if start > position:
+            out.append((text[position:start], False))
+        out.append((text[start:end], True))
+        position = end
+    if position < len(text):
+        out.append((text[position:], False))
+    return out
+
+
+def _encode(
+    tokenizer: Tokenizer, rendered: RenderedPrompt, expansions: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """(token ids, assistant mask) of the rendered prompt, each piece of :func:`_pieces` tokenized on its own, with
+    every media placeholder replaced by its expansion (``expansions`` in order; None: placeholders kept)."""
+    counter = iter(expansions or ())
+    ids: list[int] = []
+    mask: list[int] = []
+    for piece, assistant in _pieces(rendered):
+        if expansions is not None:
+            piece = _PLACEHOLDER_RE.sub(lambda _: next(counter), piece)
+        piece_ids = _tokenize(tokenizer, piece, rendered.protected)
+        ids += piece_ids
+        mask += [int(assistant)] * len(piece_ids)
+    return ids, mask
 
 
 def build_example(
@@ -161,6 +217,7 @@ def build_example(
     video_frames: int = 32,
     max_tokens: int | None = None,
     add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
     enable_thinking: bool = False,
     tools: Sequence[Mapping[str, Any]] | None = None,
     template_kwargs: Mapping[str, Any] | None = None,
@@ -174,7 +231,10 @@ def build_example(
     tool specs) and ``template_kwargs`` (extra variables for a checkpoint template) go to ``render_chat``; a
     ``template_kwargs`` key that is one of its own arguments (:data:`RESERVED_TEMPLATE_KWARGS`) is a
     ``ValueError`` naming it. ``limits`` (default ``MediaLimits()``) bounds the media and the template
-    rendering, checked before decoding."""
+    rendering, checked before decoding. ``add_generation_prompt=False`` renders a finished conversation (for
+    training); ``continue_final_message=True`` (which needs ``add_generation_prompt=False``) ends the prompt inside
+    the last message, a model turn, with no ``<turn|>`` (a ``ChatFormatError`` otherwise). The example's
+    ``assistant_mask`` marks the tokens the model writes, the partial last turn's included."""
     limits = limits or DEFAULT_LIMITS
     check_budget(image_budget)
     extra = check_template_kwargs(template_kwargs or {})
@@ -182,6 +242,7 @@ def build_example(
         messages,
         tools=tools,
         add_generation_prompt=add_generation_prompt,
+        continue_final_message=continue_final_message,
         enable_thinking=enable_thinking,
         chat_template=chat_template if chat_template is not None else tokenizer.chat_template,
         limits=limits,
@@ -216,8 +277,10 @@ def build_example(
     images = [
         _image(part, size, budget, exact, limits) for (part, size), budget in zip(image_parts, budgets, strict=True)
     ]
-    text = _expand(rendered, _expansions(rendered, [i.num_soft_tokens for i in images], audio_segments, videos))
-    ids = np.asarray(_tokenize(tokenizer, text, rendered.protected), dtype=np.int32)
+    expansions = _expansions(rendered, [i.num_soft_tokens for i in images], audio_segments, videos)
+    tokens, mask = _encode(tokenizer, rendered, expansions)
+    ids = np.asarray(tokens, dtype=np.int32)
+    assistant_mask = np.asarray(mask, dtype=np.int8)
     special = tokenizer.special
     types = np.full(ids.shape, Modality.TEXT, dtype=np.int8)
     types[ids == special.image] = Modality.IMAGE
@@ -237,7 +300,8 @@ def build_example(
         "video_frames": [v.num_frames for v in videos],
     }
     _check_counts(types, images, audio_segments, videos)
-    return Example(ids, types, images, audio_segments, videos, summary)
+    assert not assistant_mask[types != Modality.TEXT].any()  # media expansions are never the model's
+    return Example(ids, types, images, audio_segments, videos, summary, assistant_mask)
 
 
 def _check_media_count(media: Sequence[MediaPart], limits: MediaLimits) -> None:
@@ -287,7 +351,7 @@ def _check_lower_bound(rendered: RenderedPrompt, tokenizer: Tokenizer, headers: 
     """Refuse, before decoding, an example whose tokens cannot fit ``max_tokens`` whatever the image budgets."""
     # Each placeholder is one control token, as each expansion starts and ends with one: the text around it
     # tokenizes as it will. A video's first timestamp joins the text before it: one token of slack per video.
-    text = len(_tokenize(tokenizer, rendered.text, rendered.protected)) - len(headers)
+    text = len(_encode(tokenizer, rendered)[0]) - len(headers)
     text -= sum(kind == "video" for kind, _ in headers)
     media = 0
     for kind, header in headers:
@@ -345,13 +409,7 @@ def _choose_budgets(rendered, tokenizer, sizes, requested, audio_segments, video
     if max_tokens is None:
         return requested
     # Image soft tokens sit between control tokens, so the rest of the sequence tokenizes the same whatever N is.
-    fixed = len(
-        _tokenize(
-            tokenizer,
-            _expand(rendered, _expansions(rendered, [0] * len(requested), audio_segments, videos)),
-            rendered.protected,
-        )
-    )
+    fixed = len(_encode(tokenizer, rendered, _expansions(rendered, [0] * len(requested), audio_segments, videos))[0])
     if fixed + sum(image_soft_tokens(h, w, b) for (h, w), b in zip(sizes, requested, strict=True)) <= max_tokens:
         return requested
     if not sizes:

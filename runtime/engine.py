@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from data_specs.batch import Batch
+from data_specs.checks import check_count
 from data_specs.media import Modality
 
 from .request import FinishReason, RequestState, chunk_edges
@@ -69,8 +70,7 @@ class Request:
     def __post_init__(self) -> None:
         if self.stop_strings is not None and not isinstance(self.stop_strings, StopStrings):
             raise TypeError(f"stop_strings must be a runtime.stop.StopStrings, got {type(self.stop_strings).__name__}")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        check_count(self.max_new_tokens, "max_new_tokens")
         if not isinstance(self.sampling, Sampling):
             raise TypeError(f"sampling must be a runtime.sampler.Sampling, got {type(self.sampling).__name__}")
         if isinstance(self.prompt, Prompt):
@@ -128,9 +128,8 @@ class Engine:
         token_budget: int | None = None,
         cuda_graphs: bool | None = None,
     ) -> None:
-        for name, value in (("slots", slots), ("context", context)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_count(slots, "slots")
+        check_count(context, "context")
         check_chunk(prefill_chunk)
         budget = token_budget if token_budget is not None else (prefill_chunk or context) + slots
         self.model, self.slots, self.context, self.prefill_chunk = model, slots, context, prefill_chunk

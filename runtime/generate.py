@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from data_specs.batch import Batch
+from data_specs.checks import check_count
 
 from .engine import PREFILL_CHUNK, Completion, Engine, Request, check_chunk
 from .runner import Prompt
@@ -24,8 +25,7 @@ def _engine(model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_
     if not isinstance(batch, Batch):
         raise TypeError(f"generate takes a data_specs.batch.Batch, got {type(batch).__name__}")
     check_chunk(prefill_chunk)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    check_count(max_new_tokens, "max_new_tokens")
     rows, width = batch.input_ids.shape
     if sampling is None:
         sampling = [Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)] * rows

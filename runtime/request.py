@@ -18,6 +18,8 @@ import enum
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from data_specs.checks import check_count, is_count
+
 __all__ = ["FinishReason", "RequestState", "RequestStatus", "chunk_edges"]
 
 
@@ -38,10 +40,6 @@ class FinishReason(enum.StrEnum):
     ABORT = "abort"  # Scheduler.abort: cancelled by the caller, waiting or running
 
 
-def _is_count(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def chunk_edges(length: int, runs: Sequence[tuple[int, int]] = ()) -> tuple[int, ...]:
     """The positions where a prefill chunk of a ``length``-token prompt may end: every ``e`` in 1..``length``
     except those strictly inside a run (``start < e < stop``). ``runs`` are half-open ``(start, stop)`` spans of
@@ -51,12 +49,12 @@ def chunk_edges(length: int, runs: Sequence[tuple[int, int]] = ()) -> tuple[int,
     >>> chunk_edges(6, [(1, 4)])
     (1, 4, 5, 6)
     """
-    if not _is_count(length, 1):
+    if not is_count(length, 1):
         raise ValueError(f"length must be a positive integer, got {length!r}")
     inside = [False] * (length + 1)  # inside[e]: an edge at e would split a run
     for run in runs:
         start, stop = run
-        if not (_is_count(start, 0) and _is_count(stop, 0) and start < stop <= length):
+        if not (is_count(start, 0) and is_count(stop, 0) and start < stop <= length):
             raise ValueError(f"runs must hold spans (start, stop) with 0 <= start < stop <= {length}, got {run!r}")
         inside[start + 1 : stop] = [True] * (stop - start - 1)
     return tuple(e for e in range(1, length + 1) if not inside[e])
@@ -89,21 +87,19 @@ class RequestState:
     finished: float | None = None
 
     def __post_init__(self) -> None:
-        if not _is_count(self.prompt_tokens, 1):
-            raise ValueError(f"prompt_tokens must be a positive integer, got {self.prompt_tokens!r}")
-        if not _is_count(self.max_new_tokens, 1):
-            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        check_count(self.prompt_tokens, "prompt_tokens")
+        check_count(self.max_new_tokens, "max_new_tokens")
         if not isinstance(self.status, RequestStatus):
             raise ValueError(f"status must be a RequestStatus, got {self.status!r}")
-        if not _is_count(self.num_computed_tokens, 0):
+        if not is_count(self.num_computed_tokens, 0):
             raise ValueError(f"num_computed_tokens must be a non-negative integer, got {self.num_computed_tokens!r}")
-        if not _is_count(self.num_output_tokens, 0):
+        if not is_count(self.num_output_tokens, 0):
             raise ValueError(f"num_output_tokens must be a non-negative integer, got {self.num_output_tokens!r}")
         if self.edges is not None:
             self._check_edges(self.edges)
 
     def _check_edges(self, edges: object) -> None:
-        if not isinstance(edges, tuple) or not all(_is_count(e, 1) for e in edges):
+        if not isinstance(edges, tuple) or not all(is_count(e, 1) for e in edges):
             raise ValueError(f"edges must be a tuple of positive integers or None, got {edges!r}")
         if not edges or edges[-1] != self.prompt_tokens or any(a >= b for a, b in zip(edges, edges[1:], strict=False)):
             shown = edges if len(edges) <= 8 else (*edges[:4], "…", *edges[-2:])

@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
+from data_specs.checks import check_count
+
 from .request import FinishReason, RequestState, RequestStatus
 
 __all__ = ["PrefillChunk", "Scheduler", "StepPlan"]
@@ -103,16 +105,14 @@ class Scheduler:
     ``update`` must apply it before the next ``schedule``."""
 
     def __init__(self, slots: int, token_budget: int, chunk: int | None = None) -> None:
-        for name, value in (("slots", slots), ("token_budget", token_budget)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_count(slots, "slots")
+        check_count(token_budget, "token_budget")
         if token_budget < slots:
             raise ValueError(
                 f"token_budget must be at least slots so every decoding slot fits, got token_budget={token_budget} "
                 f"< slots={slots}"
             )
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-            raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
+        check_count(chunk, "chunk", optional=True)
         self.slots = slots
         self.token_budget = token_budget
         self.chunk = chunk

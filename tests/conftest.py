@@ -1,6 +1,4 @@
-"""Test-session settings shared by every test module."""
-
-from pathlib import Path
+"""Test-session settings and the fixtures shared by every test package (plain helpers: tests/helpers.py)."""
 
 import pytest
 from hypothesis import settings
@@ -11,35 +9,6 @@ settings.register_profile("default", deadline=None, derandomize=True, print_blob
 settings.load_profile("default")
 
 
-def train_tiny_sentencepiece(user_symbols: list[str], seed: int = 0) -> bytes:
-    """The toy tokenizer with only ``user_symbols`` among the control strings (for absence tests)."""
-    from pipelines.sample_data import train_toy_tokenizer
-    from preprocess.tokenizer import SPECIAL_STRINGS
-
-    drop = tuple(
-        s for role, s in SPECIAL_STRINGS.items() if role not in ("pad", "eos", "bos") and s not in user_symbols
-    )
-    return train_toy_tokenizer(seed, drop=drop)
-
-
-# The published config.json files and generation_config.json (spec §12), byte for byte: the project's copies
-# (package data of bench/, which `gemma4 bench checkpoint` ships), checked against ../shared/data/gemma4-configs
-# wherever that folder is (tests/bench/test_bench_checkpoint.py).
-PUBLISHED_CONFIGS = Path(__file__).resolve().parents[1] / "bench" / "published_configs"
-SHARED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gemma4-configs"
-
-
-def config_keys(config: dict, prefix: str = "") -> set[str]:
-    """Every key of a config.json, nested sections as ``section.key`` (maps of labels and RoPE parameters are
-    values, not sections): what "the published key set" compares."""
-    out = set()
-    for key, value in config.items():
-        out.add(prefix + key)
-        if isinstance(value, dict) and key not in ("id2label", "label2id", "rope_parameters"):
-            out |= config_keys(value, prefix + key + ".")
-    return out
-
-
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     """A checkpoint-like directory holding a tiny ``tokenizer.model`` with every Gemma 4 control string."""
@@ -48,6 +17,14 @@ def tokenizer_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tokenizer")
     (directory / "tokenizer.model").write_bytes(train_toy_tokenizer())
     return directory
+
+
+@pytest.fixture(scope="session")
+def tok(tokenizer_dir):
+    """The :class:`preprocess.tokenizer.Tokenizer` of :func:`tokenizer_dir`."""
+    from preprocess.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(tokenizer_dir)
 
 
 # --- the reference (transformers, test-only) ----------------------------------------------------------------
@@ -72,3 +49,32 @@ def hf_modeling():
 def hf_processor():
     """The reference processor oracle ``oracles.hf_processor``; skips the test where transformers is missing."""
     return pytest.importorskip("oracles.hf_processor")
+
+
+@pytest.fixture
+def reference_model(reference):
+    """A factory: a random ``Gemma4ForConditionalGeneration`` with perturbed norms, scalars and clip bounds,
+    saved."""
+    import torch
+
+    from model.checkpoint import model_to_hf
+
+    def build(config, directory, seed: int = 0):
+        torch.manual_seed(seed)
+        model = reference.Gemma4ForConditionalGeneration(reference.Gemma4Config(**model_to_hf(config))).eval()
+        with torch.no_grad():
+            for key, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+                if "norm" in key and tensor.dtype.is_floating_point:
+                    tensor.add_(torch.randn_like(tensor) * 0.1)  # random init leaves every norm weight at 1
+                elif "layer_scalar" in key:
+                    tensor.copy_(torch.rand_like(tensor) + 0.5)
+                elif key.endswith(("input_min", "output_min")):
+                    tensor.fill_(-0.5 - torch.rand(()).item())  # finite bounds that bite on some values
+                elif key.endswith(("input_max", "output_max")):
+                    tensor.fill_(0.5 + torch.rand(()).item())
+                elif key.endswith("per_dim_scale") or key.endswith(("std_bias", "std_scale")):
+                    tensor.copy_(torch.randn_like(tensor) * 0.5 + (1.0 if key.endswith("std_scale") else 0.0))
+        model.save_pretrained(directory)
+        return model
+
+    return build

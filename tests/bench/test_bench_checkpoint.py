@@ -18,8 +18,8 @@ from model.checkpoint import inspect_checkpoint, load_config
 from model.config import PRESETS
 from model.gemma4 import Gemma4
 from preprocess.tokenizer import Tokenizer
-from tests.conftest import PUBLISHED_CONFIGS as PUBLISHED
-from tests.conftest import SHARED_CONFIGS as SHARED
+from tests.helpers import PUBLISHED_CONFIGS as PUBLISHED
+from tests.helpers import SHARED_CONFIGS as SHARED
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from model.cache import cache_bytes
 from model.checkpoint import model_from_hf
 from model.config import PRESETS, preset
 from model.decoder import TextDecoder
-from tests.conftest import PUBLISHED_CONFIGS
+from tests.helpers import PUBLISHED_CONFIGS
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -13,12 +13,7 @@ from data_specs.media import Modality
 from preprocess.chat import render_chat
 from preprocess.collate import collate
 from preprocess.prompt import build_example
-from preprocess.tokenizer import SPECIAL_STRINGS, Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir):
-    return Tokenizer.from_pretrained(tokenizer_dir)
+from preprocess.tokenizer import SPECIAL_STRINGS
 
 
 @pytest.fixture

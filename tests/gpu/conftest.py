@@ -17,9 +17,9 @@ import torch
 from model.config import preset
 from model.decoder import TextDecoder
 from model.gemma4 import Gemma4
+from tests.gpu.helpers import CUDA
 
 HERE = Path(__file__).resolve().parent
-CUDA = torch.device("cuda")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,20 +32,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def prompt(rows: int, length: int, vocab: int, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random ids (B, T) and a bool mask (B, T) on the device; with ``padded``, rows 1… are left padded."""
-    generator = torch.Generator().manual_seed(length)
-    ids = torch.randint(3, vocab, (rows, length), generator=generator)
-    mask = torch.ones(rows, length, dtype=torch.bool)
-    if padded:
-        for row in range(1, rows):
-            mask[row, : min(3 * row, length - 1)] = False
-    return ids.to(CUDA), mask.to(CUDA)
-
-
 def randomize(model: torch.nn.Module) -> torch.nn.Module:
     """Norm weights and layer scalars drawn in [0.5, 1.5) (a fresh model holds them at 1), so every parameter
-    matters, as the CPU tests do (tests/model/test_cache.py)."""
+    matters, as the CPU tests do (tests/model/helpers.py)."""
     with torch.no_grad():
         for module in model.modules():
             for name, parameter in module.named_parameters(recurse=False):

@@ -18,7 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
 from model.gemma4 import chunk_bounds
-from tests.gpu.conftest import prompt
+from tests.gpu.helpers import prompt
 
 CUDA = torch.device("cuda")
 FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]

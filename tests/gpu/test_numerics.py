@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from runtime.generate import generate
-from tests.runtime.test_generate import left_padded
+from tests.model.helpers import left_padded
 
 CUDA = torch.device("cuda")
 MAX_ERROR, MEAN_ERROR = 0.06, 0.006  # × the largest |logit| of the float32 reference

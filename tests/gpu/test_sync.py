@@ -20,7 +20,7 @@ import torch
 
 from data_specs.batch import Batch
 from model.moe import Experts, Router
-from tests.gpu.conftest import prompt
+from tests.gpu.helpers import prompt
 
 CUDA = torch.device("cuda")
 PRESETS = ["tiny-e2b", "tiny-31b", "tiny-moe"]

@@ -9,21 +9,9 @@ import torch
 from model.cache import cache_bytes, cache_layout
 from model.config import PRESETS
 from model.decoder import TextDecoder
+from tests.model.helpers import tiny_decoder
 
 TINY = ["tiny-e2b", "tiny-31b", "tiny-moe"]
-
-
-def tiny_decoder(name: str, seed: int = 0) -> TextDecoder:
-    torch.manual_seed(seed)
-    model = TextDecoder(PRESETS[name].text).eval()
-    with torch.no_grad():  # random layer scales and norm weights, so every parameter matters
-        for module in model.modules():
-            for parameter_name, parameter in module.named_parameters(recurse=False):
-                if parameter_name == "weight" and parameter.ndim == 1:
-                    parameter.uniform_(0.5, 1.5)
-        for layer in model.layers:
-            layer.layer_scalar.uniform_(0.5, 1.5)
-    return model
 
 
 @pytest.mark.parametrize("name", TINY)

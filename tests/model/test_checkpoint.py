@@ -36,7 +36,7 @@ from model.config import FULL, PRESETS, SLIDING, ConfigError, TokenIds
 from model.decoder import TextDecoder
 from model.gemma4 import Gemma4
 from preprocess.tokenizer import Tokenizer
-from tests.conftest import PUBLISHED_CONFIGS, config_keys
+from tests.helpers import PUBLISHED_CONFIGS, config_keys
 
 # --- config.json --------------------------------------------------------------------------------------------
 

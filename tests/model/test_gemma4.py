@@ -8,139 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from data_specs.batch import Batch, MediaCountError, PackedPatches
 from data_specs.media import Modality
 from model.checkpoint import load_pretrained, model_to_hf, save_pretrained
-from model.config import PRESETS, ModelConfig, TokenIds
+from model.config import PRESETS
 from model.gemma4 import Gemma4, TokenIdError
-from preprocess.collate import collate, uncollate
-from preprocess.image import collate_images
+from preprocess.collate import collate
 from preprocess.prompt import build_example
-from preprocess.tokenizer import SPECIAL_STRINGS, Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir):
-    return Tokenizer.from_pretrained(tokenizer_dir)
-
-
-def tiny_config(name: str, tok: Tokenizer) -> ModelConfig:
-    """A tiny preset whose vocabulary and token ids are the test tokenizer's (ids read from it, never fixed)."""
-    base = PRESETS[name]
-    s = tok.special
-    tokens = TokenIds(
-        pad=s.pad,
-        image=s.image,
-        audio=s.audio,
-        video=s.video,
-        boi=s.boi,
-        eoi=s.eoi,
-        boa=s.boa,
-        eoa=s.eoa,
-        stop_ids=s.stop_ids,
-    )
-    text = dataclasses.replace(base.text, vocab_size=tok.vocab_size, ple_vocab_size=tok.vocab_size)
-    return dataclasses.replace(base, text=text, tokens=tokens)
-
-
-@pytest.fixture
-def reference_model(reference):
-    """A factory: a random ``Gemma4ForConditionalGeneration`` with perturbed norms, scalars and clip bounds,
-    saved."""
-
-    def build(config: ModelConfig, directory, seed: int = 0):
-        torch.manual_seed(seed)
-        model = reference.Gemma4ForConditionalGeneration(reference.Gemma4Config(**model_to_hf(config))).eval()
-        with torch.no_grad():
-            for key, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-                if "norm" in key and tensor.dtype.is_floating_point:
-                    tensor.add_(torch.randn_like(tensor) * 0.1)  # random init leaves every norm weight at 1
-                elif "layer_scalar" in key:
-                    tensor.copy_(torch.rand_like(tensor) + 0.5)
-                elif key.endswith(("input_min", "output_min")):
-                    tensor.fill_(-0.5 - torch.rand(()).item())  # finite bounds that bite on some values
-                elif key.endswith(("input_max", "output_max")):
-                    tensor.fill_(0.5 + torch.rand(()).item())
-                elif key.endswith("per_dim_scale") or key.endswith(("std_bias", "std_scale")):
-                    tensor.copy_(torch.randn_like(tensor) * 0.5 + (1.0 if key.endswith("std_scale") else 0.0))
-        model.save_pretrained(directory)
-        return model
-
-    return build
-
-
-def picture(h: int, w: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-    return Image.fromarray(base).resize((w, h), Image.BILINEAR)
-
-
-def clip(seconds: float, freq: float, rate: int = 16_000) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    noise = np.random.default_rng(int(freq)).normal(0, 0.05, t.shape)
-    return (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
-
-
-def messages(with_audio: bool, budgets=(70, 140)):
-    content = [
-        {"type": "text", "text": "Compare "},
-        {"type": "image", "image": picture(200, 330, 1), "budget": budgets[0]},
-        {"type": "text", "text": " with "},
-        {"type": "image", "image": picture(300, 140, 2), "budget": budgets[1]},
-    ]
-    if with_audio:
-        content += [
-            {"type": "text", "text": " and listen: "},
-            {"type": "audio", "audio": (clip(0.9, 300), 16_000)},
-            {"type": "text", "text": " then "},
-            {"type": "audio", "audio": (clip(1.7, 520), 16_000)},
-        ]
-    return [{"role": "user", "content": content}]
-
-
-def ours_batch(tok, with_audio, budgets=(70, 140)) -> Batch:
-    """A host batch (uint8 patches) of a multimodal example and a short text one."""
-    example = build_example(messages(with_audio, budgets), tok)
-    short = build_example([{"role": "user", "content": "Hello there."}], tok)
-    return collate([example, short], pad_id=tok.special.pad)
-
-
-def reference_inputs(batch: Batch) -> dict:
-    """The same examples in the reference's padded keyword arguments (media only where the batch has some):
-    patches padded to 9 × the largest budget with (−1, −1) positions, features padded with their masks."""
-    examples = uncollate(batch)
-    out = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    out["mm_token_type_ids"] = batch.mm_token_type_ids
-    for key, items in (
-        ("image", [i for e in examples for i in e.images]),
-        ("video", [f for e in examples for v in e.videos for f in v.frames]),
-    ):
-        if items:
-            padded = collate_images(items)
-            values, positions = (
-                ("pixel_values", "image_position_ids")
-                if key == "image"
-                else ("pixel_values_videos", "video_position_ids")
-            )
-            out[values] = torch.from_numpy(padded["pixel_values"])
-            out[positions] = torch.from_numpy(padded["image_position_ids"])
-    if any(e.videos for e in examples):
-        out["num_frames_per_video"] = torch.tensor([v.num_frames for e in examples for v in e.videos])
-    segments = [a for e in examples for a in e.audio]
-    if segments:
-        longest = max(a.features.shape[0] for a in segments)
-        features = torch.zeros((len(segments), longest, 128))
-        mask = torch.zeros((len(segments), longest), dtype=torch.bool)
-        for row, a in enumerate(segments):
-            features[row, : a.features.shape[0]] = torch.from_numpy(a.features)
-            mask[row, : a.mask.shape[0]] = torch.from_numpy(a.mask)
-        out["input_features"], out["input_features_mask"] = features, mask
-    return out
+from preprocess.tokenizer import SPECIAL_STRINGS
+from tests.model.helpers import messages, ours_batch, picture, reference_inputs, tiny_config
+from tests.preprocess.helpers import encode_video
 
 
 @pytest.mark.parametrize("name, with_audio", [("tiny-e2b", True), ("tiny-31b", False)])
@@ -330,8 +210,6 @@ def test_bfloat16_model_takes_float32_batches(tok, tmp_path, reference_model):
 def test_video_prompt_equals_reference(name, tok, tmp_path, reference_model):
     """Video frames go through the vision tower into the <|video|> positions (bidirectional per frame on the
     31B-style preset)."""
-    from tests.preprocess.test_video import encode_video
-
     config = tiny_config(name, tok)
     reference = reference_model(config, tmp_path / "model", seed=7)
     ours = load_pretrained(tmp_path / "model")

@@ -15,12 +15,7 @@ from model.gemma4 import Gemma4, chunk_bounds
 from runtime.engine import Engine, Request
 from runtime.generate import generate
 from runtime.sampler import Sampling
-from tests.model import test_gemma4 as gemma4_tests
-from tests.model.test_cache import tiny_decoder
-from tests.model.test_gemma4 import ours_batch, tiny_config
-from tests.runtime.test_generate import PROMPTS, left_padded, text_model
-
-tok = gemma4_tests.tok  # the test tokenizer fixture
+from tests.model.helpers import PROMPTS, left_padded, ours_batch, text_model, tiny_config, tiny_decoder
 
 TINY = ["tiny-e2b", "tiny-31b", "tiny-moe"]
 

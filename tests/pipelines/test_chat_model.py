@@ -14,13 +14,9 @@ from preprocess.reply import visible_text
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    """(sample directory, checkpoint) of `gemma4 sample-data --rows 5`."""
-    from pipelines.sample_data import write_sample_checkpoint, write_sample_dataset
-
-    directory = tmp_path_factory.mktemp("chat-sample")
-    _, tokenizer = write_sample_dataset(directory, rows=5)
-    return directory, write_sample_checkpoint(directory / "checkpoint", tokenizer)
+def sample(small_sample, sample_checkpoint):
+    """(sample directory, checkpoint) of `gemma4 sample-data --rows 5 --corrupt` (tests/pipelines/conftest.py)."""
+    return small_sample[0], sample_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,15 @@
-"""The gemma4 command line: budget table, preview picture, the bench commands."""
+"""The gemma4 command line: each command's options, exit statuses and messages, the options generated from the
+settings dataclasses, and which commands import what."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
+import subprocess
+import sys
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pytest
@@ -82,14 +87,30 @@ def test_preview_bad_input(tmp_path, capsys):
     assert "not-an-image.png" in err and "not a recognised image format" in err
 
 
+@pytest.mark.slow
 def test_bench_audio_command_line(capsys):
     assert cli.main(["bench", "audio", "--count", "2", "--long-minutes", "--repeat", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "gemma4 bench audio: 2 clips" in out and "one thread, exact" in out
 
 
+@pytest.mark.slow
 def test_model_benchmark_runs(capsys):
-    assert cli.main(["bench", "model", "--tokens", "64", "--repeat", "1"]) == 0
+    # the smallest run: the tiny preset's decoder, one process per engine, one prefill each (two fresh processes)
+    argv = [
+        "bench",
+        "model",
+        "--tokens",
+        "64",
+        "--repeat",
+        "1",
+        "--rounds",
+        "1",
+        "--prefill-only",
+        "--size",
+        "tiny-e2b",
+    ]
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "gemma4 bench model" in out and "64 tokens" in out and "peak memory: ours" in out and "reference" in out
 
@@ -321,7 +342,7 @@ def test_preprocess_takes_a_tokenizer_model_file_and_resumes_from_its_directory(
 
 
 def test_thinking_tools_and_template_kwargs_reach_build_example(tokenizer_dir, tmp_path, monkeypatch, capsys):
-    from tests.pipelines.test_preprocess_job import CLOCK, WEATHER, recording_build_example
+    from tests.pipelines.helpers import CLOCK, WEATHER, recording_build_example
 
     seen = recording_build_example(monkeypatch)
     rows = [
@@ -426,6 +447,8 @@ def test_version_and_verbose_anywhere(capsys):
 
 
 def test_ctrl_c_stops_a_job_with_one_line(tmp_path, monkeypatch, capsys):
+    from pipelines.cli import preprocess as preprocess_command
+
     out = tmp_path / "out"
 
     def interrupted(args):
@@ -434,11 +457,11 @@ def test_ctrl_c_stops_a_job_with_one_line(tmp_path, monkeypatch, capsys):
         (out / "job.json").write_text(json.dumps(state))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_cmd_preprocess", interrupted)
+    monkeypatch.setattr(preprocess_command, "run", interrupted)
     assert cli.main(["preprocess", "m.jsonl", str(out), "--tokenizer", "t"]) == 130
     err = capsys.readouterr().err
     assert err == "gemma4 preprocess: interrupted after 2 of 3 shards; run the same command to resume\n"
-    monkeypatch.setattr(cli, "_cmd_preprocess", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(preprocess_command, "run", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
     assert cli.main(["preprocess", "m.jsonl", str(tmp_path / "none"), "--tokenizer", "t"]) == 130
     assert "interrupted before any shard was written" in capsys.readouterr().err
 
@@ -478,3 +501,218 @@ def test_head_runs_the_first_rows_as_a_job_of_its_own(tokenizer_dir, tmp_path, c
     assert "gemma4 preprocess: error:" in capsys.readouterr().err
     assert cli.main([*argv[:2], str(tmp_path / "whole"), *argv[3:]]) == 0
     assert "rows 7 = examples 7" in capsys.readouterr().out
+
+
+# --- options generated from the settings dataclasses ------------------------------------------------------------
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of ``gemma4 <name>``, its options added."""
+    [commands] = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices[name]
+
+
+def shown_help(parser: argparse.ArgumentParser, flag: str) -> str:
+    """The help of one option as ``--help`` prints it (the default appended), on one line."""
+    return parser._get_formatter()._expand_help(parser._option_string_actions[flag])
+
+
+INFER = ["infer", "in", "out", "--checkpoint", "c"]
+CHAT = ["chat", "hello", "--checkpoint", "c"]
+# The command-line defaults that differ from the dataclass's, as the commands document them.
+OVERRIDES = {("infer", "rows_per_shard"): 16}
+FROM_CHECKPOINT = ("image_budget", "video_frames", "video_budget")  # None: processor_config.json, else the field's
+
+
+@pytest.mark.parametrize("argv", [PREPROCESS, INFER, CHAT], ids=lambda argv: argv[0])
+def test_each_generated_option_defaults_to_its_field_and_its_help_shows_it(argv):
+    from pipelines.cli import chat, infer, preprocess
+
+    command = argv[0]
+    module = {"preprocess": preprocess, "infer": infer, "chat": chat}[command]
+    parser = command_parser(command)
+    args = cli.build_parser().parse_args(argv)
+    seen = 0
+    for group in module.field_options():
+        field_defaults = {f.name: f.default for f in fields(group.cls)}
+        values = group.values(args)
+        for option in group.options:
+            seen += 1
+            name = option.field
+            expected = OVERRIDES.get((command, name), field_defaults[name])
+            if option.argparse_kwargs.get("required"):  # a field without a default: given in argv
+                assert option.flags[0] in argv
+                continue
+            assert values[name] == expected, (command, name)
+            text = shown_help(parser, option.flags[0])
+            if name in FROM_CHECKPOINT:
+                assert getattr(args, option.dest) is None
+                assert f"(default: the checkpoint's processor_config.json, else {expected})" in text
+            elif option.kind == "switch":  # the flag turns the default over: its name says which way
+                assert option.flags[0].startswith("--no-") == expected or option.flags[0] == "--fast"
+            elif expected not in (None, ()):
+                assert f"(default: {expected})" in text, (command, name, text)
+    assert seen >= {"preprocess": 13, "infer": 28, "chat": 8}[command]
+
+
+def test_prompt_ending_stop_strings_and_the_served_name_reach_the_settings(tmp_path):
+    from pipelines.cli import infer, preprocess
+
+    parser = cli.build_parser()
+    pre = ["preprocess", "m.jsonl", "out", "--tokenizer", str(tmp_path)]
+    inf = ["infer", "in", "out", "--checkpoint", str(tmp_path)]
+    plain = preprocess.settings(parser.parse_args(pre))
+    assert (plain.generation_prompt, plain.continue_final_message, plain.rows_per_shard) == (True, False, 128)
+    ending = ["--no-generation-prompt", "--continue-final-message"]
+    continued = preprocess.settings(parser.parse_args([*pre, *ending]))
+    assert (continued.generation_prompt, continued.continue_final_message) == (False, True)
+    assert preprocess.settings(parser.parse_args([*pre, "--no-generation-prompt"])).generation_prompt is False
+
+    plain = infer.settings(parser.parse_args(inf))
+    assert plain.stop == () and plain.served_model_name is None and plain.preprocess.generation_prompt is True
+    assert plain.preprocess.rows_per_shard == 16 and plain.preprocess.tokenizer == str(tmp_path)
+    extra = [*ending, "--stop", "END", "--stop", "\n\n", "--served-model-name", "gemma-4-e2b"]
+    settings = infer.settings(parser.parse_args([*inf, *extra]))
+    assert settings.stop == ("END", "\n\n") and settings.served_model_name == "gemma-4-e2b"
+    assert (settings.preprocess.generation_prompt, settings.preprocess.continue_final_message) == (False, True)
+
+
+@pytest.mark.parametrize("argv", [PREPROCESS, INFER], ids=lambda argv: argv[0])
+def test_continue_final_message_without_no_generation_prompt_is_a_usage_error(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    where = {"preprocess": "--tokenizer", "infer": "--checkpoint"}[argv[0]]
+    argv = [*argv[: argv.index(where)], where, str(tmp_path)]
+    assert cli.main([*argv, "--continue-final-message"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gemma4 {argv[0]}: error: continue_final_message") and err.count("\n") == 1
+    assert "--no-generation-prompt" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_gemma4_bench_imports_the_benchmarks_or_transformers():
+    """``gemma4 --help``, ``gemma4 budget`` and ``gemma4 infer`` (its parser and its settings) import neither a
+    benchmark nor transformers; parsing ``gemma4 bench model`` imports the registry alone, not the benchmark."""
+    script = (
+        "import sys, contextlib, io, tempfile\n"
+        "import pipelines.cli as cli\n"
+        "found = lambda: sorted(m for m in sys.modules if m.split('.')[0] in ('bench', 'transformers'))\n"
+        "cli.build_parser()\n"
+        "assert cli.main(['budget', '10', '10']) == 0\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    cli.main(['--help'])\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    cli.main(['infer', '--help'])\n"
+        "with contextlib.redirect_stderr(io.StringIO()):  # refused by InferSettings, once its settings are built\n"
+        "    code = cli.main(['infer', 'in', 'out', '--checkpoint', tempfile.mkdtemp(), '--max-tokens', '64', "
+        "'--context', '64'])\n"
+        "assert code == 2, code\n"
+        "print(found())\n"
+        "cli.build_parser().parse_args(['bench', 'model', '--size', 'tiny-e2b'])\n"
+        "print(found())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    before, after = done.stdout.strip().splitlines()[-2:]
+    assert before == "[]" and after == "['bench', 'bench.cli']", done.stdout
+
+
+# --- the generator, on a dataclass of its own -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Toy:
+    name: str = field(metadata={"help": "a required name"})
+    max_new_tokens: int = field(
+        default=4, metadata={"flag": ("--max-new-tokens", "--max-tokens"), "min": 1, "help": "n"}
+    )
+    ratio: float | None = field(default=None, metadata={"help": "a ratio"})
+    label: str = field(default="x", metadata={"choices": ("x", "y"), "help": "a label"})
+    thinking: bool = field(default=False, metadata={"help": "on"})
+    exact: bool = field(default=True, metadata={"help": "off"})
+    graphs: bool = field(default=True, metadata={"flag": "--eager", "help": "off, by another name"})
+    stop: tuple[str, ...] = field(default=(), metadata={"metavar": "STRING", "help": "repeatable"})
+    budget: int = field(default=280, metadata={"help": "a budget"})
+    note: str | None = None  # no help: never an option
+
+
+def toy_options(**kwargs):
+    from pipelines.cli.options import FieldOptions
+
+    names = ("name", "max_new_tokens", "ratio", "label", "thinking", "exact", "graphs", "stop", "budget")
+    return FieldOptions(Toy, names, **kwargs)
+
+
+def toy_parser(options) -> argparse.ArgumentParser:
+    from pipelines.cli.common import Parser
+
+    parser = Parser(prog="toy")
+    options.add_to(parser)
+    return parser
+
+
+def test_the_generator_names_types_and_defaults_each_option_from_its_field():
+    options = toy_options()
+    flags = {o.field: o.flags for o in options.options}
+    assert flags == {
+        "name": ("--name",),
+        "max_new_tokens": ("--max-new-tokens", "--max-tokens"),
+        "ratio": ("--ratio",),
+        "label": ("--label",),
+        "thinking": ("--thinking",),
+        "exact": ("--no-exact",),
+        "graphs": ("--eager",),
+        "stop": ("--stop",),
+        "budget": ("--budget",),
+    }
+    parser = toy_parser(options)
+    values = options.values(parser.parse_args(["--name", "n"]))
+    assert Toy(**values) == Toy(name="n")
+    argv = ["--name", "n", "--max-tokens", "9", "--ratio", "0.5", "--label", "y", "--thinking", "--no-exact"]
+    argv += ["--eager", "--stop", "a", "--stop", "b", "--budget", "70"]
+    values = options.values(parser.parse_args(argv))
+    changed = dict(max_new_tokens=9, ratio=0.5, label="y", thinking=True, exact=False, graphs=False, budget=70)
+    assert Toy(**values) == Toy(name="n", stop=("a", "b"), **changed)
+    assert "(default: 4)" in shown_help(parser, "--max-new-tokens") and "STRING" in parser.format_help()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: --name"),
+        (["--name", "n", "--max-new-tokens", "0"], "--max-new-tokens/--max-tokens: 0: must be at least 1"),
+        (["--name", "n", "--budget", "lots"], "'lots' is not a whole number"),
+        (["--name", "n", "--label", "z"], "invalid choice: 'z'"),
+    ],
+)
+def test_generated_options_refuse_bad_values_by_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        toy_parser(toy_options()).parse_args(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_command_default_of_its_own_is_said_once_at_the_call():
+    from pipelines.cli.common import budget
+    from pipelines.cli.options import Unset
+
+    options = toy_options(defaults={"max_new_tokens": 7, "budget": Unset("the checkpoint")}, types={"budget": budget})
+    parser = toy_parser(options)
+    args = parser.parse_args(["--name", "n"])
+    assert (args.max_new_tokens, args.budget) == (7, None)
+    assert "(default: 7)" in shown_help(parser, "--max-new-tokens")
+    assert "(default: the checkpoint, else 280)" in shown_help(parser, "--budget")
+    assert options.values(args)["budget"] == 280  # nothing found: the field's default
+    assert options.values(args, {"budget": 560})["budget"] == 560
+    assert options.values(parser.parse_args(["--name", "n", "--budget", "70"]), {"budget": 560})["budget"] == 70
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--name", "n", "--budget", "100"])  # the caller's type: a supported budget
+
+
+def test_the_generator_refuses_what_it_cannot_make_an_option_of():
+    from pipelines.cli.options import FieldOptions
+
+    with pytest.raises(TypeError, match=r"Toy\.note: no metadata\['help'\]"):
+        FieldOptions(Toy, ("note",))
+    with pytest.raises(TypeError, match="Toy has no field nme"):
+        FieldOptions(Toy, ("nme",))
+    with pytest.raises(TypeError, match="for ratio, which are not among the options"):
+        FieldOptions(Toy, ("name",), defaults={"ratio": 1.0})

@@ -18,10 +18,10 @@ from pipelines import dataset as dataset_module
 from pipelines.dataset import ExampleDataset, consumer_units
 from pipelines.preprocess_job import PreprocessSettings, run_preprocess
 from pipelines.readback import IncompleteJobError, open_output
-from preprocess.collate import uncollate
+from preprocess.collate import IGNORE_INDEX, TrainingBatch, uncollate
 from preprocess.prompt import Example
 from preprocess.tokenizer import Tokenizer
-from tests.preprocess.test_collate import assert_same
+from tests.preprocess.helpers import assert_same
 
 BROKEN = {7: {"id": "b07", "messages": 5}, 24: "{not json"}  # rows 10-14 too: the whole of shard 2
 BROKEN |= {i: {"id": f"b{i}", "messages": []} for i in range(10, 15)}
@@ -31,7 +31,7 @@ BROKEN |= {i: {"id": f"b{i}", "messages": []} for i in range(10, 15)}
 def text_output(tokenizer_dir, tmp_path_factory):
     """A text-only output of 30 input rows in 6 shards of 5, written in 17 row groups of 1 or 2 rows: shard 1 has
     one error, shard 2 only errors (no examples file), shard 4 ends with a line that is not JSON. 23 examples."""
-    from pipelines import preprocess_job
+    from pipelines import jobdir
 
     directory = tmp_path_factory.mktemp("text-output")
     lines = []
@@ -41,7 +41,7 @@ def text_output(tokenizer_dir, tmp_path_factory):
     (directory / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     settings = PreprocessSettings(tokenizer=str(tokenizer_dir), rows_per_shard=5)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(preprocess_job, "ROW_GROUP_BYTES", 150)  # a text row is about 5 bytes a token
+        patch.setattr(jobdir, "ROW_GROUP_BYTES", 150)  # a text row is about 5 bytes a token
         run_preprocess(directory / "manifest.jsonl", directory / "out", settings, workers=1, progress=False)
     return directory / "out"
 
@@ -213,7 +213,7 @@ def test_an_unfinished_job_is_refused_unless_allowed(text_output, tmp_path):
     with pytest.raises(IncompleteJobError, match=rf"{copy}.*not finished.*allow_incomplete=True"):
         ExampleDataset(copy)
     dataset = ExampleDataset(copy, allow_incomplete=True, with_ids=True)
-    in_shard_3 = pq.read_table(copy / "shards" / "examples-00003.parquet").column("id").to_pylist()
+    in_shard_3 = pq.read_table(copy / "examples" / "shard-00003.parquet").column("id").to_pylist()
     expected = [i for i in open_output(text_output).ids() if i not in in_shard_3]
     assert read(dataset) == expected and dataset.num_examples == len(expected) == 18
 
@@ -224,7 +224,7 @@ def test_a_file_that_disagrees_with_job_json_is_refused(text_output, tmp_path):
     state = json.loads((copy / "job.json").read_text())
     state["shards"]["1"]["examples"] += 1
     (copy / "job.json").write_text(json.dumps(state))
-    with pytest.raises(SchemaError, match=r"examples-00001\.parquet holds 4 rows, but job.json records 5"):
+    with pytest.raises(SchemaError, match=r"examples/shard-00001\.parquet holds 4 rows, but job.json records 5"):
         ExampleDataset(copy)
 
 
@@ -261,3 +261,76 @@ def test_no_len_and_bad_epochs(text_output, tmp_path):
         dataset.set_epoch(-1)
     with pytest.raises(FileNotFoundError, match="no job.json"):
         ExampleDataset(tmp_path)
+
+
+CHATS = [  # conversations with model turns, for training: (user, model) pairs, the last with a longer history
+    [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hello world"}],
+    [{"role": "user", "content": "question " * 6}, {"role": "assistant", "content": "answer"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "time?"}],  # no model turn
+    [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "thanks"},
+        {"role": "assistant", "content": "please"},
+    ],
+]
+MODEL_TURNS = [["hello world<turn|>"], ["answer<turn|>"], [], ["first answer<turn|>", "please<turn|>"]]
+
+
+@pytest.fixture(scope="module")
+def chat_output(tokenizer_dir, tmp_path_factory):
+    """An output of CHATS (in shards of 2 rows): examples whose assistant masks are not all zero."""
+    directory = tmp_path_factory.mktemp("chat-output")
+    lines = [json.dumps({"id": f"c{i}", "messages": chat}) for i, chat in enumerate(CHATS)]
+    (directory / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    settings = PreprocessSettings(tokenizer=str(tokenizer_dir), rows_per_shard=2)
+    run_preprocess(directory / "manifest.jsonl", directory / "out", settings, workers=1, progress=False)
+    return directory / "out"
+
+
+def model_runs(tokenizer, example) -> list[str]:
+    """The decoded runs of the tokens the example's assistant mask marks."""
+    ids, mask = example.input_ids.tolist(), example.assistant_mask.tolist()
+    starts = [i for i in range(len(ids)) if mask[i] and (i == 0 or not mask[i - 1])]
+    ends = [i + 1 for i in range(len(ids)) if mask[i] and (i + 1 == len(ids) or not mask[i + 1])]
+    return [tokenizer.decode(ids[a:b]) for a, b in zip(starts, ends, strict=True)]
+
+
+def test_the_examples_carry_their_assistant_masks(chat_output, tokenizer_dir):
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    examples = list(ExampleDataset(chat_output))
+    assert [model_runs(tokenizer, e) for e in examples] == MODEL_TURNS
+    assert all(e.assistant_mask.dtype == np.int8 for e in examples)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_the_training_collator_gives_unshifted_labels(chat_output, pad_id, side):
+    examples = dict(ExampleDataset(chat_output, with_ids=True))
+    loader = DataLoader(
+        ExampleDataset(chat_output, with_ids=True),
+        batch_size=3,
+        collate_fn=ExampleDataset.collator(pad_id, padding_side=side, labels=True),
+    )
+    seen = []
+    for ids, item in loader:
+        assert isinstance(item, TrainingBatch) and isinstance(item.batch, Batch) and len(item) == len(ids)
+        batch, labels, masks = item.batch, item.labels, item.assistant_masks
+        assert labels.dtype == torch.int64 and masks.dtype == torch.bool and labels.shape == batch.input_ids.shape
+        assert (labels[~batch.attention_mask] == IGNORE_INDEX).all()  # padding
+        assert torch.equal(labels[masks], batch.input_ids[masks])  # the model's tokens, at their own positions
+        assert (labels[~masks] == IGNORE_INDEX).all()
+        for row, example_id in enumerate(ids):
+            own = batch.attention_mask[row]
+            assert masks[row, own].numpy().astype(np.int8).tolist() == examples[example_id].assistant_mask.tolist()
+        seen += ids
+    assert sorted(seen) == sorted(examples) and sum(e.assistant_mask.any() for e in examples.values()) == 3
+    moved = item.to("cpu")
+    assert isinstance(moved, TrainingBatch) and torch.equal(moved.labels, item.labels)
+
+
+def test_the_plain_collator_is_unchanged_by_labels(chat_output, pad_id):
+    plain = list(ExampleDataset(chat_output))
+    batch = ExampleDataset.collator(pad_id)(plain)
+    training = ExampleDataset.collator(pad_id, labels=True)(plain)
+    assert isinstance(batch, Batch) and torch.equal(training.batch.input_ids, batch.input_ids)
+    assert torch.equal(training.batch.attention_mask, batch.attention_mask)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import cli
-from pipelines.infer_job import InferSettings, run_infer
+from pipelines.infer_job import InferSettings, read_results, run_infer
 from pipelines.preprocess_job import JobMismatchError, PreprocessSettings, run_preprocess
+from tests.pipelines.helpers import VERSION_1_MESSAGE, as_version_1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,8 +50,13 @@ def settings(checkpoint, **kwargs) -> InferSettings:
 
 
 def table(out: Path, kind: str) -> list[dict]:
-    files = sorted((out / "shards").glob(f"{kind}-*.parquet"))
+    files = sorted((out / kind).glob("shard-*.parquet"))
     return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+def listing(out: Path) -> list[str]:
+    """The names in a job folder, its lock and hidden temporary files aside."""
+    return sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +78,9 @@ def test_every_row_is_answered_or_in_the_errors_table(sample, reference_run):
     for r in results:
         assert r["completion_tokens"] == len(r["completion_ids"]) and r["finish_reason"] in ("stop", "length")
         assert r["prompt_tokens"] == sum(r[k] for k in ("text_tokens", "image_tokens", "audio_tokens", "video_tokens"))
+        # the model that answered (the checkpoint's name by default) and the time to the first token
+        assert r["model"] == "checkpoint" and r["stop_reason"] is None
+        assert r["ttft_s"] == r["queue_s"] + r["prefill_s"] and r["ttft_s"] > 0
     kinds = {r["id"]: r for r in results}
     assert any(r["image_tokens"] for r in results) and any(r["audio_tokens"] for r in results)
     assert any(r["video_tokens"] for r in results) and len(kinds) == len(results)
@@ -157,7 +167,7 @@ def test_kill_and_resume_gives_the_uninterrupted_results(sample, reference_run, 
     state = json.loads(job.read_text())
     assert 0 < len(state["shards"]) < 4 and not state.get("complete")
     assert cli.main(args) == 0
-    assert not list((target / "shards").glob(".*"))
+    assert not list(target.glob("*/.*"))
     for kind in ("results", "errors"):
         ours = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in table(target, kind)]
         theirs = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in table(out, kind)]
@@ -194,17 +204,22 @@ def test_openai_batch_in_and_out(sample, tmp_path):
     # a broken first line costs that line only: the format is the first parsed line's (an OpenAI batch)
     batch.write_text('{"custom_id": "broken", "body": \n' + "".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "out"
-    summary = run_infer(batch, out, settings(checkpoint, output_format="openai"), workers=0, progress=False)
+    job = settings(checkpoint, output_format="openai", rows_per_shard=2)  # two shards' lines, joined in order
+    summary = run_infer(batch, out, job, workers=0, progress=False)
     assert (summary.results, summary.errors) == (2, 2)
-    written = [
-        json.loads(line)
-        for f in sorted((out / "shards").glob("results-*.jsonl"))
-        for line in f.read_text().splitlines()
-    ]
+    # one results.jsonl, a line per input row (answers and errors), in input order; no results/ folder left
+    assert listing(out) == ["errors", "job.json", "results.jsonl"]
+    assert json.loads((out / "job.json").read_text())["results_file"] == "results.jsonl"
+    assert summary.written == [str(out / "results.jsonl"), str(out / "errors") + "/", str(out / "job.json")]
+    assert summary.lines()[-1] == "written: " + ", ".join(summary.written)
+    written = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(written) == summary.rows == 4 and read_results(out) == written
     assert [w["custom_id"] for w in written][1:] == ["a", "b", "c"]
     assert written[0]["response"] is None and written[0]["error"]["code"] == "manifest"
     a, b, c = written[1:]
     assert a["response"]["status_code"] == 200 and a["error"] is None
+    # the model a response names: the request's, else the checkpoint's name
+    assert a["response"]["body"]["model"] == "x" and b["response"]["body"]["model"] == "checkpoint"
     body = a["response"]["body"]
     assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 4
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
@@ -223,14 +238,20 @@ def test_the_dtype_is_the_one_asked_for_and_recorded(sample, tmp_path):
 
 
 def test_jsonl_results_hold_the_parquet_rows(sample, reference_run, tmp_path):
-    from pipelines.infer_job import read_results
-
     manifest, checkpoint = sample
     out, _ = reference_run
-    run_infer(manifest, tmp_path / "jsonl", settings(checkpoint, output_format="jsonl"), workers=0, progress=False)
-    untimed = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_results(tmp_path / "jsonl")]
+    target = tmp_path / "jsonl"
+    summary = run_infer(manifest, target, settings(checkpoint, output_format="jsonl"), workers=0, progress=False)
+    assert summary.shards == 4  # four shards' lines, joined in input order into one file
+    # one results.jsonl, a line per answered row in input order; no results/ folder left
+    assert listing(target) == ["errors", "job.json", "results.jsonl"]
+    assert summary.written == [str(target / "results.jsonl"), str(target / "errors") + "/", str(target / "job.json")]
+    lines = [json.loads(line) for line in (target / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == summary.results and [r["row"] for r in lines] == [r["row"] for r in table(out, "results")]
+    assert lines == read_results(target)
+    untimed = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_results(target)]
     assert untimed == [{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_results(out)]
-    assert table(tmp_path / "jsonl", "errors") == table(out, "errors")
+    assert table(target, "errors") == table(out, "errors")
 
 
 def test_bad_settings_and_another_job_are_refused_by_name(sample, reference_run, tmp_path):
@@ -288,7 +309,7 @@ def test_every_checkpoint_problem_is_refused_before_the_output_folder_or_a_worke
     from model import device
 
     manifest, checkpoint = sample
-    monkeypatch.setattr(infer_job, "worker_pool", lambda n: pytest.fail("a worker started"))
+    monkeypatch.setattr(infer_job, "ShardPool", lambda *a: pytest.fail("a worker started"))
     out = tmp_path / "out"
     for broken, message in broken_copies(checkpoint, tmp_path):
         with pytest.raises(ValueError, match=message):
@@ -405,10 +426,10 @@ def test_a_one_shard_job_prepares_its_rows_in_process(sample, tmp_path, monkeypa
     one = tmp_path / "one.jsonl"
     one.write_text(manifest.read_text().splitlines()[0] + "\n")
 
-    def no_pool(workers):
+    def no_pool(*args):
         raise AssertionError("a worker process was started for one shard")
 
-    monkeypatch.setattr(infer_job, "worker_pool", no_pool)
+    monkeypatch.setattr(infer_job, "ShardPool", no_pool)
     summary = run_infer(one, tmp_path / "out", settings(checkpoint), workers=2, progress=False)
     assert summary.rows == 1
 
@@ -429,6 +450,27 @@ def test_head_answers_the_first_rows_of_a_manifest_and_of_a_preprocess_output(sa
         )
 
     assert rows(tmp_path / "m") == rows(tmp_path / "p") and [row for row, _ in rows(tmp_path / "m")] == [0, 1, 2, 3]
+
+
+def test_a_version_1_output_is_refused_in_one_line(sample, reference_run, tmp_path, capsys):
+    """Output version 1 kept both tables in shards/: such a folder is refused as infer's input and as its output."""
+    manifest, checkpoint = sample
+    pre = tmp_path / "pre"
+    run_preprocess(manifest, pre, PreprocessSettings(tokenizer=str(checkpoint), rows_per_shard=5), progress=False)
+    old_input = as_version_1(pre, tmp_path / "old-pre")
+    with pytest.raises(JobMismatchError, match=re.escape(VERSION_1_MESSAGE)) as info:
+        run_infer(old_input, tmp_path / "out", settings(checkpoint), workers=0, progress=False)
+    assert "run the job again into a new folder" in str(info.value) and "\n" not in str(info.value)
+    old_output = as_version_1(reference_run[0], tmp_path / "old-out")
+    with pytest.raises(JobMismatchError, match=re.escape(VERSION_1_MESSAGE)):
+        run_infer(manifest, old_output, settings(checkpoint, batch_size=3), workers=0, progress=False)
+    with pytest.raises(JobMismatchError, match=re.escape(VERSION_1_MESSAGE)):
+        read_results(old_output)
+    for source, target in ((old_input, tmp_path / "cli-out"), (manifest, old_output)):
+        args = ["infer", str(source), str(target), "--checkpoint", str(checkpoint), "--max-new-tokens", "6"]
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert VERSION_1_MESSAGE in err and "run the job again into a new folder" in err and len(err.splitlines()) == 1
 
 
 def test_one_kind_of_output_where_the_other_is_expected_is_one_line(sample, reference_run, tmp_path, capsys):

@@ -148,3 +148,71 @@ def test_front_end_options_on_a_preprocessed_input_are_refused_naming_the_built_
         check_front_end(out, {"--budget": ("image_budget", 140)})
     check_front_end(out, {})  # nothing given: fine
     check_front_end(manifest, {"--budget": ("image_budget", 140)})  # a manifest takes them
+
+
+class _KillsItsWorker:
+    """Unpickling this in a worker process ends the process, as the kernel's OOM killer would."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (9,)
+
+
+def test_an_infer_worker_that_dies_costs_only_the_rows_that_kill_it(toy, tmp_path, monkeypatch):
+    from pipelines import infer_job
+    from pipelines.rows import Item
+
+    _, _, checkpoint = toy
+    manifest = write_manifest(tmp_path / "m.jsonl", rows())
+    shards = infer_job.InferInput.shards
+
+    def poisoned(self, done):
+        for shard, items in shards(self, done):
+            yield shard, [Item(i.index, i.id, [_KillsItsWorker()]) if i.id == "q2" else i for i in items]
+
+    monkeypatch.setattr(infer_job.InferInput, "shards", poisoned)
+    summary = run_infer(manifest, tmp_path / "out", settings(checkpoint), workers=2, progress=False)
+    assert (summary.rows, summary.results, summary.errors_by_stage) == (4, 3, {"worker": 1})
+    assert sorted(read_results(tmp_path / "out"), key=lambda r: r["row"])[2]["id"] == "q3"
+
+
+def test_per_row_options_travel_in_the_preprocess_output_and_are_honoured_as_on_the_manifest(toy, tmp_path):
+    _, _, checkpoint = toy
+    free = run(tmp_path, checkpoint, write_manifest(tmp_path / "free.jsonl", rows()), "free")
+    stop = a_stop_string(free["q3"]["raw_text"])
+    manifest = write_manifest(
+        tmp_path / "m.jsonl",
+        rows(q0={"max_new_tokens": 2}, q1={"temperature": 1.5, "top_k": 5, "seed": 3}, q3={"stop": [stop]}),
+    )
+    direct = run(tmp_path, checkpoint, manifest, "direct")
+    pre = tmp_path / "pre"
+    run_preprocess(manifest, pre, PreprocessSettings(tokenizer=str(checkpoint), rows_per_shard=2), progress=False)
+    via = run(tmp_path, checkpoint, pre, "via")
+    assert direct["q0"]["completion_tokens"] == via["q0"]["completion_tokens"] == 2
+    assert via["q3"]["stop_reason"] == stop == direct["q3"]["stop_reason"]
+    for key in direct:
+        assert via[key]["completion_ids"] == direct[key]["completion_ids"], key
+    assert via["q1"]["completion_ids"] != free["q1"]["completion_ids"]  # sampled with its own settings
+
+
+def test_gemma4_infer_refuses_front_end_flags_on_a_preprocessed_input(toy, tmp_path, capsys):
+    from pipelines.cli import main
+
+    _, tokenizer, checkpoint = toy
+    manifest = write_manifest(tmp_path / "m.jsonl", rows())
+    pre = tmp_path / "pre"
+    run_preprocess(manifest, pre, PreprocessSettings(tokenizer=str(checkpoint), enable_thinking=False), progress=False)
+    base = ["infer", str(pre), str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--max-new-tokens", "2"]
+    for flag, built in (
+        (["--budget", "560"], "image_budget = 280"),
+        (["--enable-thinking"], "enable_thinking = false"),
+        (["--rows-per-shard", "3"], "rows_per_shard = 128"),
+        (["--limit", "max_pixels=100"], "limits = {"),
+        (["--no-generation-prompt"], "generation_prompt = true"),
+    ):
+        assert main(base + flag) == 2
+        err = capsys.readouterr().err
+        assert f"error: {flag[0]}" in err and built in err and "front-end options do not apply" in err, err
+    assert not (tmp_path / "out").exists()
+    assert main(base + ["--head", "2", "--greedy"]) == 0  # --head is the job's: it applies to any input

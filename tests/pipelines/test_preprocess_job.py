@@ -20,11 +20,13 @@ from data_specs.example import SchemaError
 from data_specs.manifest import MANIFEST_VERSION
 from pipelines import cli
 from pipelines.preprocess_job import JobMismatchError, PreprocessSettings, run_preprocess
+from pipelines.rows import Item
 from pipelines.readback import open_output
 from pipelines.sample_data import write_sample_dataset
 from preprocess.prompt import build_example
 from preprocess.tokenizer import Tokenizer
-from tests.preprocess.test_collate import assert_same
+from tests.pipelines.helpers import CLOCK, VERSION_1_MESSAGE, WEATHER, as_version_1, recording_build_example
+from tests.preprocess.helpers import assert_same
 
 BAD_IDS = {
     "bad-image": "image",
@@ -49,7 +51,7 @@ def settings(tokenizer, **kw) -> PreprocessSettings:
 
 
 def tables(out: Path) -> dict[str, pa.Table]:
-    return {p.name: pq.read_table(p) for p in sorted((out / "shards").glob("*.parquet"))}
+    return {p.relative_to(out).as_posix(): pq.read_table(p) for p in sorted(out.glob("*/*.parquet"))}
 
 
 def assert_same_shards(ours: Path, theirs: Path) -> None:
@@ -84,7 +86,7 @@ def test_every_row_is_accounted_for(sample, reference_run):
     # Rows keep input order within and across shards.
     assert example_ids == sorted(example_ids)
     assert summary.tokens["image"] > 0 and summary.tokens["audio"] > 0 and summary.tokens["video"] > 0
-    assert summary.bytes_written == sum(p.stat().st_size for p in (out / "shards").glob("*.parquet"))
+    assert summary.bytes_written == sum(p.stat().st_size for p in out.glob("*/*.parquet"))
 
 
 def test_rows_equal_building_the_example_directly(sample, reference_run):
@@ -148,6 +150,21 @@ def test_a_job_of_another_manifest_version_is_not_resumed(sample, reference_run,
         run_preprocess(manifest, copy, settings(tokenizer), workers=1, progress=False)
 
 
+def test_a_version_1_output_is_refused_in_one_line(sample, reference_run, tmp_path, capsys):
+    """Output version 1 kept both tables in shards/: resuming into one is refused, whatever the settings."""
+    manifest, tokenizer = sample
+    old = as_version_1(reference_run[0], tmp_path / "old")
+    with pytest.raises(JobMismatchError, match=re.escape(VERSION_1_MESSAGE)) as info:
+        run_preprocess(manifest, old, settings(tokenizer), workers=1, progress=False)
+    assert "run the job again into a new folder" in str(info.value) and "\n" not in str(info.value)
+    args = ["preprocess", str(manifest), str(old), "--tokenizer", str(tokenizer), "--rows-per-shard", "6"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert VERSION_1_MESSAGE in err and "run the job again into a new folder" in err and len(err.splitlines()) == 1
+    assert "output_version" not in json.loads((old / "job.json").read_text())  # left as it was
+    assert not [p for p in old.rglob("*.parquet") if p.parent.name != "shards"]
+
+
 def test_kill_and_resume_gives_the_uninterrupted_output(sample, reference_run, tmp_path):
     manifest, tokenizer = sample
     out, _ = reference_run
@@ -178,11 +195,11 @@ def test_kill_and_resume_gives_the_uninterrupted_output(sample, reference_run, t
     process.wait()
     state = json.loads(job.read_text())
     assert 0 < len(state["shards"]) < 5 and not state.get("complete")
-    (target / "shards" / ".examples-00004.parquet.tmp-999").write_bytes(b"half a shard")  # as a kill would leave
+    (target / "examples" / ".shard-00004.parquet.tmp-999").write_bytes(b"half a shard")  # as a kill would leave
     with pytest.raises(SchemaError, match="not finished"):
         open_output(target)
     assert cli.main(command[3:]) == 0
-    assert not list((target / "shards").glob(".*"))
+    assert not list(target.glob("*/.*"))
     assert_same_shards(target, out)
 
 
@@ -228,8 +245,8 @@ def test_readback_refuses_other_versions_and_settings(reference_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     state = json.loads((copy / "job.json").read_text())
-    (copy / "job.json").write_text(json.dumps(dict(state, schema_version=2)))
-    with pytest.raises(SchemaError, match="schema version 2"):
+    (copy / "job.json").write_text(json.dumps(dict(state, schema_version=1)))
+    with pytest.raises(SchemaError, match="schema version 1"):
         open_output(copy)
     (copy / "job.json").write_text(json.dumps(dict(state, settings=dict(state["settings"], image_budget=70))))
     with pytest.raises(SchemaError, match="other settings"):
@@ -307,9 +324,12 @@ def test_no_empty_parquet_files_and_other_readers_read_the_output(tokenizer_dir,
     out = tmp_path / "out"
     summary = run_preprocess(manifest, out, settings(tokenizer_dir, rows_per_shard=2), progress=False)
     assert (summary.examples, summary.errors) == (3, 3)
-    files = sorted(p.name for p in (out / "shards").glob("*.parquet"))
-    assert files == ["errors-00001.parquet", "errors-00002.parquet", "examples-00000.parquet", "examples-00002.parquet"]
-    for path in (out / "shards").glob("*.parquet"):
+    files = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.parquet"))
+    assert files == [
+        "errors/shard-00001.parquet", "errors/shard-00002.parquet",
+        "examples/shard-00000.parquet", "examples/shard-00002.parquet",
+    ]  # fmt: skip
+    for path in out.glob("*/*.parquet"):
         assert pq.read_metadata(path).num_rows > 0
     state = json.loads((out / "job.json").read_text())
     assert state["shards"]["1"]["examples"] == 0 and state["shards"]["0"]["errors"] == 0
@@ -319,16 +339,39 @@ def test_no_empty_parquet_files_and_other_readers_read_the_output(tokenizer_dir,
     import polars
     import pyarrow.dataset as pads
 
-    pattern = str(out / "shards" / "examples-*.parquet")
+    pattern = str(out / "examples" / "*.parquet")
     loaded = datasets.load_dataset("parquet", data_files=pattern, split="train", cache_dir=str(tmp_path / "cache"))
     assert sorted(loaded["id"]) == ["a", "b", "e"]
     assert sorted(datasets.Dataset.from_parquet(pattern, cache_dir=str(tmp_path / "cache2"))["id"]) == ["a", "b", "e"]
-    assert sorted(pads.dataset(out / "shards", format="parquet").to_table(columns=["id"])["id"].to_pylist()) == [
-        "a", "b", "c", "d", "e", "f"
-    ]  # fmt: skip
+    assert sorted(pads.dataset(out / "examples", format="parquet").to_table()["id"].to_pylist()) == ["a", "b", "e"]
+    by_folder = datasets.load_dataset("parquet", data_dir=str(out / "examples"), cache_dir=str(tmp_path / "cache3"))
+    assert sorted(by_folder["train"]["id"]) == ["a", "b", "e"]
     assert sorted(polars.read_parquet(pattern)["id"].to_list()) == ["a", "b", "e"]
-    errors = duckdb.sql(f"select id, stage from read_parquet('{out}/shards/errors-*.parquet') order by id").fetchall()
+    errors = duckdb.sql(f"select id, stage from read_parquet('{out}/errors/*.parquet') order by id").fetchall()
     assert errors == [("c", "manifest"), ("d", "manifest"), ("f", "manifest")]
+
+
+def test_each_table_folder_reads_as_that_table_alone(reference_run, tmp_path):
+    """Output version 1 kept both tables in shards/: a reader given that folder mixed the errors' columns in."""
+    import datasets
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    from data_specs.errors_table import error_schema
+    from data_specs.example import example_schema
+
+    out, summary = reference_run
+    assert json.loads((out / "job.json").read_text())["output_version"] == 2
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["errors", "examples", "job.json"]
+    expected = (("examples", example_schema(), summary.examples), ("errors", error_schema(), summary.errors))
+    for folder, schema, rows in expected:
+        frame = pd.read_parquet(out / folder)
+        assert list(frame.columns) == schema.names and len(frame) == rows, folder
+        dataset = pads.dataset(out / folder, format="parquet")
+        assert dataset.schema.names == schema.names and dataset.count_rows() == rows, folder
+        loaded = datasets.load_dataset("parquet", data_dir=str(out / folder), cache_dir=str(tmp_path / folder))
+        assert loaded["train"].column_names == schema.names and loaded["train"].num_rows == rows, folder
+    assert pd.read_parquet(out / "examples")["id"].tolist() == open_output(out).ids()
 
 
 def test_a_rerun_that_now_has_no_rows_for_a_file_removes_the_stale_one(tokenizer_dir, tmp_path):
@@ -336,7 +379,7 @@ def test_a_rerun_that_now_has_no_rows_for_a_file_removes_the_stale_one(tokenizer
     manifest = write_lines(tmp_path / "m.jsonl", [text_row("a")])
     out = tmp_path / "out"
     run_preprocess(manifest, out, settings(tokenizer_dir), progress=False)
-    stale = out / "shards" / "errors-00000.parquet"
+    stale = out / "errors" / "shard-00000.parquet"
     pq.write_table(pa.table({"x": [1]}), stale)
     state = json.loads((out / "job.json").read_text())
     (out / "job.json").write_text(json.dumps(dict(state, shards={})))
@@ -365,7 +408,7 @@ def test_a_single_shard_starts_no_worker_processes(tokenizer_dir, tmp_path, monk
     def no_pool(*args, **kwargs):
         raise AssertionError("a worker pool was started for one shard")
 
-    monkeypatch.setattr(preprocess_job, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(preprocess_job, "ShardPool", no_pool)
     manifest = write_lines(tmp_path / "m.jsonl", [text_row("a"), text_row("b")])
     summary = run_preprocess(manifest, tmp_path / "out", settings(tokenizer_dir, rows_per_shard=10), workers=8)
     assert summary.examples == 2
@@ -443,7 +486,7 @@ def test_a_dead_worker_costs_only_the_rows_that_kill_it(tokenizer_dir, tmp_path,
 
     def poisoned(self):
         for shard, items in pending(self):
-            yield shard, [(i, rid, [_KillsItsWorker()]) if rid == "r5" else (i, rid, m) for i, rid, m in items]
+            yield shard, [Item(i.index, i.id, [_KillsItsWorker()]) if i.id == "r5" else i for i in items]
 
     monkeypatch.setattr(Job, "pending_shards", poisoned)
     out = tmp_path / "out"
@@ -460,12 +503,12 @@ def test_errors_with_undecodable_file_names_are_written(tokenizer_dir, tmp_path)
     from pipelines.preprocess_job import ShardTarget, process_shard
 
     target = ShardTarget(settings=settings(tokenizer_dir), base_dir=str(tmp_path), out_dir=str(tmp_path), metadata={})
-    (tmp_path / "shards").mkdir()
+    (tmp_path / "errors").mkdir()
     name = os.fsdecode(b"\xff.png")  # a file name that is not UTF-8: the surrogate escape \udcff
     messages = [{"role": "user", "content": [{"type": "image", "image": str(tmp_path / name)}]}]
-    stats = process_shard(0, [(0, "a", messages)], target)
+    stats = process_shard(0, [Item(0, "a", messages)], target)
     assert stats["errors"] == 1
-    message = pq.read_table(tmp_path / "shards" / "errors-00000.parquet")["message"][0].as_py()
+    message = pq.read_table(tmp_path / "errors" / "shard-00000.parquet")["message"][0].as_py()
     assert "\\udcff.png" in message
 
 
@@ -475,7 +518,7 @@ def test_a_second_job_on_the_same_output_is_refused(tokenizer_dir, tmp_path):
     manifest = write_lines(tmp_path / "m.jsonl", [text_row("a")])
     out = tmp_path / "out"
     with Job.open(manifest, out, settings(tokenizer_dir)):
-        live = out / "shards" / ".examples-00000.parquet.tmp-live"
+        live = out / "examples" / ".shard-00000.parquet.tmp-live"
         live.write_bytes(b"being written")
         with pytest.raises(OutputBusyError, match=f"another job is writing to .* \\(pid {os.getpid()}\\)"):
             run_preprocess(manifest, out, settings(tokenizer_dir), progress=False)
@@ -550,38 +593,18 @@ def test_workers_exit_when_the_job_is_killed(sample, tmp_path):
 
 
 def test_workers_write_row_groups_as_they_go(sample, reference_run, tmp_path, monkeypatch):
-    from pipelines import preprocess_job
+    from pipelines import jobdir
 
     manifest, tokenizer = sample
-    monkeypatch.setattr(preprocess_job, "ROW_GROUP_BYTES", 1)  # every row is its own row group
+    monkeypatch.setattr(jobdir, "ROW_GROUP_BYTES", 1)  # every row is its own row group
     run_preprocess(manifest, tmp_path, settings(tokenizer), workers=1, progress=False)
-    for path in (tmp_path / "shards").glob("examples-*.parquet"):
+    for path in (tmp_path / "examples").glob("*.parquet"):
         metadata = pq.read_metadata(path)
         assert metadata.num_row_groups == metadata.num_rows
     ours, theirs = tables(tmp_path), tables(reference_run[0])
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert ours[name].equals(theirs[name]), name
-
-
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-CLOCK = {"type": "function", "function": {"name": "get_time"}}
-
-
-def recording_build_example(monkeypatch) -> list[tuple[str, dict]]:
-    """Record what each row's build_example receives, then build it without tools (this branch's renderer has
-    none yet): the job's plumbing is under test, not the rendering of tools."""
-    import preprocess.prompt
-
-    real, seen = preprocess.prompt.build_example, []
-
-    def build(messages, tokenizer, **kwargs):
-        seen.append((messages[0]["content"], kwargs))
-        kwargs = dict(kwargs, tools=None, template_kwargs=None)
-        return real(messages, tokenizer, **kwargs)
-
-    monkeypatch.setattr(preprocess.prompt, "build_example", build)
-    return seen
 
 
 def test_thinking_tools_and_template_kwargs_reach_build_example(tokenizer_dir, tmp_path, monkeypatch):

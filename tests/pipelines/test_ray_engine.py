@@ -25,14 +25,6 @@ SHARDS = 5  # ⌈19 / 4⌉
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    """One local Ray for the whole file (starting one takes seconds); the engine uses it and leaves it running."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     manifest, tokenizer = write_sample_dataset(tmp_path_factory.mktemp("sample"), rows=12, corrupt=True)
     return manifest, PreprocessSettings(tokenizer=str(tokenizer), rows_per_shard=4)
@@ -52,16 +44,21 @@ def ray_run(ray_instance, sample, tmp_path_factory):
     return out, run_preprocess_ray(manifest, out, settings, progress=False)
 
 
+def table_files(out: Path) -> list[str]:
+    """``examples/shard-00000.parquet``, … : every file in the output's table folders, hidden temporary ones too."""
+    return sorted(p.relative_to(out).as_posix() for table in ("examples", "errors") for p in (out / table).iterdir())
+
+
 def assert_same_output(ours: Path, theirs: Path) -> None:
-    names = sorted(p.name for p in (ours / "shards").iterdir())  # hidden temporary files included
-    assert names == sorted(p.name for p in (theirs / "shards").iterdir())
+    names = table_files(ours)
+    assert names == table_files(theirs)
     shards = json.loads((theirs / "job.json").read_text())["shards"]
     assert len(shards) == SHARDS
     # one file per kind of row a shard holds: no empty files
-    assert names == sorted(f"{kind}-{int(k):05d}.parquet" for k, s in shards.items() for kind in s if kind in (
+    assert names == sorted(f"{kind}/shard-{int(k):05d}.parquet" for k, s in shards.items() for kind in s if kind in (
         "errors", "examples") and s[kind])  # fmt: skip
     for name in names:
-        ours_table, theirs_table = pq.read_table(ours / "shards" / name), pq.read_table(theirs / "shards" / name)
+        ours_table, theirs_table = pq.read_table(ours / name), pq.read_table(theirs / name)
         assert ours_table.equals(theirs_table, check_metadata=True), name
     assert json.loads((ours / "job.json").read_text()) == json.loads((theirs / "job.json").read_text())
 
@@ -84,7 +81,7 @@ def test_ray_output_equals_the_local_engine(local_run, ray_run):
     assert len(example_ids) + len(errors) == ROWS == sum(s["rows"] for s in state["shards"].values())
     assert len(set(example_ids) | {e["id"] for e in errors}) == ROWS
     for k in range(SHARDS):
-        path = ray_out / "shards" / f"errors-{k:05d}.parquet"
+        path = ray_out / "errors" / f"shard-{k:05d}.parquet"
         shard_errors = pq.read_table(path).column("row").to_pylist() if path.exists() else []
         assert all(row // 4 == k for row in shard_errors)
         assert len(shard_errors) == state["shards"][str(k)]["errors"]
@@ -111,18 +108,18 @@ def test_resume_redoes_only_the_missing_shard(ray_run, sample, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     for kind in ("examples", "errors"):
-        (out / "shards" / f"{kind}-00002.parquet").unlink()
+        (out / kind / "shard-00002.parquet").unlink()
     state = json.loads((out / "job.json").read_text())
     del state["shards"]["2"]
     (out / "job.json").write_text(json.dumps(state))
-    (out / "shards" / ".examples-00003.parquet.tmp-999").write_bytes(b"half a shard")  # as a kill would leave
-    kept = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
+    (out / "examples" / ".shard-00003.parquet.tmp-999").write_bytes(b"half a shard")  # as a kill would leave
+    kept = {name: (out / name).stat().st_mtime_ns for name in table_files(out) if not name.endswith("-999")}
 
     summary = run_preprocess_ray(manifest, out, settings, progress=False)
 
     assert (summary.shards, summary.shards_skipped) == (SHARDS, SHARDS - 1)
     assert same_summary(summary, dataclasses.replace(reference_summary, shards_skipped=SHARDS - 1))
-    assert {name: (out / "shards" / name).stat().st_mtime_ns for name in kept} == kept  # the others untouched
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept  # the others untouched
     assert_same_output(out, reference)
 
     again = run_preprocess_ray(manifest, out, settings, progress=False)  # a finished job: nothing to do
@@ -188,8 +185,9 @@ def test_tools_thinking_and_template_kwargs_travel_to_the_tasks(ray_instance, sa
     ours, local = tmp_path / "ray", tmp_path / "local"
     run_preprocess_ray(manifest, ours, settings, progress=False)
     run_preprocess(manifest, local, settings, workers=1, progress=False)
-    for name in sorted(p.name for p in (local / "shards").iterdir()):
-        assert pq.read_table(ours / "shards" / name).equals(pq.read_table(local / "shards" / name), check_metadata=True)
+    assert table_files(ours) == table_files(local)
+    for name in table_files(local):
+        assert pq.read_table(ours / name).equals(pq.read_table(local / name), check_metadata=True)
     recorded = json.loads((ours / "job.json").read_text())["settings"]
     assert (recorded["tools"], recorded["enable_thinking"], recorded["template_kwargs"]) == ([weather], True, {"n": 1})
     with pytest.raises(JobMismatchError, match="settings.enable_thinking: True there, False now"):

@@ -21,28 +21,13 @@ from pipelines.ray_infer import plan_actors, resolve_actor, run_infer_ray
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own context copies
 
-TIMING = ("queue_s", "prefill_s", "decode_s")
+TIMING = ("queue_s", "prefill_s", "ttft_s", "decode_s")
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    """One local Ray for the whole file; the engine uses it and leaves it running."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    """(manifest, checkpoint) of ``gemma4 sample-data --rows 6 --corrupt`` with the tiny checkpoint matched to its
-    toy tokenizer: 13 rows, 4 shards of 4."""
-    from pipelines.sample_data import write_sample_checkpoint, write_sample_dataset
-
-    directory = tmp_path_factory.mktemp("ray-infer-sample")
-    manifest, tokenizer = write_sample_dataset(directory, rows=6, corrupt=True)
-    checkpoint = write_sample_checkpoint(directory / "checkpoint", tokenizer)
-    return manifest, checkpoint
+def sample(infer_sample):
+    """(manifest, checkpoint) of tests/pipelines/conftest.py: 13 rows, 4 shards of 4."""
+    return infer_sample
 
 
 def settings(checkpoint, **overrides) -> InferSettings:
@@ -67,7 +52,7 @@ def tables(out: Path) -> dict[str, list[dict]]:
     return {
         kind: [
             {k: v for k, v in row.items() if k not in TIMING}
-            for f in sorted((out / "shards").glob(f"{kind}-*.parquet"))
+            for f in sorted((out / kind).glob("shard-*.parquet"))
             for row in pq.read_table(f).to_pylist()
         ]
         for kind in ("results", "errors")
@@ -84,9 +69,10 @@ def test_results_and_errors_equal_the_local_engine(ray_instance, sample, local_r
     assert summary.this_run["rows"] == summary.results and 0 <= summary.busy <= 1
     state, reference = (json.loads((d / "job.json").read_text()) for d in (tmp_path / "out", theirs))
     assert state["complete"] and state["settings"] == reference["settings"]
-    assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == sorted(
-        p.name for p in (theirs / "shards").iterdir()
-    )
+    for table in ("results", "errors"):  # hidden temporary files included
+        assert sorted(p.name for p in (tmp_path / "out" / table).iterdir()) == sorted(
+            p.name for p in (theirs / table).iterdir()
+        )
 
 
 def test_a_job_the_local_engine_left_half_done_is_finished_by_the_ray_engine(ray_instance, sample, local_run, tmp_path):
@@ -97,7 +83,7 @@ def test_a_job_the_local_engine_left_half_done_is_finished_by_the_ray_engine(ray
     state = json.loads((out / "job.json").read_text())
     for shard in ("1", "3"):  # as if killed with these two unrecorded: their files gone or stale
         del state["shards"][shard]
-        for f in (out / "shards").glob(f"*-{int(shard):05d}.parquet"):
+        for f in out.glob(f"*/shard-{int(shard):05d}.parquet"):
             f.unlink()
     state.pop("complete")
     (out / "job.json").write_text(json.dumps(state))
@@ -218,7 +204,7 @@ def test_more_gpu_actors_than_gpus_are_refused_before_anything_starts(sample, tm
     monkeypatch.setattr(ray_infer, "import_ray", lambda: fake_ray({"CPU": 32.0, "GPU": 2.0}, log, run=False))
     with pytest.raises(ValueError, match="3 model actors asked for, and the Ray cluster has 2 GPUs"):
         run_infer_ray(manifest, tmp_path / "out", settings(checkpoint, device="cpu"), actors=3, progress=False)
-    assert log == [] and not list((tmp_path / "out" / "shards").iterdir())
+    assert log == [] and not list((tmp_path / "out").glob("*/*"))
 
 
 def test_gpu_actors_resolve_their_own_device_and_dtype(sample, local_run, tmp_path, monkeypatch, gpu_stand_in):

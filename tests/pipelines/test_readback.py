@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pyarrow.parquet as pq
 import pytest
 
+from data_specs.example import SchemaError
 from pipelines import cli
 from pipelines.preprocess_job import PreprocessSettings, run_preprocess
 from pipelines.readback import RowNotFoundError, open_output
 from preprocess.prompt import Example
+from tests.pipelines.helpers import VERSION_1_MESSAGE, as_version_1
 
 
 def _without_empty_files(out, tmp_path):
@@ -19,7 +22,7 @@ def _without_empty_files(out, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     removed = []
-    for file in sorted((copy / "shards").glob("*.parquet")):
+    for file in sorted(copy.glob("*/*.parquet")):
         if pq.read_metadata(file).num_rows == 0:
             file.unlink()
             removed.append(file.name)
@@ -39,8 +42,8 @@ def test_example_is_an_example_and_ids_are_in_input_order(small_output):
 def test_reads_shards_that_have_only_one_of_their_two_files(small_output, tmp_path):
     copy, removed = _without_empty_files(small_output[1], tmp_path)
     assert removed == []  # the job writes no empty files
-    names = {p.name for p in (copy / "shards").glob("*.parquet")}
-    assert not names & {"errors-00000.parquet", "examples-00002.parquet", "examples-00003.parquet"}
+    names = {p.relative_to(copy).as_posix() for p in copy.glob("*/*.parquet")}
+    assert not names & {"errors/shard-00000.parquet", "examples/shard-00002.parquet", "examples/shard-00003.parquet"}
     output = open_output(copy)
     assert output.ids() == open_output(small_output[1]).ids()
     assert output.errors().num_rows == 7
@@ -50,8 +53,9 @@ def test_reads_shards_that_have_only_one_of_their_two_files(small_output, tmp_pa
 
 def test_a_file_job_json_counts_rows_in_must_exist(small_output, tmp_path):
     copy, _ = _without_empty_files(small_output[1], tmp_path)
-    (copy / "shards" / "examples-00001.parquet").unlink()
-    with pytest.raises(FileNotFoundError, match=r"examples-00001\.parquet is missing: job.json records 2 examples"):
+    (copy / "examples" / "shard-00001.parquet").unlink()
+    missing = r"examples/shard-00001\.parquet is missing: job.json records 2 examples"
+    with pytest.raises(FileNotFoundError, match=missing):
         open_output(copy)
 
 
@@ -62,7 +66,7 @@ def test_an_output_without_examples_reads_as_empty(small_output, tmp_path, capsy
     settings = PreprocessSettings(tokenizer=str(small_output[0] / "tokenizer"))
     out = tmp_path / "out"
     run_preprocess(manifest, out, settings, workers=1, progress=False)
-    for file in (out / "shards").glob("*.parquet"):  # as the job writes it from now on: no 0-row files
+    for file in out.glob("*/*.parquet"):  # as the job writes it from now on: no 0-row files
         if pq.read_metadata(file).num_rows == 0:
             file.unlink()
     output = open_output(out)
@@ -89,7 +93,19 @@ def test_unknown_id_says_where_the_row_went(small_output):
 def test_job_json_shards_are_the_source_of_truth(small_output, tmp_path):
     """A stray shard file that job.json does not list is not read."""
     copy, _ = _without_empty_files(small_output[1], tmp_path)
-    shutil.copy(copy / "shards" / "examples-00000.parquet", copy / "shards" / "examples-00009.parquet")
+    shutil.copy(copy / "examples" / "shard-00000.parquet", copy / "examples" / "shard-00009.parquet")
     assert len(open_output(copy).ids()) == 5
     state = json.loads((copy / "job.json").read_text())
     assert sorted(state["shards"], key=int) == ["0", "1", "2", "3"]
+
+
+def test_a_version_1_output_is_refused_in_one_line(small_output, tmp_path, capsys):
+    """Output version 1 kept both tables in shards/: it is not read as an empty output or a half one."""
+    old = as_version_1(small_output[1], tmp_path / "old")
+    with pytest.raises(SchemaError, match=re.escape(VERSION_1_MESSAGE)) as info:
+        open_output(old)
+    message = str(info.value)
+    assert "run the job again into a new folder" in message and "\n" not in message
+    assert cli.main(["inspect", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert VERSION_1_MESSAGE in err and len(err.splitlines()) == 1

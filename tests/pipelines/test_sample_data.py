@@ -10,16 +10,16 @@ import torch
 from data_specs.manifest import resolve_media
 from model.checkpoint import TokenizerMismatchError, check_tokenizer, load_config, load_pretrained
 from model.config import TokenIds
-from pipelines.sample_data import train_toy_tokenizer, write_sample_checkpoint
+from pipelines.sample_data import train_toy_tokenizer
 from preprocess.collate import collate
 from preprocess.prompt import build_example
 from preprocess.tokenizer import Tokenizer
-from tests.conftest import PUBLISHED_CONFIGS, config_keys
+from tests.helpers import PUBLISHED_CONFIGS, config_keys
 
 
-@pytest.fixture(scope="module")
-def checkpoint(small_output, tmp_path_factory):
-    return write_sample_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint", small_output[0] / "tokenizer")
+@pytest.fixture
+def checkpoint(sample_checkpoint):
+    return sample_checkpoint
 
 
 def test_checkpoint_config_takes_its_ids_and_vocabulary_from_the_tokenizer(checkpoint):

@@ -912,7 +912,7 @@ def test_fifo_and_symlink_loop_are_refused(tmp_path):
     import os
 
     from preprocess.audio_io import probe_audio
-    from tests.preprocess.test_sources import unblocking_fifo
+    from tests.preprocess.helpers import unblocking_fifo
 
     with unblocking_fifo(tmp_path / "pipe.wav") as path:
         for load in (load_audio, probe_audio):

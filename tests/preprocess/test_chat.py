@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from preprocess.chat import ChatFormatError, render_chat, unprotect_segments
+from tests.preprocess.helpers import TEMPLATE
 
 SIMPLE = [
     {"role": "system", "content": "Be brief."},
@@ -12,15 +13,6 @@ SIMPLE = [
     {"role": "assistant", "content": "A cat."},
     {"role": "user", "content": "And this? <|image|> <turn|>"},
 ]
-
-# A template in the style of a checkpoint's chat_template.jinja (our own, for the test).
-TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
-    "{% if m.content is string %}{{ m.content | trim }}{% else %}{% for p in m.content %}"
-    "{% if p.type == 'text' %}{{ p.text | trim }}{% elif p.type == 'image' %}\n\n<|image|>\n\n"
-    "{% elif p.type == 'audio' %}<|audio|>{% elif p.type == 'video' %}<|video|>{% endif %}{% endfor %}{% endif %}"
-    "<turn|>\n{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}"
-)
 
 
 def test_builtin_layout():

@@ -12,7 +12,7 @@ from data_specs.media import Modality
 from preprocess.collate import bucket_by_length, collate, uncollate
 from preprocess.prompt import build_example
 from preprocess.tokenizer import Tokenizer
-from tests.preprocess.test_video import encode_video
+from tests.preprocess.helpers import assert_same, encode_video
 
 
 @pytest.fixture(scope="module")
@@ -44,26 +44,6 @@ def examples(tokenizer_dir):
         [{"role": "user", "content": [{"type": "video", "video": encode_video(20), "num_frames": 4}]}],
     ]
     return tok, [build_example(c, tok) for c in conversations]
-
-
-def assert_same(a, b):
-    assert np.array_equal(a.input_ids, b.input_ids) and a.input_ids.dtype == b.input_ids.dtype
-    assert np.array_equal(a.mm_token_type_ids, b.mm_token_type_ids)
-    assert len(a.images) == len(b.images) and len(a.audio) == len(b.audio) and len(a.videos) == len(b.videos)
-    for x, y in zip(a.images, b.images, strict=True):
-        assert np.array_equal(x.patches, y.patches) and (x.size, x.original_size, x.budget) == (
-            y.size,
-            y.original_size,
-            y.budget,
-        )
-    for x, y in zip(a.videos, b.videos, strict=True):
-        assert (x.timestamps, x.budget) == (y.timestamps, y.budget)
-        for f, g in zip(x.frames, y.frames, strict=True):
-            assert np.array_equal(f.patches, g.patches) and (f.size, f.original_size) == (g.size, g.original_size)
-    for x, y in zip(a.audio, b.audio, strict=True):
-        assert np.array_equal(x.features, y.features) and np.array_equal(x.mask, y.mask)
-        assert (x.num_tokens, x.start_s, x.end_s, x.part) == (y.num_tokens, y.start_s, y.end_s, y.part)
-    assert a.summary == b.summary
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -729,7 +729,7 @@ def test_unrecognised_bytes_are_not_quoted():
 @pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs")
 def test_fifo_path_is_refused_without_blocking(tmp_path):
     from preprocess.image_io import probe_image
-    from tests.preprocess.test_sources import unblocking_fifo
+    from tests.preprocess.helpers import unblocking_fifo
 
     with unblocking_fifo(tmp_path / "pipe.png") as path:
         for load in (load_image, probe_image):

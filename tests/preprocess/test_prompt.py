@@ -241,7 +241,7 @@ def test_parity_video(tok, reference, tmp_path):
     from transformers.video_utils import VideoMetadata
 
     from preprocess.video_io import load_video
-    from tests.preprocess.test_video import encode_video
+    from tests.preprocess.helpers import encode_video
 
     path = tmp_path / "clip.mp4"
     path.write_bytes(encode_video(75, rate=25))
@@ -271,7 +271,7 @@ def test_parity_video(tok, reference, tmp_path):
 
 
 def test_checkpoint_chat_template_is_used(tokenizer_dir, tmp_path):
-    from tests.preprocess.test_chat import TEMPLATE
+    from tests.preprocess.helpers import TEMPLATE
 
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
@@ -321,7 +321,7 @@ def test_too_many_media_parts_are_refused_before_decoding(tok, monkeypatch):
 def test_token_lower_bound_is_checked_before_decoding(tok, monkeypatch):
     import preprocess.prompt as prompt
     from preprocess import errors
-    from tests.preprocess.test_video import encode_video
+    from tests.preprocess.helpers import encode_video
 
     for name in ("decode_image", "load_audio", "preprocess_video"):
         monkeypatch.setattr(prompt, name, fail_if_called(name))
@@ -338,7 +338,7 @@ def test_token_lower_bound_is_checked_before_decoding(tok, monkeypatch):
 @pytest.mark.parametrize("seconds", [0.5, 29.99, 30.5, 65.0, 95.0])
 def test_token_lower_bound_never_refuses_an_example_that_fits(tok, seconds):
     """The header estimate is a lower bound: an example built without a limit fits its own token count."""
-    from tests.preprocess.test_video import encode_video
+    from tests.preprocess.helpers import encode_video
 
     clip = io.BytesIO()
     soundfile.write(clip, tone(seconds, 44_100), 44_100, format="FLAC")
@@ -358,7 +358,7 @@ def test_token_lower_bound_never_refuses_an_example_that_fits(tok, seconds):
 def test_limits_reach_every_medium(tok):
     from preprocess import errors
     from preprocess.limits import MediaLimits
-    from tests.preprocess.test_video import encode_video
+    from tests.preprocess.helpers import encode_video
 
     def build(part, **limits):
         return build_example([{"role": "user", "content": [part]}], tok, limits=MediaLimits(**limits))
@@ -397,7 +397,7 @@ def test_one_full_resolution_image_at_a_time(tok, monkeypatch):
 @pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs")
 def test_fifo_media_is_an_input_error(tok, tmp_path):
     from preprocess import errors
-    from tests.preprocess.test_sources import unblocking_fifo
+    from tests.preprocess.helpers import unblocking_fifo
 
     with unblocking_fifo(tmp_path / "pipe") as path:
         for kind, error in (("image", errors.InvalidImageError), ("audio", errors.InvalidAudioError)):

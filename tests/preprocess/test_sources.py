@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 
 import pytest
 
 from preprocess import errors
 from preprocess.sources import open_regular, scrub
+from tests.preprocess.helpers import unblocking_fifo
 
 fifo_only = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
-
-
-@contextlib.contextmanager
-def unblocking_fifo(path):
-    """A FIFO at ``path``. Should the code under test open it for reading anyway, a writer opens and closes it
-    after a few seconds, so the reader sees end-of-file and the test fails instead of hanging forever."""
-    os.mkfifo(path)
-    done = threading.Event()
-
-    def unblock() -> None:
-        while not done.wait(3.0):
-            with contextlib.suppress(OSError):  # ENXIO: no reader yet
-                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-
-    thread = threading.Thread(target=unblock, daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        done.set()
-        thread.join()
 
 
 @fifo_only

@@ -5,16 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from preprocess.tokenizer import SPECIAL_STRINGS, MissingSpecialTokenError, Tokenizer
-from tests.conftest import train_tiny_sentencepiece
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir):
-    return Tokenizer.from_pretrained(tokenizer_dir)
+from tests.helpers import train_tiny_sentencepiece
 
 
 def test_special_ids_come_from_the_model(tok):
@@ -186,6 +181,9 @@ def test_ids_and_text_equal_the_reference_on_multilingual_text(pair, text):
 @settings(max_examples=300)
 @given(UNICODE_TEXT)
 def test_ids_equal_the_reference_on_any_unicode_text(pair, text):
+    # The reference makes a control token of a control string in user text; ours deliberately does not (the test
+    # below): hypothesis draws such strings from the project's own constants, so they are left out here.
+    assume(not any(token.content in text for token in pair[1].added_tokens_decoder.values()))
     assert_same_as_the_reference(pair, text)
 
 

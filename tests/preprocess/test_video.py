@@ -3,8 +3,8 @@ its number), timestamps come from the presentation times, the display matrix is 
 decodes, bad input raises a ``ValueError`` subclass naming the input, and the patches, positions and token counts
 agree with the budget math and the reference video processor.
 
-Videos are encoded here with PyAV (64×48 px, yuv420p, libx264 when available, else mpeg4). Oracles:
-``transformers.video_utils.default_sample_indices_fn`` / ``VideoMetadata`` (sampling, timestamps),
+Videos are encoded with PyAV by tests/preprocess/helpers.py (64×48 px, yuv420p, libx264 when available, else
+mpeg4). Oracles: ``transformers.video_utils.default_sample_indices_fn`` / ``VideoMetadata`` (sampling, timestamps),
 ``get_aspect_ratio_preserving_size`` (frame size), ``preprocess.budget``, ``collate_images``, and, when
 torchvision is installed, ``transformers.Gemma4VideoProcessor`` itself (test-only parity oracle).
 """
@@ -27,6 +27,7 @@ from preprocess import errors, video_io
 from preprocess.image import collate_images, preprocess_image
 from preprocess.video import VideoPatches, collate_videos, patch_video, preprocess_video
 from preprocess.video_io import VideoFrames, format_timestamp, load_video, sample_indices
+from tests.preprocess.helpers import CODEC, HEIGHT, WIDTH, encode_video, frame_number, numbered_frame, unblocking_fifo
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -35,62 +36,6 @@ from preprocess.video_io import VideoFrames, format_timestamp, load_video, sampl
 def video_utils(reference):
     """``transformers.video_utils`` (the reference sampler and metadata); skips the test without it."""
     return pytest.importorskip("transformers.video_utils")
-
-
-HEIGHT, WIDTH = 48, 64
-BLOCK = 16  # 3 × 4 blocks of 16 px: a 12-bit frame number, one bit per black or white block
-CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-
-
-def numbered_frame(number: int) -> np.ndarray:
-    """(48, 64, 3) uint8: bit k of ``number`` is block (k // 4, k % 4), white when set (survives any codec)."""
-    pixels = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
-    for bit in range(12):
-        if number >> bit & 1:
-            row, col = divmod(bit, WIDTH // BLOCK)
-            pixels[row * BLOCK : (row + 1) * BLOCK, col * BLOCK : (col + 1) * BLOCK] = 255
-    return pixels
-
-
-def frame_number(pixels: np.ndarray) -> int:
-    """The number :func:`numbered_frame` drew, read from the centres of the blocks of a decoded frame."""
-    assert pixels.shape == (HEIGHT, WIDTH, 3)
-    number = 0
-    for bit in range(12):
-        row, col = divmod(bit, WIDTH // BLOCK)
-        centre = pixels[row * BLOCK + 4 : row * BLOCK + 12, col * BLOCK + 4 : col * BLOCK + 12]
-        number |= int(centre.mean() > 128) << bit
-    return number
-
-
-def encode_video(
-    count: int,
-    *,
-    rate: int = 25,
-    codec: str = CODEC,
-    fmt: str = "mp4",
-    pts: list[int] | None = None,
-    time_base: Fraction | None = None,
-    rotation: tuple[int, bool, bool] | None = None,
-    frame=numbered_frame,
-) -> bytes:
-    """Encode ``count`` frames ``frame(i)``; explicit ``pts`` (in ``time_base`` units) make a variable rate."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        if time_base is not None:
-            stream.codec_context.time_base = time_base
-        if rotation is not None:
-            degrees, hflip, vflip = rotation
-            stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
-        for i in range(count):
-            picture = av.VideoFrame.from_ndarray(frame(i), format="rgb24")
-            if pts is not None:
-                picture.pts, picture.time_base = pts[i], time_base
-            container.mux(stream.encode(picture))
-        container.mux(stream.encode())
-    return buf.getvalue()
 
 
 def wav_bytes() -> bytes:
@@ -646,8 +591,6 @@ def test_animated_gif_is_a_video():
 @pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs")
 def test_fifo_and_symlink_loop_are_refused(tmp_path):
     import os
-
-    from tests.preprocess.test_sources import unblocking_fifo
 
     with unblocking_fifo(tmp_path / "pipe.mp4") as path:
         for load in (load_video, video_io.probe_video):

@@ -12,11 +12,7 @@ from preprocess.prompt import build_example
 from runtime.engine import Completion, Engine, Request
 from runtime.generate import generate
 from runtime.sampler import Sampling, sample
-from tests.model import test_gemma4 as gemma4_tests
-from tests.model.test_gemma4 import messages, tiny_config
-from tests.runtime.test_generate import left_padded, text_model
-
-tok = gemma4_tests.tok  # the test tokenizer fixture
+from tests.model.helpers import left_padded, messages, text_model, tiny_config
 
 GREEDY = Sampling()
 HOT = Sampling(temperature=4.0, top_k=200, top_p=0.99, seed=1234)

@@ -3,44 +3,17 @@ row alone; seeded sampling does not depend on batch company; stop ids; streaming
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from data_specs.batch import Batch
 from model.checkpoint import load_pretrained
-from model.config import PRESETS
 from model.gemma4 import Gemma4
 from runtime.generate import generate, stream
 from runtime.sampler import Sampling, sample
-from tests.model import test_gemma4 as gemma4_tests
-from tests.model.test_gemma4 import ours_batch, reference_inputs, tiny_config
-
-tok = gemma4_tests.tok  # the same fixtures: the test tokenizer, the reference model factory
-reference_model = gemma4_tests.reference_model
+from tests.model.helpers import PROMPTS, left_padded, ours_batch, reference_inputs, text_model, tiny_config
 
 TINY = ["tiny-e2b", "tiny-31b", "tiny-moe"]
-
-
-def text_model(name: str, seed: int = 0) -> Gemma4:
-    torch.manual_seed(seed)
-    config = PRESETS[name]
-    model = Gemma4(dataclasses.replace(config, vision=None, audio=None)).eval()
-    with torch.no_grad():
-        for layer in model.language_model.layers:
-            layer.layer_scalar.uniform_(0.5, 1.5)
-    return model
-
-
-def left_padded(rows: list[list[int]]) -> Batch:
-    longest = max(map(len, rows))
-    ids = torch.zeros(len(rows), longest, dtype=torch.long)
-    mask = torch.zeros(len(rows), longest, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, longest - len(row) :] = torch.tensor(row)
-        mask[i, longest - len(row) :] = True
-    return Batch.from_ids(ids, mask)
 
 
 def greedy_by_full_forwards(model: Gemma4, row: list[int], steps: int) -> list[int]:
@@ -50,9 +23,6 @@ def greedy_by_full_forwards(model: Gemma4, row: list[int], steps: int) -> list[i
             logits = model(Batch.from_ids(torch.tensor([ids])))[0, -1]
             ids.append(int(logits.argmax()))
     return ids[len(row) :]
-
-
-PROMPTS = [[5, 17, 99, 3, 41, 7, 8], [12, 13], [300, 2, 77, 91, 4]]
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -14,7 +14,7 @@ from runtime.engine import Engine, Request
 from runtime.graphs import DecodeGraphs
 from runtime.runner import bucket
 from runtime.sampler import Sampling, sample
-from tests.runtime.test_generate import text_model
+from tests.model.helpers import text_model
 
 
 def test_buckets():
