@@ -1,23 +1,27 @@
 """``gemma4 infer``: rows of chat messages (or a ``gemma4 preprocess`` output) → generated replies + an errors table.
 
-Layout of OUTPUT_DIR, as ``gemma4 preprocess`` lays its own out (``pipelines.preprocess_job``)::
+Layout of OUTPUT_DIR (``pipelines.jobdir``, output version 2), as ``gemma4 preprocess`` lays its own out::
 
     job.json                       settings, checkpoint fingerprint, input fingerprint, completed shards, counts
     .lock                          held (flock) by the job writing here
-    shards/results-00000.parquet   data_specs.results rows of input rows 0 … S−1 that were answered, in input order
-                                   (results-K.jsonl with --output-format jsonl; OpenAI batch output lines, errors
-                                   included, with --output-format openai)
-    shards/errors-00000.parquet    data_specs.errors_table rows of the same range that were not
-    …
+    results/shard-00000.parquet    data_specs.results rows of input rows 0 … S−1 that were answered, in input order
+    errors/shard-00000.parquet     data_specs.errors_table rows of the same range that were not
+    results.jsonl                  with --output-format jsonl (result rows) or openai (OpenAI batch output lines,
+                                   errors included): every line in input order, written when the job ends from
+                                   the shards' results/shard-K.jsonl (the resumable record until then)
 
-INPUT is a manifest (rows ``{id, messages[, tools][, max_new_tokens, temperature, top_k, top_p, seed]}``, read as
-``gemma4 preprocess`` reads them), an OpenAI batch file (``{"custom_id", "method", "url", "body"}`` lines), or a
-``gemma4 preprocess`` output directory (its examples are used as they are, and its error rows are carried into
-this job's errors table, so the counts add up to the original manifest).
+INPUT is a manifest (rows ``{id, messages[, tools][, max_new_tokens, temperature, top_k, top_p, seed, stop]}``,
+read as ``gemma4 preprocess`` reads them: ``pipelines.rows.read_items``), an OpenAI batch file (``{"custom_id",
+"method", "url", "body"}`` lines; a repeated ``custom_id`` refuses the whole file), or a ``gemma4 preprocess``
+output directory (its examples are used as they are, with the generation options their rows gave, and its error
+rows are carried into this job's errors table, so the counts add up to the original manifest). A row's ``stop``
+strings (else the job's) end its reply before them (``runtime.stop``); its answer names ``served_model_name``,
+else the model its request names, else the checkpoint's.
 
 How rows flow. The driver reads the input one shard at a time (``rows_per_shard`` rows). Shards are prepared
 (chat template, media decoding, patches, features: ``preprocess_job``'s per-row function, with its time limit and
-error stages) in ``workers`` processes, at most ``2 × workers`` shards ahead, each prepared row becoming a one-row
+error stages) in ``workers`` processes (``pipelines.pool.ShardPool``: a worker that dies costs only the rows that
+kill it), at most ``2 × workers`` shards ahead, each prepared row becoming a one-row
 :class:`data_specs.batch.Batch`, pinned when there is an accelerator. The model runs in the driver: the
 continuous engine (``runtime.engine``) pulls a prepared request whenever a slot frees, prefills it (chunked) while
 the other slots decode, and hands back each completion as it finishes. When the engine has nothing to run and no
@@ -76,6 +80,7 @@ from .jobdir import (
     save_state,
     shard_path,
     write_text,
+    written_paths,
 )
 from .pool import ShardPool, Work
 from .preprocess_job import (
@@ -226,6 +231,8 @@ class InferSettings:
         """What must match for a job to resume: what changes the tokens. Slots, workers, chunking and the device
         do not (only how fast they come); the dtype does."""
         generation = {k: getattr(self, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+        generation["stop"] = list(self.stop)
+        generation["served_model_name"] = self.served_model_name
         return {
             "checkpoint_fingerprint": fingerprint,
             "dtype": dtype,
@@ -653,6 +660,7 @@ class InferJob:
             "cuda_graphs": settings.cuda_graphs and plan.device.startswith("cuda"),
             "checkpoint": settings.checkpoint,
             "checkpoint_dir": os.fspath(plan.directory),
+            "input": os.path.realpath(input_path),  # gemma4 inspect --prompt rebuilds a row's prompt from it
         }
 
     def close(self) -> None:
@@ -676,37 +684,34 @@ class InferJob:
 
     def finish(self) -> None:
         """Mark the job complete. With ``--output-format jsonl|openai``, its lines go first into one file,
-        ``results.jsonl``, in input order (written whole, then renamed), and the shards' line files, the job's
-        resumable record until then, are removed."""
-        if self.settings.output_format != "parquet":
-            folder = self.out_dir / "results"
-            parts = [shard_path(self.out_dir, "results", k, "jsonl") for k in range(self.input.shard_count)]
-            if folder.is_dir() or not (self.out_dir / RESULTS_FILE).is_file():
-                target = self.out_dir / RESULTS_FILE
-                temporary = target.with_name(f".{RESULTS_FILE}.tmp-{os.getpid()}")
-                with open(temporary, "wb") as out:
-                    for part in parts:
-                        if part.is_file():
-                            with open(part, "rb") as fp:
-                                shutil.copyfileobj(fp, out)
-                os.replace(temporary, target)
-            save_state(self.out_dir, dict(self.state, complete=True, results_file=RESULTS_FILE))
-            for part in parts:
-                part.unlink(missing_ok=True)
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        else:
+        ``results.jsonl``, in input order (written whole, then renamed, then named in ``job.json``), and the shards'
+        line files, the job's resumable record until then, are removed."""
+        if self.settings.output_format == "parquet":
             save_state(self.out_dir, dict(self.state, complete=True))
+            return
+        parts = [shard_path(self.out_dir, "results", k, "jsonl") for k in range(self.input.shard_count)]
+        if "results_file" not in self.state:  # (a finished job run again has it, and its parts are gone)
+            target = self.out_dir / RESULTS_FILE
+            temporary = target.with_name(f".{RESULTS_FILE}.tmp-{os.getpid()}")
+            with open(temporary, "wb") as out:
+                for part in parts:
+                    if part.is_file():
+                        with open(part, "rb") as fp:
+                            shutil.copyfileobj(fp, out)
+            os.replace(temporary, target)
+            self.state["results_file"] = RESULTS_FILE
+        save_state(self.out_dir, dict(self.state, complete=True))
+        for part in parts:
+            part.unlink(missing_ok=True)
+        folder = self.out_dir / "results"
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
     def paths(self) -> list[str]:
         """What the job wrote: its tables' folders (or ``results.jsonl``) and ``job.json``."""
-        results = self.out_dir / RESULTS_FILE if self.settings.output_format != "parquet" else self.out_dir / "results"
-        found = [results, self.out_dir / "errors"]
-        return [
-            os.fspath(p) + ("/" if p.is_dir() else "")
-            for p in found
-            if p.is_file() or (p.is_dir() and any(p.glob("*.parquet")))
-        ] + [os.fspath(self.out_dir / JOB_FILE)]
+        if self.settings.output_format == "parquet":
+            return written_paths(self.out_dir, TABLES)
+        return [os.fspath(self.out_dir / RESULTS_FILE), *written_paths(self.out_dir, ("errors",))]
 
     def record(self, shard: int, stats: dict) -> None:
         self.state["shards"][str(shard)] = stats

@@ -51,6 +51,7 @@ __all__ = [
     "save_state",
     "shard_path",
     "write_text",
+    "written_paths",
 ]
 
 JOB_FILE = "job.json"
@@ -73,15 +74,21 @@ def shard_path(out_dir: str | os.PathLike, table: str, shard: int, ext: str = "p
 
 
 def open_folder(out_dir: Path, tables: tuple[str, ...]) -> int:
-    """Create ``out_dir`` and its tables' folders, take its lock (:func:`lock_output`) and remove the temporary
-    files a killed run left behind (no live job writes here: we hold the lock); the lock's file descriptor."""
-    for table in tables:
-        (out_dir / table).mkdir(parents=True, exist_ok=True)
+    """Create ``out_dir``, take its lock (:func:`lock_output`) and remove the temporary files a killed run left
+    in its tables' folders (no live job writes here: we hold the lock); the lock's file descriptor. A table's
+    folder is made when its first file is written, so a table with no rows has none."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_output(out_dir)
     for table in tables:
         for stale in (out_dir / table).glob(".*.tmp-*"):
             stale.unlink()
     return lock
+
+
+def written_paths(out_dir: Path, tables: tuple[str, ...]) -> list[str]:
+    """What a job wrote, for its summary: each table folder holding files, and ``job.json``."""
+    folders = [out_dir / t for t in tables if (out_dir / t).is_dir() and any((out_dir / t).glob("*.parquet"))]
+    return [os.fspath(f) + os.sep for f in folders] + [os.fspath(out_dir / JOB_FILE)]
 
 
 def check_version(state: dict, where: str | os.PathLike) -> None:
@@ -109,6 +116,7 @@ def read_state(out_dir: str | os.PathLike) -> dict:
 def write_text(path: Path, text: str) -> int:
     """Write ``path`` atomically (a temporary name, then a rename); its size in bytes."""
     temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    temporary.parent.mkdir(exist_ok=True)
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
     return path.stat().st_size
@@ -135,6 +143,7 @@ class TableWriter:
         if not self.rows:
             return
         if self._writer is None:
+            self._temporary.parent.mkdir(exist_ok=True)
             self._writer = pq.ParquetWriter(self._temporary, self.schema)
         self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema), row_group_size=len(self.rows))
         self.rows, self.pending_bytes = [], 0

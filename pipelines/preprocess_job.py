@@ -77,6 +77,7 @@ from .jobdir import (
     progress_bar,
     save_state,
     shard_path,
+    written_paths,
 )
 from .pool import WORKER_DIED, ShardPool, Work, threads
 from .rows import Built, Failed, Item, read_items
@@ -222,6 +223,7 @@ class JobSummary:
     shards: int
     shards_skipped: int
     seconds: float
+    written: list[str] = field(default_factory=list)  # the output's paths: its tables' folders and job.json
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k} {v}" for k, v in sorted(self.errors_by_stage.items())) or "none"
@@ -231,6 +233,7 @@ class JobSummary:
             f"tokens: {tokens}",
             f"shards {self.shards} ({self.shards_skipped} already done), {self.bytes_written / 1e6:.1f} MB written, "
             f"{self.seconds:.1f} s ({self.rows / max(self.seconds, 1e-9):.1f} rows/s)",
+            *(["written: " + ", ".join(self.written)] if self.written else []),
         ]
 
 
@@ -540,6 +543,7 @@ class Job:
             self._bar.close()
         save_state(self.out_dir, dict(self.state, complete=True))
         summary = _summary(self.state, self.shard_count, self._done_before, time.perf_counter() - self._started)
+        summary.written = written_paths(self.out_dir, TABLES)
         assert summary.rows == len(self.manifest) == summary.examples + summary.errors, summary
         return summary
 

@@ -86,6 +86,12 @@ def import_ray():
         raise ImportError(
             "the Ray engine needs Ray Data, which is not installed: pip install 'gemma4-pipeline[ray]'"
         ) from exc
+    # Ray Data logs its plan and progress to the console at INFO (its log file keeps them): warnings and errors
+    # only on the console, and no warning that its progress bars are off (the job shows its own progress).
+    for handler in logging.getLogger("ray.data").handlers:
+        if "File" not in type(handler).__name__:  # the console's (its file handler is Ray's own class)
+            handler.setLevel(max(handler.level, logging.WARNING))
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     return ray
 
 

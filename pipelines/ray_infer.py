@@ -60,6 +60,7 @@ import logging
 import os
 import pickle
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -92,6 +93,9 @@ if TYPE_CHECKING:
     from model.checkpoint import CheckpointInfo
 
 __all__ = ["plan_actors", "resolve_actor", "run_infer_ray"]
+
+
+ACTOR_PROCESS_BYTES = 1 << 30  # a model actor's process beyond weights and cache: Python, torch, the engine
 
 
 def run_infer_ray(
@@ -201,7 +205,10 @@ def _run(ray, job: InferJob, actors: int | None, progress: bool) -> InferSummary
     # Each actor resolves its own device and dtype (``resolve_actor``); the driver's (its --device) are not passed.
     actor_kwargs = {"settings": settings, "gpu": bool(gpus), "job_dtype": job.dtype}
     # A CPU actor reserves its weights and KV cache, in the job's dtype, so Ray places no more than fit on a node.
-    memory = job.plan.info.weight_bytes + job.plan.cache_bytes
+    memory = job.plan.info.weight_bytes + job.plan.cache_bytes + ACTOR_PROCESS_BYTES
+    # max_restarts 0: Ray cannot restart an actor whose constructor arguments live in the object store (Ray Data's
+    # do: ray-project/ray#53727, an error-level line on every run otherwise); an actor that dies ends the run, the
+    # shards written so far are kept and the same command resumes.
     generate_args = {"num_gpus": 1} if gpus else {"num_cpus": 1, "memory": memory}
     if gpus:  # what this run runs on, in job.json: the actors' GPUs, not the device the driver planned for
         job.state["run"] = dict(job.state["run"], device="cuda", ray_gpu_actors=actors)
@@ -214,24 +221,24 @@ def _run(ray, job: InferJob, actors: int | None, progress: bool) -> InferSummary
     try:
         while refs := list(itertools.islice(pending, window)):
             # ``refs`` stays alive until the window is consumed: the blocks are owned by this driver.
-            dataset = (
-                ray.data.from_arrow_refs(refs)
-                .map_batches(
-                    _prepare_shard,
-                    batch_size=1,
-                    batch_format="pyarrow",
-                    num_cpus=1,
-                    fn_kwargs=prepare_kwargs,
-                )
-                .map_batches(
+            prepared = ray.data.from_arrow_refs(refs).map_batches(
+                _prepare_shard,
+                batch_size=1,
+                batch_format="pyarrow",
+                num_cpus=1,
+                fn_kwargs=prepare_kwargs,
+            )
+            with warnings.catch_warnings():  # Ray 2.60 takes max_restarts only as a deprecated ray_remote_args
+                warnings.simplefilter("ignore", DeprecationWarning)
+                dataset = prepared.map_batches(
                     _Generator,
                     batch_size=1,
                     batch_format="pyarrow",
                     compute=ray.data.ActorPoolStrategy(size=actors),
                     fn_constructor_kwargs=actor_kwargs,
+                    max_restarts=0,
                     **generate_args,
                 )
-            )
             dataset.context.enable_progress_bars = False  # this dataset's copy of the context; the job shows progress
             for row in dataset.iter_rows():
                 shard, state = int(row["shard"]), pickle.loads(row["state"])

@@ -31,7 +31,16 @@ from data_specs.example import SCHEMA_VERSION, SchemaError, check_schema, exampl
 from .jobdir import JOB_FILE, JobMismatchError, check_version, shard_path
 from .preprocess_job import SETTINGS_KEY
 
-__all__ = ["IncompleteJobError", "OutputDir", "RowNotFoundError", "open_output"]
+__all__ = [
+    "IncompleteJobError",
+    "OutputDir",
+    "ResultsDir",
+    "RowNotFoundError",
+    "open_job",
+    "open_output",
+    "open_results",
+    "prompt_text",
+]
 
 
 class IncompleteJobError(SchemaError):
@@ -134,6 +143,11 @@ class OutputDir:
             f"a position is also accepted)"
         )
 
+    def tokenizer(self, source: str | os.PathLike | None = None):
+        """The tokenizer this output was built with: ``source``, else the one its ``job.json`` records; refused if
+        it is not the one the output was built with (fingerprints differ)."""
+        return _tokenizer_of(self, source or self.state.get("run", {}).get("tokenizer"))
+
     def report(self) -> list[str]:
         shards = self.state["shards"]
         settings = self.state["settings"]
@@ -189,3 +203,162 @@ def open_output(path: str | os.PathLike, *, allow_incomplete: bool = False) -> O
         if stored != expected_settings:
             raise SchemaError(f"{file}: written with other settings than {JOB_FILE} records")
     return out
+
+
+# --- gemma4 infer outputs -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ResultsDir:
+    """A ``gemma4 infer`` output: its ``job.json`` (``state``), its results (Parquet rows, or the lines of
+    ``results.jsonl``) and its errors table."""
+
+    path: Path
+    state: dict
+
+    def results(self) -> list[dict]:
+        """Every result in input order (rows of ``data_specs.results``, or OpenAI batch output lines)."""
+        from .infer_job import read_results
+
+        return read_results(self.path)
+
+    def errors(self) -> pa.Table:
+        files = [str(shard_path(self.path, "errors", int(k))) for k, s in self.state["shards"].items() if s["errors"]]
+        if not files:
+            return error_schema().empty_table()
+        return pa.concat_tables(pq.read_table(f) for f in sorted(files))
+
+    def result(self, key: str | int) -> dict:
+        """The result of the row with id (``custom_id``) ``key``, or at input position ``key`` (an int)."""
+        for row in self.results():
+            row_id = row.get("custom_id", row.get("id"))
+            if (isinstance(key, int) and row.get("row", -1) == key) or row_id == key:
+                return row
+        failed = self.errors()
+        failed = failed.filter(pc.equal(failed["id" if isinstance(key, str) else "row"], key)).to_pylist()
+        if failed:
+            e = failed[0]
+            raise RowNotFoundError(
+                f"row {key!r} of {self.path} has no result: it failed at stage {e['stage']} (input row {e['row']}): "
+                f"{e['error_type']}: {e['message']}"
+            )
+        raise RowNotFoundError(f"no row {key!r} in {self.path} ({self.state['rows']} input rows)")
+
+    def report(self) -> list[str]:
+        shards = self.state["shards"].values()
+        results, errors = sum(s["results"] for s in shards), sum(s["errors"] for s in shards)
+        settings, run = self.state["settings"], self.state.get("run", {})
+        where = self.state.get("results_file") or "results/"
+        lines = [
+            f"{self.path}: gemma4 infer output (results version {self.state['results_version']}, output version "
+            f"{self.state.get('output_version')}), {len(self.state['shards'])} shards, {results} results + "
+            f"{errors} errors = {self.state['rows']} input rows{'' if self.state.get('complete') else ' (unfinished)'}",
+            f"results in {where}, errors in errors/",
+            "generation: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(settings["generation"].items()))
+            + f", context={settings['context']}, output_format={settings['output_format']}",
+            f"model: {run.get('checkpoint')} ({settings['checkpoint_fingerprint']}), {settings['dtype']} on "
+            f"{run.get('device')}",
+        ]
+        stages: dict[str, int] = {}
+        for s in shards:
+            for stage, count in s["errors_by_stage"].items():
+                stages[stage] = stages.get(stage, 0) + count
+        if stages:
+            lines.append("errors by stage: " + ", ".join(f"{k} {v}" for k, v in sorted(stages.items())))
+        return lines
+
+    def example(self, key: str | int):
+        """The ``preprocess.prompt.Example`` the job built for row ``key`` (id or input position), rebuilt from the
+        job's input with its recorded settings (media are decoded again), or read from its preprocessed input."""
+        from .infer_job import InferInput
+        from .preprocess_job import build_rows, settings_from_record
+        from .rows import Failed
+
+        run = self.state.get("run", {})
+        if "input" not in run:
+            raise ValueError(f"{self.path}: its job.json does not record its input (written before 2026-12)")
+        settings = settings_from_record(self.state["settings"]["preprocess"], run["checkpoint_dir"])
+        source = InferInput(run["input"], settings.rows_per_shard)
+        for _, items in source.shards(set()):
+            for item in items:
+                if item.id != key and item.index != key:
+                    continue
+                if item.carried_error or isinstance(item.payload, Exception):
+                    problem = item.payload["message"] if item.carried_error else str(item.payload)
+                    raise RowNotFoundError(f"row {key!r} of {run['input']} has no prompt: {problem}")
+                if isinstance(item.payload, dict):  # an example of a preprocess output
+                    return row_to_example(item.payload)[1]
+                (outcome,) = build_rows([item], settings, os.fspath(source.base_dir))
+                if isinstance(outcome, Failed):
+                    raise RowNotFoundError(f"row {key!r} of {run['input']} has no prompt: {outcome.row['message']}")
+                return row_to_example(outcome.row)[1]
+        raise RowNotFoundError(f"no row {key!r} in the input of {self.path} ({run['input']})")
+
+    def tokenizer(self, source: str | os.PathLike | None = None):
+        """The checkpoint's tokenizer (``source``, else the checkpoint directory ``job.json`` records)."""
+        return _tokenizer_of(self, source or self.state.get("run", {}).get("checkpoint_dir"))
+
+
+def _tokenizer_of(output: OutputDir | ResultsDir, source: str | os.PathLike | None):
+    from preprocess.tokenizer import Tokenizer
+
+    if source is None:
+        raise ValueError(f"{output.path}: its job.json does not record its tokenizer: give one (--tokenizer)")
+    tokenizer = Tokenizer.from_pretrained(source)
+    settings = output.state["settings"]
+    built = settings.get("tokenizer_fingerprint") or settings.get("preprocess", {}).get("tokenizer_fingerprint")
+    if built is not None and tokenizer.fingerprint != built:
+        raise ValueError(
+            f"{os.fspath(source)!r} is not the tokenizer {output.path} was built with (fingerprint "
+            f"{tokenizer.fingerprint}, built with {built})"
+        )
+    return tokenizer
+
+
+def open_results(path: str | os.PathLike, *, allow_incomplete: bool = False) -> ResultsDir:
+    """The ``gemma4 infer`` output at ``path``; an unfinished job raises :class:`IncompleteJobError` unless
+    ``allow_incomplete``."""
+    path = Path(path)
+    job = path / JOB_FILE
+    if not job.is_file():
+        raise FileNotFoundError(f"{os.fspath(path)!r} has no {JOB_FILE}: not a gemma4 infer output")
+    state = json.loads(job.read_text())
+    if "results_version" not in state:
+        raise SchemaError(f"{os.fspath(path)!r} is a gemma4 preprocess output (examples), not a gemma4 infer output")
+    try:
+        check_version(state, path)
+    except JobMismatchError as exc:
+        raise SchemaError(str(exc)) from None
+    if not state.get("complete") and not allow_incomplete:
+        raise IncompleteJobError(
+            f"{os.fspath(path)!r}: the job is not finished; run the same gemma4 infer command again"
+        )
+    return ResultsDir(path, state)
+
+
+def open_job(path: str | os.PathLike) -> OutputDir | ResultsDir:
+    """Either kind of job folder, by what its ``job.json`` says it is."""
+    job = Path(path) / JOB_FILE
+    if job.is_file() and "results_version" in json.loads(job.read_text()):
+        return open_results(path)
+    return open_output(path)
+
+
+def prompt_text(example, tokenizer) -> str:
+    """An example's prompt as text: its tokens decoded with their control tokens, each run of media soft tokens
+    shown as one marker (``<image soft tokens × 280>``)."""
+    from data_specs.media import Modality
+
+    ids, types = example.input_ids.tolist(), example.mm_token_type_ids.tolist()
+    parts, start = [], 0
+    while start < len(ids):
+        stop = start
+        while stop < len(ids) and types[stop] == types[start]:
+            stop += 1
+        if types[start] == Modality.TEXT:
+            parts.append(tokenizer.decode(ids[start:stop]))
+        else:
+            parts.append(f"<{Modality(types[start]).name.lower()} soft tokens × {stop - start}>")
+        start = stop
+    return "".join(parts)

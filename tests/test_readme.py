@@ -105,6 +105,7 @@ def run_gemma4(command: str, cwd: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_every_block_and_command_of_the_readme_runs(tmp_path, monkeypatch):
     import torch
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench import bench_audio
+
+pytestmark = pytest.mark.slow
 
 
 def test_audio_benchmark_runs_and_reports_each_case():

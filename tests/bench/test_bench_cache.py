@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench import bench_cache
 from bench.benchmarking import reference
+
+pytestmark = pytest.mark.slow
 
 
 def test_cache_bench_prints_ours_beside_the_reference():

@@ -95,6 +95,7 @@ def test_a_complete_folder_is_reused_and_one_without_its_marker_rebuilt(tmp_path
     assert (folder / "model.safetensors").stat().st_mtime_ns != stamp
 
 
+@pytest.mark.slow
 def test_a_tiny_run_prints_both_engines_figures_on_every_line(built):
     pytest.importorskip("transformers")
     printed: list[str] = []

@@ -26,6 +26,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
+@pytest.mark.slow
 def test_generate_bench_prints_each_batch_and_the_bandwidth_line():
     lines: list[str] = []
     config = PRESETS["tiny-e2b"].text
@@ -77,6 +78,7 @@ def test_weight_bytes_count_every_weight_but_the_per_layer_table():
 # --- the device mode (--device cuda on a GPU; here the same code on the CPU with tiny models) ---------------------
 
 
+@pytest.mark.slow
 def test_device_mode_prints_prefill_decode_and_memory_rows_per_size_and_batch():
     lines: list[str] = []
     rows = bench_generate.run_device(
@@ -160,6 +162,7 @@ def test_device_plan_arithmetic():
     assert needs == sorted(needs) and not any(f.fits for f in bench_generate.plan_device_batches(config, (1,), 8, 2, 0))
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_fit_is_a_skip_line_not_a_failure(monkeypatch):
     """Free memory between what batch 1 and batch 2 need: batch 2 is skipped with the figures and only batch 1
     is measured; a size of which no batch fits starts no process."""

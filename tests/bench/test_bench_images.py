@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bench import bench_images
 from bench.benchmarking import benchmark_sizes
 from pipelines.sample_data import synthetic_image
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_reports_each_case():
     lines: list[str] = []
     rows = bench_images.run((70,), count=3, repeat=1, workers=2, emit=lines.append)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from bench import bench_infer
 from bench.benchmarking import reference
 from model.config import PRESETS
@@ -14,6 +16,7 @@ from pipelines import cli
 TINY = PRESETS["tiny-e2b"].text
 
 
+@pytest.mark.slow
 def test_run_prints_rows_and_tokens_per_worker_count_beside_the_reference():
     lines: list[str] = []
     rows = bench_infer.run(rows=3, batch_size=2, new_tokens=3, emit=lines.append, text=TINY)
@@ -36,6 +39,7 @@ def test_run_prints_rows_and_tokens_per_worker_count_beside_the_reference():
         assert "reference 3 in" in text and "(0 skipped)" in text
 
 
+@pytest.mark.slow
 def test_without_the_reference_only_our_figures_are_printed(monkeypatch):
     monkeypatch.setattr(bench_infer, "reference", lambda name: None)
     lines: list[str] = []

@@ -10,6 +10,7 @@ from bench.benchmarking import reference
 from model.config import PRESETS
 
 
+@pytest.mark.slow
 def test_model_bench_prints_prefill_and_full_forward_lines():
     lines: list[str] = []
     rows = bench_model.run((40,), repeat=1, emit=lines.append, config=PRESETS["tiny-e2b"].text, rounds=1)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from bench import bench_prefill
 from bench.benchmarking import reference
 from model.config import PRESETS
+
+pytestmark = pytest.mark.slow
 
 
 def test_prefill_bench_prints_memory_chunked_beside_one_pass_and_the_reference():

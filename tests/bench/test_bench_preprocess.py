@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import bench_preprocess
 from bench.benchmarking import reference
+
+pytestmark = pytest.mark.slow
 
 
 def test_make_dataset_mixes_every_kind(tmp_path):

@@ -219,9 +219,7 @@ def test_tools_and_options_are_read_from_the_body():
     )
     row, options = read_request(raw, 4)
     assert row.tools == [WEATHER]
-    assert options == RowOptions(
-        max_new_tokens=128, temperature=0.5, top_k=40, top_p=0.95, seed=7, model="gemma-4-e4b"
-    )
+    assert options == RowOptions(max_new_tokens=128, temperature=0.5, top_k=40, top_p=0.95, seed=7, model="gemma-4-e4b")
     assert read_request(request(stop="\n"), 0)[1].stop == ("\n",)
     assert read_request(request(stop=["END", "\n\n"]), 0)[1].stop == ("END", "\n\n")
     assert read_request(request(stop=""), 0)[1].stop is None  # empty: none, as OpenAI reads it

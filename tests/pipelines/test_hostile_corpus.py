@@ -23,6 +23,8 @@ from PIL import Image
 
 from pipelines.sample_data import synthetic_image, write_sample_dataset, write_video
 
+pytestmark = pytest.mark.slow
+
 MEMORY_BOUND_MB = 1500  # per process; each bomb alone needs more than 1.6 GB
 
 

@@ -159,6 +159,7 @@ class _KillsItsWorker:
         return os._exit, (9,)
 
 
+@pytest.mark.slow
 def test_an_infer_worker_that_dies_costs_only_the_rows_that_kill_it(toy, tmp_path, monkeypatch):
     from pipelines import infer_job
     from pipelines.rows import Item
@@ -216,3 +217,16 @@ def test_gemma4_infer_refuses_front_end_flags_on_a_preprocessed_input(toy, tmp_p
         assert f"error: {flag[0]}" in err and built in err and "front-end options do not apply" in err, err
     assert not (tmp_path / "out").exists()
     assert main(base + ["--head", "2", "--greedy"]) == 0  # --head is the job's: it applies to any input
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "openai"])
+def test_a_finished_jsonl_job_run_again_keeps_its_results_file(toy, tmp_path, output_format):
+    _, _, checkpoint = toy
+    manifest = write_manifest(tmp_path / "m.jsonl", rows())
+    out = tmp_path / "out"
+    first = run_infer(manifest, out, settings(checkpoint, output_format=output_format), workers=0, progress=False)
+    text = (out / "results.jsonl").read_text()
+    again = run_infer(manifest, out, settings(checkpoint, output_format=output_format), workers=0, progress=False)
+    assert (out / "results.jsonl").read_text() == text and len(text.splitlines()) == 4
+    assert again.results == first.results == 4 and again.written == first.written
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "job.json", "results.jsonl"]  # no empty folders

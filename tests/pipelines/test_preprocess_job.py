@@ -20,8 +20,8 @@ from data_specs.example import SchemaError
 from data_specs.manifest import MANIFEST_VERSION
 from pipelines import cli
 from pipelines.preprocess_job import JobMismatchError, PreprocessSettings, run_preprocess
-from pipelines.rows import Item
 from pipelines.readback import open_output
+from pipelines.rows import Item
 from pipelines.sample_data import write_sample_dataset
 from preprocess.prompt import build_example
 from preprocess.tokenizer import Tokenizer
@@ -110,6 +110,7 @@ def test_rows_equal_building_the_example_directly(sample, reference_run):
     assert len(dataset) == 20 and dataset[0]["id"] == "ex0000"
 
 
+@pytest.mark.slow
 def test_same_output_whatever_the_worker_count(sample, reference_run, tmp_path):
     manifest, tokenizer = sample
     out, _ = reference_run
@@ -165,6 +166,7 @@ def test_a_version_1_output_is_refused_in_one_line(sample, reference_run, tmp_pa
     assert not [p for p in old.rglob("*.parquet") if p.parent.name != "shards"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_output(sample, reference_run, tmp_path):
     manifest, tokenizer = sample
     out, _ = reference_run
@@ -380,6 +382,7 @@ def test_a_rerun_that_now_has_no_rows_for_a_file_removes_the_stale_one(tokenizer
     out = tmp_path / "out"
     run_preprocess(manifest, out, settings(tokenizer_dir), progress=False)
     stale = out / "errors" / "shard-00000.parquet"
+    stale.parent.mkdir()  # a job without errors makes no errors/ folder
     pq.write_table(pa.table({"x": [1]}), stale)
     state = json.loads((out / "job.json").read_text())
     (out / "job.json").write_text(json.dumps(dict(state, shards={})))
@@ -429,6 +432,7 @@ def test_settings_refuse_non_positive_values(tokenizer_dir, field, value):
         settings(tokenizer_dir, **{field: value})
 
 
+@pytest.mark.slow
 def test_hostile_manifest_lines_become_error_rows(tokenizer_dir, tmp_path):
     deep_key: object = "x"
     for _ in range(600):
@@ -477,6 +481,7 @@ class _KillsItsWorker:
         return os._exit, (9,)
 
 
+@pytest.mark.slow
 def test_a_dead_worker_costs_only_the_rows_that_kill_it(tokenizer_dir, tmp_path, monkeypatch):
     from pipelines.preprocess_job import Job
 
@@ -519,6 +524,7 @@ def test_a_second_job_on_the_same_output_is_refused(tokenizer_dir, tmp_path):
     out = tmp_path / "out"
     with Job.open(manifest, out, settings(tokenizer_dir)):
         live = out / "examples" / ".shard-00000.parquet.tmp-live"
+        live.parent.mkdir()  # as the live job's first file makes it
         live.write_bytes(b"being written")
         with pytest.raises(OutputBusyError, match=f"another job is writing to .* \\(pid {os.getpid()}\\)"):
             run_preprocess(manifest, out, settings(tokenizer_dir), progress=False)
@@ -570,6 +576,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+@pytest.mark.slow
 def test_workers_exit_when_the_job_is_killed(sample, tmp_path):
     manifest, tokenizer = sample
     command = [sys.executable, "-m", "pipelines.cli", "preprocess", str(manifest), str(tmp_path / "out")]

@@ -89,6 +89,7 @@ def layout(request, data, tmp_path_factory):
     return request.param, directory
 
 
+@pytest.mark.slow
 def test_gemma4_infer_runs_with_only_the_checkpoint(layout, data, tmp_path, capsys):
     name, checkpoint = layout
     manifest, _ = data

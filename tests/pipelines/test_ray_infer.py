@@ -59,6 +59,7 @@ def tables(out: Path) -> dict[str, list[dict]]:
     }
 
 
+@pytest.mark.slow
 def test_results_and_errors_equal_the_local_engine(ray_instance, sample, local_run, tmp_path):
     manifest, checkpoint = sample
     theirs, local = local_run
@@ -75,6 +76,7 @@ def test_results_and_errors_equal_the_local_engine(ray_instance, sample, local_r
         )
 
 
+@pytest.mark.slow
 def test_a_job_the_local_engine_left_half_done_is_finished_by_the_ray_engine(ray_instance, sample, local_run, tmp_path):
     manifest, checkpoint = sample
     theirs, _ = local_run
@@ -94,6 +96,7 @@ def test_a_job_the_local_engine_left_half_done_is_finished_by_the_ray_engine(ray
     assert json.loads((out / "job.json").read_text())["complete"] is True
 
 
+@pytest.mark.slow
 def test_the_cli_runs_the_ray_engine(ray_instance, sample, local_run, tmp_path, capsys):
     manifest, checkpoint = sample
     theirs, _ = local_run
@@ -116,6 +119,7 @@ def test_bad_counts_are_refused_before_anything_starts(sample, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_cluster_with_no_cpu_left_for_preparing_is_refused(ray_instance, sample, tmp_path):
     manifest, checkpoint = sample  # the module's Ray has 2 CPUs: two CPU actors would leave none for the tasks
     with pytest.raises(ValueError, match="has 2 CPUs: 2 model actors on CPUs take one each"):

@@ -223,6 +223,7 @@ def test_audio_token_examples_and_errors():
     st.integers(0, 2**32 - 1),
     st.sampled_from([B.AUDIO_MAX_SAMPLES, 100_000, 20_000]),
 )
+@pytest.mark.slow
 def test_chunks_tile_the_input_exactly(n, seed, max_samples):
     x = signal("speechlike", n, seed)
     plan = chunk_audio(x, max_samples=max_samples, search_samples=min(16_000, max_samples - 161))

@@ -34,6 +34,7 @@ def reference_size(reference):
 
 @settings(max_examples=3000, deadline=None)
 @given(sides, sides, budgets)
+@pytest.mark.slow
 def test_target_size_equals_reference(reference_size, height, width, budget):
     assert B.image_target_size(height, width, budget) == reference_size(height, width, budget)
 

@@ -187,6 +187,7 @@ def test_parity_pil_modes(budget, reference_images):
 
 
 @pytest.mark.parametrize("budget", [70, 280])
+@pytest.mark.slow
 def test_parity_batch_of_mixed_sizes(budget, reference_images):
     def check(sizes, seed):
         images = [Image.fromarray(random_array((*size, 3), seed + i)) for i, size in enumerate(sizes)]

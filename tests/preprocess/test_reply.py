@@ -184,6 +184,7 @@ CALLS = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(calls=CALLS, thinking=st.booleans())
+@pytest.mark.slow
 def test_written_calls_read_back_equal(calls, thinking):
     head = "<|channel>thought\nhmm<channel|>" if thinking else ""
     reply = parse_reply(head + "Calling." + "".join(format_call(n, a) for n, a in calls) + "<|tool_response>")

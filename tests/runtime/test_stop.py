@@ -96,7 +96,7 @@ def test_the_engine_ends_a_request_on_its_stop_string_and_leaves_the_others_alon
     prompts = [[5, 17, 99, 3, 41, 7, 8], [12, 13], [300, 2, 77, 91, 4]]
     free = [c.token_ids for c in generate(model, left_padded(prompts), max_new_tokens=12, stop_ids=())]
     tokens = free[0]
-    stop_at = next(k for k in range(1, len(tokens)) if _text(tokens[k - 1 : k + 1]) not in _text(tokens[: k]))
+    stop_at = next(k for k in range(1, len(tokens)) if _text(tokens[k - 1 : k + 1]) not in _text(tokens[:k]))
     stop = _text(tokens[stop_at - 1 : stop_at + 1])  # spans two tokens' text
     engine = Engine(model, slots=2, context=32)
     for i, prompt in enumerate(prompts):
