@@ -59,25 +59,22 @@ import pyarrow.parquet as pq
 
 from data_specs.checks import check_count
 from data_specs.errors_table import error_schema
-from data_specs.example import SCHEMA_VERSION, row_options, row_to_example
+from data_specs.example import row_to_example
 from data_specs.manifest import (
     MANIFEST_VERSION,
     RowOptions,
     check_stop,
-    open_manifest,
 )
-from data_specs.openai_batch import check_unique_ids, error_line, is_openai_batch, response_line
+from data_specs.openai_batch import error_line, response_line
 from data_specs.results import MODALITY_COLUMNS, RESULTS_VERSION, result_schema
 
+from .inputs import InferInput
 from .jobdir import (
-    JOB_FILE,
+    JobFolder,
     JobMismatchError,
     TableWriter,
-    load_state,
-    open_folder,
     progress_bar,
     read_state,
-    save_state,
     shard_path,
     write_text,
     written_paths,
@@ -88,9 +85,8 @@ from .preprocess_job import (
     build_rows,
     dead_row,
     error_row,
-    options_from_json,
 )
-from .rows import Built, Failed, Item, Prepared, read_items
+from .rows import Built, Failed, Item, Prepared
 
 __all__ = [
     "InferJob",
@@ -99,7 +95,6 @@ __all__ = [
     "InferSummary",
     "OUTPUT_FORMATS",
     "ShardState",
-    "check_front_end",
     "checkpoint_fingerprint",
     "plan_infer",
     "read_results",
@@ -361,114 +356,6 @@ def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
-# --- the input ---------------------------------------------------------------------------------------------
-
-
-class InferInput:
-    """The input as shards of items ``(index, id or None, payload, options)``; a payload is a ``ManifestRow``
-    (to prepare), an example row (prepared already), an error row (carried over) or an exception."""
-
-    def __init__(self, path: str | os.PathLike, rows_per_shard: int, head: int | None = None) -> None:
-        self.path = Path(path)
-        if (self.path / JOB_FILE).is_file():
-            self.kind = "preprocessed"
-            self.state = read_state(self.path)
-            if "results_version" in self.state:
-                raise ValueError(
-                    f"{os.fspath(path)!r} is a gemma4 infer output (results), and gemma4 infer reads a manifest, an "
-                    "OpenAI batch file or a gemma4 preprocess output"
-                )
-            if not self.state.get("complete"):
-                raise ValueError(f"{os.fspath(path)!r} holds an unfinished gemma4 preprocess job: finish it first")
-            if self.state.get("schema_version") != SCHEMA_VERSION:
-                raise ValueError(
-                    f"{os.fspath(path)!r} was written with example schema {self.state.get('schema_version')}, "
-                    f"this version reads {SCHEMA_VERSION}"
-                )
-            self.rows = self.state["rows"] if head is None else min(head, self.state["rows"])
-            self.rows_per_shard = self.state["settings"]["rows_per_shard"]  # the preprocess job's shards
-            stat = (self.path / JOB_FILE).stat()
-            self.fingerprint = f"preprocessed:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-            if self.rows < self.state["rows"]:
-                self.fingerprint += f":head{self.rows}"
-            self.base_dir = self.path
-            return
-        self.manifest = open_manifest(path)
-        if head is not None:
-            self.manifest.head(head)
-        self.rows, self.rows_per_shard = len(self.manifest), rows_per_shard
-        # the format of the first row that parses: a broken first line costs that line only, not the file's format
-        first = next((raw for raw in self.manifest.rows(0, self.rows) if not isinstance(raw, Exception)), None)
-        self.kind = "openai" if is_openai_batch(first) else "manifest"
-        if self.kind == "openai":
-            check_unique_ids(self.manifest.rows(0, self.rows), path)
-        self.fingerprint = f"{self.kind}:{self.manifest.fingerprint}"
-        self.base_dir = self.manifest.base_dir
-
-    @property
-    def shard_count(self) -> int:
-        return -(-self.rows // self.rows_per_shard)
-
-    def shards(self, done: set[int]) -> Iterator[tuple[int, list[Item]]]:
-        """``(shard, items)`` of every shard not in ``done``, in order (ids of done shards still count for
-        duplicate detection)."""
-        seen: dict[str, int] = {}
-        for shard in range(self.shard_count):
-            if self.kind == "preprocessed":
-                if shard not in done:
-                    yield shard, self._preprocessed(shard)
-                continue
-            start = shard * self.rows_per_shard
-            items = read_items(self.manifest, start, min(self.rows, start + self.rows_per_shard), seen, kind=self.kind)
-            if shard not in done:
-                yield shard, items
-
-    def _preprocessed(self, shard: int) -> list[Item]:
-        """Shard k of the preprocess job: its example rows (with the generation options their input rows gave)
-        and error rows, merged in input order (examples fill the positions the errors leave, in order)."""
-        stats = self.state["shards"].get(str(shard), {})
-        start = shard * self.rows_per_shard
-        count = min(stats.get("rows", self.rows_per_shard), self.rows - start)  # a --head may end inside a shard
-        files = {kind: shard_path(self.path, kind, shard) for kind in ("examples", "errors")}
-        errors = pq.read_table(files["errors"]).to_pylist() if files["errors"].is_file() else []
-        by_row = {e["row"]: e for e in errors}
-        examples = iter(pq.read_table(files["examples"]).to_pylist() if files["examples"].is_file() else [])
-        items = []
-        for index in range(start, start + count):
-            if index in by_row:
-                items.append(Item(index, by_row[index]["id"], by_row[index]))
-            else:
-                row = next(examples)
-                items.append(Item(index, row["id"], row, options_from_json(row_options(row))))
-        return items
-
-
-def check_front_end(input_path: str | os.PathLike, given: dict[str, tuple[str, object]]) -> None:
-    """Refuse front-end options given for an input that is a ``gemma4 preprocess`` output: its prompts are built
-    already, so they would be silently ignored. ``given`` maps each option given (its flag, e.g. ``--budget``) to
-    the ``PreprocessSettings`` field it sets and its value; the ``ValueError`` names the flag, the value given
-    and the value the input was built with."""
-    path = Path(input_path)
-    if not given or not (path / JOB_FILE).is_file():
-        return
-    state = json.loads((path / JOB_FILE).read_text())
-    if "schema_version" not in state:
-        return  # not a preprocess output: the input's own check says what it is
-    built = state.get("settings", {})
-    for flag, (name, value) in given.items():
-        recorded = built.get(name, "(not recorded)")
-        raise ValueError(
-            f"{flag} {_shown(value)}: {os.fspath(input_path)!r} is a gemma4 preprocess output, built with {name} = "
-            f"{_shown(recorded)}; front-end options do not apply to its prompts (drop {flag}, or run gemma4 "
-            "preprocess again with it)"
-        )
-
-
-def _shown(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else value
-    return text if len(text) <= 120 else f"{text[:120]}… ({len(text)} characters)"
-
-
 # --- preparing rows (in worker processes) -------------------------------------------------------------------
 
 
@@ -635,25 +522,16 @@ class InferJob:
                     f"the checkpoint's ({self.tokenizer.fingerprint})"
                 )
             comparable["preprocess"] = self.input.state["settings"]
-        self.out_dir = Path(output_dir)
-        self.lock = open_folder(self.out_dir, TABLES)
-        try:
-            expected = {
-                "results_version": RESULTS_VERSION,
-                "manifest_version": MANIFEST_VERSION,
-                "input": self.input.fingerprint,
-                "settings": comparable,
-                "rows": self.input.rows,
-            }
-            self.state = load_state(self.out_dir, expected)
-        except BaseException:
-            os.close(self.lock)
-            raise
-        self.metadata = {SETTINGS_KEY: json.dumps(comparable, sort_keys=True)}
-        self.done_before = len(self.state["shards"])
+        expected = {
+            "results_version": RESULTS_VERSION,
+            "manifest_version": MANIFEST_VERSION,
+            "input": self.input.fingerprint,
+            "settings": comparable,
+            "rows": self.input.rows,
+        }
         # How this run runs (not part of the job's identity, but recorded): where each sampling value came from,
         # the device and dtype, the checkpoint as given and where its files were.
-        self.state["run"] = {
+        run = {
             "sampling": plan.sampling,
             "device": plan.device,
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -662,9 +540,12 @@ class InferJob:
             "checkpoint_dir": os.fspath(plan.directory),
             "input": os.path.realpath(input_path),  # gemma4 inspect --prompt rebuilds a row's prompt from it
         }
+        self.folder = JobFolder(output_dir, TABLES, expected, run)
+        self.out_dir, self.state, self.done_before = self.folder.out_dir, self.folder.state, self.folder.done_before
+        self.metadata = {SETTINGS_KEY: json.dumps(comparable, sort_keys=True)}
 
     def close(self) -> None:
-        os.close(self.lock)
+        self.folder.close()
 
     @property
     def prepare_args(self) -> tuple:
@@ -687,7 +568,7 @@ class InferJob:
         ``results.jsonl``, in input order (written whole, then renamed, then named in ``job.json``), and the shards'
         line files, the job's resumable record until then, are removed."""
         if self.settings.output_format == "parquet":
-            save_state(self.out_dir, dict(self.state, complete=True))
+            self.folder.complete()
             return
         parts = [shard_path(self.out_dir, "results", k, "jsonl") for k in range(self.input.shard_count)]
         if "results_file" not in self.state:  # (a finished job run again has it, and its parts are gone)
@@ -699,8 +580,7 @@ class InferJob:
                         with open(part, "rb") as fp:
                             shutil.copyfileobj(fp, out)
             os.replace(temporary, target)
-            self.state["results_file"] = RESULTS_FILE
-        save_state(self.out_dir, dict(self.state, complete=True))
+        self.folder.complete(results_file=RESULTS_FILE)
         for part in parts:
             part.unlink(missing_ok=True)
         folder = self.out_dir / "results"
@@ -714,8 +594,7 @@ class InferJob:
         return [os.fspath(self.out_dir / RESULTS_FILE), *written_paths(self.out_dir, ("errors",))]
 
     def record(self, shard: int, stats: dict) -> None:
-        self.state["shards"][str(shard)] = stats
-        save_state(self.out_dir, self.state)
+        self.folder.record(shard, stats)
 
     def write(self, shard: int, state: ShardState) -> dict:
         """Write a complete shard's files; its statistics for ``job.json``."""

@@ -38,6 +38,7 @@ __all__ = [
     "OUTPUT_KINDS",
     "OUTPUT_VERSION",
     "ROW_GROUP_BYTES",
+    "JobFolder",
     "JobMismatchError",
     "OutputBusyError",
     "TableWriter",
@@ -66,6 +67,49 @@ class JobMismatchError(ValueError):
 
 class OutputBusyError(OSError):
     """Another live job is writing to OUTPUT_DIR."""
+
+
+class JobFolder:
+    """An output folder opened for one job: created and locked (``OutputBusyError`` if a live job holds it), stale
+    temporary files removed, its ``job.json`` state loaded and compared with ``expected`` (``JobMismatchError``
+    naming what differs) or new; ``run`` (how this run runs: not part of the job's identity) recorded in it.
+    ``record`` saves each finished shard, ``complete`` marks the job done; ``close`` (or leaving the ``with``
+    block) releases the folder."""
+
+    def __init__(self, out_dir: str | os.PathLike, tables: tuple[str, ...], expected: dict, run: dict) -> None:
+        self.out_dir, self.tables = Path(out_dir), tables
+        self.lock: int | None = open_folder(self.out_dir, tables)
+        try:
+            self.state = load_state(self.out_dir, expected)
+        except BaseException:
+            self.close()
+            raise
+        self.state["run"] = run
+        self.done_before = len(self.state["shards"])
+
+    def record(self, shard: int, stats: dict) -> None:
+        """Save a finished shard's statistics in ``job.json`` (its files are in place already)."""
+        self.state["shards"][str(shard)] = stats
+        save_state(self.out_dir, self.state)
+
+    def complete(self, **extra: Any) -> None:
+        """Mark the job complete in ``job.json`` (with ``extra`` keys)."""
+        self.state.update(extra)
+        save_state(self.out_dir, dict(self.state, complete=True))
+
+    def written(self) -> list[str]:
+        return written_paths(self.out_dir, self.tables)
+
+    def close(self) -> None:
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+    def __enter__(self) -> JobFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def shard_path(out_dir: str | os.PathLike, table: str, shard: int, ext: str = "parquet") -> Path:

@@ -69,15 +69,12 @@ from preprocess.errors import InvalidAudioError, InvalidImageError, InvalidVideo
 from preprocess.limits import MediaLimits
 
 from .jobdir import (
+    JobFolder,
     JobMismatchError,
     OutputBusyError,
     TableWriter,
-    load_state,
-    open_folder,
     progress_bar,
-    save_state,
     shard_path,
-    written_paths,
 )
 from .pool import WORKER_DIED, ShardPool, Work, threads
 from .rows import Built, Failed, Item, read_items
@@ -448,15 +445,12 @@ class Job:
     ``pending_shards`` yields the shards still to do; ``record`` saves each finished one in ``job.json``;
     ``finish`` marks the job complete and returns its summary."""
 
-    def __init__(
-        self, manifest: Manifest, out_dir: Path, state: dict, target: ShardTarget, *, started: float, lock: int
-    ) -> None:
-        self.manifest, self.out_dir, self.state, self.target = manifest, out_dir, state, target
+    def __init__(self, manifest: Manifest, folder: JobFolder, target: ShardTarget, *, started: float) -> None:
+        self.manifest, self.folder, self.target = manifest, folder, target
+        self.out_dir, self.state = folder.out_dir, folder.state
         self.shard_count = -(-len(manifest) // target.settings.rows_per_shard)
-        self._done_before = len(state["shards"])
         self._started = started  # time.perf_counter() when opening began: the summary's seconds count from it
         self._bar = None
-        self._lock: int | None = lock
 
     @property
     def pending_count(self) -> int:
@@ -464,9 +458,7 @@ class Job:
 
     def close(self) -> None:
         """Release the output directory (also done when the process ends)."""
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        self.folder.close()
 
     def __enter__(self) -> Job:
         return self
@@ -488,30 +480,23 @@ class Job:
             manifest.head(settings.head)
         tokenizer = Tokenizer.from_pretrained(settings.tokenizer)
         template_hash = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16]
-        out_dir = Path(output_dir)
-        lock = open_folder(out_dir, TABLES)
-        try:
-            expected = {
-                "schema_version": SCHEMA_VERSION,
-                "manifest_version": MANIFEST_VERSION,
-                "input": manifest.fingerprint,
-                "settings": settings.comparable(tokenizer.fingerprint, template_hash),
-                "rows": len(manifest),
-            }
-            target = ShardTarget(
-                settings=settings,
-                base_dir=os.fspath(manifest.base_dir),
-                out_dir=os.fspath(out_dir),
-                metadata=_metadata(expected["settings"]),
-            )
-            state = load_state(out_dir, expected)
-            # How this run ran (recorded, not part of the job's identity): the tokenizer as given, which
-            # ``gemma4 inspect --prompt`` decodes the prompts with.
-            state["run"] = {"tokenizer": os.path.realpath(settings.tokenizer)}
-        except BaseException:
-            os.close(lock)
-            raise
-        return cls(manifest, out_dir, state, target, started=started, lock=lock)
+        expected = {
+            "schema_version": SCHEMA_VERSION,
+            "manifest_version": MANIFEST_VERSION,
+            "input": manifest.fingerprint,
+            "settings": settings.comparable(tokenizer.fingerprint, template_hash),
+            "rows": len(manifest),
+        }
+        # How this run ran (recorded, not part of the job's identity): the tokenizer as given, which ``gemma4
+        # inspect --prompt`` decodes the prompts with.
+        folder = JobFolder(output_dir, TABLES, expected, run={"tokenizer": os.path.realpath(settings.tokenizer)})
+        target = ShardTarget(
+            settings=settings,
+            base_dir=os.fspath(manifest.base_dir),
+            out_dir=os.fspath(folder.out_dir),
+            metadata=_metadata(expected["settings"]),
+        )
+        return cls(manifest, folder, target, started=started)
 
     def start(self, progress: bool = True) -> None:
         """Show the progress bar, counting the rows of shards done by earlier runs."""
@@ -531,8 +516,7 @@ class Job:
 
     def record(self, shard: int, stats: dict) -> None:
         """Save a finished shard's statistics (from :func:`process_shard`) in ``job.json``."""
-        self.state["shards"][str(shard)] = stats
-        save_state(self.out_dir, self.state)
+        self.folder.record(shard, stats)
         if self._bar is not None:
             self._bar.update(stats["rows"])
             self._bar.set_postfix(errors=sum(s["errors"] for s in self.state["shards"].values()))
@@ -541,9 +525,10 @@ class Job:
         """Mark the job complete in ``job.json``; its summary."""
         if self._bar is not None:
             self._bar.close()
-        save_state(self.out_dir, dict(self.state, complete=True))
-        summary = _summary(self.state, self.shard_count, self._done_before, time.perf_counter() - self._started)
-        summary.written = written_paths(self.out_dir, TABLES)
+        self.folder.complete()
+        seconds = time.perf_counter() - self._started
+        summary = _summary(self.state, self.shard_count, self.folder.done_before, seconds)
+        summary.written = self.folder.written()
         assert summary.rows == len(self.manifest) == summary.examples + summary.errors, summary
         return summary
 

@@ -271,7 +271,7 @@ class ResultsDir:
     def example(self, key: str | int):
         """The ``preprocess.prompt.Example`` the job built for row ``key`` (id or input position), rebuilt from the
         job's input with its recorded settings (media are decoded again), or read from its preprocessed input."""
-        from .infer_job import InferInput
+        from .inputs import InferInput
         from .preprocess_job import build_rows, settings_from_record
         from .rows import Failed
 

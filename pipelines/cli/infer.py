@@ -88,7 +88,8 @@ def given_front_end(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.infer_job import check_front_end, plan_infer, run_infer
+    from pipelines.infer_job import plan_infer, run_infer
+    from pipelines.inputs import check_front_end
 
     check_front_end(args.input, given_front_end(args))  # a preprocessed input's prompts are built already
     job = settings(args)

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from data_specs.manifest import ManifestError
-from pipelines.infer_job import InferSettings, check_front_end, read_results, run_infer
+from pipelines.infer_job import InferSettings, read_results, run_infer
+from pipelines.inputs import check_front_end
 from pipelines.preprocess_job import PreprocessSettings, run_preprocess
 
 QUESTIONS = ["Tell me about red.", "Who was where?", "Answer in a few words.", "Why?"]
@@ -161,18 +162,18 @@ class _KillsItsWorker:
 
 @pytest.mark.slow
 def test_an_infer_worker_that_dies_costs_only_the_rows_that_kill_it(toy, tmp_path, monkeypatch):
-    from pipelines import infer_job
+    from pipelines.inputs import InferInput
     from pipelines.rows import Item
 
     _, _, checkpoint = toy
     manifest = write_manifest(tmp_path / "m.jsonl", rows())
-    shards = infer_job.InferInput.shards
+    shards = InferInput.shards
 
     def poisoned(self, done):
         for shard, items in shards(self, done):
             yield shard, [Item(i.index, i.id, [_KillsItsWorker()]) if i.id == "q2" else i for i in items]
 
-    monkeypatch.setattr(infer_job.InferInput, "shards", poisoned)
+    monkeypatch.setattr(InferInput, "shards", poisoned)
     summary = run_infer(manifest, tmp_path / "out", settings(checkpoint), workers=2, progress=False)
     assert (summary.rows, summary.results, summary.errors_by_stage) == (4, 3, {"worker": 1})
     assert sorted(read_results(tmp_path / "out"), key=lambda r: r["row"])[2]["id"] == "q3"
