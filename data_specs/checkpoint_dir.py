@@ -27,7 +27,30 @@ Choices:
 * Every failure is one ``CheckpointNotFoundError`` (a ``FileNotFoundError``) of one line that names the input,
   the cache folder and the cause, and says how to get the checkpoint by hand.
 
-Only the standard library is imported here; huggingface_hub is imported when a repo id is looked up.
+Reading a checkpoint's files safely is here too, for every caller (the model's loader, the job's fingerprint,
+the front end's processor config): a checkpoint folder is input like any other and must never hang a job or
+exhaust its memory.
+
+* Only regular files are opened. Each path is ``os.stat``-ed after its symlinks are followed and refused, never
+  opened, when it is a FIFO (opening one blocks until a writer comes), a device (``/dev/zero`` reads forever), a
+  socket or a directory; it is then opened without blocking and ``fstat``-ed again, and refused if what was
+  opened is not the file that was checked (:func:`open_checkpoint_file`).
+* Whole files are read with a size bound (:func:`read_checkpoint_file`; :data:`MAX_JSON_BYTES` for the JSON
+  files and the chat template, whose published sizes are a few KB), refused before reading when ``st_size`` says
+  more, and never read past the bound whatever ``st_size`` says.
+* A safetensors file is read only through its header (:func:`safetensors_header`), checked as the safetensors
+  library checks it before anything trusts it: a length of at most 100 MB that fits in the file, a JSON object
+  whose tensors have known dtypes, shapes of non-negative integers and data offsets that tile the file's data
+  exactly, each tensor's byte count equal to its shape times its dtype's size.
+* The weight files (:func:`weight_files`) are ``model.safetensors`` or those ``model.safetensors.index.json``
+  names. A name read from that file must stay inside the checkpoint folder: relative, without ``..``, and not a
+  symlink that leads out of it (a Hugging Face cache snapshot's links into its repository's ``blobs/`` folder
+  are how the cache stores files, so that folder counts as inside). Names fixed by the layout
+  (``config.json``, ``model.safetensors`` …) may be symlinks to anywhere that is a regular file: users link
+  weights in from other disks.
+
+Every refusal is one :class:`CheckpointFileError` line naming the file. Only the standard library is imported
+here; huggingface_hub is imported when a repo id is looked up.
 """
 
 from __future__ import annotations
@@ -37,17 +60,27 @@ import logging
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 __all__ = [
+    "INDEX_FILE",
+    "MAX_JSON_BYTES",
+    "SAFETENSORS_DTYPE_BITS",
+    "WEIGHTS_FILE",
     "CheckpointFileError",
     "CheckpointNotFoundError",
     "GenerationDefaults",
     "chat_template",
     "generation_defaults",
+    "open_checkpoint_file",
+    "read_checkpoint_file",
     "read_json_file",
     "resolve_checkpoint",
+    "safetensors_header",
+    "weight_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,7 +110,8 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 
 class CheckpointFileError(ValueError):
-    """A checkpoint file that is there but cannot be used: not a regular file, not UTF-8 JSON, not an object."""
+    """A checkpoint file that is there but cannot be used: not a regular file, too large, not UTF-8 JSON, not an
+    object, not a safetensors file, or named from outside the checkpoint folder."""
 
 
 def resolve_checkpoint(name: str | os.PathLike, *, allow_download: bool = True) -> Path:
@@ -171,25 +205,206 @@ def _short_cause(error: BaseException) -> str:
     return cause if len(cause) <= _CAUSE_CHARS else cause[: _CAUSE_CHARS - 1] + "…"
 
 
-# --- the small files of a published checkpoint -----------------------------------------------------------------
+# --- reading a checkpoint's files -----------------------------------------------------------------------------
+
+MAX_JSON_BYTES = 16 * 2**20  # config.json 4–5 KB, processor_config.json 1.7 KB, a shard index ~100 KB (spec §12)
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_MAX_HEADER = 100_000_000  # bytes: the safetensors library's own limit (E2B's header is ~0.2 MB)
+# Bits per element of the safetensors dtypes this project reads.
+SAFETENSORS_DTYPE_BITS = {
+    "BF16": 16,
+    "F16": 16,
+    "F32": 32,
+    "F64": 64,
+    "F8_E4M3": 8,
+    "F8_E5M2": 8,
+    "I64": 64,
+    "I32": 32,
+    "I16": 16,
+    "I8": 8,
+    "U8": 8,
+    "BOOL": 8,
+}
+_KINDS = {
+    stat.S_ISDIR: "a directory",
+    stat.S_ISFIFO: "a FIFO",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+}
+
+
+def _regular(path: Path, what: str = "") -> os.stat_result | None:
+    """``path``'s status after its symlinks are followed; None when there is nothing there (a dangling link
+    too); :class:`CheckpointFileError` for anything but a regular file, which is therefore never opened.
+    ``what`` follows the path in the message (`` (the weights)``)."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:  # a symlink loop, a name too long, no permission to search a folder
+        raise CheckpointFileError(f"{os.fspath(path)!r}{what} cannot be read ({error.strerror})") from None
+    if not stat.S_ISREG(status.st_mode):
+        kind = next((name for test, name in _KINDS.items() if test(status.st_mode)), "of another kind")
+        raise CheckpointFileError(f"{os.fspath(path)!r}{what} is not a regular file ({kind})")
+    return status
+
+
+def open_checkpoint_file(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for binary reading, if it is a regular file (after its symlinks): a FIFO, device, socket
+    or directory is refused without being opened, a missing file too, each with :class:`CheckpointFileError`.
+    The file is opened without blocking and checked again, so one swapped in between is refused as well."""
+    path = Path(path)
+    status = _regular(path)
+    if status is None:
+        raise CheckpointFileError(f"{os.fspath(path)!r} is missing")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise CheckpointFileError(f"{os.fspath(path)!r} cannot be read ({error.strerror})") from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (status.st_dev, status.st_ino):
+            raise CheckpointFileError(f"{os.fspath(path)!r} changed while it was being opened")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_checkpoint_file(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_checkpoint_file`), at most ``limit`` of them: a larger
+    file is :class:`CheckpointFileError` naming it and its size, before a byte is read when its size says so."""
+    with open_checkpoint_file(path) as fp:
+        size = os.fstat(fp.fileno()).st_size
+        data = fp.read(limit + 1) if size <= limit else b""
+        if size > limit or len(data) > limit:  # st_size can understate (a file growing; /proc)
+            shown = f"{size} bytes" if size > limit else f"more than {limit} bytes"
+            raise CheckpointFileError(f"{os.fspath(path)!r} is {shown}; at most {limit} are read from it")
+    return data
 
 
 def read_json_file(directory: str | os.PathLike, name: str) -> dict | None:
     """``directory/name`` as a JSON object, or None when there is no such file. A FIFO, device or directory of
-    that name is refused without being opened, like anything that is not a JSON object:
-    :class:`CheckpointFileError` naming the file and the problem."""
+    that name is refused without being opened, a file over :data:`MAX_JSON_BYTES` without being read, like
+    anything that is not a JSON object: :class:`CheckpointFileError` naming the file and the problem."""
     path = Path(directory) / name
-    if not path.exists():
+    if _regular(path) is None:
         return None
-    if not path.is_file():
-        raise CheckpointFileError(f"{os.fspath(path)!r} is not a regular file")
+    data = read_checkpoint_file(path, limit=MAX_JSON_BYTES)
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # RecursionError: nesting thousands deep
         raise CheckpointFileError(f"{os.fspath(path)!r} is not valid JSON ({_short_cause(error)})") from None
     if not isinstance(value, dict):
         raise CheckpointFileError(f"{os.fspath(path)!r} holds a JSON {type(value).__name__}, not an object")
     return value
+
+
+def weight_files(directory: str | os.PathLike) -> list[Path]:
+    """The safetensors files of a checkpoint: those ``model.safetensors.index.json`` lists (each name confined to
+    the folder, see the module docstring), else ``model.safetensors``; each checked to be a regular file.
+    :class:`CheckpointFileError` naming the file otherwise."""
+    directory = Path(directory)
+    index = read_json_file(directory, INDEX_FILE)
+    if index is not None:
+        where = os.fspath(directory / INDEX_FILE)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointFileError(f"{where!r} has no weight_map")
+        names = set(weight_map.values())
+        if bad := next((n for n in names if not isinstance(n, str)), None):
+            raise CheckpointFileError(f"{where!r} names {repr(bad)[:80]} as a file: not a file name")
+        files = [_inside(directory, name, where) for name in sorted(names)]
+        listed = f"listed by {INDEX_FILE}"
+    elif os.path.lexists(directory / WEIGHTS_FILE):
+        files, listed = [directory / WEIGHTS_FILE], "the weights"
+    else:
+        raise CheckpointFileError(f"{os.fspath(directory)!r} has neither {WEIGHTS_FILE} nor {INDEX_FILE}")
+    for file in files:
+        if _regular(file, f" ({listed})") is None:
+            raise CheckpointFileError(f"{os.fspath(file)!r} ({listed}) is missing")
+    return files
+
+
+def _inside(directory: Path, name: str, where: str) -> Path:
+    """``directory/name`` for a ``name`` read from a file, if it stays in the folder (or, for a hub-cache
+    snapshot, its repository's ``blobs/``, where the snapshot's links lead)."""
+    pure = PurePosixPath(name)
+    if not name or "\x00" in name or "\\" in name or pure.is_absolute() or ".." in pure.parts:
+        raise CheckpointFileError(f"{where!r} names {name[:80]!r}, not a file inside the checkpoint folder")
+    path = directory / name
+    roots = [directory.resolve()]
+    snapshot = Path(os.path.abspath(directory))
+    if snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.startswith("models--"):
+        roots.append((snapshot.parent.parent / "blobs").resolve())
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise CheckpointFileError(f"{os.fspath(path)!r} (listed by {where!r}) is a symlink loop") from None
+    if not any(target.is_relative_to(root) for root in roots):
+        raise CheckpointFileError(
+            f"{os.fspath(path)!r} (listed by {where!r}) is a symlink out of the checkpoint folder (to {target})"
+        )
+    return path
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
+    """The tensors a safetensors file declares (name → ``dtype``, ``shape``, ``data_offsets``; the
+    ``__metadata__`` entry left out), after checking the header as the safetensors library does (see the module
+    docstring); :class:`CheckpointFileError` naming the file and the first problem otherwise."""
+    where = os.fspath(path)
+    with open_checkpoint_file(path) as fp:
+        size = os.fstat(fp.fileno()).st_size
+        start = fp.read(8)
+        length = int.from_bytes(start, "little")
+        if len(start) < 8 or not 2 <= length <= min(_MAX_HEADER, size - 8):
+            cause = f"{size} bytes in all" if len(start) < 8 else f"header length {length}, file size {size}"
+            raise CheckpointFileError(f"{where!r} is not a safetensors file ({cause})")
+        raw = fp.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise CheckpointFileError(f"{where!r} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointFileError(f"{where!r} is not a safetensors file (its header is not an object)")
+    header.pop("__metadata__", None)
+    end = 0
+    for name, entry in sorted(header.items(), key=lambda item: _offsets(item[1])):
+        offsets, shape = _offsets(entry), entry.get("shape") if isinstance(entry, dict) else None
+        ok = (
+            offsets[0] == end <= offsets[1]  # the tensors tile the data, in order, no gaps
+            and entry.get("dtype") in SAFETENSORS_DTYPE_BITS
+            and isinstance(shape, list)
+            and all(_count(n) for n in shape)
+            and math.prod(shape) * SAFETENSORS_DTYPE_BITS[entry["dtype"]] == 8 * (offsets[1] - offsets[0])
+        )
+        if not ok:
+            raise CheckpointFileError(f"{where!r}: tensor {name[:80]!r} has a bad header entry {str(entry)[:120]}")
+        end = offsets[1]
+    if end != size - 8 - length:
+        raise CheckpointFileError(
+            f"{where!r} is not a whole safetensors file: its header declares {end} bytes of data, the file holds "
+            f"{size - 8 - length} (truncated, or something appended)"
+        )
+    return header
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _offsets(entry) -> tuple[int, int]:
+    """An entry's ``data_offsets``, or (-1, -1) (sorted first, then refused) when they are not two counts."""
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if isinstance(offsets, list) and len(offsets) == 2 and all(_count(n) for n in offsets):
+        return offsets[0], offsets[1]
+    return -1, -1
+
+
+# --- the small files of a published checkpoint -----------------------------------------------------------------
 
 
 def chat_template(directory: str | os.PathLike) -> str | None:
@@ -197,13 +412,14 @@ def chat_template(directory: str | os.PathLike) -> str | None:
     its tokenizer format), else the ``chat_template`` of ``tokenizer_config.json`` (community copies fold it in
     there; a list of named templates gives the one named ``default``), else None (the built-in layout)."""
     path = Path(directory) / "chat_template.jinja"
-    if path.exists():
-        if not path.is_file():
-            raise CheckpointFileError(f"{os.fspath(path)!r} is not a regular file")
+    if _regular(path) is not None:
         try:
-            return path.read_text(encoding="utf-8")
+            text = read_checkpoint_file(path, limit=MAX_JSON_BYTES).decode("utf-8")
         except UnicodeDecodeError:
             raise CheckpointFileError(f"{os.fspath(path)!r} is not UTF-8 text") from None
+        if not text.strip():  # every prompt would render to nothing
+            raise CheckpointFileError(f"{os.fspath(path)!r} is empty: a chat template renders every prompt")
+        return text
     config = read_json_file(directory, "tokenizer_config.json") or {}
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": …}, {"name": "tool_use", …}]
@@ -214,6 +430,8 @@ def chat_template(directory: str | os.PathLike) -> str | None:
             f"{os.fspath(Path(directory) / 'tokenizer_config.json')!r}: chat_template is a "
             f"{type(template).__name__}, not a string"
         )
+    if template is not None and not template.strip():
+        raise CheckpointFileError(f"{os.fspath(Path(directory) / 'tokenizer_config.json')!r}: chat_template is empty")
     return template
 
 

@@ -2,7 +2,7 @@
 
 | column | type | content |
 |---|---|---|
-| ``id`` | string | the row's id (``"row N"`` when the row had no readable id) |
+| ``id`` | string (null) | the row's id, whole; null when the row had no readable id (never a made-up one) |
 | ``row`` | int64 | the row's position in the input |
 | ``stage`` | string | where it failed: manifest, messages, image, audio, video, prompt, internal |
 | ``error_type`` | string | the exception's class name |

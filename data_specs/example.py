@@ -203,4 +203,10 @@ def check_schema(schema: pa.Schema) -> None:
         raise SchemaError(f"the table has schema version {version.decode()}; this code reads version {SCHEMA_VERSION}")
     expected = example_schema()
     if not schema.remove_metadata().equals(expected.remove_metadata()):
-        raise SchemaError(f"the table's columns differ from schema version {SCHEMA_VERSION}:\n{schema}")
+        ours, theirs = {f.name: f.type for f in expected}, {f.name: f.type for f in schema}
+        problems = [f"missing {name}" for name in ours if name not in theirs]
+        problems += [f"extra {name}" for name in theirs if name not in ours]
+        problems += [f"{n} is {theirs[n]}, not {ours[n]}" for n in ours if n in theirs and theirs[n] != ours[n]]
+        if not problems:
+            problems = [f"the columns are in another order: {', '.join(theirs)}"]
+        raise SchemaError(f"the table's columns differ from schema version {SCHEMA_VERSION}: {'; '.join(problems)}")

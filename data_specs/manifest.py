@@ -54,24 +54,31 @@ same with or without them.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
-import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checks import MAX_SEED, SAMPLING_RULES, sampling_problem
+
 __all__ = [
     "Manifest",
     "MANIFEST_VERSION",
     "ManifestError",
     "ManifestRow",
+    "ROW_KEYS",
     "MAX_DEPTH",
+    "MAX_ID_CHARS",
+    "MAX_SEED",
     "MediaOutsideRootError",
     "RowOptions",
     "check_option",
     "check_stop",
+    "content_hash",
     "check_tools",
     "check_values",
     "open_manifest",
@@ -85,9 +92,9 @@ __all__ = [
 MANIFEST_VERSION = 2
 MEDIA_KINDS = ("image", "audio", "video")
 OPENAI_PART_TYPES = ("image_url", "audio_url", "video_url", "input_audio")  # preprocess.openai_parts converts them
+MAX_ID_CHARS = 4096  # a row's id (an OpenAI custom_id): written whole in results and errors, so bounded
 MAX_DEPTH = 64  # nesting levels of a row: ample for messages and tool schemas, far below the stack's limit
 _PARQUET_BATCH = 256  # rows decoded at a time from a Parquet manifest
-MAX_SEED = 2**63 - 1  # seeds become int64 tensors in the sampler
 MAX_STOP_STRINGS = 64  # OpenAI takes 4, vLLM any number: enough for both, bounded so a row cannot stall the job
 MAX_STOP_CHARS = 1000  # characters of one stop string
 
@@ -144,6 +151,8 @@ def read_row(row: Any, index: int) -> ManifestRow:
     if isinstance(row_id, bool) or not isinstance(row_id, str | int) or row_id == "":
         raise ManifestError(f"{where}: 'id' must be a non-empty string, got {short_repr(row_id)}")
     row_id = str(row_id)
+    if len(row_id) > MAX_ID_CHARS:
+        raise ManifestError(f"{where}: 'id' has {len(row_id)} characters; at most {MAX_ID_CHARS}")
     check_values(row, where if len(row_id) > 200 else f"{where} (id {row_id!r})")
     where = f"{where} (id {row_id!r})"
     messages = _json_column(row.get("messages"), "messages", where)
@@ -173,31 +182,17 @@ class RowOptions:
                 raise ManifestError(f"RowOptions: {name!r} must be {_OPTION_RULES[name]}, got {short_repr(value)}")
 
 
-# field → what it must be; the checks are in _option_problem
-_OPTION_RULES = {
-    "max_new_tokens": "a positive integer",
-    "temperature": "a finite number ≥ 0",
-    "top_k": "a positive integer",
-    "top_p": "a number in (0, 1]",
-    "seed": f"an integer from 0 to 2**63 − 1 ({MAX_SEED})",
-}
+# field → what it must be; the checks are in _option_problem (the sampling ones: data_specs.checks, shared with
+# runtime.sampler.Sampling, so a value a row passes never fails in the engine)
+_OPTION_RULES = {"max_new_tokens": "a positive integer", **SAMPLING_RULES}
 _INTEGER_OPTIONS = ("max_new_tokens", "top_k", "seed")
 
 
 def _option_problem(name: str, value: Any) -> bool:
     """Whether ``value`` (not None) breaks the rule of option ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return True
-    if name in _INTEGER_OPTIONS:
-        low, high = (0, MAX_SEED) if name == "seed" else (1, math.inf)
-        return not isinstance(value, int) or not low <= value <= high
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond float's range
-        return True
-    if not math.isfinite(number):
-        return True
-    return number < 0 if name == "temperature" else not 0 < number <= 1
+    if name in SAMPLING_RULES:
+        return sampling_problem(name, value)
+    return isinstance(value, bool) or not isinstance(value, int) or value < 1
 
 
 def read_options(row: Mapping, where: str) -> RowOptions:
@@ -206,6 +201,7 @@ def read_options(row: Mapping, where: str) -> RowOptions:
     otherwise. ``where`` names the row as errors do, e.g. ``"row 3 (id 'a')"``."""
     if not isinstance(row, Mapping):
         raise ManifestError(f"{where}: expected an object, got {type(row).__name__}")
+    _refuse_misspelt_options(row, where)
     values = {name: check_option(name, _option_cell(row.get(name), name, where), where) for name in _OPTION_RULES}
     alias = _option_cell(row.get("max_tokens"), "max_tokens", where)
     alias = check_option("max_new_tokens", alias, where, "max_tokens")
@@ -222,6 +218,24 @@ def read_options(row: Mapping, where: str) -> RowOptions:
     elif isinstance(stop, str) and stop.lstrip().startswith("["):
         stop = _json_column(stop, "stop", where)
     return RowOptions(**values, stop=None if stop is None else check_stop(stop, where))
+
+
+ROW_KEYS = ("id", "messages", "tools", *_OPTION_RULES, "max_tokens", "stop")  # what a manifest row may say
+
+
+def _refuse_misspelt_options(row: Mapping, where: str) -> None:
+    """A key that is not one of :data:`ROW_KEYS` but looks like one (``temprature``, ``max_token``, ``top-p``) is a
+    misspelt option that would silently be the job's: refused, naming the key it resembles. Other keys (a
+    dataset's own columns: ``answer``, ``source`` …) are left alone."""
+    for key in row:
+        if not isinstance(key, str) or key in ROW_KEYS:
+            continue
+        close = difflib.get_close_matches(key.lower().replace("-", "_"), ROW_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise ManifestError(
+                f"{where}: unknown key {short_repr(key)}: did you mean {close[0]!r}? (a misspelt option would "
+                "silently be the job's)"
+            )
 
 
 def check_stop(value: Any, where: str) -> tuple[str, ...]:
@@ -375,6 +389,19 @@ def _resolve_value(value: Any, base_dir: Path, root: str | None, kind: str) -> A
     return value
 
 
+def content_hash(path: Path) -> str:
+    """A short hash of a file's bytes (or of every file of a directory, by relative path): what identifies an input
+    for resuming. Touching a file (same bytes) keeps it; any change of content changes it."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(os.fspath(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+        with open(file, "rb") as fp:
+            while chunk := fp.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 class Manifest:
     """An opened manifest: ``len()`` rows, iterated in order as raw rows (dicts, or the exception that made a
     line unreadable). ``fingerprint`` identifies the input for resuming."""
@@ -417,8 +444,7 @@ class Manifest:
                 f"manifest {os.fspath(path)!r}: unknown format (use .jsonl, .json, .parquet, .csv or a datasets "
                 "directory)"
             )
-        stat = self.path.stat()
-        self.fingerprint = f"{self.kind}:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self._length}"
+        self.fingerprint = f"{self.kind}:{self.path.resolve()}:{content_hash(self.path)}:{self._length}"
 
     def __len__(self) -> int:
         return self._length

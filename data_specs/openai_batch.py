@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .manifest import (
+    MAX_ID_CHARS,
     ManifestError,
     ManifestRow,
     RowOptions,
@@ -136,6 +137,8 @@ def read_request(raw: Any, index: int) -> tuple[ManifestRow, RowOptions]:
     custom_id = raw.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise ManifestError(f"{where}: 'custom_id' must be a non-empty string, got {short_repr(custom_id)}")
+    if len(custom_id) > MAX_ID_CHARS:
+        raise ManifestError(f"{where}: 'custom_id' has {len(custom_id)} characters; at most {MAX_ID_CHARS}")
     check_values(raw, where if len(custom_id) > 200 else f"{where} (custom_id {custom_id!r})")
     where = f"{where} (custom_id {custom_id!r})"
     if raw.get("method", "POST") != "POST":
@@ -237,9 +240,9 @@ def response_line(result: Mapping, *, model: str, created: int) -> dict:
 def error_line(error: Mapping) -> dict:
     """The output line of one errors-table row (``id``, ``row``, ``stage``, ``error_type``, ``message``): no
     response, an error whose code is the stage that failed."""
-    custom_id = error["id"]
+    custom_id = error["id"]  # None for a line with no readable custom_id: its id comes from its position
     return {
-        "id": _ref("batch_req", custom_id),
+        "id": _ref("batch_req", custom_id) if custom_id is not None else _ref("batch_req_line", str(error["row"])),
         "custom_id": custom_id,
         "response": None,
         "error": {"code": error["stage"], "message": f"{error['error_type']}: {error['message']}"},

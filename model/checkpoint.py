@@ -22,8 +22,18 @@ A checkpoint is a directory (or a Hugging Face repo id found in the local hub ca
 ``data_specs.checkpoint_dir.resolve_checkpoint``) laid out as the published ones are (spec §12): ``config.json``,
 one ``model.safetensors`` or shards listed by ``model.safetensors.index.json``, and ``generation_config.json``,
 whose ``eos_token_id`` adds to the stop ids. :func:`inspect_checkpoint` reads only the config and the safetensors
-headers (every file checked to be a regular file first: nothing blocks on a FIFO) and says what loading would hold
-(:class:`CheckpointInfo`), so a job can refuse a checkpoint before it starts.
+headers and says what loading would hold (:class:`CheckpointInfo`), so a job can refuse a checkpoint before it
+starts.
+
+A checkpoint folder is untrusted input (issue 23), refused in one line naming the file or key:
+
+* Its files are read only through ``data_specs.checkpoint_dir`` (regular files only, so nothing blocks on a FIFO
+  or reads ``/dev/zero``; JSON with a size bound; safetensors headers checked against the file's size; shard
+  names confined to the folder); safetensors' own ``safe_open`` opens a file only after its header has passed,
+  and whatever it still refuses is a :class:`CheckpointError` naming the file.
+* Every ``config.json`` value is checked against its :class:`~model.config.Limit` (type and bounds) before
+  anything is built from it, and the configs' consistency errors are told in ``config.json``'s key names.
+* The loaded weights must be finite: one ``aminmax`` per floating tensor where it lands (:func:`_check_finite`).
 
 :func:`check_tokenizer` compares a tokenizer's identity (vocabulary size, pad, bos, media and control-token ids)
 with a checkpoint's config, never its stop ids: generation stops at the union of the config's, the generation
@@ -36,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -43,15 +54,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from data_specs.checkpoint_dir import read_json_file, resolve_checkpoint
+from data_specs.checkpoint_dir import (
+    CheckpointFileError,
+    read_json_file,
+    resolve_checkpoint,
+    safetensors_header,
+    weight_files,
+)
 
 from .config import (
+    AUDIO_LIMITS,
+    CONV_CHANNELS,
     FULL,
+    ROPE_LIMITS,
     SLIDING,
+    TEXT_LIMITS,
+    TOKEN_ID,
+    VISION_LIMITS,
     AudioConfig,
     ConfigError,
+    Limit,
     ModelConfig,
     RopeConfig,
     TextConfig,
@@ -132,7 +156,6 @@ _SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-_MAX_HEADER = 100 * 2**20  # bytes: a safetensors header larger than this is not one (E2B's is ~0.2 MB)
 
 
 def stored_dtype(directory: str | os.PathLike) -> torch.dtype:
@@ -210,70 +233,27 @@ def check_tokenizer(config: ModelConfig, tokenizer: Any) -> None:
         raise TokenizerMismatchError(getattr(tokenizer, "source", type(tokenizer).__name__), differences)
 
 
-def _files(directory: Path) -> list[Path]:
-    """The safetensors files of a checkpoint, each checked to be a regular file (a FIFO would block a read)."""
-    index = read_json_file(directory, "model.safetensors.index.json")
-    if index is not None:
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{os.fspath(directory / 'model.safetensors.index.json')!r} has no weight_map")
-        files = [directory / name for name in sorted(set(map(str, weight_map.values())))]
-        listed = "listed by model.safetensors.index.json"
-    elif (directory / "model.safetensors").exists():
-        files, listed = [directory / "model.safetensors"], "the weights"
-    else:
-        raise CheckpointError(
-            f"{os.fspath(directory)!r} has neither model.safetensors nor model.safetensors.index.json"
-        )
-    for file in files:
-        if not file.exists():
-            raise CheckpointError(f"{os.fspath(file)!r} ({listed}) is missing")
-        if not file.is_file():
-            raise CheckpointError(f"{os.fspath(file)!r} ({listed}) is not a regular file")
-    return files
-
-
-def _header(path: Path) -> dict[str, dict]:
-    """The tensors a safetensors file declares (name → dtype, shape, data_offsets), checked against its size."""
-    size = path.stat().st_size
-    with open(path, "rb") as fp:
-        length = int.from_bytes(fp.read(8), "little")
-        if size < 8 or not 2 <= length <= min(_MAX_HEADER, size - 8):
-            raise CheckpointError(f"{os.fspath(path)!r} is not a safetensors file (header length {length})")
-        try:
-            header = json.loads(fp.read(length))
-        except (UnicodeDecodeError, ValueError):
-            raise CheckpointError(f"{os.fspath(path)!r} is not a safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{os.fspath(path)!r} is not a safetensors file (its header is not an object)")
-    header.pop("__metadata__", None)
-    data = size - 8 - length
-    for name, entry in header.items():
-        ok = (
-            isinstance(entry, dict)
-            and entry.get("dtype") in _SAFETENSORS_DTYPES
-            and isinstance(entry.get("shape"), list)
-            and isinstance(entry.get("data_offsets"), list)
-            and len(entry["data_offsets"]) == 2
-            and 0 <= entry["data_offsets"][0] <= entry["data_offsets"][1] <= data
-        )
-        if not ok:
-            raise CheckpointError(f"{os.fspath(path)!r}: tensor {name!r} has a bad header entry {str(entry)[:120]}")
-    return header
-
-
 def _headers(directory: Path) -> dict[Path, dict[str, dict]]:
-    return {file: _header(file) for file in _files(directory)}
+    """Each weight file's tensors (name → dtype, shape, data_offsets), every file checked to be a regular file
+    with a sound header before anything else opens it (``data_specs.checkpoint_dir``)."""
+    try:
+        return {file: safetensors_header(file) for file in weight_files(directory)}
+    except CheckpointFileError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def read_safetensors(directory: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint, memory-mapped (converted only when ``dtype`` differs)."""
+    """Every tensor of the checkpoint, memory-mapped (converted only when ``dtype`` differs). A file that
+    safetensors refuses all the same is a :class:`CheckpointError` naming it."""
     tensors = {}
     for file in _headers(Path(directory)):  # headers checked before safetensors opens anything
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                tensors[key] = tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+        try:
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    tensor = f.get_tensor(key)
+                    tensors[key] = tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+        except SafetensorError as error:
+            raise CheckpointError(f"{os.fspath(file)!r} is not a readable safetensors file ({error})") from None
     return tensors
 
 
@@ -315,19 +295,27 @@ def _partition(tensors: dict[str, Any], config: TextConfig) -> tuple[dict, dict,
 
 
 def _config(directory: Path) -> dict:
-    config = read_json_file(directory, "config.json")
-    if config is None:
-        raise CheckpointError(f"{os.fspath(directory)!r} has no config.json")
-    generation = read_json_file(directory, "generation_config.json")  # its eos_token_id adds stop ids (§1.6)
+    try:
+        config = read_json_file(directory, "config.json")
+        if config is None:
+            raise CheckpointError(f"{os.fspath(directory)!r} has no config.json")
+        generation = read_json_file(directory, "generation_config.json")  # its eos_token_id adds stop ids (§1.6)
+    except CheckpointFileError as error:
+        raise CheckpointError(str(error)) from None
     stop = (generation or {}).get("eos_token_id")
     if stop is not None:
-        config["eos_token_id"] = [*_ids(config.get("eos_token_id")), *_ids(stop)]
+        generation_file = f"{os.fspath(directory / 'generation_config.json')!r}: "
+        config["eos_token_id"] = [*_ids(config.get("eos_token_id"), "config.json: "), *_ids(stop, generation_file)]
     return config
 
 
-def _ids(value: Any) -> list[int]:
-    """An ``eos_token_id`` (an id, a list of ids or None) as a list."""
-    return [] if value is None else [value] if isinstance(value, int) else list(value)
+def _ids(value: Any, where: str) -> list[int]:
+    """An ``eos_token_id`` (an id, a list of ids or None) as a list; :class:`ConfigError` naming the key
+    (``where``: the file and the key's section, e.g. ``config.json: text_config.``) for anything else."""
+    ids = [] if value is None else [value] if isinstance(value, int) else value
+    if not isinstance(ids, list) or not all(TOKEN_ID.problem(i) is None for i in ids):
+        raise ConfigError(f"{where}eos_token_id is {_shown(value)}; expected a token id or a list of them")
+    return list(ids)
 
 
 def stop_ids(config: ModelConfig, tokenizer: Any = None) -> tuple[int, ...]:
@@ -486,9 +474,59 @@ def _assign(model: torch.nn.Module, weights: dict[str, torch.Tensor], directory:
     expected = dict(model.state_dict())
     _check_names(directory, expected, {k: tuple(v.shape) for k, v in weights.items()})
     host = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, HostEmbedding)}
-    model.load_state_dict({k: weights[k] if k in host else weights[k].to(device) for k in expected}, assign=True)
+    state = {k: weights[k] if k in host else weights[k].to(device) for k in expected}
+    _check_finite(directory, state)
+    model.load_state_dict(state, assign=True)
     model.reset_buffers(device)  # non-persistent buffers (RoPE frequencies) were built on meta
     return model.eval()
+
+
+_CLIP_BOUNDS = ("input_min", "input_max", "output_min", "output_max")  # ClippedLinear's; ∓inf means no clip
+
+
+def _check_finite(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """:class:`CheckpointError` naming the first weight holding a NaN or an infinity (a clip bound may be
+    infinite on its own side: -inf for a minimum, +inf for a maximum, meaning no clip).
+
+    One pass over each floating tensor where it now lives, as loaded: ``torch.aminmax`` (NaN propagates to both
+    results, an infinity shows in one), which allocates nothing the size of the tensor (``isfinite().all()``
+    would allocate a mask, and took 20× as long on the CPU). The per-tensor extremes are read back together,
+    once per device, so a GPU synchronises once. float8 tensors, which aminmax does not take, are checked on
+    their bits."""
+    extremes: dict[torch.device, list[torch.Tensor]] = {}
+    names: dict[torch.device, list[str]] = {}
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point() or tensor.numel() == 0 or tensor.is_meta:  # meta: no values to check
+            continue
+        if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            bad = _float8_not_finite(tensor)
+            low = high = torch.where(bad, float("nan"), 0.0)
+        else:
+            low, high = torch.aminmax(tensor)
+        extremes.setdefault(tensor.device, []).append(torch.stack([low.float(), high.float()]))
+        names.setdefault(tensor.device, []).append(name)
+    for device, values in extremes.items():
+        for name, (low, high) in zip(names[device], torch.stack(values).tolist(), strict=True):
+            if name.endswith(_CLIP_BOUNDS) and not (math.isnan(low) or math.isnan(high)):
+                # a minimum may be -inf and a maximum +inf; the other infinity clamps everything to it
+                if name.endswith("_min") and math.inf not in (low, high):
+                    continue
+                if name.endswith("_max") and -math.inf not in (low, high):
+                    continue
+            elif math.isfinite(low) and math.isfinite(high):
+                continue
+            value = "NaN" if math.isnan(low) or math.isnan(high) else "an infinity"
+            raise CheckpointError(
+                f"{os.fspath(directory)!r}: weight {name!r} holds {value} (min {low}, max {high}); the checkpoint "
+                "is damaged"
+            )
+
+
+def _float8_not_finite(tensor: torch.Tensor) -> torch.Tensor:
+    """Whether a float8 tensor holds a NaN (e4m3fn: all exponent and mantissa bits set) or an infinity or NaN
+    (e5m2: all exponent bits set), read on its bits."""
+    bits = tensor.view(torch.uint8) & 0x7F
+    return (bits == 0x7F).any() if tensor.dtype == torch.float8_e4m3fn else (bits >= 0x7C).any()
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> None:
@@ -542,65 +580,132 @@ _HF_NAMES = {  # ours → config.json (text_config)
 
 
 def text_from_hf(config: Mapping[str, Any]) -> TextConfig:
-    """A ``TextConfig`` from a checkpoint's ``config.json`` (the whole file or its ``text_config``)."""
-    text = config.get("text_config", config)
+    """A ``TextConfig`` from a checkpoint's ``config.json`` (the whole file or its ``text_config``). Every value
+    is checked against its :class:`~model.config.Limit` before anything is built from it: :class:`ConfigError`
+    of one line naming the key (``config.json: text_config.num_hidden_layers is 1000000; at most 1024``)."""
+    text = _section(config, "text_config", "")
+    where = "text_config." if text is not None else ""
+    text = config if text is None else text
     model_type = text.get("model_type", "gemma4_text")
     if model_type not in ("gemma4_text", "gemma4"):
-        raise ConfigError(f"config.json describes model_type {model_type!r}, not a Gemma 4 text model")
+        raise ConfigError(f"config.json describes model_type {_shown(model_type)}, not a Gemma 4 text model")
     if text.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
-        raise ConfigError(f"unsupported hidden_activation {text['hidden_activation']!r}")
+        raise ConfigError(f"unsupported hidden_activation {_shown(text['hidden_activation'])}")
     if text.get("attention_bias"):
         raise ConfigError("attention_bias=true is not a Gemma 4 architecture")
-    kw: dict[str, Any] = {}
-    for ours, theirs in _HF_NAMES.items():
-        if text.get(theirs) is not None:
-            kw[ours] = text[theirs]
-    if text.get("enable_moe_block"):
-        kw.update(
-            n_experts=text["num_experts"], top_k_experts=text["top_k_experts"], moe_d_ff=text["moe_intermediate_size"]
-        )
-    n_layers = kw["n_layers"]
-    kw["layer_types"] = tuple(text.get("layer_types") or interleaved_layer_types(n_layers, 6))
-    kw.update(_per_layer_overrides(text.get("per_layer_config") or {}, kw["layer_types"]))
-    rope = text.get("rope_parameters") or {}
-    sliding, full = rope.get(SLIDING, {}), rope.get(FULL, {})
-    for kind, params, allowed in ((SLIDING, sliding, ("default",)), (FULL, full, ("proportional",))):
-        if params.get("rope_type", allowed[0]) not in allowed:
-            raise ConfigError(
-                f"rope_parameters[{kind!r}] has rope_type {params['rope_type']!r}; expected {allowed[0]!r}"
-            )
-    kw["rope"] = RopeConfig(
-        sliding_theta=float(sliding.get("rope_theta", 10_000.0)),
-        full_theta=float(full.get("rope_theta", 1_000_000.0)),
-        full_partial_rotary=float(full.get("partial_rotary_factor", 0.25)),
-        sliding_factor=float(sliding.get("factor", 1.0)),
-        full_factor=float(full.get("factor", 1.0)),
-    )
+    kw = _pick(text, _HF_NAMES, TEXT_LIMITS, where)
+    if _checked(text, "enable_moe_block", _FLAG, where):
+        for ours, theirs in (("n_experts", "num_experts"), ("top_k_experts", "top_k_experts")):
+            kw[ours] = _checked(text, theirs, TEXT_LIMITS[ours], where)
+        kw["moe_d_ff"] = _checked(text, "moe_intermediate_size", TEXT_LIMITS["moe_d_ff"], where)
     if missing := [
         m for m in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "sliding_window") if m not in kw
     ]:
-        raise ConfigError(f"config.json lacks {', '.join(_HF_NAMES[m] for m in missing)}")
-    return TextConfig(**kw)
+        raise ConfigError(f"config.json lacks {', '.join(where + _HF_NAMES[m] for m in missing)}")
+    layer_types = text.get("layer_types")
+    if layer_types is not None and not (isinstance(layer_types, list) and all(isinstance(t, str) for t in layer_types)):
+        raise ConfigError(f"config.json: {where}layer_types is {_shown(layer_types)}; expected a list of names")
+    kw["layer_types"] = tuple(layer_types or interleaved_layer_types(kw["n_layers"], 6))
+    per_layer = _section(text, "per_layer_config", where) or {}
+    kw.update(_per_layer_overrides(per_layer, kw["layer_types"], where))
+    rope = _section(text, "rope_parameters", where) or {}
+    sliding, full = (_section(rope, kind, f"{where}rope_parameters.") or {} for kind in (SLIDING, FULL))
+    for kind, params, allowed in ((SLIDING, sliding, ("default",)), (FULL, full, ("proportional",))):
+        if params.get("rope_type", allowed[0]) not in allowed:
+            raise ConfigError(
+                f"rope_parameters[{kind!r}] has rope_type {_shown(params['rope_type'])}; expected {allowed[0]!r}"
+            )
+    rope_kw = {}
+    for ours, kind, params, theirs in (
+        ("sliding_theta", SLIDING, sliding, "rope_theta"),
+        ("full_theta", FULL, full, "rope_theta"),
+        ("full_partial_rotary", FULL, full, "partial_rotary_factor"),
+        ("sliding_factor", SLIDING, sliding, "factor"),
+        ("full_factor", FULL, full, "factor"),
+    ):
+        if params.get(theirs) is not None:
+            rope_kw[ours] = float(_checked(params, theirs, ROPE_LIMITS[ours], f"{where}rope_parameters.{kind}."))
+    kw["rope"] = RopeConfig(**rope_kw)
+    return _build(TextConfig, kw, _HF_NAMES | {"layer_types": "layer_types"}, where)
 
 
-def _per_layer_overrides(per_layer: Mapping[str, Mapping[str, Any]], layer_types: tuple[str, ...]) -> dict[str, int]:
+def _per_layer_overrides(per_layer: Mapping[str, Any], layer_types: tuple[str, ...], where: str) -> dict[str, int]:
     """``global_head_dim`` / ``n_global_kv_heads`` from transformers' ``per_layer_config`` (how it saves them):
     the same override on every full layer, none on sliding layers; anything else is not Gemma 4."""
     found: dict[str, set] = {"head_dim": set(), "num_key_value_heads": set()}
+    limits = {"head_dim": TEXT_LIMITS["global_head_dim"], "num_key_value_heads": TEXT_LIMITS["n_global_kv_heads"]}
     for key, overrides in per_layer.items():
-        layer = int(key)
-        if not 0 <= layer < len(layer_types) or layer_types[layer] != FULL or set(overrides) - set(found):
-            raise ConfigError(f"per_layer_config[{key!r}] = {dict(overrides)} is not a Gemma 4 full-layer override")
-        for name, value in overrides.items():
-            found[name].add(value)
+        layer = int(key) if key.isdecimal() and len(key) < 6 else -1
+        if (
+            not isinstance(overrides, dict)
+            or not 0 <= layer < len(layer_types)
+            or layer_types[layer] != FULL
+            or set(overrides) - set(found)
+        ):
+            raise ConfigError(
+                f"config.json: {where}per_layer_config[{key[:20]!r}] is {_shown(overrides)}; not a Gemma 4 "
+                "full-layer override"
+            )
+        for name in overrides:
+            found[name].add(_checked(overrides, name, limits[name], f"{where}per_layer_config.{key}."))
     if any(len(values) > 1 for values in found.values()):
-        raise ConfigError(f"per_layer_config gives full layers different values: {found}")
+        raise ConfigError(f"config.json: {where}per_layer_config gives full layers different values: {found}")
     out = {}
     if found["head_dim"]:
         out["global_head_dim"] = found["head_dim"].pop()
     if found["num_key_value_heads"]:
         out["n_global_kv_heads"] = found["num_key_value_heads"].pop()
     return out
+
+
+_FLAG = Limit(bool, optional=True)
+_SHOWN_CHARS = 60
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to a length that fits in one line of an error message."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
+
+
+def _checked(section: Mapping[str, Any], key: str, limit: Limit, where: str) -> Any:
+    """``section[key]`` (None when absent or null), if ``limit`` allows it; :class:`ConfigError` naming the key
+    (``where`` is its section's path in ``config.json``, e.g. ``"text_config."``) otherwise."""
+    value = section.get(key)
+    if (problem := limit.problem(value)) is not None:
+        raise ConfigError(f"config.json: {where}{key} is {_shown(value)}; {problem}")
+    return value
+
+
+def _section(config: Mapping[str, Any], key: str, where: str) -> dict | None:
+    """The object under ``key`` (None when absent or null); :class:`ConfigError` naming the key otherwise."""
+    value = config.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(f"config.json: {where}{key} is {_shown(value)}; expected an object")
+    return value
+
+
+def _pick(section: Mapping[str, Any], names: Mapping[str, str], limits: Mapping[str, Limit], where: str) -> dict:
+    """Our field → ``section``'s value for each of ``names`` (ours → theirs) that is there and not null, each
+    checked against its limit."""
+    return {
+        ours: _checked(section, theirs, limits[ours], where)
+        for ours, theirs in names.items()
+        if section.get(theirs) is not None
+    }
+
+
+def _build(cls: type, kw: dict[str, Any], names: Mapping[str, str], where: str):
+    """``cls(**kw)``, its consistency errors (``text config: n_heads=8 is not a multiple of n_kv_heads=3``)
+    told in ``config.json``'s names (``config.json: text_config.num_attention_heads=8 is not a multiple …``)."""
+    try:
+        return cls(**kw)
+    except ConfigError as error:
+        message = str(error).split(": ", 1)[-1]  # without "text config: " (every part's errors start so)
+        if not names:
+            raise ConfigError(f"config.json: {message}") from None
+        pattern = r"\b(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True)) + r")\b"
+        raise ConfigError("config.json: " + re.sub(pattern, lambda m: where + names[m[1]], message)) from None
 
 
 # Keys of the published config.json files (spec §12) that describe nothing this code models; written with the
@@ -704,56 +809,65 @@ _TOKEN_NAMES = {  # ours → config.json (top level); the published files give e
 _VISION_ROPE = {"axial", "default"}  # "default" is what the published files say; the reference reads it as axial
 
 
-def _pick(section: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
-    return {ours: section[theirs] for ours, theirs in names.items() if section.get(theirs) is not None}
-
-
 def vision_from_hf(vision: Mapping[str, Any]) -> VisionConfig:
+    where = "vision_config."
     if vision.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
-        raise ConfigError(f"vision_config: unsupported hidden_activation {vision['hidden_activation']!r}")
+        raise ConfigError(f"vision_config: unsupported hidden_activation {_shown(vision['hidden_activation'])}")
     if vision.get("attention_bias"):
         raise ConfigError("vision_config: attention_bias=true is not a Gemma 4 architecture")
-    rope = vision.get("rope_parameters") or {}
+    rope = _section(vision, "rope_parameters", where) or {}
     if rope.get("rope_type", "axial") not in _VISION_ROPE:  # the 2-D RoPE of spec §3.5 whatever the name
-        raise ConfigError(f"vision_config: rope_type {rope['rope_type']!r}; expected 'default' or 'axial' (2-D axial)")
-    kw = _pick(vision, _VISION_NAMES)
+        raise ConfigError(
+            f"vision_config: rope_type {_shown(rope['rope_type'])}; expected 'default' or 'axial' (2-D axial)"
+        )
+    kw = _pick(vision, _VISION_NAMES, VISION_LIMITS, where)
     if "head_dim" not in kw and "d_model" in kw and "n_heads" in kw:
         kw["head_dim"] = kw["d_model"] // kw["n_heads"]
     kw.setdefault("n_kv_heads", kw.get("n_heads", VisionConfig.n_kv_heads))
-    kw["rope_theta"] = float(rope.get("rope_theta", 100.0))
-    return VisionConfig(**kw)
+    theta = _checked(
+        rope, "rope_theta", replace(VISION_LIMITS["rope_theta"], optional=True), f"{where}rope_parameters."
+    )
+    kw["rope_theta"] = float(theta or 100.0)  # never 0: the limit refuses it
+    return _build(VisionConfig, kw, _VISION_NAMES, where)
 
 
 def audio_from_hf(audio: Mapping[str, Any]) -> AudioConfig:
+    where = "audio_config."
     if audio.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"audio_config: unsupported hidden_act {audio['hidden_act']!r}")
-    kw = _pick(audio, _AUDIO_NAMES)
-    if audio.get("subsampling_conv_channels") is not None:
-        kw["conv_channels"] = tuple(audio["subsampling_conv_channels"])
-    return AudioConfig(**kw)
+        raise ConfigError(f"audio_config: unsupported hidden_act {_shown(audio['hidden_act'])}")
+    kw = _pick(audio, _AUDIO_NAMES, AUDIO_LIMITS, where)
+    channels = audio.get("subsampling_conv_channels")
+    if channels is not None:
+        if not isinstance(channels, list) or len(channels) != 2 or any(CONV_CHANNELS.problem(c) for c in channels):
+            raise ConfigError(
+                f"config.json: {where}subsampling_conv_channels is {_shown(channels)}; expected two channel counts"
+            )
+        kw["conv_channels"] = tuple(channels)
+    return _build(AudioConfig, kw, _AUDIO_NAMES | {"conv_channels": "subsampling_conv_channels"}, where)
 
 
 def model_from_hf(config: Mapping[str, Any]) -> ModelConfig:
     """A ``ModelConfig`` from a checkpoint's ``config.json``: a ``Gemma4ForConditionalGeneration`` file (text,
-    optional vision and audio sections, token ids) or a text-only ``Gemma4ForCausalLM`` one."""
+    optional vision and audio sections, token ids) or a text-only ``Gemma4ForCausalLM`` one. Every value is
+    checked before anything is built from it (see :func:`text_from_hf`)."""
     if config.get("model_type", "gemma4") not in ("gemma4", "gemma4_text"):
-        raise ConfigError(f"config.json describes model_type {config['model_type']!r}, not Gemma 4")
+        raise ConfigError(f"config.json describes model_type {_shown(config['model_type'])}, not Gemma 4")
     text = text_from_hf(config)
-    vision = vision_from_hf(config["vision_config"]) if config.get("vision_config") else None
-    audio = audio_from_hf(config["audio_config"]) if config.get("audio_config") else None
-    ids = _pick(config, _TOKEN_NAMES)
-    eoa = config.get("eoa_token_id")
+    vision, audio = _section(config, "vision_config", ""), _section(config, "audio_config", "")
+    vision = vision_from_hf(vision) if vision else None
+    audio = audio_from_hf(audio) if audio else None
+    ids = _pick(config, _TOKEN_NAMES, dict.fromkeys(_TOKEN_NAMES, TOKEN_ID), "")
+    eoa = _checked(config, "eoa_token_id", replace(TOKEN_ID, optional=True), "")
     if eoa is not None and ids.setdefault("eoa", eoa) != eoa:
         raise ConfigError(f"config.json gives eoa_token_id {eoa} and eoa_token_index {ids['eoa']}: they must agree")
-    section = config.get("text_config") or config
-    for ours in ("pad", "bos"):
-        if section.get(f"{ours}_token_id") is not None:
-            ids[ours] = section[f"{ours}_token_id"]
+    section, where = (config["text_config"], "text_config.") if config.get("text_config") else (config, "")
+    ids |= _pick(section, {"pad": "pad_token_id", "bos": "bos_token_id"}, {"pad": TOKEN_ID, "bos": TOKEN_ID}, where)
     tokens = TokenIds(**ids)
-    stop = _ids(config["eos_token_id"] if config.get("eos_token_id") is not None else section.get("eos_token_id"))
+    top = config.get("eos_token_id") is not None
+    stop = _ids(config["eos_token_id"] if top else section.get("eos_token_id"), f"config.json: {'' if top else where}")
     if stop:
         tokens = replace(tokens, stop_ids=tuple(dict.fromkeys(stop)))  # in order, once each
-    return ModelConfig(text=text, vision=vision, audio=audio, tokens=tokens)
+    return _build(ModelConfig, {"text": text, "vision": vision, "audio": audio, "tokens": tokens}, {}, "")
 
 
 def model_to_hf(config: ModelConfig, *, dtype: torch.dtype | None = None) -> dict[str, Any]:

@@ -5,21 +5,35 @@
 Derived values (layer kinds, the KV-sharing map, per-layer MLP width, parameter counts, KV-cache bytes per
 token) are properties or methods, never stored fields. ``VisionConfig`` and ``AudioConfig`` describe the towers;
 ``ModelConfig`` joins the three parts with the multimodal token ids.
+
+Every field has a :class:`Limit` (its type and sane bounds: ``TEXT_LIMITS`` …), which ``__post_init__`` checks
+before anything else and :mod:`model.checkpoint` checks on each ``config.json`` value before it builds anything,
+naming the key. The bounds are far above every published checkpoint (spec §12) and far below what would make
+building a model on the meta device slow or its size overflow: 1024 layers or heads, a width of 65536, a
+vocabulary or an MLP width of 2**20.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
+    "AUDIO_LIMITS",
+    "CONV_CHANNELS",
     "AudioConfig",
     "ConfigError",
+    "Limit",
     "ModelConfig",
     "PRESETS",
+    "ROPE_LIMITS",
     "RopeConfig",
+    "TEXT_LIMITS",
+    "TOKEN_ID",
     "TextConfig",
     "TokenIds",
+    "VISION_LIMITS",
     "VisionConfig",
     "interleaved_layer_types",
     "preset",
@@ -32,6 +46,126 @@ class ConfigError(ValueError):
     """A configuration that is inconsistent or describes an architecture this code does not implement."""
 
 
+@dataclass(frozen=True)
+class Limit:
+    """What one config field may hold: ``kind`` int, float, bool or str (a float field takes an int too; no
+    number field takes a bool), between ``low`` and ``high`` inclusive, above ``above`` (exclusive: for the positive
+    floats); floats finite; None only if ``optional``."""
+
+    kind: type
+    low: int | None = None
+    high: int | None = None
+    above: float | None = None
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed, as the end of a sentence ("at most 1024"); None if it is."""
+        if value is None:
+            return None if self.optional else "expected a value"
+        if self.kind is bool:
+            return None if isinstance(value, bool) else "expected true or false"
+        if self.kind is str:
+            return None if isinstance(value, str) else "expected a string"
+        number = int if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, number):
+            return "expected an integer" if self.kind is int else "expected a number"
+        if self.kind is float and not (
+            abs(value) < math.inf if isinstance(value, float) else value.bit_length() < 1024
+        ):
+            return "expected a finite number"  # an int of 1024 bits or more does not fit a float
+        if self.above is not None and value <= self.above:
+            return f"must be more than {self.above:g}"
+        if self.low is not None and value < self.low:
+            return f"at least {self.low}"
+        if self.high is not None and value > self.high:
+            return f"at most {self.high}"
+        return None
+
+
+_WIDTH, _LAYERS, _HEADS, _HEAD_DIM, _VOCAB = 65_536, 1024, 1024, 8192, 2**20
+
+
+def _size(low: int, high: int, *, optional: bool = False) -> Limit:
+    return Limit(int, low, high, optional=optional)
+
+
+_POSITIVE = Limit(float, above=0)
+_EPS = Limit(float, above=0, high=1)
+TOKEN_ID = _size(0, _VOCAB - 1)  # every token id (below the largest vocabulary)
+
+TEXT_LIMITS: dict[str, Limit] = {
+    "vocab_size": _size(1, _VOCAB),
+    "d_model": _size(1, _WIDTH),
+    "n_layers": _size(1, _LAYERS),
+    "n_heads": _size(1, _HEADS),
+    "n_kv_heads": _size(1, _HEADS),
+    "n_global_kv_heads": _size(1, _HEADS, optional=True),
+    "head_dim": _size(1, _HEAD_DIM),
+    "global_head_dim": _size(1, _HEAD_DIM),
+    "d_ff": _size(1, _VOCAB),
+    "double_wide_mlp": Limit(bool),
+    "sliding_window": _size(1, 2**20),
+    "n_kv_shared_layers": _size(0, _LAYERS),
+    "k_eq_v": Limit(bool),
+    "ple_dim": _size(0, _WIDTH),
+    "ple_vocab_size": _size(1, _VOCAB),
+    "n_experts": _size(0, 1024),
+    "top_k_experts": _size(0, 1024),
+    "moe_d_ff": _size(0, _VOCAB),
+    "final_logit_softcap": Limit(float, above=0, optional=True),
+    "bidirectional": Limit(str, optional=True),
+    "rms_eps": _EPS,
+    "tie_embeddings": Limit(bool),
+}
+ROPE_LIMITS: dict[str, Limit] = {
+    "sliding_theta": _POSITIVE,
+    "full_theta": _POSITIVE,
+    "full_partial_rotary": Limit(float, above=0, high=1),
+    "sliding_factor": _POSITIVE,
+    "full_factor": _POSITIVE,
+}
+VISION_LIMITS: dict[str, Limit] = {
+    "d_model": _size(1, _WIDTH),
+    "n_layers": _size(1, _LAYERS),
+    "n_heads": _size(1, _HEADS),
+    "n_kv_heads": _size(1, _HEADS),
+    "head_dim": _size(1, _HEAD_DIM),
+    "d_ff": _size(1, _VOCAB),
+    "patch_size": _size(1, 256),
+    "position_table_size": _size(1, _VOCAB),
+    "pool_kernel": _size(1, 64),
+    "rope_theta": _POSITIVE,
+    "clipped_linears": Limit(bool),
+    "standardize": Limit(bool),
+    "rms_eps": _EPS,
+}
+AUDIO_LIMITS: dict[str, Limit] = {
+    "d_model": _size(1, _WIDTH),
+    "n_layers": _size(1, _LAYERS),
+    "n_heads": _size(1, _HEADS),
+    "n_mels": _size(1, 1024),
+    "conv_kernel": _size(1, 1024),
+    "residual_weight": Limit(float),
+    "chunk_size": _size(1, 65_536),
+    "context_left": _size(1, 65_536),
+    "context_right": _size(0, 65_536),
+    "logit_cap": _POSITIVE,
+    "invalid_logit": Limit(float),
+    "clip_value": _POSITIVE,
+    "clipped_linears": Limit(bool),
+    "output_dim": _size(1, _WIDTH),
+    "rms_eps": _EPS,
+}
+CONV_CHANNELS = _size(1, _WIDTH)  # each of the audio tower's two subsampling convolutions
+
+
+def _check_limits(config: Any, limits: dict[str, Limit], section: str) -> None:
+    for name, limit in limits.items():
+        value = getattr(config, name)
+        if (problem := limit.problem(value)) is not None:
+            raise ConfigError(f"{section}: {name} is {value!r}; {problem}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RopeConfig:
     """Per layer kind: θ, the fraction of the head dim that rotates, and a frequency divisor (spec §1.2)."""
@@ -41,6 +175,9 @@ class RopeConfig:
     full_partial_rotary: float = 0.25  # proportional RoPE: 128 of 512 dims rotate on full layers
     sliding_factor: float = 1.0
     full_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_limits(self, ROPE_LIMITS, "rope config")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,11 +211,13 @@ class TextConfig:
         def fail(message: str) -> None:
             raise ConfigError(f"text config: {message}")
 
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff"):
-            if getattr(self, name) < 1:
-                fail(f"{name} must be positive, got {getattr(self, name)}")
+        _check_limits(self, TEXT_LIMITS, "text config")
+        if not isinstance(self.rope, RopeConfig):
+            fail(f"rope is a {type(self.rope).__name__}, not a RopeConfig")
+        if not isinstance(self.layer_types, tuple) or not all(isinstance(t, str) for t in self.layer_types):
+            fail(f"layer_types is {str(self.layer_types)[:80]}; expected a tuple of layer type names")
         if len(self.layer_types) != self.n_layers:
-            fail(f"layer_types has {len(self.layer_types)} entries for {self.n_layers} layers")
+            fail(f"layer_types has {len(self.layer_types)} entries for {self.n_layers} layers (n_layers)")
         if unknown := set(self.layer_types) - {SLIDING, FULL}:
             fail(f"unknown layer types {sorted(unknown)}; expected {SLIDING!r} or {FULL!r}")
         if self.layer_types[-1] != FULL:
@@ -94,8 +233,6 @@ class TextConfig:
             fail("with KV sharing, the non-shared layers must include both sliding and full layers")
         if self.n_experts and not (0 < self.top_k_experts <= self.n_experts and self.moe_d_ff > 0):
             fail("an MoE block needs 0 < top_k_experts ≤ n_experts and moe_d_ff > 0")
-        if self.sliding_window < 1:
-            fail(f"sliding_window must be positive, got {self.sliding_window}")
         if self.bidirectional not in (None, "vision"):
             fail(f"bidirectional must be None or 'vision', got {self.bidirectional!r}")
 
@@ -191,15 +328,13 @@ class VisionConfig:
     rms_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "patch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"vision config: {name} must be positive, got {getattr(self, name)}")
+        _check_limits(self, VISION_LIMITS, "vision config")
         if self.head_dim % 4:
             raise ConfigError(f"vision config: head_dim={self.head_dim} must be a multiple of 4 (2-D RoPE halves)")
         if self.n_heads % self.n_kv_heads:
-            raise ConfigError(f"vision config: n_heads={self.n_heads} is not a multiple of n_kv_heads")
-        if self.pool_kernel < 1:
-            raise ConfigError(f"vision config: pool_kernel must be positive, got {self.pool_kernel}")
+            raise ConfigError(
+                f"vision config: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
 
     @property
     def patch_dim(self) -> int:
@@ -234,15 +369,14 @@ class AudioConfig:
     rms_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_layers", "n_heads", "n_mels", "conv_kernel", "chunk_size", "output_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"audio config: {name} must be positive, got {getattr(self, name)}")
+        _check_limits(self, AUDIO_LIMITS, "audio config")
+        channels = self.conv_channels
+        if not isinstance(channels, tuple) or len(channels) != 2 or any(CONV_CHANNELS.problem(c) for c in channels):
+            raise ConfigError(f"audio config: conv_channels must be two ints in 1…{_WIDTH}, got {channels!r}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"audio config: d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
         if self.d_model % 2:
             raise ConfigError(f"audio config: d_model={self.d_model} must be even (sinusoidal positions)")
-        if len(self.conv_channels) != 2 or min(self.conv_channels) < 1:
-            raise ConfigError(f"audio config: conv_channels must be two positive ints, got {self.conv_channels}")
         if self.n_mels % 4:
             raise ConfigError(f"audio config: n_mels={self.n_mels} must be a multiple of 4 (two stride-2 convs)")
         if self.context_left < 1 or self.context_right < 0:
@@ -289,6 +423,14 @@ class TokenIds:
     # eos_token_id together with generation_config.json's
     stop_ids: tuple[int, ...] = (1, 106, 50)
 
+    def __post_init__(self) -> None:
+        for name in ("pad", "bos", "image", "audio", "video", "boi", "eoi", "boa", "eoa"):
+            value = getattr(self, name)
+            if (problem := TOKEN_ID.problem(value)) is not None:
+                raise ConfigError(f"token ids: {name} is {value!r}; {problem}")
+        if not isinstance(self.stop_ids, tuple) or any(TOKEN_ID.problem(i) for i in self.stop_ids):
+            raise ConfigError(f"token ids: stop_ids is {str(self.stop_ids)[:80]}; expected a tuple of token ids")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -303,7 +445,9 @@ class ModelConfig:
         ids = [getattr(self.tokens, f) for f in ("image", "audio", "video")]
         if self.vision is not None or self.audio is not None:
             if bad := [i for i in ids if not 0 <= i < self.text.vocab_size]:
-                raise ConfigError(f"placeholder token ids {bad} lie outside the vocabulary ({self.text.vocab_size})")
+                raise ConfigError(
+                    f"model config: placeholder token ids {bad} lie outside the vocabulary ({self.text.vocab_size})"
+                )
 
     def num_parameters(self) -> dict[str, int]:
         """Learned parameters per part; ``total`` is the sum (layer scalars apart, as in spec §8.2)."""

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -96,6 +97,8 @@ __all__ = [
     "OUTPUT_FORMATS",
     "ShardState",
     "checkpoint_fingerprint",
+    "finished_row",
+    "make_request",
     "plan_infer",
     "read_results",
     "run_infer",
@@ -104,6 +107,7 @@ __all__ = [
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
 TABLES = ("results", "errors")  # the output's folders (pipelines.jobdir)
+PREPARE_ROWS = 8  # rows a worker prepares per task: prepared rows reach the model in pieces, not whole shards
 RESULTS_FILE = "results.jsonl"  # --output-format jsonl or openai: every line in input order, written at the end
 SETTINGS_KEY = "gemma4.infer_settings"
 
@@ -332,27 +336,29 @@ class InferSummary:
 
 
 def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
-    """A short hash of a checkpoint: its ``config.json`` and ``generation_config.json``, and for each safetensors
-    file its size, its tensors' names, dtypes and shapes (read with ``safetensors.safe_open``) and its first and
-    last 64 KiB of data; cheap on a 60 GB checkpoint, and a different training run changes it."""
-    from safetensors import safe_open
+    """A short hash of a checkpoint: its ``config.json`` and ``generation_config.json``, and for each weight file
+    the loader reads its size, its tensors' names, dtypes and shapes (from its header) and its first and last
+    64 KiB of data; cheap on a 60 GB checkpoint, and a different training run changes it. Every file is read
+    through ``data_specs.checkpoint_dir`` (regular files only, sizes bounded, headers checked): a FIFO, a device
+    or a damaged file is ``CheckpointFileError`` naming it, never a hang."""
+    from data_specs.checkpoint_dir import open_checkpoint_file, read_checkpoint_file, safetensors_header, weight_files
 
     digest = hashlib.sha256()
     directory = Path(directory)
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):  # a FIFO is never opened
-        if path.name == "config.json" or path.name == "generation_config.json":
-            digest.update(path.name.encode() + path.read_bytes())
-        elif path.suffix == ".safetensors":
-            size = path.stat().st_size
+    small = [directory / name for name in ("config.json", "generation_config.json") if (directory / name).exists()]
+    for path in sorted([*small, *weight_files(directory)], key=lambda p: p.name):
+        if path.suffix != ".safetensors":
+            digest.update(path.name.encode() + read_checkpoint_file(path))
+            continue
+        header = safetensors_header(path)
+        with open_checkpoint_file(path) as fp:
+            size = os.fstat(fp.fileno()).st_size
             digest.update(path.name.encode() + str(size).encode())
-            with safe_open(path, framework="pt") as tensors:
-                for name in sorted(tensors.keys()):
-                    piece = tensors.get_slice(name)
-                    digest.update(f"{name}:{piece.get_dtype()}:{piece.get_shape()};".encode())
-            with open(path, "rb") as fp:
-                digest.update(fp.read(65536))
-                fp.seek(max(0, size - 65536))
-                digest.update(fp.read())
+            for name in sorted(header):
+                digest.update(f"{name}:{header[name]['dtype']}:{header[name]['shape']};".encode())
+            digest.update(fp.read(65536))
+            fp.seek(max(0, size - 65536))
+            digest.update(fp.read(65536))
     return digest.hexdigest()[:16]
 
 
@@ -375,8 +381,12 @@ def prepare_rows(items: list[Item], settings: PreprocessSettings, base_dir: str,
         if isinstance(outcome, Failed):
             out.append(outcome)
             continue
-        _, example = row_to_example(outcome.row)
-        out.append(Prepared(item.index, item.id, collate([example], pad_id=pad_id), example.summary))
+        try:  # a damaged example (ids, patches, placeholders that do not add up) is that row's error
+            _, example = row_to_example(outcome.row)
+            out.append(Prepared(item.index, item.id, collate([example], pad_id=pad_id), example.summary))
+        except Exception as exc:
+            message = f"row {item.index} (id {item.id!r}): its example cannot be read: {exc}"
+            out.append(Failed(error_row(item.index, item.id, "prompt", type(exc).__name__, message)))
     return out
 
 
@@ -393,11 +403,24 @@ def _prepared_shard(shard: int, outcomes: list) -> list:
     return outcomes
 
 
-def make_request(model, settings: InferSettings, key, row_id: str, batch, options: RowOptions | None, tokenizer):
-    """A prepared row as an engine ``Request`` (its id ``key``), or the error row saying why it cannot be one: media
-    the checkpoint has no tower for, ids beyond the vocabulary (stage ``prompt``), prompt and new tokens beyond the
-    context (stage ``context``). The row's stop strings (its own, else the job's) are watched on ``tokenizer``'s
-    text of its new tokens."""
+def make_request(engine, settings: InferSettings, key, row_id: str, batch, options: RowOptions | None, tokenizer):
+    """A prepared row as a ``Request`` the ``engine`` can serve (its id ``key``), or the error row saying why it
+    cannot be one: media the checkpoint has no tower for, ids beyond the vocabulary, a prompt with no tokens,
+    anything else the engine would refuse (stage ``prompt``), prompt and new tokens beyond the context (stage
+    ``context``). The row's stop strings (its own, else the job's) are watched on ``tokenizer``'s text of its new
+    tokens. Never raises for one row's sake: the other rows go on."""
+    index = key[1]
+    try:
+        request = _request(engine.model, settings, key, row_id, batch, options, tokenizer)
+        if not isinstance(request, dict):
+            engine.check(request)
+        return request
+    except Exception as exc:  # one row's problem, whatever it is: an error row, and the job goes on
+        message = f"row {index} (id {row_id!r}): {exc}"
+        return error_row(index, row_id, "prompt", type(exc).__name__, message)
+
+
+def _request(model, settings: InferSettings, key, row_id: str, batch, options: RowOptions | None, tokenizer):
     from runtime.engine import Request
     from runtime.stop import StopStrings
 
@@ -410,8 +433,9 @@ def make_request(model, settings: InferSettings, key, row_id: str, batch, option
             message = f"row {index} (id {row_id!r}) holds {label} input, and this checkpoint has no {tower} tower"
             return error_row(index, row_id, "prompt", "MediaCountError", message)
     vocab = model.config.text.vocab_size
-    if batch.text_id_range is not None and batch.text_id_range[1] >= vocab:
-        message = f"token id {batch.text_id_range[1]} is beyond the checkpoint's vocabulary of {vocab}"
+    if batch.text_id_range is not None and (batch.text_id_range[1] >= vocab or batch.text_id_range[0] < 0):
+        low, high = batch.text_id_range
+        message = f"token ids {low} … {high} are not all within the checkpoint's vocabulary (0 … {vocab - 1})"
         return error_row(index, row_id, "prompt", "TokenIdError", message)
     new = options.max_new_tokens or settings.max_new_tokens
     prompt = batch.input_ids.shape[1]
@@ -430,6 +454,33 @@ def make_request(model, settings: InferSettings, key, row_id: str, batch, option
         ready_at=time.perf_counter(),  # prepared now: its queue_s counts from here, not from when a slot pulls it
         stop_strings=StopStrings(stop, lambda ids: tokenizer.decode(ids, skip_special=True)) if stop else None,
     )
+
+
+def finished_row(completion, row_id: str, index: int, summary: dict, tokenizer, model: str) -> tuple[bool, dict]:
+    """A completion as ``(True, result row)``, or ``(False, error row)`` when generation failed for that request
+    (``finish_reason`` ``error``: non-finite logits, a request the engine refused at admission; stage
+    ``generation``)."""
+    if completion.finish_reason == "error":
+        reason = getattr(completion, "error", None) or "generation failed"
+        message = f"row {index} (id {row_id!r}): {reason}"
+        return False, error_row(index, row_id, "generation", "GenerationError", message)
+    return True, result_row(completion, row_id, index, summary, tokenizer, model)
+
+
+def arguments_json(arguments: dict) -> str:
+    """A tool call's arguments as JSON text. JSON has no infinity or NaN (``json.dumps`` would write ``Infinity``,
+    which no JSON reader takes): such a number is written as its string, ``"inf"``, ``"-inf"`` or ``"nan"``."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(arguments), ensure_ascii=False, allow_nan=False)
 
 
 def model_name(settings: InferSettings, options: RowOptions | None, checkpoint_name: str) -> str:
@@ -456,7 +507,7 @@ def row_sampling(settings: InferSettings, row_id: str, options: RowOptions):
 def result_row(completion, row_id: str, index: int, summary: dict, tokenizer, model: str) -> dict:
     """A finished request as a row of ``data_specs.results``: its tokens decoded, cut before the stop string that
     ended it (which is not part of the reply, as in OpenAI and vLLM), and parsed (``parse_reply``)."""
-    from preprocess.reply import parse_reply
+    from preprocess.reply import parse_reply, visible_text
     from runtime.stop import cut_at_stop
 
     raw = tokenizer.decode(completion.token_ids)
@@ -466,12 +517,9 @@ def result_row(completion, row_id: str, index: int, summary: dict, tokenizer, mo
     return {
         "id": row_id,
         "row": index,
-        "text": reply.content,
+        "text": visible_text(reply.content),  # no control string (raw_text keeps them; problems say which)
         "thinking": reply.thinking,
-        "tool_calls": [
-            {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}
-            for call in reply.tool_calls
-        ],
+        "tool_calls": [{"name": call.name, "arguments": arguments_json(call.arguments)} for call in reply.tool_calls],
         "finish_reason": completion.finish_reason,
         "stop_reason": completion.stop_string,
         "model": model,
@@ -507,6 +555,12 @@ class InferJob:
         self.started = time.perf_counter()
         self.plan, self.settings, self.workers = plan, plan.settings, workers
         settings = plan.settings
+        out, checkpoint = os.path.realpath(output_dir), os.path.realpath(plan.directory)
+        if out == checkpoint or out.startswith(checkpoint + os.sep):
+            raise ValueError(
+                f"output folder {os.fspath(output_dir)!r} is inside the checkpoint {os.fspath(plan.directory)!r}: "
+                "a job never writes into a checkpoint; choose another folder"
+            )
         self.input = InferInput(input_path, settings.preprocess.rows_per_shard, settings.preprocess.head)
         self.tokenizer = plan.tokenizer
         self.dtype = plan.info.dtype
@@ -646,7 +700,8 @@ class _Feeder:
         self.model = self.engine = None  # set once loaded: preparing may start before
         self.shards = job.input.shards({int(k) for k in job.state["shards"]})
         self.exhausted = False
-        self.prepared: deque = deque()  # (shard, outcomes) prepared here, not yet turned into requests
+        self.prepared: deque = deque()  # ((shard, piece), outcomes) prepared here, not yet turned into requests
+        self.pieces: deque = deque()  # ((shard, piece), items) of the shard being handed out, not yet submitted
         self.open: dict[int, ShardState] = {}
         self.options: dict[tuple[int, int], RowOptions | None] = {}
         self.waiting: dict[tuple[int, int], tuple[str, dict, str]] = {}  # a request's row id, prompt summary, model
@@ -668,7 +723,7 @@ class _Feeder:
             if self.ready:
                 yield self.ready.popleft()
                 continue
-            if self.exhausted and not self.preparing:
+            if self.exhausted and not self.preparing and not self.pieces:
                 return
             block = self.engine.idle
             started = time.perf_counter()
@@ -679,28 +734,39 @@ class _Feeder:
                 yield None
 
     def _top_up(self) -> None:
-        """Submit shards while fewer than ``ahead`` are being prepared and few requests wait."""
+        """Submit pieces of shards (``PREPARE_ROWS`` rows each) while fewer than ``ahead`` are being prepared and
+        few requests wait: the rows prepared and not yet generated stay a few pieces' worth, whatever the shard
+        size (a shard of 200 images at budget 1120 is not held whole)."""
         slots = self.job.settings.batch_size
-        while not self.exhausted and self.preparing < self.ahead and len(self.ready) < slots * 2:
-            item = next(self.shards, None)
-            if item is None:
-                self.exhausted = True
-                return
-            shard, items = item
-            self.open[shard] = ShardState(len(items))
-            for row in items:
-                self.options[(shard, row.index)] = row.options
+        while self.preparing < self.ahead and len(self.ready) < slots * 2:
+            if not self.pieces:
+                item = None if self.exhausted else next(self.shards, None)
+                if item is None:
+                    self.exhausted = True
+                    return
+                shard, items = item
+                self.open[shard] = ShardState(len(items))
+                for row in items:
+                    self.options[(shard, row.index)] = row.options
+                self.pieces.extend(
+                    ((shard, part), items[start : start + PREPARE_ROWS])
+                    for part, start in enumerate(range(0, len(items), PREPARE_ROWS))
+                )
+                if not items:
+                    self._maybe_write(shard)
+                    continue
+            key, items = self.pieces.popleft()
             if self.pool is None:
-                self.prepared.append((shard, prepare_rows(items, *self.job.prepare_args)))
-                return  # prepared here: one shard at a time
-            self.pool.submit(shard, items)
+                self.prepared.append((key, prepare_rows(items, *self.job.prepare_args)))
+                return  # prepared here: one piece at a time
+            self.pool.submit(key, items)
 
     def _collect(self, block: bool) -> None:
         if self.pool is None:
             finished, self.prepared = list(self.prepared), deque()
         else:
             finished = self.pool.finished(block) if len(self.pool) else []
-        for shard, outcomes in finished:
+        for (shard, _), outcomes in finished:
             for outcome in outcomes:
                 if isinstance(outcome, Failed):
                     self._error(shard, outcome.row)
@@ -711,7 +777,7 @@ class _Feeder:
     def _request(self, shard: int, index: int, row_id: str, batch, summary: dict) -> None:
         options = self.options.pop((shard, index), None)
         settings = self.job.settings
-        request = make_request(self.model, settings, (shard, index), row_id, batch, options, self.job.tokenizer)
+        request = make_request(self.engine, settings, (shard, index), row_id, batch, options, self.job.tokenizer)
         if isinstance(request, dict):
             self._error(shard, request)
             return
@@ -729,8 +795,12 @@ class _Feeder:
     def complete(self, completion) -> None:
         shard, index = completion.id
         row_id, summary, model = self.waiting.pop((shard, index))
-        self.open[shard].results[index] = result_row(completion, row_id, index, summary, self.job.tokenizer, model)
-        self.answered.update(rows=1, prompt=completion.prompt_tokens, generated=len(completion.token_ids))
+        answered, row = finished_row(completion, row_id, index, summary, self.job.tokenizer, model)
+        if answered:
+            self.open[shard].results[index] = row
+            self.answered.update(rows=1, prompt=completion.prompt_tokens, generated=len(completion.token_ids))
+        else:
+            self.open[shard].errors[index] = row
         if self.bar is not None:
             self.bar.update(1)
         self._maybe_write(shard)

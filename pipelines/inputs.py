@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from data_specs.example import SCHEMA_VERSION, row_options
-from data_specs.manifest import open_manifest
+from data_specs.example import SchemaError, row_options
+from data_specs.manifest import ManifestError, content_hash, open_manifest
 from data_specs.openai_batch import check_unique_ids, is_openai_batch
 
 from .jobdir import JOB_FILE, read_state, shard_path
@@ -30,24 +30,24 @@ class InferInput:
     def __init__(self, path: str | os.PathLike, rows_per_shard: int, head: int | None = None) -> None:
         self.path = Path(path)
         if (self.path / JOB_FILE).is_file():
+            from .readback import IncompleteJobError, open_output
+
             self.kind = "preprocessed"
-            self.state = read_state(self.path)
-            if "results_version" in self.state:
+            state = read_state(self.path)
+            if isinstance(state, dict) and "results_version" in state:
                 raise ValueError(
                     f"{os.fspath(path)!r} is a gemma4 infer output (results), and gemma4 infer reads a manifest, an "
                     "OpenAI batch file or a gemma4 preprocess output"
                 )
-            if not self.state.get("complete"):
-                raise ValueError(f"{os.fspath(path)!r} holds an unfinished gemma4 preprocess job: finish it first")
-            if self.state.get("schema_version") != SCHEMA_VERSION:
+            try:  # every file and count checked against job.json before any work
+                self.state = open_output(self.path).state
+            except IncompleteJobError:
                 raise ValueError(
-                    f"{os.fspath(path)!r} was written with example schema {self.state.get('schema_version')}, "
-                    f"this version reads {SCHEMA_VERSION}"
-                )
+                    f"{os.fspath(path)!r} holds an unfinished gemma4 preprocess job: finish it first"
+                ) from None
             self.rows = self.state["rows"] if head is None else min(head, self.state["rows"])
             self.rows_per_shard = self.state["settings"]["rows_per_shard"]  # the preprocess job's shards
-            stat = (self.path / JOB_FILE).stat()
-            self.fingerprint = f"preprocessed:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+            self.fingerprint = f"preprocessed:{self.path.resolve()}:{content_hash(self.path / JOB_FILE)}"
             if self.rows < self.state["rows"]:
                 self.fingerprint += f":head{self.rows}"
             self.base_dir = self.path
@@ -91,14 +91,23 @@ class InferInput:
         files = {kind: shard_path(self.path, kind, shard) for kind in ("examples", "errors")}
         errors = pq.read_table(files["errors"]).to_pylist() if files["errors"].is_file() else []
         by_row = {e["row"]: e for e in errors}
+        full = stats.get("rows", 0)
+        if len(by_row) != len(errors) or not all(start <= k < start + full for k in by_row):
+            raise SchemaError(f"{files['errors']}: its rows are not distinct positions of shard {shard}")
         examples = iter(pq.read_table(files["examples"]).to_pylist() if files["examples"].is_file() else [])
         items = []
         for index in range(start, start + count):
             if index in by_row:
                 items.append(Item(index, by_row[index]["id"], by_row[index]))
-            else:
-                row = next(examples)
-                items.append(Item(index, row["id"], row, options_from_json(row_options(row))))
+                continue
+            row = next(examples)
+            try:
+                options = options_from_json(row_options(row))
+            except (TypeError, ValueError) as exc:  # a damaged options cell: that row's error
+                message = f"row {index} (id {row['id']!r}): its options in {files['examples']} are damaged: {exc}"
+                items.append(Item(index, row["id"], ManifestError(message)))
+                continue
+            items.append(Item(index, row["id"], row, options))
         return items
 
 

@@ -152,7 +152,12 @@ def read_state(out_dir: str | os.PathLike) -> dict:
     """The ``job.json`` of a job folder, checked to be of this output version (:func:`check_version`);
     ``FileNotFoundError`` when there is none."""
     path = Path(out_dir) / JOB_FILE
-    state = json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise JobMismatchError(f"{os.fspath(path)!r}: not JSON ({exc})") from None
+    if not isinstance(state, dict):
+        raise JobMismatchError(f"{os.fspath(path)!r}: expected a JSON object, got {type(state).__name__}")
     check_version(state, out_dir)
     return state
 

@@ -148,12 +148,12 @@ class ShardPool:
 
     def _recover(self, shard: int, items: list) -> Any:
         """A shard whose worker died: alone in a fresh worker; if that dies too, one row per task."""
-        log.warning("a worker died while processing shard %d; retrying it alone", shard)
+        log.warning("a worker died while processing shard %s; retrying it alone", shard)
         with worker_pool(1) as pool:
             try:
                 return pool.submit(self.work.shard, shard, items).result()
             except BrokenProcessPool:
-                log.warning("shard %d killed its worker again; running its %d rows one at a time", shard, len(items))
+                log.warning("shard %s killed its worker again; running its %d rows one at a time", shard, len(items))
         outcomes = []
         pool = worker_pool(1)
         try:

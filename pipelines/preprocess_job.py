@@ -285,16 +285,19 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _text(value: object, limit: int = 2000) -> str:
+def _text(value: object, limit: int | None = 2000) -> str:
     """``value`` as a string Parquet accepts (lone surrogates escaped, e.g. from undecodable file names), cut
-    to ``limit`` characters with a note saying so."""
+    to ``limit`` characters (None: never) with a note saying so."""
     text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else f"{text[:limit]}… (message cut: {len(text)} characters)"
+    return text if limit is None or len(text) <= limit else f"{text[:limit]}… (message cut: {len(text)} characters)"
 
 
 def error_row(index: int, row_id: str | None, stage: str, error_type: str, message: str) -> dict:
+    """A row of the errors table. ``id`` is the row's own, whole (ids are bounded when rows are read:
+    ``data_specs.manifest.MAX_ID_CHARS``), or null when the row had no readable id: never a made-up one, which
+    could equal a real id."""
     return {
-        "id": _text(row_id, 200) if row_id is not None else f"row {index}",
+        "id": None if row_id is None else _text(row_id, limit=None),
         "row": index,
         "stage": stage,
         "error_type": error_type,

@@ -22,7 +22,7 @@ of such references becomes ``ray.data.from_arrow_refs(...)`` and two ``map_batch
    with (``--device cpu`` on a driver without a GPU), and checks its own device's free memory. Each call turns a
    prepared shard into requests (``make_request``: rows beyond the vocabulary or the context become error rows),
    runs them all through the engine (reused from call to call) and returns the shard's result and error rows
-   (``result_row``), pickled.
+   (``finished_row``), pickled.
 
 The driver consumes the stream with ``iter_rows`` and writes and records each shard (``InferJob.write``,
 ``InferJob.record``) as it arrives, so a killed job resumes like a local one. A CPU actor also reserves the memory
@@ -74,11 +74,11 @@ from .infer_job import (
     InferSettings,
     InferSummary,
     ShardState,
+    finished_row,
     make_request,
     model_name,
     plan_infer,
     prepare_rows,
-    result_row,
     summarize,
 )
 from .jobdir import progress_bar
@@ -320,7 +320,7 @@ class _Generator:
             index, row_id, row_batch, summary = outcome.index, outcome.id, outcome.batch, outcome.summary
             row_options = options.get(index)
             request = make_request(
-                self.model, self.settings, (shard, index), row_id, row_batch, row_options, self.tokenizer
+                self.engine, self.settings, (shard, index), row_id, row_batch, row_options, self.tokenizer
             )
             if isinstance(request, dict):
                 state.errors[index] = request
@@ -331,7 +331,8 @@ class _Generator:
             for completion in self.engine.run(requests):
                 index = completion.id[1]
                 row_id, summary, model = rows[index]
-                state.results[index] = result_row(completion, row_id, index, summary, self.tokenizer, model)
+                answered, row = finished_row(completion, row_id, index, summary, self.tokenizer, model)
+                (state.results if answered else state.errors)[index] = row
         assert state.complete, (shard, state.count, len(state.results), len(state.errors))
         seconds = time.perf_counter() - started + self.loading
         self.loading = 0.0

@@ -174,7 +174,7 @@ def open_output(path: str | os.PathLike, *, allow_incomplete: bool = False) -> O
     job = path / JOB_FILE
     if not job.is_file():
         raise FileNotFoundError(f"{os.fspath(path)!r} has no {JOB_FILE}: not a gemma4 preprocess output")
-    state = json.loads(job.read_text())
+    state = _read_job(job)
     if "results_version" in state and "schema_version" not in state:
         raise SchemaError(
             f"{os.fspath(path)!r} is a gemma4 infer output (results), not a gemma4 preprocess output (examples): "
@@ -193,16 +193,80 @@ def open_output(path: str | os.PathLike, *, allow_incomplete: bool = False) -> O
         raise IncompleteJobError(
             f"{os.fspath(path)!r}: the job is not finished; run the same gemma4 preprocess command again"
         )
+    _check_state(state, job)
     out = OutputDir(path, state)
     expected_settings = {k: v for k, v in state["settings"].items() if k != "chat_template"}
+    for table in ("examples", "errors"):
+        recorded = {os.fspath(shard_path(path, table, int(k))) for k in state["shards"]}
+        for stray in sorted((path / table).glob("*.parquet")) if (path / table).is_dir() else ():
+            if os.fspath(stray) not in recorded:
+                raise SchemaError(f"{stray}: a file {JOB_FILE} does not record (from another job?)")
     for file in out.example_files + out.error_files:
-        schema = pq.read_schema(file)
-        if Path(file).parent.name == "examples":
-            check_schema(schema)
+        kind = Path(file).parent.name
+        try:
+            metadata = pq.read_metadata(file)
+        except (OSError, pa.ArrowException) as exc:
+            raise SchemaError(f"{file}: not a readable Parquet file ({exc})") from None
+        schema = metadata.schema.to_arrow_schema()
+        if kind == "examples":
+            try:
+                check_schema(schema)
+            except SchemaError as exc:
+                raise SchemaError(f"{file}: {exc}") from None
         stored = json.loads((schema.metadata or {}).get(SETTINGS_KEY.encode(), b"{}"))
         if stored != expected_settings:
             raise SchemaError(f"{file}: written with other settings than {JOB_FILE} records")
+        shard = int(Path(file).stem.rsplit("-", 1)[1])
+        count = state["shards"][str(shard)][kind]
+        if metadata.num_rows != count:
+            raise SchemaError(f"{file} holds {metadata.num_rows} rows, but {JOB_FILE} records {count} {kind}")
     return out
+
+
+def _read_job(job: Path) -> dict:
+    """``job.json``, which must be a JSON object; :class:`SchemaError` naming it otherwise."""
+    try:
+        state = json.loads(job.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SchemaError(f"{job}: not JSON ({exc})") from None
+    if not isinstance(state, dict):
+        raise SchemaError(f"{job}: expected a JSON object, got {type(state).__name__}")
+    return state
+
+
+def _check_state(state: dict, job: Path) -> None:
+    """The counts of a preprocess output's ``job.json`` are whole and add up: every shard 0 … K−1 recorded (a
+    finished job) with ``rows = examples + errors``, each shard full but the last, the shards' rows summing to
+    ``rows``. :class:`SchemaError` naming the file and the first count that does not."""
+
+    def count(value: object, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SchemaError(f"{job}: {what} is {value!r}, not a count")
+        return value
+
+    rows = count(state.get("rows"), "rows")
+    settings = state.get("settings")
+    if not isinstance(settings, dict):
+        raise SchemaError(f"{job}: settings is {type(settings).__name__}, not an object")
+    size = count(settings.get("rows_per_shard"), "settings.rows_per_shard")
+    if size < 1:
+        raise SchemaError(f"{job}: settings.rows_per_shard is 0")
+    shards = state.get("shards")
+    if not isinstance(shards, dict):
+        raise SchemaError(f"{job}: shards is {type(shards).__name__}, not an object")
+    expected = -(-rows // size)
+    for key, stats in shards.items():
+        if not key.isdigit() or int(key) >= expected or not isinstance(stats, dict):
+            raise SchemaError(f"{job}: shard {key!r} is not one of the {expected} shards of {rows} rows")
+        total, examples, errors = (count(stats.get(k), f"shard {key} {k}") for k in ("rows", "examples", "errors"))
+        if total != examples + errors:
+            raise SchemaError(f"{job}: shard {key} has {total} rows but {examples} examples + {errors} errors")
+        full = min(size, rows - int(key) * size)
+        if total != full:
+            raise SchemaError(f"{job}: shard {key} has {total} rows; shard {key} of {rows} rows has {full}")
+    if state.get("complete") and len(shards) != expected:
+        missing = sorted(set(range(expected)) - {int(k) for k in shards})
+        raise SchemaError(f"{job}: the job is marked complete, but shards {missing[:5]} are not recorded")
 
 
 # --- gemma4 infer outputs -----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from data_specs.manifest import ManifestError, ManifestRow, RowOptions, read_options, read_row
+from data_specs.manifest import MAX_ID_CHARS, ManifestError, ManifestRow, RowOptions, read_options, read_row
 from data_specs.openai_batch import read_request
 
 __all__ = ["Built", "Failed", "Item", "Prepared", "read_items", "row_id_of"]
@@ -74,7 +74,9 @@ class Failed:
 def row_id_of(raw: Any, key: str = "id") -> str | None:
     """The id a raw row gives itself (``id``, or ``custom_id`` in an OpenAI batch), when it is usable as one."""
     raw_id = raw.get(key) if isinstance(raw, dict) else None
-    return str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and raw_id != "" else None
+    if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or raw_id == "":
+        return None
+    return str(raw_id) if len(str(raw_id)) <= MAX_ID_CHARS else None
 
 
 def read_items(manifest, start: int, stop: int, seen: dict[str, int], *, kind: str = "manifest") -> list[Item]:

@@ -5,6 +5,7 @@ settings built back from them, the engine options, the exit statuses and what an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ __all__ = [
     "interrupted",
     "preprocess_settings",
 ]
+
+TOOLS_FILE_BYTES = 16 << 20  # a --tools file: tool specs, never this large
 
 # Exit statuses of the jobs: 0 every row answered (or some failed, without --fail-on-errors); 2 bad input or
 # settings (nothing ran); 3 every row failed; 4 some rows failed with --fail-on-errors.
@@ -166,9 +169,15 @@ def tools_file(path: str | None) -> list | None:
     if path is None:
         return None
     import json
+    import stat
 
     from data_specs.manifest import check_tools
 
+    info = os.stat(path)  # FileNotFoundError names the path
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end: refused without opening
+        raise ValueError(f"--tools {path!r} is not a regular file")
+    if info.st_size > TOOLS_FILE_BYTES:
+        raise ValueError(f"--tools {path!r} holds {info.st_size} bytes; tool specs take at most {TOOLS_FILE_BYTES}")
     with open(path, "rb") as fp:
         try:
             tools = json.load(fp)

@@ -1,4 +1,6 @@
-"""resolve_checkpoint: directories as given, repo ids through a hand-made Hugging Face cache, and every error.
+"""resolve_checkpoint: directories as given, repo ids through a hand-made Hugging Face cache, and every error;
+the safe readers of a checkpoint's files (regular files only, sizes bounded, safetensors headers checked, shard
+names confined to the folder).
 
 Nothing here reaches the network: every test starts offline (HF_HUB_OFFLINE=1 for our code, and huggingface_hub's
 own offline flag patched on, so a stray request raises), and the one download test replaces snapshot_download.
@@ -17,7 +19,17 @@ import huggingface_hub.constants
 import huggingface_hub.errors
 import pytest
 
-from data_specs.checkpoint_dir import CheckpointNotFoundError, resolve_checkpoint
+from data_specs.checkpoint_dir import (
+    MAX_JSON_BYTES,
+    CheckpointFileError,
+    CheckpointNotFoundError,
+    open_checkpoint_file,
+    read_checkpoint_file,
+    read_json_file,
+    resolve_checkpoint,
+    safetensors_header,
+    weight_files,
+)
 
 REPO = "google/gemma-4-E2B-it"
 REVISION = "a" * 40  # the snapshot refs/main names
@@ -202,3 +214,151 @@ def test_module_imports_only_the_standard_library():
     code = "import sys, data_specs.checkpoint_dir; print('huggingface_hub' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+# --- reading a checkpoint's files -------------------------------------------------------------------------------
+
+
+def test_only_regular_files_are_opened(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "absent")
+    for name, problem in (
+        ("fifo", r"is not a regular file \(a FIFO\)"),
+        ("zero", r"is not a regular file \(a character device\)"),
+        ("folder", r"is not a regular file \(a directory\)"),
+        ("loop", r"cannot be read \(Too many levels of symbolic links\)"),
+        ("dangling", "is missing"),
+        ("absent", "is missing"),
+    ):
+        for call in (open_checkpoint_file, read_checkpoint_file):
+            with pytest.raises(CheckpointFileError, match=f"{name}' {problem}") as caught:
+                call(tmp_path / name)
+            assert_one_line(str(caught.value))
+    assert read_json_file(tmp_path, "dangling") is None and read_json_file(tmp_path, "absent") is None
+    with pytest.raises(CheckpointFileError, match="a FIFO"):
+        read_json_file(tmp_path, "fifo")
+
+
+def test_whole_files_are_read_up_to_a_bound(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b"{}" + b" " * 98)
+    assert read_checkpoint_file(path, limit=100) == b"{}" + b" " * 98
+    with pytest.raises(CheckpointFileError, match=r"config.json' is 100 bytes; at most 99 are read from it"):
+        read_checkpoint_file(path, limit=99)
+    with open(path, "r+b") as fp:
+        fp.truncate(MAX_JSON_BYTES + 1)  # sparse
+    with pytest.raises(CheckpointFileError, match=f"is {MAX_JSON_BYTES + 1} bytes; at most {MAX_JSON_BYTES}"):
+        read_json_file(tmp_path, "config.json")
+    path.write_text("[" * 50_000 + "]" * 50_000)  # deeper than the JSON parser's recursion
+    with pytest.raises(CheckpointFileError, match="is not valid JSON"):
+        read_json_file(tmp_path, "config.json")
+
+
+def test_a_file_that_grows_past_its_stated_size_is_cut_at_the_bound(tmp_path, monkeypatch):
+    """st_size can understate (/proc files say 0): the read itself stops one byte past the bound."""
+    path = tmp_path / "config.json"
+    path.write_bytes(b"x" * 200)
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 0, *real_fstat(fd)[7:])))
+    with pytest.raises(CheckpointFileError, match="is more than 100 bytes; at most 100 are read"):
+        read_checkpoint_file(path, limit=100)
+
+
+def safetensors_bytes(entries: dict, data: bytes, *, header: bytes | None = None) -> bytes:
+    raw = json.dumps(entries).encode() if header is None else header
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+def test_a_sound_safetensors_header_is_returned_without_its_metadata(tmp_path):
+    path = tmp_path / "model.safetensors"
+    entries = {
+        "__metadata__": {"format": "pt"},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [2, 10]},
+        "a": {"dtype": "BF16", "shape": [], "data_offsets": [0, 2]},
+        "empty": {"dtype": "I64", "shape": [0, 3], "data_offsets": [10, 10]},
+    }
+    path.write_bytes(safetensors_bytes(entries, b"\0" * 10))
+    assert safetensors_header(path) == {k: v for k, v in entries.items() if k != "__metadata__"}
+
+
+@pytest.mark.parametrize(
+    ("entries", "data", "message"),
+    [
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            4,
+            "declares 8 bytes of data, the file holds 4",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            12,
+            "declares 8 bytes of data, the file holds 12",
+        ),
+        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, 8, "tensor 'a' has a bad header entry"),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, 12, "tensor 'a' has a bad header entry"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},  # overlaps a
+            },
+            12,
+            "tensor 'b' has a bad header entry",
+        ),
+        ({"a": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, 8, "tensor 'a' has a bad header entry"),
+        ({"a": {"dtype": "U8", "shape": [True], "data_offsets": [0, 1]}}, 1, "tensor 'a' has a bad header entry"),
+        ({"a": [1, 2]}, 0, "tensor 'a' has a bad header entry"),
+    ],
+)
+def test_a_safetensors_header_must_tile_the_data_exactly(tmp_path, entries, data, message):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(safetensors_bytes(entries, b"\0" * data))
+    with pytest.raises(CheckpointFileError, match=message) as caught:
+        safetensors_header(path)
+    assert f"{str(path)!r}" in str(caught.value)
+    assert_one_line(str(caught.value))
+
+
+def test_a_safetensors_header_length_must_fit_the_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    for content, message in (
+        (b"\x02\x00", r"not a safetensors file \(2 bytes in all\)"),
+        ((10**9).to_bytes(8, "little") + b"{}", r"header length 1000000000, file size 10"),
+        ((0).to_bytes(8, "little"), "header length 0"),
+        (safetensors_bytes({}, b"", header=b"{]"), "its header is not JSON"),
+        (safetensors_bytes({}, b"", header=b"[{}]"), "its header is not an object"),
+    ):
+        path.write_bytes(content)
+        with pytest.raises(CheckpointFileError, match=message):
+            safetensors_header(path)
+
+
+def test_weight_files_are_the_index_names_inside_the_folder(tmp_path):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    with pytest.raises(CheckpointFileError, match="has neither model.safetensors nor model.safetensors.index.json"):
+        weight_files(folder)
+    (folder / "model.safetensors").write_bytes(b"")
+    assert weight_files(folder) == [folder / "model.safetensors"]
+    (folder / "sub").mkdir()
+    for name in ("b.safetensors", "sub/a.safetensors"):
+        (folder / name).write_bytes(b"")
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"x": "b.safetensors", "y": "sub/a.safetensors", "z": "b.safetensors"}}))
+    assert weight_files(folder) == [folder / "b.safetensors", folder / "sub" / "a.safetensors"]
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    (folder / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    (folder / "inner.safetensors").symlink_to("b.safetensors")
+    for name, message in (
+        ("../outside.safetensors", "not a file inside the checkpoint folder"),
+        (str(tmp_path / "outside.safetensors"), "not a file inside the checkpoint folder"),
+        ("link.safetensors", "is a symlink out of the checkpoint folder"),
+        ("missing.safetensors", r"missing.safetensors' \(listed by model.safetensors.index.json\) is missing"),
+    ):
+        index.write_text(json.dumps({"weight_map": {"x": name}}))
+        with pytest.raises(CheckpointFileError, match=message):
+            weight_files(folder)
+    index.write_text(json.dumps({"weight_map": {"x": "inner.safetensors"}}))
+    assert weight_files(folder) == [folder / "inner.safetensors"]  # a link that stays inside is fine

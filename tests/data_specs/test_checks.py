@@ -32,3 +32,13 @@ def test_the_layers_use_it():
         PreprocessSettings(tokenizer="x", head=1.5)
     with pytest.raises(ValueError, match="slots must be a positive integer, got 0"):
         Engine(None, slots=0, context=8)
+
+
+def test_a_misspelt_option_in_a_manifest_row_is_refused_and_other_columns_pass():
+    from data_specs.manifest import ManifestError, read_options
+
+    row = {"id": "a", "messages": [{"role": "user", "content": "hi"}]}
+    for key, meant in (("temprature", "temperature"), ("max_token", "max_tokens"), ("top-p", "top_p")):
+        with pytest.raises(ManifestError, match=f"unknown key '{key}': did you mean '{meant}'"):
+            read_options(row | {key: 1}, "row 0")
+    assert read_options(row | {"answer": "x", "source": "y", "label": 3}, "row 0").temperature is None

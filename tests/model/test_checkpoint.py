@@ -320,7 +320,7 @@ def test_null_keys_mean_absent_unknown_keys_are_ignored_and_eoa_has_two_names():
     with_extra["vision_config"] = dict(raw["vision_config"], another=None)
     assert model_from_hf(with_extra) == model_from_hf(raw)
     no_window = copy_with(raw, text_config=dict(raw["text_config"], sliding_window=None))
-    with pytest.raises(ConfigError, match="lacks sliding_window"):
+    with pytest.raises(ConfigError, match="lacks text_config.sliding_window"):
         model_from_hf(no_window)
     only_id = {k: v for k, v in raw.items() if k != "eoa_token_index"}
     assert model_from_hf(only_id).tokens.eoa == raw["eoa_token_id"]

@@ -9,7 +9,18 @@ import pytest
 import torch
 
 from model.checkpoint import text_to_hf
-from model.config import FULL, PRESETS, SLIDING, AudioConfig, ConfigError, VisionConfig, preset
+from model.config import (
+    FULL,
+    PRESETS,
+    SLIDING,
+    AudioConfig,
+    ConfigError,
+    Limit,
+    RopeConfig,
+    TokenIds,
+    VisionConfig,
+    preset,
+)
 
 # Spec §8.2 "text total" (learned parameters; tied output once; per-layer scalars apart).
 SPEC_TEXT_TOTALS = {
@@ -67,7 +78,18 @@ def test_kv_cache_bytes_per_token():
         ({"n_kv_shared_layers": 6}, "n_kv_shared_layers"),
         ({"n_kv_shared_layers": 4}, "both sliding and full"),
         ({"layer_types": (SLIDING,) * 5}, "5 entries for 6 layers"),
+        ({"layer_types": [SLIDING] * 5 + [FULL]}, "layer_types is .*; expected a tuple"),
         ({"bidirectional": "always"}, "bidirectional"),
+        ({"d_model": 64.0}, "d_model is 64.0; expected an integer"),
+        ({"d_model": True}, "d_model is True; expected an integer"),
+        ({"n_layers": 1025}, "n_layers is 1025; at most 1024"),
+        ({"vocab_size": 0}, "vocab_size is 0; at least 1"),
+        ({"n_global_kv_heads": -1}, "n_global_kv_heads is -1; at least 1"),
+        ({"rms_eps": 0.0}, "rms_eps is 0.0; must be more than 0"),
+        ({"rms_eps": float("nan")}, "rms_eps is nan; expected a finite number"),
+        ({"final_logit_softcap": -30.0}, "final_logit_softcap is -30.0; must be more than 0"),
+        ({"k_eq_v": 1}, "k_eq_v is 1; expected true or false"),
+        ({"rope": {"full_theta": 1.0}}, "rope is a dict, not a RopeConfig"),
     ],
 )
 def test_bad_configs(change, message):
@@ -103,3 +125,61 @@ def test_tower_config_errors():
         VisionConfig(head_dim=18)
     with pytest.raises(ConfigError, match="not a multiple of n_heads"):
         AudioConfig(d_model=30, n_heads=4)
+
+
+def test_every_part_checks_its_limits():
+    with pytest.raises(ConfigError, match="rope config: full_theta is 0; must be more than 0"):
+        RopeConfig(full_theta=0)
+    with pytest.raises(ConfigError, match="rope config: sliding_theta is -1.0; must be more than 0"):
+        RopeConfig(sliding_theta=-1.0)
+    with pytest.raises(ConfigError, match="rope config: full_partial_rotary is 1.5; at most 1"):
+        RopeConfig(full_partial_rotary=1.5)
+    with pytest.raises(ConfigError, match="vision config: rms_eps is -1e-06; must be more than 0"):
+        VisionConfig(rms_eps=-1e-6)
+    with pytest.raises(ConfigError, match="vision config: patch_size is 16.0; expected an integer"):
+        VisionConfig(patch_size=16.0)
+    with pytest.raises(ConfigError, match="audio config: n_layers is 0; at least 1"):
+        AudioConfig(n_layers=0)
+    with pytest.raises(ConfigError, match="audio config: conv_channels must be two ints"):
+        AudioConfig(conv_channels=(128, 0))
+    with pytest.raises(ConfigError, match="token ids: image is -1; at least 0"):
+        TokenIds(image=-1)
+    with pytest.raises(ConfigError, match="token ids: stop_ids is"):
+        TokenIds(stop_ids=(1, "2"))
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "problem"),
+    [
+        (Limit(int, 1, 8), 8, None),
+        (Limit(int, 1, 8), 9, "at most 8"),
+        (Limit(int, 1, 8), 0, "at least 1"),
+        (Limit(int, 1, 8), 2.0, "expected an integer"),
+        (Limit(int, 1, 8), False, "expected an integer"),
+        (Limit(int, 1, 8), None, "expected a value"),
+        (Limit(int, 1, 8, optional=True), None, None),
+        (Limit(float, above=0), 3, None),  # a float field takes an int
+        (Limit(float, above=0), 0, "must be more than 0"),
+        (Limit(float, above=0), float("inf"), "expected a finite number"),
+        (Limit(float), float("nan"), "expected a finite number"),
+        (Limit(float), -(10**400), "expected a finite number"),
+        (Limit(int, 0, 8), 10**400, "at most 8"),
+        (Limit(float), "1.0", "expected a number"),
+        (Limit(bool), 0, "expected true or false"),
+        (Limit(str), 1, "expected a string"),
+    ],
+)
+def test_limits(limit, value, problem):
+    assert limit.problem(value) == problem
+
+
+def test_every_preset_is_within_its_limits_with_room():
+    """The presets (and so the published checkpoints, spec §12) sit well inside every bound."""
+    from model.config import AUDIO_LIMITS, TEXT_LIMITS, VISION_LIMITS
+
+    for config in PRESETS.values():
+        for part, limits in ((config.text, TEXT_LIMITS), (config.vision, VISION_LIMITS), (config.audio, AUDIO_LIMITS)):
+            for name, limit in limits.items():
+                value = getattr(part, name, None) if part is not None else None
+                if limit.high is not None and isinstance(value, int):
+                    assert value * 4 <= limit.high, (name, value)

@@ -35,7 +35,7 @@ BAD_IDS = {
     "malformed": "messages",
     "no-messages": "manifest",
     "unknown-type": "messages",
-    "row 26": "manifest",  # the unreadable JSON line at the end
+    None: "manifest",  # the unreadable JSON line at the end: no id (never a made-up one)
 }
 
 
