@@ -251,6 +251,11 @@ def read_safetensors(directory: str | os.PathLike, dtype: torch.dtype | None = N
             with safe_open(file, framework="pt") as f:
                 for key in f.keys():
                     tensor = f.get_tensor(key)
+                    if not tensor.is_floating_point():  # every Gemma 4 weight is floating point: never cast quietly
+                        raise CheckpointError(
+                            f"{os.fspath(file)!r}: weight {key!r} is {str(tensor.dtype).removeprefix('torch.')}, "
+                            "not floating point; the checkpoint is not a Gemma 4 checkpoint as published"
+                        )
                     tensors[key] = tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
         except SafetensorError as error:
             raise CheckpointError(f"{os.fspath(file)!r} is not a readable safetensors file ({error})") from None

@@ -53,6 +53,8 @@ SPECIAL_STRINGS: dict[str, str] = {
     "string_delimiter": '<|"|>',
 }
 
+TOKENIZER_BYTES = 256 << 20  # a tokenizer file (the published tokenizer.json is 32 MB)
+
 # The files a checkpoint directory may hold its tokenizer in, the first found wins (see Tokenizer.from_pretrained).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
@@ -179,7 +181,13 @@ class Tokenizer:
         if isinstance(model, bytes):
             data, self.source = model, f"{label} ({len(model)} bytes)"
         else:
-            data, self.source = Path(model).read_bytes(), f"{label} {os.fspath(model)!r}"
+            from data_specs.checkpoint_dir import read_checkpoint_file
+
+            # a regular file only (a FIFO or device refused without opening it), its size bounded
+            data, self.source = (
+                read_checkpoint_file(Path(model), limit=TOKENIZER_BYTES),
+                f"{label} {os.fspath(model)!r}",
+            )
         self._backend = backend(data, self.source)
         self.format = kind
         self.fingerprint = hashlib.sha256(data).hexdigest()[:16]  # of the very file that was read

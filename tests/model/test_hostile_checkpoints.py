@@ -528,3 +528,24 @@ def test_json_files_are_read_with_a_size_bound(checkpoint, tmp_path):
     refused(CheckpointError, r"config.json' is 67108864 bytes; at most 16777216 are read", load_config, directory)
     (directory / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     refused(CheckpointError, r"config.json' is not valid JSON", load_config, directory)
+
+
+def test_integer_weights_are_refused_not_cast(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from model.checkpoint import CheckpointError, read_safetensors
+
+    source = _sample_checkpoint_for_int_test(tmp_path)
+    weights = load_file(source / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name].to(torch.int32)
+    save_file(weights, source / "model.safetensors")
+    with pytest.raises(CheckpointError, match=f"weight '{name}' is int32, not floating point"):
+        read_safetensors(source)
+
+
+def _sample_checkpoint_for_int_test(tmp_path):
+    from pipelines.sample_data import write_sample_checkpoint, write_sample_dataset
+
+    _, tokenizer = write_sample_dataset(tmp_path / "s", rows=1)
+    return write_sample_checkpoint(tmp_path / "checkpoint", tokenizer)

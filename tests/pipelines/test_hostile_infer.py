@@ -253,3 +253,15 @@ def test_error_rows_keep_long_ids_whole_and_unreadable_rows_get_no_made_up_id(ho
     assert errors[0]["id"] == long_id and errors[1]["id"] is None and errors[2]["id"] == "row 1"
     ids = {error_line(e)["id"] for e in errors.values()}
     assert len(ids) == 3  # distinct output ids, the unreadable line's too
+
+
+def test_a_tokenizer_file_that_is_a_fifo_is_refused_without_opening(tmp_path):
+    import os
+
+    from data_specs.checkpoint_dir import CheckpointFileError
+    from preprocess.tokenizer import Tokenizer
+
+    fifo = tmp_path / "tokenizer.json"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointFileError, match="not a regular file"):
+        Tokenizer(fifo, kind="json")
