@@ -18,7 +18,11 @@ from .engine import PREFILL_CHUNK, Completion, Engine, Request, check_chunk
 from .runner import Prompt
 from .sampler import Sampling
 
-__all__ = ["generate", "stream"]
+__all__ = ["MAX_NEW_TOKENS", "generate", "stream"]
+
+# The most new tokens a row may ask for. The model has no position limit of its own (rope extends), so the bound
+# is the KV cache: generate allocates prompt + max_new_tokens positions for every row at once.
+MAX_NEW_TOKENS = 2**20
 
 
 def _engine(model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, sampling, prefill_chunk, graphs):
@@ -26,7 +30,17 @@ def _engine(model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_
         raise TypeError(f"generate takes a data_specs.batch.Batch, got {type(batch).__name__}")
     check_chunk(prefill_chunk)
     check_count(max_new_tokens, "max_new_tokens")
+    if max_new_tokens > MAX_NEW_TOKENS:
+        raise ValueError(
+            f"max_new_tokens must be at most {MAX_NEW_TOKENS} (2**20; every row's KV cache holds prompt and new "
+            f"tokens), got {max_new_tokens}"
+        )
     rows, width = batch.input_ids.shape
+    if rows == 0 or width == 0:
+        raise ValueError(f"generate needs at least one prompt token in each row, got a batch of shape {(rows, width)}")
+    real = batch.attention_mask.bool().sum(dim=1).tolist()  # (B,) real tokens of each row
+    if 0 in real:
+        raise ValueError(f"row {real.index(0)} of the batch has no real tokens (all padding)")
     if sampling is None:
         sampling = [Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)] * rows
     elif len(sampling) != rows:
@@ -66,7 +80,12 @@ def generate(
     ``stop_ids`` None means the checkpoint's (``config.tokens.stop_ids``), ``()`` none. ``sampling`` gives each
     row its own settings instead of the shared keyword ones. A prompt longer than ``prefill_chunk`` tokens is
     prefilled in chunks of about that many (None: in one pass), which bounds the prefill's memory by the chunk
-    instead of the prompt. ``cuda_graphs``: decode steps as CUDA graphs (default: on CUDA)."""
+    instead of the prompt. ``cuda_graphs``: decode steps as CUDA graphs (default: on CUDA).
+
+    ``ValueError`` names what is wrong before anything runs: an empty batch, a row with no real tokens (all
+    padding), prompt or stop ids outside the vocabulary, ``max_new_tokens`` above ``MAX_NEW_TOKENS``, sampling
+    values ``Sampling`` refuses. A row whose logits turn non-finite (NaN weights …) comes back with
+    ``finish_reason`` ``"error"``, no tokens and ``error`` saying so; the other rows are unaffected."""
     engine = _engine(
         model, batch, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, sampling, prefill_chunk, cuda_graphs
     )

@@ -38,6 +38,7 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # the runner sampled one of the request's stop ids
     LENGTH = "length"  # the request produced max_new_tokens tokens
     ABORT = "abort"  # Scheduler.abort: cancelled by the caller, waiting or running
+    ERROR = "error"  # the engine could not serve it: refused, failed at admission, or its logits were not finite
 
 
 def chunk_edges(length: int, runs: Sequence[tuple[int, int]] = ()) -> tuple[int, ...]:

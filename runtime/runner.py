@@ -8,7 +8,9 @@ rows nobody reads): prompt chunks and one-token decodes together in one forward 
 up to a bucket (1, 2, 4, 8, then multiples of 16), captured as a CUDA graph per (bucket, span, sampler kind) on
 CUDA (:mod:`runtime.graphs`). Everything that shapes the step comes from the host: positions and sampling steps
 from the scheduler's counters, the span from the longest row. Nothing is read back; the engine reads the
-step's (R,) finished flags.
+step's (R,) finished codes: ``RUNNING``, ``STOPPED`` (drew a stop id) or ``NONFINITE`` (its logits held a NaN or
+an infinity: the draw is meaningless, an argmax over NaN being token 0). The non-finite flag is computed on the
+device beside the draw, inside the captured decode step, so the check costs no extra read.
 
 Shapes: S slots, R rows of a step, T tokens per row, C context, V vocabulary, D model dim.
 """
@@ -28,7 +30,10 @@ from .graphs import DecodeGraphs
 from .sampler import Sampler
 from .scheduler import StepPlan
 
-__all__ = ["Prompt", "Runner", "bucket", "runs"]
+__all__ = ["NONFINITE", "RUNNING", "STOPPED", "Prompt", "Runner", "bucket", "runs"]
+
+# A step's finished code of each row (Runner.step)
+RUNNING, STOPPED, NONFINITE = 0, 1, 2
 
 
 def bucket(rows: int) -> int:
@@ -96,6 +101,7 @@ class Runner:
         self.tokens = zeros.clone()  # (S,) each slot's last token: the next decode's input
         self.next = zeros.clone()  # (S,) the step's draw
         self.steps = zeros.clone()  # (S,) each row's sampling step (its new tokens so far)
+        self.nonfinite = torch.zeros(slots, dtype=torch.bool, device=self.device)  # (S,) the step's logits not finite
         self.out = torch.zeros(slots, context + 1, dtype=torch.int64, device=self.device)  # (S, C + 1) new tokens
         self.sampler = Sampler(slots, self.device)
         self.stop = torch.full((slots, 1), -1, dtype=torch.int64, device=self.device)  # (S, M), −1 pads
@@ -120,14 +126,21 @@ class Runner:
         row[: len(stop)] = stop
         self.stop[slot] = to_device(row, self.device)
 
-    def release(self, slot: int) -> None:
+    def release(self, slot: int, *, clear: bool = False) -> None:
+        """Free ``slot``; ``clear`` also zeroes its KV cache rows: after non-finite logits they may hold NaN, and
+        a masked cache position still reaches attention's output as 0 × NaN = NaN for the slot's next request."""
         self.prompts.pop(slot, None)
+        if clear:
+            for store in (self.cache.keys, self.cache.values):
+                for t in store.values():  # (B, K, C + 1, H)
+                    t[slot].zero_()
 
     # --- a step -----------------------------------------------------------------------------------------------
 
     def step(self, plan: StepPlan) -> tuple[torch.Tensor, list[int]]:
-        """Run ``plan`` → (finished (R,) bool on the device: the rows that drew a stop id, the slots that drew a
-        token this step (host))."""
+        """Run ``plan`` → (finished (R,) int64 on the device: each row's code, ``STOPPED`` for a row that drew a
+        stop id, ``NONFINITE`` for one whose logits were not finite, else ``RUNNING`` (always for rows that drew
+        no token); the slots that drew a token this step (host))."""
         drawn = [c.slot for c in plan.prefills if c.last] + [r.slot for r in plan.decodes]
         steps = np.zeros(self.slots, dtype=np.int64)
         for request in plan.decodes:
@@ -143,7 +156,8 @@ class Runner:
         self.out[:rows].scatter_(1, to_device(columns, self.device)[:, None], self.next[:rows, None])
         self.tokens[:rows] = torch.where(emit, self.next[:rows], self.tokens[:rows])
         stopped = (self.next[:rows, None] == self.stop[:rows]).any(dim=1)  # (R,)
-        return emit & stopped, drawn
+        codes = torch.where(self.nonfinite[:rows], NONFINITE, torch.where(stopped, STOPPED, RUNNING))  # (R,)
+        return torch.where(emit, codes, RUNNING), drawn
 
     def _decode_only(self, plan: StepPlan, drawn: list[int], steps: np.ndarray) -> int:
         rows = min(bucket(max(drawn) + 1), self.slots)
@@ -159,8 +173,15 @@ class Runner:
 
     def _decode(self, rows: int, span: int | None, kind: int | None) -> None:
         """The captured decode step: static inputs (last tokens, positions in the cache's lengths, sampling
-        steps) → ``self.next[:rows]``; ``rows``, ``span`` and ``kind`` are its graph's key."""
+        steps) → ``self.next[:rows]`` and ``self.nonfinite[:rows]``; ``rows``, ``span`` and ``kind`` are its
+        graph's key."""
         logits = self.decoder.decode(self.tokens[:rows, None], self.cache.rows(rows), span=span)[:, -1]  # (R, V)
+        self._draw(logits, rows, kind)
+
+    def _draw(self, logits: torch.Tensor, rows: int, kind: int | None) -> None:
+        """logits (R, V) → the draw in ``self.next[:rows]`` and whether each row's logits were not all finite in
+        ``self.nonfinite[:rows]`` (fixed shapes: part of the captured step)."""
+        self.nonfinite[:rows].copy_(~logits.isfinite().all(dim=-1))
         self.next[:rows].copy_(self.sampler(logits, self.steps[:rows], kind))
 
     def _mixed(self, plan: StepPlan, drawn: list[int], steps: np.ndarray) -> int:
@@ -209,7 +230,7 @@ class Runner:
         )
         if logits is not None:
             self.steps[:rows].copy_(to_device(steps[:rows], self.device))
-            self.next[:rows].copy_(self.sampler(logits[:, -1], self.steps[:rows], self.sampler.kind(drawn)))
+            self._draw(logits[:, -1], rows, self.sampler.kind(drawn))
         return rows
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from data_specs.checks import SAMPLING_RULES, sampling_problem
+
 __all__ = ["Sampler", "Sampling", "sample", "uniform"]
 
 _M32 = 0xFFFFFFFF
@@ -27,7 +29,14 @@ _M32 = 0xFFFFFFFF
 @dataclass(frozen=True, kw_only=True)
 class Sampling:
     """One request's sampling settings. ``temperature`` 0 is greedy; ``top_k`` / ``top_p`` None keep every
-    token; ``seed`` None draws one (then the request is not reproducible)."""
+    token; ``seed`` None draws one (then the request is not reproducible).
+
+    The bounds are ``data_specs.checks.SAMPLING_RULES`` (the manifest's and OpenAI bodies' too), what the sampler
+    can hold without overflow: ``temperature`` in [0, float32's largest], ``top_k`` in 1 … 2³¹ − 1, ``top_p`` in
+    (0, 1], ``seed`` in 0 … 2⁶³ − 1; a ``bool`` is refused for each. A ``top_k`` at or above the vocabulary is
+    valid and keeps every token (no cut), as vLLM and transformers read it: the vocabulary is the model's, not the
+    request's, and nothing is clamped. Values are stored in float32 on the device: a temperature below float32's
+    smallest (≈ 1e-45) is greedy there, a top_p that small keeps only the likeliest token."""
 
     temperature: float = 0.0
     top_k: int | None = None
@@ -35,18 +44,11 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not (
-            isinstance(self.temperature, int | float) and math.isfinite(self.temperature) and self.temperature >= 0
-        ):
-            raise ValueError(f"temperature must be a finite number ≥ 0, got {self.temperature!r}")
-        if self.top_k is not None and (
-            not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1
-        ):
-            raise ValueError(f"top_k must be a positive integer or None, got {self.top_k!r}")
-        if self.top_p is not None and not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+        for name in SAMPLING_RULES:
+            value = getattr(self, name)
+            if (value is not None or name == "temperature") and sampling_problem(name, value):
+                optional = "" if name == "temperature" else " or None"
+                raise ValueError(f"{name} must be {SAMPLING_RULES[name]}{optional}, got {value!r}")
 
     def row(self) -> tuple[float, int, float, int]:
         """This request as one row of :func:`sample`'s settings: (temperature, top_k (0 = all), top_p (1 = all),

@@ -248,15 +248,17 @@ class Scheduler:
                 done.append(request)
         return sorted(done, key=lambda r: r.slot)
 
-    def abort(self, request_id: Hashable) -> RequestState:
-        """Finish the live request ``request_id`` now with ``ABORT`` (waiting: leaves the queue; running: frees its
-        slot) and return it. Allowed between ``schedule`` and ``update``: ``update`` then skips it."""
+    def abort(self, request_id: Hashable, reason: FinishReason = FinishReason.ABORT) -> RequestState:
+        """Finish the live request ``request_id`` now with ``reason`` (``ABORT``: cancelled; ``ERROR``: the engine
+        could not run it) (waiting: leaves the queue; running: frees its slot) and return it. Allowed between
+        ``schedule`` and ``update``: ``update`` then skips it."""
         request = self._live.get(request_id)
         if request is None:
             raise KeyError(f"request id {request_id!r} is not waiting or running")
+        reason = FinishReason(reason)
         if request.is_waiting:
             self._waiting.remove(request)
-        self._finish(request, FinishReason.ABORT, time.perf_counter())
+        self._finish(request, reason, time.perf_counter())
         return request
 
     def _finish(self, request: RequestState, reason: FinishReason, now: float) -> None:

@@ -1,5 +1,6 @@
 """Continuous batching: every request gets exactly the tokens ``generate`` gives it alone, whatever its company,
-slot or admission time; slots are refilled as soon as they free up; requests beyond the context are refused."""
+slot or admission time; slots are refilled as soon as they free up; requests beyond the context are refused (bad
+requests in a stream: tests/runtime/test_engine_isolation.py)."""
 
 from __future__ import annotations
 
@@ -146,8 +147,9 @@ def test_a_request_beyond_the_context_is_refused_by_both_numbers():
         engine.submit(request)
     with pytest.raises(ValueError, match="context of 16"):
         engine.check(request)
-    with pytest.raises(ValueError, match="context of 16"):
-        list(engine.run([request]))
+    (refused,) = engine.run([request])  # pulled by run: an error completion, not an exception
+    assert refused.id == "long" and refused.finish_reason == "error" and refused.token_ids == []
+    assert "context of 16" in refused.error and refused.slot == -1 and refused.prompt_tokens == 0
     engine.check(Request(prompt=PROMPTS[0], max_new_tokens=9))  # exactly the context fits
 
 

@@ -106,6 +106,36 @@ def test_bad_arguments_are_named(bad):
         generate(model, left_padded(PROMPTS), **bad)
 
 
+@pytest.mark.parametrize(
+    "batch, bad, match",
+    [
+        (Batch.from_ids(torch.zeros(1, 0, dtype=torch.long)), {}, r"at least one prompt token .* shape \(1, 0\)"),
+        (Batch.from_ids(torch.zeros(0, 3, dtype=torch.long)), {}, r"shape \(0, 3\)"),
+        (left_padded([[5, 6], [7, 8]]), {"stop_ids": [14.7]}, r"stop_ids must be .* got \[14.7\]"),
+        (left_padded([[5, 6]]), {"stop_ids": [3, 512]}, "stop_ids holds the token id 512, outside the vocabulary"),
+        (left_padded([[5, 6]]), {"stop_ids": [-1]}, r"stop_ids .* got \[-1\]"),
+        (left_padded([[5, 6]]), {"temperature": True}, "temperature must be .* got True"),
+        (left_padded([[5, 6]]), {"temperature": 1e39}, r"temperature must be .*float32's largest\), got 1e\+39"),
+        (left_padded([[5, 6]]), {"temperature": 1.0, "top_k": 2**63}, r"top_k must be .* 2\*\*31"),
+        (left_padded([[5, 600]]), {}, "request 0: prompt holds the token id 600"),
+        (left_padded([[5, 6]]), {"max_new_tokens": 2**20 + 1}, r"max_new_tokens must be at most 1048576 .* 1048577"),
+    ],
+)
+def test_misuse_is_refused_by_name(batch, bad, match):
+    model = text_model("tiny-e2b")
+    with pytest.raises(ValueError, match=match):
+        generate(model, batch, **{"max_new_tokens": 2, **bad})
+
+
+def test_an_all_padding_row_is_named():
+    model = text_model("tiny-e2b")
+    batch = Batch.from_ids(torch.tensor([[5, 6, 7], [0, 0, 0]]), torch.tensor([[1, 1, 1], [0, 0, 0]]).bool())
+    with pytest.raises(ValueError, match="row 1 of the batch has no real tokens"):
+        generate(model, batch, max_new_tokens=2)
+    with pytest.raises(ValueError, match="row 1 of the batch has no real tokens"):
+        list(stream(model, batch, max_new_tokens=2))
+
+
 @pytest.mark.parametrize("name, with_audio", [("tiny-e2b", True), ("tiny-31b", False)])
 def test_greedy_equals_the_reference_generate_on_a_multimodal_prompt(name, with_audio, tok, tmp_path, reference_model):
     config = tiny_config(name, tok)

@@ -5,6 +5,7 @@ reads back one small vector, and the sampler's fast paths give the full sampler'
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 from bench.dispatch_count import HostReadCounter
 from runtime.engine import Engine, Request
 from runtime.graphs import DecodeGraphs
-from runtime.runner import bucket
+from runtime.runner import NONFINITE, RUNNING, bucket
 from runtime.sampler import Sampling, sample
 from tests.model.helpers import text_model
 
@@ -83,6 +84,46 @@ def test_an_engine_step_reads_back_one_small_vector():
     for finished, step_reads in reads:  # the flags; a finishing step also reads its requests' tokens, once each
         assert step_reads == ["Tensor.tolist"] * (1 + finished), step_reads
     assert any(finished == 0 for finished, _ in reads)
+
+
+def test_a_step_codes_non_finite_logits_in_its_one_read(monkeypatch):
+    """The decode step (the function a CUDA graph captures) flags a row whose logits hold a NaN; the flag rides in
+    the step's one read, and that request alone ends with an error."""
+    model = text_model("tiny-e2b")
+    free = Request(prompt=[7, 8, 9], max_new_tokens=6, stop_ids=(), id="free")
+    (expected,) = Engine(model, slots=1, context=40).run([free])
+    decode = model.language_model.decode
+
+    def nan_in_row_1(*args, **kwargs):
+        logits = decode(*args, **kwargs)  # (R, 1, V)
+        if len(logits) > 1:  # slot 1 still runs
+            logits[1, -1, 0] = math.nan
+        return logits
+
+    monkeypatch.setattr(model.language_model, "decode", nan_in_row_1)
+    engine = Engine(model, slots=2, context=40)
+    engine.submit(free)
+    engine.submit(Request(prompt=[7, 8], max_new_tokens=6, stop_ids=(), id="nan"))
+    codes, step = [], engine.runner.step
+
+    def recording(plan):
+        finished, slots = step(plan)
+        codes.append(finished.clone())
+        return finished, slots
+
+    monkeypatch.setattr(engine.runner, "step", recording)
+    reads, results = [], {}
+    with torch.no_grad():
+        while not engine.idle:
+            with HostReadCounter() as counter:
+                done = engine.step()
+            reads.append((sum(c.error is None for c in done), counter.reads))
+            results.update((c.id, c) for c in done)
+    assert codes[0].tolist() == [RUNNING, RUNNING]  # the prompts (extend, not decode): nothing poisoned
+    assert codes[1].dtype == torch.int64 and codes[1].tolist() == [RUNNING, NONFINITE]
+    assert results["nan"].finish_reason == "error" and results["free"].token_ids == expected.token_ids
+    for answered, step_reads in reads:  # the codes; an answered request's tokens once (none for an error)
+        assert step_reads == ["Tensor.tolist"] * (1 + answered), step_reads
 
 
 def test_top_k_candidates_give_the_full_sort_tokens():

@@ -364,6 +364,17 @@ def test_abort_between_schedule_and_update():
     assert not s.has_work and s.free_slots == (0, 1)
 
 
+def test_abort_with_a_reason():
+    s = Scheduler(1, 8)
+    a, b = req("a"), req("b")
+    s.add(a)
+    s.add(b)
+    plan = s.schedule()
+    assert s.abort("a", FinishReason.ERROR) is a and a.finish_reason is FinishReason.ERROR  # failed at admission
+    assert s.abort("b", "error").finish_reason == "error" and s.update(plan) == [] and not s.has_work
+    assert FinishReason.ERROR == "error"
+
+
 # --- whole runs ---------------------------------------------------------------------------------------------
 
 
