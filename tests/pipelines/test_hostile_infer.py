@@ -117,6 +117,7 @@ def test_rows_damaged_in_a_preprocess_output_are_their_own_errors(hostile, tmp_p
         (lambda copy: (copy / "examples/shard-00000.parquet").unlink(), r"shard-00000.parquet is missing"),
         (lambda copy: (copy / "examples/shard-00000.parquet").write_bytes(b"PAR1 torn"), r"not a readable Parquet"),
         (lambda copy: drop_column(copy), r"shard-00000.parquet: .*columns differ .*: missing summary"),
+        (lambda copy: other_tokenizer(copy), r"shard-00000.parquet: written with other settings than job.json"),
     ],
 )
 def test_a_damaged_preprocess_output_is_refused_in_one_line_before_any_work(hostile, tmp_path, capsys, damage, message):
@@ -265,3 +266,15 @@ def test_a_tokenizer_file_that_is_a_fifo_is_refused_without_opening(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(CheckpointFileError, match="not a regular file"):
         Tokenizer(fifo, kind="json")
+
+
+def other_tokenizer(copy):
+    """Shard 0 as another job's, built with another tokenizer of the same size: its metadata says so."""
+    path = copy / "examples" / "shard-00000.parquet"
+    table = pq.read_table(path)
+    metadata = dict(table.schema.metadata)
+    key = b"gemma4.settings"
+    settings = json.loads(metadata[key])
+    settings["tokenizer_fingerprint"] = "0" * 16
+    metadata[key] = json.dumps(settings, sort_keys=True).encode()
+    pq.write_table(table.replace_schema_metadata(metadata), path)
