@@ -196,7 +196,7 @@ def open_output(path: str | os.PathLike, *, allow_incomplete: bool = False) -> O
     _check_state(state, job)
     out = OutputDir(path, state)
     expected_settings = {k: v for k, v in state["settings"].items() if k != "chat_template"}
-    for table in ("examples", "errors"):
+    for table in ("examples", "errors") if state.get("complete") else ():  # a running job renames before recording
         recorded = {os.fspath(shard_path(path, table, int(k))) for k in state["shards"]}
         for stray in sorted((path / table).glob("*.parquet")) if (path / table).is_dir() else ():
             if os.fspath(stray) not in recorded:
