@@ -305,8 +305,9 @@ def check_tools(tools: Any, where: str) -> list | None:
     """``tools`` as a list of tool specs, or ``None`` for none (missing, null or an empty list: columnar formats
     write an empty list for rows without tools, so it means "the job's tools", not "no tools"). Each spec is
     OpenAI's ``{"type": "function", "function": {"name": …, "description": …, "parameters": …}}`` or the bare
-    function ``{"name": …, …}``; the schema itself is the chat template's to read. ``ManifestError`` naming
-    ``where`` and the tool otherwise."""
+    function ``{"name": …, …}`` (which the renderer, ``preprocess.chat``, wraps into the former: both render
+    alike); the schema itself is the chat template's to read. ``ManifestError`` naming ``where`` and the tool
+    otherwise."""
     if tools is None or (isinstance(tools, list | tuple) and not tools):
         return None
     if not isinstance(tools, list | tuple):

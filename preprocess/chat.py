@@ -11,7 +11,9 @@ converted by :mod:`preprocess.openai_parts`; remote URLs are refused, nothing is
 OpenAI's ``{"type": "function", "id"?: …, "function": {"name", "arguments": mapping | JSON str}}`` (or
 ``{"name", "arguments"}``): a JSON string of arguments is parsed to its object, as vLLM does (``None`` or a blank
 string is ``{}``; anything but a JSON object is an error). ``tool_responses`` are ``{"name", "response"}`` (Gemma's
-form); ``tools`` are OpenAI-style function specs.
+form); ``tools`` are OpenAI's ``{"type": "function", "function": {"name", "description"?, "parameters"?}}`` or the
+bare function ``{"name", …}`` (as :func:`data_specs.manifest.check_tools` accepts it), which is wrapped into the
+former before rendering, so that the built-in layout and templates read one form.
 
 OpenAI's tool history is folded into Gemma's form before rendering, so it renders exactly as the hand-written
 Gemma form does: the run of ``{"role": "tool", "tool_call_id": ID, "content": …}`` messages right after an
@@ -41,19 +43,32 @@ such a template (``preprocess/assets/chat_template.jinja``, our own), for checkp
 A template is code from a checkpoint, so its rendering is bounded (``MediaLimits.max_template_seconds`` and
 ``max_template_chars``; :class:`ChatFormatError` names the limit): the elapsed time is checked at every loop
 step (every ``for`` iterates through a guard), call, filter and intercepted operator; ``range`` yields at most
-100 000 items; strings and lists made by ``*``, ``+``, ``%``, calls, filters and ``namespace`` assignments are
-refused beyond the size limit, before they are built where the arguments tell (``"x" * 10**10``,
-``center(10**10)``, ``"%010000000000d"``, ``join``, ``replace``); and every character written, in loops,
-macros and ``set`` blocks included, counts against a budget of 4 × ``max_template_chars``. Recursion too deep
-for Python, a ``MemoryError`` or an arithmetic error become :class:`ChatFormatError` too. This bounds the
-known ways to exhaust time and memory from a template; it is a guard in process, not an operating-system limit.
+100 000 items. No string or list longer than the size limit is built: every operation whose result can be far
+larger than its inputs has that size computed from its inputs first, and is refused (naming the operation and
+the size) before it runs — ``*`` (strings, lists, integers), ``%`` and the ``format`` filter, ``str.format`` and
+``format_map`` (fields × (width + the widest argument)), ``~``, ``join`` and ``replace`` (filter and method),
+``indent``, ``center``, ``wordwrap``, ``urlize``, ``escape``, ``tojson``, ``pprint``, ``xmlattr``, ``urlencode``,
+``string``/``upper``/…, ``expandtabs``, ``translate``, ``sum`` of lists, ``slice``, ``batch``, ``lipsum``,
+``strftime_now`` and printing a value. The text of a value (``str``, ``repr`` or JSON) is bounded by walking it
+once, each shared part once, stopping as soon as it passes the limit (``[[s] * 1000] * 1000`` is a few bytes
+of memory and a thousand million characters of text). Lazy filters (``map``, ``select``, ``batch`` …) are
+charged per item as they are consumed, and every character written, in loops, macros and ``set`` blocks
+included, counts against a budget of 4 × ``max_template_chars``. Recursion too deep for Python, a
+``MemoryError`` or an arithmetic error become :class:`ChatFormatError` too. This bounds the known ways to
+exhaust time and memory from a template; it is a guard in process, not an operating-system limit.
 
 Protection: before rendering, every control string inside text from anyone but the model (system, developer,
 user and tool text, tool responses, tool declarations) and any private-use sentinel character is replaced by a
 sentinel ``\\ue000<k>\\ue001``; :class:`RenderedPrompt` keeps the originals so the tokenizer encodes them as
-plain text. Text of model turns and tool-call arguments are the model's own output and keep their control
-strings (so thought channels can be removed), except media placeholders. Every media placeholder in the
-rendered prompt therefore belongs to a media part, in order.
+plain text. Every string a template can reach is protected, at any depth and mapping keys included: the keys of
+a tool response, the property names of a declaration's ``parameters``, the argument keys of a call, the fields
+of a message or part that the layout does not read (``name``, ``reasoning_content``, a text part's extras) and
+the options of a media part (its loader reads them as given). Text of model turns and tool calls (names, ids,
+argument keys and values) are the model's own output and keep their control strings (so thought channels can
+be removed), except media placeholders; a call is matched to OpenAI's tool messages by its id and name as
+given, before protection. Every media placeholder in the rendered prompt therefore belongs to a media part, in
+order. A key holding a control string sorts as its sentinel where a template sorts keys (``dictsort``), so its
+place among the others may differ from the raw conversation's.
 
 Assistant spans (for training labels). :attr:`RenderedPrompt.assistant_spans` are the character ranges of the
 rendered text the model writes, read from the turn structure of spec §5.4.1 the same way for the built-in layout
@@ -85,7 +100,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, Set, Sized, ValuesView
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -180,14 +195,21 @@ class _Protector:
         return (_PROTECT_MEDIA_RE if model else _PROTECT_RE).sub(self._hide, text)
 
     def values(self, value: Any, *, model: bool = False) -> Any:
-        """Every string inside ``value`` (mapping values, list items) protected; mapping keys are kept."""
+        """Every string inside ``value`` protected, at any depth: mapping keys and values, list items. Keys are
+        text a template writes too (the property names of a tool declaration, the keys of a tool response or of
+        a call's arguments). Protected keys stay distinct: sentinels are numbered and a sentinel character of
+        the input is itself protected."""
         if isinstance(value, str):
             return self.text(value, model=model)
         if isinstance(value, Mapping):
-            return {key: self.values(item, model=model) for key, item in value.items()}
+            return {self.key(key, model=model): self.values(item, model=model) for key, item in value.items()}
         if isinstance(value, list | tuple):
             return [self.values(item, model=model) for item in value]
         return value
+
+    def key(self, key: Any, *, model: bool = False) -> Any:
+        """A mapping key: a string protected as text, any other key (a number) as it is."""
+        return self.text(key, model=model) if isinstance(key, str) else key
 
 
 class _Conversation:
@@ -234,12 +256,21 @@ class _Conversation:
         if role not in ROLES:
             raise ChatFormatError(f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}")
         model = role in ("assistant", "model")
-        out = dict(message)
-        calls = self._tool_calls(message.get("tool_calls"), where, model)
+        # Fields a template may write that the layout does not read (a name, an id, a reasoning field) are text
+        # too: protected like the rest, keys included.
+        out = {
+            key if key in _MESSAGE_FIELDS else self.protect.key(key, model=model): (
+                value if key in _MESSAGE_FIELDS else self.protect.values(value, model=model)
+            )
+            for key, value in message.items()
+        }
+        calls = _tool_calls(message.get("tool_calls"), where)
         given = message.get("tool_responses")
         if answers:  # OpenAI's tool messages become Gemma's tool_responses, after any the message has
             had = [] if given is None else [response for _, response in _entries(given, f"{where}.tool_responses")]
             given = [*had, *(_tool_result(answer, at, calls or [], index) for answer, at in answers)]
+        if calls is not None:  # protected after the responses are matched to them (by id and name, as given)
+            calls = [self.protect.values(call, model=model) for call in calls]
         responses = self._tool_responses(given, where)
         if calls is not None:
             out["tool_calls"] = calls
@@ -266,7 +297,7 @@ class _Conversation:
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise ChatFormatError(f"{where}: a text part needs a string 'text'")
-            return dict(part, text=self.protect.text(part["text"], model=model))
+            return self.protect.values(dict(part), model=model)
         if kind not in MEDIA_KINDS:
             raise ChatFormatError(
                 f"{where}: unknown content type {kind!r}; expected text, image, audio, video (or OpenAI's "
@@ -276,24 +307,9 @@ class _Conversation:
             raise ChatFormatError(f"{where}: an {kind} part needs its data under {kind!r} (or a 'url' or 'path')")
         options = {k: v for k, v in part.items() if k not in ("type", kind)}
         self.media.append(MediaPart(kind, part[kind], options, where))
-        return {"type": kind, **options}  # the data stays out of the template's reach
-
-    def _tool_calls(self, calls: Any, where: str, model: bool) -> list[dict[str, Any]] | None:
-        if calls is None:
-            return None
-        out = []
-        for at, call in _entries(calls, f"{where}.tool_calls"):
-            if not isinstance(call, Mapping):
-                raise ChatFormatError(f"{at} must be a dict, got {type(call).__name__}")
-            # OpenAI's {"type": "function", "function": {…}}, or {name, arguments}
-            function = call.get("function", call)
-            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
-                raise ChatFormatError(f"{at} needs a function name (a string)")
-            arguments = _arguments(function.get("arguments"), f"{at}.function" if "function" in call else at)
-            function = dict(function, arguments=self.protect.values(arguments, model=model))
-            extra = {k: v for k, v in call.items() if k not in ("function", "name", "arguments")}
-            out.append({"type": "function", **extra, "function": function})
-        return out
+        # The data stays out of the template's reach; the options reach it as protected text (the loaders read
+        # the options as given).
+        return {"type": kind, **self.protect.values(options, model=model)}
 
     def _tool_responses(self, responses: Any, where: str) -> list[dict[str, Any]] | None:
         if responses is None:
@@ -312,14 +328,43 @@ class _Conversation:
             return None
         if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence):
             raise ChatFormatError(f"tools must be a list of tool specs, got {type(tools).__name__}")
-        for j, tool in enumerate(tools):
-            function = tool.get("function") if isinstance(tool, Mapping) else None
-            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-                raise ChatFormatError(
-                    f"tools[{j}] must be {{'type': 'function', 'function': {{'name': …, 'description': …, "
-                    f"'parameters': …}}}}, got {_kind_of(tool)}"
-                )
-        return [self.protect.values(dict(tool)) for tool in tools]
+        return [self.protect.values(_tool_spec(tool, j)) for j, tool in enumerate(tools)]
+
+
+def _tool_spec(tool: Any, index: int) -> dict[str, Any]:
+    """``tools[index]`` as OpenAI's ``{"type": "function", "function": {"name": …, …}}``: a bare function
+    ``{"name": …, "description": …, "parameters": …}`` (which :func:`data_specs.manifest.check_tools` accepts, as
+    does OpenAI's Responses API with its ``"type": "function"`` beside the name) is wrapped, so templates and the
+    built-in layout read one form."""
+    if isinstance(tool, Mapping) and "function" not in tool and isinstance(tool.get("name"), str):
+        function = {k: v for k, v in tool.items() if not (k == "type" and v == "function")}
+        tool = {"type": "function", "function": function}
+    function = tool.get("function") if isinstance(tool, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+        raise ChatFormatError(
+            f"tools[{index}] must be {{'type': 'function', 'function': {{'name': …, 'description': …, "
+            f"'parameters': …}}}} or the bare function {{'name': …, …}}, got {_kind_of(tool)}"
+        )
+    return dict(tool)
+
+
+def _tool_calls(calls: Any, where: str) -> list[dict[str, Any]] | None:
+    """A message's tool calls validated, each in OpenAI's form ``{"type": "function", **extra, "function":
+    {"name", "arguments": mapping}}`` (a JSON string of arguments parsed); not yet protected."""
+    if calls is None:
+        return None
+    out = []
+    for at, call in _entries(calls, f"{where}.tool_calls"):
+        if not isinstance(call, Mapping):
+            raise ChatFormatError(f"{at} must be a dict, got {type(call).__name__}")
+        # OpenAI's {"type": "function", "function": {…}}, or {name, arguments}
+        function = call.get("function", call)
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise ChatFormatError(f"{at} needs a function name (a string)")
+        arguments = _arguments(function.get("arguments"), f"{at}.function" if "function" in call else at)
+        extra = {k: v for k, v in call.items() if k not in ("function", "name", "arguments")}
+        out.append({"type": "function", **extra, "function": dict(function, arguments=arguments)})
+    return out
 
 
 def _arguments(arguments: Any, where: str) -> Mapping[str, Any]:
@@ -350,6 +395,8 @@ def _arguments(arguments: Any, where: str) -> Mapping[str, Any]:
     return parsed
 
 
+# Message fields validated and rebuilt by _Conversation._message; every other field is protected as it is.
+_MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_responses"})
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
@@ -615,10 +662,24 @@ def _render_builtin(conversation: _Conversation, add_generation_prompt: bool, th
 
 MAX_RANGE = 100_000  # items one range() may yield in a template (Jinja's sandbox uses the same bound)
 _WRITTEN_FACTOR = 4  # characters written anywhere (macros, set blocks) per character of allowed output
+_ITEM_COST = 64  # size units charged per item a lazy filter yields: about the bytes of a small Python object
+_FIELD_SLACK = 330  # characters one format field may add beyond its width and its argument ("%f" % 1e308: 316)
+_MAX_BITS = 1_000_000  # the largest integer (in bits) a template may make with ** or *
+_OBJECT_TEXT = 200  # an upper bound on the text of any other object a template reaches ("<Macro 'f'>", Undefined)
 _DIGITS_RE = re.compile(r"\d+")
 _PERCENT_SPEC_RE = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?")  # "%(key)-010.3f": width, precision
 _BRACE_SPEC_RE = re.compile(r"\{[^{}:]*:([^{}]*)\}")  # "{0:>10.3}": the spec after the colon
 _NESTED_SPEC_RE = re.compile(r"\{[^{}]*\{")  # "{:{width}}": a width taken from the arguments
+_ASCII_CONVERSION_RE = re.compile(r"%(?:\([^)]*\))?[-#0 +*\d.]*a|!a")  # "%a", "{!a}": ascii() escapes non-ASCII
+_JSON_CONTROLS = "".join(map(chr, range(0x20)))  # what JSON writes as \n or \u00NN
+_CONTROLS = _JSON_CONTROLS + "\x7f"  # what repr() writes as \n, \t or \xNN
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines() breaks
+# What a regular expression's \s matches (str.isspace()): where the urlize filter splits words.
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
 
 
 class _Guard:
@@ -638,10 +699,10 @@ class _Guard:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise self.fail(f"rendering took longer than {self.seconds:g} s (raise MediaLimits.max_template_seconds)")
 
-    def too_big(self, size: int, what: str) -> ChatFormatError:
-        return self.fail(
-            f"{what} would hold {size} items, more than {self.chars} (raise MediaLimits.max_template_chars)"
-        )
+    def too_big(self, size: int | None, what: str) -> ChatFormatError:
+        """``size`` None: a measure stopped as soon as it passed the limit."""
+        amount = f"more than {self.chars}" if size is None else f"{size}, more than {self.chars}"
+        return self.fail(f"{what} would hold {amount} characters or items (raise MediaLimits.max_template_chars)")
 
     def size(self, size: int, what: str) -> None:
         if self.chars is not None and size > self.chars:
@@ -670,36 +731,63 @@ class _Guard:
                         "(raise MediaLimits.max_template_chars)"
                     )
 
-    def format_string(self, fmt: object, what: str, args: Sequence[object] = ()) -> None:
+    def format_string(self, fmt: object, what: str, args: Sequence[object] = ()) -> int:
         """Widths and precisions in a format string (``"%0999999999d"``, ``"{:>999999999}"``), and in its
-        arguments when the string takes them from there (``"%*d"``, ``"{:{}}"``)."""
-        if isinstance(fmt, str) and self.chars is not None:
-            if "*" in fmt or _NESTED_SPEC_RE.search(fmt):
-                self.numbers(args, what)
-            widths = [w for match in _PERCENT_SPEC_RE.finditer(fmt) for w in match.groups() if w]
-            widths += [w for match in _BRACE_SPEC_RE.finditer(fmt) for w in _DIGITS_RE.findall(match.group(1))]
-            for digits in widths:
-                if len(digits) > len(str(self.chars)) or int(digits) > self.chars:
-                    raise self.fail(f"{what} asks for a width of {digits}, more than {self.chars} characters")
+        arguments when the string takes them from there (``"%*d"``, ``"{:{}}"``), refused above the size limit;
+        the widest of them returned."""
+        if not isinstance(fmt, str) or self.chars is None:
+            return 0
+        taken = "*" in fmt or _NESTED_SPEC_RE.search(fmt)
+        if taken:
+            self.numbers(args, what)
+        widths = [w for match in _PERCENT_SPEC_RE.finditer(fmt) for w in match.groups() if w]
+        widths += [w for match in _BRACE_SPEC_RE.finditer(fmt) for w in _DIGITS_RE.findall(match.group(1))]
+        for digits in widths:
+            if len(digits) > len(str(self.chars)) or int(digits) > self.chars:
+                raise self.fail(f"{what} asks for a width of {digits}, more than {self.chars} characters")
+        numbers = [abs(int(a)) for a in args if isinstance(a, Integral) and not isinstance(a, bool)] if taken else []
+        return max([0, *map(int, widths), *numbers])
 
-    def expansion(self, name: str, subject: object, args: Sequence[object]) -> None:
-        """Pre-checks of the string operations whose result can be far larger than their inputs."""
-        if not isinstance(subject, str):
+    def measure(self, what: str, **options: Any) -> _Measure:
+        return _Measure(self, what, **options)
+
+    def text(self, value: object, what: str) -> int:
+        """An upper bound on ``len(str(value))``, refused above the size limit before ``str`` builds it."""
+        if self.chars is None or isinstance(value, str):
+            return len(value) if isinstance(value, str) else 0
+        size = self.measure(what).text(value)
+        self.size(size, what)
+        return size
+
+    def expansion(self, name: str, subject: object, args: Sequence[object], kwargs: Mapping[str, Any]) -> None:
+        """Pre-checks of the string methods whose result can be far larger than their inputs: the size of the
+        result is computed from the arguments and refused before the method runs."""
+        if not isinstance(subject, str | bytes) or self.chars is None:
             return
-        if name in ("format", "format_map"):
-            self.format_string(
-                subject,
-                f"{name}()",
-                [*args, *(args[0].values() if name == "format_map" and args and isinstance(args[0], Mapping) else ())],
+        what = f"{name}()"
+        if name in ("format", "format_map") and isinstance(subject, str):
+            given = [*args, *kwargs.values()]
+            if name == "format_map" and args and isinstance(args[0], Mapping):
+                given = [*args[0].values()]
+            self.size(_brace_bound(self, subject, given, what), what)
+        elif name == "replace" and len(args) >= 2:
+            count = args[2] if len(args) > 2 else kwargs.get("count", -1)
+            self.size(_replace_bound(self, subject, args[0], args[1], count, what), what)
+        elif name == "join" and args:
+            self.size(_join_bound(self, subject, args[0], what), what)
+        elif name == "expandtabs":
+            tabsize = args[0] if args else kwargs.get("tabsize", 8)
+            if isinstance(tabsize, Integral):
+                tab = "\t" if isinstance(subject, str) else b"\t"
+                self.size(len(subject) + subject.count(tab) * max(int(tabsize), 0), what)  # type: ignore[arg-type]
+        elif name == "translate" and args and isinstance(subject, str):
+            table = args[0]
+            measure = self.measure(what)
+            replacements = (
+                table.values() if isinstance(table, Mapping) else table if isinstance(table, Sequence) else ()
             )
-        elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
-            old, new = args[0], args[1]
-            count = len(subject) + 1 if old == "" else subject.count(old)
-            self.size(len(subject) + count * max(len(new) - len(old), 0), "replace()")
-        elif name == "join" and args and isinstance(args[0], Sequence):
-            self.size(len(subject) * max(len(args[0]) - 1, 0), "join()")
-        elif name == "expandtabs" and args and isinstance(args[0], Integral):
-            self.size(len(subject) + subject.count("\t") * int(args[0]), "expandtabs()")
+            widest = max((measure.text(r) for r in replacements if isinstance(r, str)), default=1)
+            self.size(len(subject) * max(widest, 1), what)
 
     def binop(self, operator: str, left: object, right: object) -> None:
         sized = str | bytes | list | tuple
@@ -707,14 +795,20 @@ class _Guard:
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, sized) and isinstance(n, Integral):
                     self.size(len(seq) * max(int(n), 0), "a repetition (*)")
+            if _is_integer(left) and _is_integer(right):
+                if int(left).bit_length() + int(right).bit_length() > _MAX_BITS:
+                    raise self.fail(
+                        f"a product of {int(left).bit_length()}-bit and {int(right).bit_length()}-bit "
+                        "integers is too large a number"
+                    )
         elif operator == "+" and isinstance(left, sized) and isinstance(right, sized):
             self.size(len(left) + len(right), "a concatenation (+)")
         elif operator == "**" and isinstance(left, Integral) and isinstance(right, Integral):
-            if int(right) > 0 and abs(int(left)) > 1 and int(left).bit_length() * int(right) > 1_000_000:
+            if int(right) > 0 and abs(int(left)) > 1 and int(left).bit_length() * int(right) > _MAX_BITS:
                 raise self.fail(f"{left} ** {right} is too large a number")
-        elif operator == "%" and isinstance(left, str):
-            values = right if isinstance(right, tuple) else right.values() if isinstance(right, Mapping) else (right,)
-            self.format_string(left, "a % format", list(values))
+        elif operator == "%" and isinstance(left, str | bytes) and self.chars is not None:
+            fmt = left.decode("latin-1") if isinstance(left, bytes) else left  # b"%9999999s": the same fields
+            self.size(_percent_bound(self, fmt, right, "a % format"), "a % format")
 
     def iterate(self, iterable: object, literal_chars: int) -> Iterator[object]:
         """Every ``for`` loop's iterable: time checked at each step, the loop body's literal text counted."""
@@ -723,6 +817,408 @@ class _Guard:
             if literal_chars:
                 self.write(literal_chars)
             yield item
+
+    def items(self, iterator: Iterator[object], what: str) -> Iterator[object]:
+        """What a lazy filter yields (``batch``, ``slice``, ``map`` …), with the time checked at each item and
+        :data:`_ITEM_COST` units (plus its length) charged per item against the size limit, so that ``|list``
+        cannot gather millions of new objects (``[]|slice(10**7)|list``) before a size check sees them."""
+        cost = 0
+        for item in iterator:
+            self.tick()
+            if self.chars is not None:
+                cost += _ITEM_COST + (len(item) if isinstance(item, str | bytes | list | tuple | dict) else 0)
+                if cost > self.chars:
+                    raise self.too_big(None, what)
+            yield item
+
+    def collect(self, iterable: object, what: str) -> object:
+        """An iterator made a list (through :meth:`items`) so that its size can be known before it is used;
+        anything else as it is."""
+        if isinstance(iterable, Iterator):
+            return list(self.items(iterable, what))
+        return iterable
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+class _Measure:
+    """Upper bounds on the length of ``str(value)``, ``repr(value)`` or ``json.dumps(value)``, computed without
+    building them: a template can make values whose text is far larger than their memory (``[[s] * 1000] * 1000``
+    holds one string a million times). Each container is walked once (a shared one is remembered by its id), and
+    the walk stops as soon as its running total passes the size limit, so it takes about ``max_template_chars``
+    steps at most, the clock checked as it goes. Besides the characters, :meth:`shape` counts the elements, the
+    nesting levels and the widest indentation ``pprint`` may put before a line, for the filters that lay text out
+    on lines (``tojson`` with an indent, ``pprint``)."""
+
+    def __init__(
+        self,
+        guard: _Guard,
+        what: str,
+        *,
+        json: bool = False,
+        ensure_ascii: bool = False,
+        separators: tuple[str, str] | None = None,
+    ) -> None:
+        self.guard, self.what = guard, what
+        self.limit = guard.chars if guard.chars is not None else float("inf")
+        self.json, self.ensure_ascii = json, ensure_ascii
+        item, key = separators if separators is not None else (", ", ": ")
+        self.item_separator, self.key_separator = len(str(item)), len(str(key))
+        from jinja2.utils import Namespace
+
+        self.namespace = Namespace
+        self.known: dict[int, tuple[int, int, int, int]] = {}
+        self.open: set[int] = set()
+        self.steps = 0
+
+    def text(self, value: object) -> int:
+        """``len(str(value))`` or ``len(json.dumps(value))``, at most."""
+        if isinstance(value, str) and not self.json:
+            return len(value)
+        return self.shape(value)[0]
+
+    def repr(self, value: object) -> int:
+        """``len(repr(value))`` (or ``ascii(value)`` when ``ensure_ascii``), at most."""
+        return self.shape(value)[0]
+
+    def shape(self, value: object) -> tuple[int, int, int, int]:
+        """(characters, elements at any depth, nesting levels, widest line prefix) of ``repr`` or JSON."""
+        if isinstance(value, str):
+            head = 0 if self.json or type(value) is str else len(type(value).__name__) + 2  # Markup('…')
+            return (head + (_json_length(value, self.ensure_ascii) if self.json else self._repr(value)), 0, 0, 0)
+        if value is None or isinstance(value, bool | float):
+            return (24, 0, 0, 0)  # repr of a float: at most 24 characters ("-2.2250738585072014e-308")
+        if isinstance(value, Integral):
+            return (int(value).bit_length() * 146 // 485 + 2, 0, 0, 0)  # 146/485 > log10(2)
+        if isinstance(value, bytes | bytearray):
+            return (4 * len(value) + 14, 0, 0, 0)  # bytearray(b'\xNN…')
+        entries = self._entries(value)
+        if entries is None:
+            return (_OBJECT_TEXT, 0, 0, 0)
+        key = id(value)
+        if key in self.known:
+            return self.known[key]
+        if key in self.open:
+            return (5, 0, 0, 0)  # a cycle: repr writes "[...]" ("{...}" for a dict)
+        self.open.add(key)
+        # What a type adds around its brackets: "set()", "frozenset({…})", "dict_keys([…])", "<Namespace {…}>"
+        head = 0 if self.json or type(value) in (list, tuple, dict) else len(type(value).__name__) + 2
+        chars, elements, levels, prefix = head + 2, 0, 0, 0
+        keyed = isinstance(value, Mapping | self.namespace)
+        for entry in entries:
+            self.steps += 1
+            if self.steps % 4096 == 0:
+                self.guard.tick()
+            item = entry[1] if keyed else entry
+            sub = self.shape(item)
+            before = head + 1  # the opening bracket (and a type name) before an element
+            if keyed:
+                before += self._key(entry[0]) + self.key_separator
+            chars += before - head - 1 + sub[0] + self.item_separator
+            elements += 1 + sub[1]
+            levels = max(levels, sub[2])
+            prefix = max(prefix, before + sub[3])
+            if chars > self.limit:
+                raise self.guard.too_big(None, self.what)
+        self.open.discard(key)
+        self.known[key] = shape = (chars, elements, levels + 1, prefix)
+        return shape
+
+    def _entries(self, value: object) -> Any:
+        if isinstance(value, self.namespace):
+            return None if self.json else object.__getattribute__(value, "_Namespace__attrs").items()
+        if isinstance(value, Mapping):
+            return value.items()
+        if isinstance(value, list | tuple):
+            return value
+        if not self.json and isinstance(value, Set | KeysView | ValuesView | ItemsView):
+            return value
+        return None
+
+    def _key(self, key: object) -> int:
+        if self.json and not isinstance(key, str):
+            return self.shape(key)[0] + 2  # a number, bool or None key is written as a string
+        return self.shape(key)[0]
+
+    def _repr(self, text: str) -> int:
+        length = _repr_length(text)
+        if self.ensure_ascii and not text.isascii():  # ascii(): every non-ASCII character as \xNN … \UNNNNNNNN
+            length += 9 * (len(text) - len(text.encode("ascii", "ignore")))
+        return length
+
+
+def _count(characters: str, text: str) -> int:
+    """How many characters of ``text`` are one of ``characters`` (``str.count`` of each: fast, and nothing built)."""
+    if text.isascii():
+        characters = "".join(c for c in characters if c.isascii())
+    return sum(text.count(c) for c in characters)
+
+
+def _repr_length(text: str) -> int:
+    """An upper bound on ``len(repr(text))``: the quotes, an escape before each backslash and quote, ``\\xNN`` for an
+    ASCII control character and at most ``\\UNNNNNNNN`` for any other character Python does not print."""
+    length = len(text) + 2 + text.count("\\") + text.count("'")
+    if not text.isprintable():
+        length += 3 * _count(_CONTROLS, text)
+        if not text.isascii():
+            length += 9 * (len(text) - len(text.encode("ascii", "ignore")))
+    return length
+
+
+def _json_length(text: str, ensure_ascii: bool) -> int:
+    """An upper bound on the length of ``text`` as a JSON string: the quotes, ``\\"``, ``\\\\``, ``\\u00NN`` for a
+    control character and, with ``ensure_ascii``, ``\\uNNNN\\uNNNN`` for any other non-ASCII character."""
+    length = len(text) + 2 + text.count('"') + text.count("\\")
+    if not text.isprintable():
+        length += 5 * _count(_JSON_CONTROLS, text)
+    if ensure_ascii and not text.isascii():
+        length += 11 * (len(text) - len(text.encode("ascii", "ignore")))
+    return length
+
+
+# --- the size of a result, from its inputs -----------------------------------------------------------------------
+# Each returns an upper bound on the length of what the operation would build; the guard refuses it above the
+# size limit before the operation runs. A measure may itself stop early (the arguments' text passed the limit).
+
+
+def _percent_bound(guard: _Guard, fmt: str, right: object, what: str) -> int:
+    """``fmt % right``: the format's own text, then each field its width (or precision) and some slack, and the
+    arguments' text once each (a tuple's items and a lone value are used once; a mapping's values may be named
+    by many fields)."""
+    measure = guard.measure(what, ensure_ascii=bool(_ASCII_CONVERSION_RE.search(fmt)))
+    values = list(right) if isinstance(right, tuple) else list(right.values()) if isinstance(right, Mapping) else []
+    widest = guard.format_string(fmt, what, values if isinstance(right, tuple) else [])
+    fields = fmt.count("%")
+    per_field = widest + _FIELD_SLACK
+    if isinstance(right, tuple):
+        used_once = sum(measure.repr(v) for v in right)
+    else:
+        used_once = measure.repr(right)
+        if isinstance(right, Mapping):
+            per_field += max((measure.repr(v) for v in values), default=0)
+    return len(fmt) + used_once + fields * per_field
+
+
+def _brace_bound(guard: _Guard, fmt: str, given: Sequence[object], what: str) -> int:
+    """``fmt.format(…)``: any field may name any argument (``"{0}{0}{0}"``), so each field is bounded by its
+    width, some slack and twice the widest argument (digit grouping, ``"{:,}"``, lengthens a number)."""
+    measure = guard.measure(what, ensure_ascii="!a" in fmt)
+    widest = guard.format_string(fmt, what, list(given))
+    largest = max((measure.repr(v) for v in given), default=0)
+    return len(fmt) + fmt.count("{") * (widest + _FIELD_SLACK + 2 * largest)
+
+
+def _replace_bound(guard: _Guard, subject: object, old: object, new: object, count: object, what: str) -> int:
+    """``str(subject).replace(str(old), str(new), count)``."""
+    length = guard.text(subject, what)
+    if isinstance(subject, str) and isinstance(old, Integral | float):  # the filter writes str(old): 1 → "1"
+        old = str(old)
+    if isinstance(subject, str | bytes) and type(old) is type(subject):
+        found = len(subject) + 1 if not old else subject.count(old)  # type: ignore[arg-type]
+        removed = len(old)  # type: ignore[arg-type]
+    else:
+        found, removed = length + 1, 0
+    if isinstance(count, Integral) and not isinstance(count, bool) and int(count) >= 0:
+        found = min(found, int(count))
+    added = len(new) if isinstance(new, str | bytes) else guard.text(new, what)
+    return length + found * max(added - removed, 0)
+
+
+def _join_bound(guard: _Guard, separator: object, items: object, what: str) -> int:
+    """``separator.join(map(str, items))``: the separator between the items, and every item's text (each
+    measured: an item repeated by ``*`` counts each time)."""
+    if isinstance(items, str | bytes):
+        return len(items) * (1 + guard.text(separator, what))
+    if not isinstance(items, Sized) or isinstance(items, Iterator):
+        return 0  # consumed as it goes: a for loop's guarded iteration, or an error of the method itself
+    measure = guard.measure(what)
+    total = guard.text(separator, what) * max(len(items) - 1, 0)
+    for item in items:  # type: ignore[attr-defined]
+        total += item.__len__() if isinstance(item, str | bytes) else measure.text(item)
+        if guard.chars is not None and total > guard.chars:
+            raise guard.too_big(None, what)
+    return total
+
+
+def _argument(values: Sequence[object], kwargs: Mapping[str, Any], index: int, name: str, default: Any) -> Any:
+    """A filter's argument ``index`` (0 the filtered value), given by position or by ``name``."""
+    return values[index] if len(values) > index else kwargs.get(name, default)
+
+
+def _indent_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    text, width = values[0], _argument(values, kwargs, 1, "width", 4)
+    if not isinstance(text, str):
+        return 0  # the filter fails on anything but a string
+    indent = len(width) if isinstance(width, str) else max(int(width), 0) if isinstance(width, Integral) else 0
+    lines = _count(_LINE_BREAKS, text) + 2  # the filter appends a line break, then indents every line
+    return len(text) + 1 + lines * indent
+
+
+def _wordwrap_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    text = values[0]
+    wrap = _argument(values, kwargs, 4, "wrapstring", None)
+    wrap_length = 1 if wrap is None else guard.text(wrap, what)
+    length = guard.text(text, what)
+    return length + (length + 1) * wrap_length  # at most one wrap string per character
+
+
+def _urlize_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    """Each word may become ``<a href="URL" rel="…" target="…">URL</a>``, its characters escaped (at most ×5)."""
+    text = values[0]
+    length = guard.text(text, what)
+    words = (_count(_WHITESPACE, text) if isinstance(text, str) else length) + 1
+    extra = sum(
+        guard.text(v, what)
+        for v in (_argument(values, kwargs, 3, "target", None), _argument(values, kwargs, 4, "rel", None))
+        if v is not None
+    )
+    return 10 * length + words * (100 + extra)
+
+
+def _escape_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    text = values[0]
+    if isinstance(text, str):
+        return len(text) + 4 * sum(text.count(c) for c in "&<>'\"")  # &amp; &lt; &gt; &#39; &#34;
+    return 5 * guard.text(text, what)
+
+
+def _tojson_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    value = values[0]
+    ensure_ascii = _argument(values, kwargs, 1, "ensure_ascii", False)
+    indent = _argument(values, kwargs, 2, "indent", None)
+    separators = _argument(values, kwargs, 3, "separators", None)
+    if separators is None:
+        separators = (", ", ": ") if indent is None else (",", ": ")
+    if not (isinstance(separators, Sequence) and len(separators) == 2):
+        return 0  # json.dumps refuses it
+    measure = guard.measure(what, json=True, ensure_ascii=bool(ensure_ascii), separators=tuple(separators))
+    chars, elements, levels, _ = measure.shape(value)
+    if indent is None:
+        return chars
+    step = len(indent) if isinstance(indent, str) else max(int(indent), 0) if isinstance(indent, Integral) else 0
+    return chars + (2 * elements + 1) * (1 + levels * step)  # a line per element and per closing bracket
+
+
+def _pprint_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    """``pprint.pformat``: the repr, each string cut into quoted chunks, and a line per element or chunk with at
+    most the widest prefix (brackets, type names and dict keys on the way down) before it."""
+    chars, elements, _, prefix = guard.measure(what).shape(values[0])
+    return 3 * chars + (elements + chars + 1) * (prefix + 2)
+
+
+def _slice_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    """``slice(n)`` yields ``n`` lists holding the value's items (and a fill item each), in the units of
+    :meth:`_Guard.items`."""
+    slices, items = _argument(values, kwargs, 1, "slices", 0), values[0]
+    if not _is_integer(slices) or not isinstance(items, Sized):
+        return 0
+    return max(int(slices), 0) * (_ITEM_COST + 1) + len(items)
+
+
+def _batch_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    """``batch(n)`` yields a list per ``n`` items of the value (the last one filled up to ``n``)."""
+    size, items = _argument(values, kwargs, 1, "linecount", 1), values[0]
+    if not _is_integer(size) or int(size) <= 0 or not isinstance(items, Sized):
+        return 0
+    return -(-len(items) // int(size)) * _ITEM_COST + len(items) + int(size)
+
+
+def _center_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    width = _argument(values, kwargs, 1, "width", 80)
+    return max(guard.text(values[0], what), int(width) if isinstance(width, Integral) else 0)
+
+
+def _text_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    """Filters that make their value a string first (``string``, ``upper`` …) and change its length little."""
+    return guard.text(values[0], what)
+
+
+def _xmlattr_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    return 6 * guard.text(values[0], what) + 2
+
+
+def _urlencode_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    return 12 * guard.text(values[0], what) + 2  # %XX for each of up to 4 UTF-8 bytes
+
+
+def _format_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    fmt = values[0]
+    if not isinstance(fmt, str):  # the filter formats str(value): made once its length is known to be bounded
+        guard.text(fmt, what)
+        fmt = str(fmt)
+    return _percent_bound(guard, fmt, kwargs if kwargs else tuple(values[1:]), what)
+
+
+def _join_filter_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    return _join_bound(guard, _argument(values, kwargs, 1, "d", ""), values[0], what)
+
+
+def _replace_filter_bound(guard: _Guard, values: list, kwargs: dict, what: str) -> int:
+    old, new = _argument(values, kwargs, 1, "old", ""), _argument(values, kwargs, 2, "new", "")
+    return _replace_bound(guard, values[0], old, new, _argument(values, kwargs, 3, "count", None), what)
+
+
+def _sum_bound(guard: _Guard, values: list, kwargs: dict, what: str, environment: Any = None) -> int:
+    """``sum`` of lists or tuples (``start=[]``) copies the running total at each step: both the result and the
+    copying are bounded, from the items' lengths."""
+    start = _argument(values, kwargs, 2, "start", 0)
+    items = values[0]
+    if not isinstance(start, list | tuple) or not isinstance(items, Sized) or guard.chars is None:
+        return 0
+    attribute = _argument(values, kwargs, 1, "attribute", None)
+    if attribute is not None:
+        from jinja2.filters import make_attrgetter
+
+        get = make_attrgetter(environment, attribute)
+        items = [get(item) for item in items]  # type: ignore[attr-defined]
+    total = copied = len(start)
+    for item in items:  # type: ignore[attr-defined]
+        total += len(item) if isinstance(item, Sized) else 0
+        copied += total
+        if copied > _WRITTEN_FACTOR * guard.chars:
+            raise guard.fail(f"{what} would copy more than {_WRITTEN_FACTOR * guard.chars} items while adding lists")
+    return total
+
+
+# Filter name → the bound of its result, from (guard, the filtered value and its arguments, keywords, what).
+_FILTER_BOUNDS = {
+    "indent": _indent_bound,
+    "join": _join_filter_bound,
+    "replace": _replace_filter_bound,
+    "format": _format_bound,
+    "wordwrap": _wordwrap_bound,
+    "urlize": _urlize_bound,
+    "escape": _escape_bound,
+    "e": _escape_bound,
+    "forceescape": _escape_bound,
+    "tojson": _tojson_bound,
+    "pprint": _pprint_bound,
+    "center": _center_bound,
+    "xmlattr": _xmlattr_bound,
+    "urlencode": _urlencode_bound,
+    "sum": _sum_bound,
+    "slice": _slice_bound,
+    "batch": _batch_bound,
+    **dict.fromkeys(
+        ("string", "safe", "capitalize", "lower", "upper", "title", "trim", "striptags", "wordcount"), _text_bound
+    ),
+}
+_COLLECTED = frozenset({"join", "sum"})  # filters given an iterator: it is made a list first, to be measured
+
+
+def _lipsum_bound(args: Sequence[object], kwargs: Mapping[str, Any]) -> int:
+    """``lipsum(n=5, html=True, min=20, max=100)``: ``n`` paragraphs of fewer than ``max`` words each."""
+    from jinja2.constants import LOREM_IPSUM_WORDS
+
+    given = {**dict(zip(("n", "html", "min", "max"), args, strict=False)), **kwargs}
+    paragraphs, low, high = (given.get(key, default) for key, default in (("n", 5), ("min", 20), ("max", 100)))
+    if not (_is_integer(paragraphs) and _is_integer(low) and _is_integer(high)):
+        return 0  # lipsum itself refuses them
+    words = max(int(low), int(high), 0)
+    longest = max(len(word) for word in LOREM_IPSUM_WORDS.split()) + 2  # a word, a comma or a full stop, a space
+    return max(int(paragraphs), 0) * (words * longest + 10)
 
 
 class _GuardedRange:
@@ -770,9 +1266,10 @@ def _environment(guard: _Guard):
     """A sandboxed, immutable Jinja environment whose every loop, call, filter and operator is bounded."""
     from jinja2 import Environment, nodes
     from jinja2.nodes import EvalContext
-    from jinja2.runtime import Context
+    from jinja2.runtime import Context, markup_join
     from jinja2.sandbox import ImmutableSandboxedEnvironment
-    from jinja2.utils import Namespace
+    from jinja2.utils import Namespace, generate_lorem_ipsum
+    from jinja2.visitor import NodeTransformer
 
     injected = (Context, EvalContext, Environment)  # what pass_context & co. put before a filter's value
 
@@ -780,6 +1277,14 @@ def _environment(guard: _Guard):
         def __setitem__(self, name: str, value: Any) -> None:
             guard.tick()
             super().__setitem__(name, guard.value(value, f"namespace attribute {name!r}"))
+
+    class BoundedConcat(NodeTransformer):
+        """``a ~ b`` (Jinja's Concat, not an intercepted operator) becomes ``_bounded_concat(a, b)``."""
+
+        def visit_Concat(self, node):  # noqa: N802 - NodeTransformer's naming
+            self.generic_visit(node)
+            name = nodes.Name("_bounded_concat", "load", lineno=node.lineno)
+            return nodes.Call(name, list(node.nodes), [], None, None, lineno=node.lineno)
 
     class BoundedSandbox(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset({"*", "+", "%", "**"})
@@ -796,6 +1301,7 @@ def _environment(guard: _Guard):
                     None,
                     lineno=loop.lineno,
                 )
+            tree = BoundedConcat().visit(tree)
             tree.set_environment(self)
             return tree
 
@@ -806,47 +1312,83 @@ def _environment(guard: _Guard):
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's own signature
             guard.tick()
+            if __obj is bounded_concat:  # sized inside; its result is no new text (the pieces were counted)
+                return bounded_concat(__context.eval_ctx.autoescape, *args)
             name = getattr(__obj, "__name__", type(__obj).__name__)
             subject = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)  # str.format is wrapped
             for value in (*args, *kwargs.values()):
                 guard.value(value, f"an argument of {name}()")
-            if isinstance(subject, str | list | tuple) and name not in ("format", "format_map"):  # ljust, zfill, …
-                guard.numbers([*args, *kwargs.values()], f"{name}()")
-            guard.expansion(name, subject, args)
+            if isinstance(subject, str | bytes | list | tuple) and name not in ("format", "format_map"):
+                guard.numbers([*args, *kwargs.values()], f"{name}()")  # ljust, zfill, center …
+            if name == "join" and isinstance(subject, str | bytes) and args:  # a generator is measured as a list
+                args = (guard.collect(args[0], "join()"), *args[1:])
+            guard.expansion(name, subject, args, kwargs)
             result = super().call(__context, __obj, *args, **kwargs)
             if isinstance(result, str):
                 guard.write(len(result))
             return guard.value(result, f"the result of {name}()")
 
+    bounds = {**_FILTER_BOUNDS, "sum": lambda *given: _sum_bound(*given, environment=env)}
+
     def bounded_filter(name: str, function):
+        bound = bounds.get(name)
+        what = f"the {name} filter"
+
         @functools.wraps(function)  # keeps Jinja's pass_context / pass_environment marks
         def wrapper(*args, **kwargs):
             guard.tick()
+            lead = [a for a in args if isinstance(a, injected)]
             values = [a for a in args if not isinstance(a, injected)]  # the filtered value, then its arguments
-            if name == "format" and values:  # value|format(*args): the arguments are what gets formatted
-                guard.format_string(values[0], "the format filter", [*values[1:], *kwargs.values()])
-            else:  # widths and counts: center(80), indent(4), truncate(255), …
-                guard.numbers([*values[1:], *kwargs.values()], f"the {name} filter")
-            if name in ("replace", "join") and values:
-                guard.expansion(*_filter_subject(name, values, kwargs))
-            return guard.value(function(*args, **kwargs), f"the result of the {name} filter")
+            if name != "format":  # widths and counts: center(80), indent(4), truncate(255), … (format's are values)
+                guard.numbers([*values[1:], *kwargs.values()], what)
+            if name in _COLLECTED and values:
+                values[0] = guard.collect(values[0], what)
+                args = (*lead, *values)
+            if bound is not None and values and guard.chars is not None:
+                guard.size(bound(guard, values, kwargs, what), what)
+            result = function(*args, **kwargs)
+            if isinstance(result, Iterator):  # batch, slice, map, select …: counted as they are consumed
+                return guard.items(result, what)
+            return guard.value(result, f"the result of {name} filter")
 
         return wrapper
+
+    def bounded_concat(autoescape: bool, *items: Any) -> str:
+        if guard.chars is not None:
+            size = 0
+            for item in items:  # mostly strings: their length, without a measure
+                size += len(item) if type(item) is str else guard.text(item, "a concatenation (~)")
+            guard.size(size, "a concatenation (~)")
+        return markup_join(items) if autoescape else "".join(map(str, items))
 
     def finalize(value: Any) -> Any:
         if isinstance(value, str):
             guard.write(len(value))
+        elif isinstance(value, Mapping | list | tuple | Set | Namespace):  # str() would build its text
+            guard.write(guard.text(value, "a printed value"))
         return value
+
+    def lipsum(*args: Any, **kwargs: Any) -> str:
+        if guard.chars is not None:
+            guard.size(_lipsum_bound(args, kwargs), "lipsum()")
+        return generate_lorem_ipsum(*args, **kwargs)
+
+    def strftime_now(format: str) -> str:  # noqa: A002 - the name templates call it with
+        if isinstance(format, str):
+            guard.size(len(format) + 64 * format.count("%"), "strftime_now()")
+        return _strftime_now(format)
 
     env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, finalize=finalize, extensions=["jinja2.ext.loopcontrols"]
     )
     env.filters["tojson"] = _tojson  # as chat templates expect it: plain JSON, not HTML-escaped, keys in order
     env.filters = {name: bounded_filter(name, f) for name, f in env.filters.items()}
-    env.globals["strftime_now"] = _strftime_now
+    env.globals["strftime_now"] = strftime_now
+    env.globals["lipsum"] = lipsum
     env.globals["range"] = functools.partial(_GuardedRange, guard)
     env.globals["namespace"] = BoundedNamespace
     env.globals["_bounded_iterate"] = guard.iterate
+    env.globals["_bounded_concat"] = bounded_concat
     return env
 
 
@@ -865,15 +1407,6 @@ def _strftime_now(format: str) -> str:  # noqa: A002 - the name templates call i
     import datetime
 
     return datetime.datetime.now().strftime(format)
-
-
-def _filter_subject(name: str, values: list, kwargs: dict) -> tuple[str, object, list]:
-    """(string method name, the string it acts on, its arguments) for the replace and join filters."""
-    if name == "replace":  # value|replace(old, new)
-        return "replace", values[0], values[1:]
-    separator = values[1] if len(values) > 1 else kwargs.get("d", "")
-    items = values[0] if isinstance(values[0], Sequence) else ()
-    return "join", separator, [items]
 
 
 _COMPILED: dict[tuple[str, int | None], Any] = {}  # (template, max_template_chars) → compiled code, oldest first

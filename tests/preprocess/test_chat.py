@@ -131,12 +131,12 @@ def render_with(template: str, limits: MediaLimits = SMALL, messages=HELLO):
         ("{{ 10 ** 10000000 }}", "too large a number"),
         (
             "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
-            "namespace",
+            r"concatenation \(~\)",
         ),
         (
             "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s }}{% endif %}{% endmacro %}"
             "{{ d('x', 64) }}",
-            "argument",
+            r"concatenation \(~\)",
         ),
         ("{% set big %}{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}{% endset %}", "wrote more than"),
         ("{% set big %}{% for i in range(100000) %}" + "z" * 1000 + "{% endfor %}{% endset %}", "wrote more than"),
@@ -324,3 +324,65 @@ def test_bad_located_media_parts_are_named(part, problem, monkeypatch):
     messages = [{"role": "user", "content": "x"}, {"role": "user", "content": [{"type": "text", "text": "y"}, part]}]
     with pytest.raises(ChatFormatError, match=r"^messages\[1\]\.content\[1\]: .*" + problem):
         render_chat(messages)
+
+
+# ------------------------------------------------------------------------------------ tool specs and protection
+
+
+def test_a_bare_function_renders_as_its_openai_form(tmp_path):
+    """A bare function (``{"name", "description", "parameters"}``, or with OpenAI Responses' ``"type": "function"``)
+    passes ``check_tools`` — a row's tools and a ``--tools`` file alike — and renders as the wrapped spec does, in the
+    built-in layout and through a template."""
+    import json
+
+    from data_specs.manifest import read_row
+    from pipelines.cli.jobs import tools_file
+    from preprocess.chat import builtin_template_text
+
+    function = {"name": "get_weather", "description": "Weather.", "parameters": {"type": "object", "properties": {}}}
+    wrapped = [{"type": "function", "function": function}]
+    messages = [{"role": "user", "content": "Paris?"}]
+    expected = render_chat(messages, tools=wrapped).text
+    assert "declaration:get_weather{description:" in expected
+    for bare in ([function], [{"type": "function", **function}]):
+        row = read_row({"id": "r", "messages": messages, "tools": bare}, 0)
+        path = tmp_path / "tools.json"
+        path.write_text(json.dumps(bare))
+        for tools in (row.tools, tools_file(str(path))):
+            assert render_chat(messages, tools=tools).text == expected
+            assert render_chat(messages, tools=tools, chat_template=builtin_template_text()).text == expected
+
+
+def test_calls_are_matched_before_they_are_protected():
+    """A call's id and name may hold a media placeholder (protected, the model's own text): OpenAI's tool message
+    still finds its call, and the response carries the call's name as written."""
+    image = "<|image|>"
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "tool_calls": [{"id": f"c{image}", "function": {"name": f"f{image}", "arguments": {}}}]},
+        {"role": "tool", "tool_call_id": f"c{image}", "content": "done"},
+    ]
+    rendered = render_chat(messages)
+    assert image not in rendered.text
+    assert f"call:f{image}{{}}" in rendered.literal() and f"response:f{image}{{value:" in rendered.literal()
+
+
+def test_every_field_a_template_may_write_is_protected():
+    """Unknown message fields, text-part extras, media options and tool-call extras reach a template protected."""
+    turn = "<|turn>"
+    messages = [
+        {
+            "role": "user",
+            "name": turn,
+            "content": [{"type": "text", "text": "a", "note": turn}, {"type": "image", "image": "x.png", "alt": turn}],
+        },
+        {"role": "assistant", "content": "b", "reasoning_content": "<|image|>"},
+    ]
+    probe = (
+        "{% for m in messages %}{{ m.name }}{{ m.reasoning_content }}{% if m.content is not string %}"
+        "{% for p in m.content %}{{ p.note }}{{ p.alt }}{% if p.type == 'image' %}<|image|>{% endif %}"
+        "{% endfor %}{% endif %}{% endfor %}"
+    )
+    rendered = render_chat(messages, chat_template=probe)
+    assert rendered.text.count(turn) == 0 and rendered.text.count("<|image|>") == 1
+    assert rendered.literal() == f"{turn}{turn}{turn}<|image|><|image|>"

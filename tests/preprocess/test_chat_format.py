@@ -230,7 +230,7 @@ def test_template_kwargs_need_a_template():
 
 def test_bad_tools_are_named():
     with pytest.raises(ChatFormatError, match=r"tools\[0\] must be"):
-        render_chat([{"role": "user", "content": "x"}], tools=[{"name": "f"}])
+        render_chat([{"role": "user", "content": "x"}], tools=[{"description": "no name"}])
     with pytest.raises(ChatFormatError, match="tools must be a list"):
         render_chat([{"role": "user", "content": "x"}], tools={"type": "function"})
 
