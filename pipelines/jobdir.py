@@ -48,6 +48,7 @@ __all__ = [
     "lock_output",
     "open_folder",
     "progress_bar",
+    "read_job_file",
     "read_state",
     "save_state",
     "shard_path",
@@ -151,14 +152,19 @@ def check_version(state: dict, where: str | os.PathLike) -> None:
 def read_state(out_dir: str | os.PathLike) -> dict:
     """The ``job.json`` of a job folder, checked to be of this output version (:func:`check_version`);
     ``FileNotFoundError`` when there is none."""
-    path = Path(out_dir) / JOB_FILE
+    state = read_job_file(Path(out_dir) / JOB_FILE)
+    check_version(state, out_dir)
+    return state
+
+
+def read_job_file(path: Path) -> dict:
+    """A ``job.json``, which must be a JSON object; :class:`JobMismatchError` naming it otherwise."""
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise JobMismatchError(f"{os.fspath(path)!r}: not JSON ({exc})") from None
     if not isinstance(state, dict):
         raise JobMismatchError(f"{os.fspath(path)!r}: expected a JSON object, got {type(state).__name__}")
-    check_version(state, out_dir)
     return state
 
 

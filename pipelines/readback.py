@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from data_specs.errors_table import error_schema
 from data_specs.example import SCHEMA_VERSION, SchemaError, check_schema, example_schema, row_to_example
 
-from .jobdir import JOB_FILE, JobMismatchError, check_version, shard_path
+from .jobdir import JOB_FILE, JobMismatchError, check_version, read_job_file, shard_path
 from .preprocess_job import SETTINGS_KEY
 
 __all__ = [
@@ -226,12 +226,9 @@ def open_output(path: str | os.PathLike, *, allow_incomplete: bool = False) -> O
 def _read_job(job: Path) -> dict:
     """``job.json``, which must be a JSON object; :class:`SchemaError` naming it otherwise."""
     try:
-        state = json.loads(job.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise SchemaError(f"{job}: not JSON ({exc})") from None
-    if not isinstance(state, dict):
-        raise SchemaError(f"{job}: expected a JSON object, got {type(state).__name__}")
-    return state
+        return read_job_file(job)
+    except JobMismatchError as exc:
+        raise SchemaError(str(exc)) from None
 
 
 def _check_state(state: dict, job: Path) -> None:
