@@ -159,7 +159,8 @@ class OutputDir:
         errors = self.errors()
         for row in errors.slice(0, 20).to_pylist():
             lines.append(
-                f"  error  {row['id']} (row {row['row']}, {row['stage']}): {row['error_type']}: {row['message']}"
+                f"  error  {row['id'] if row['id'] is not None else '(no id)'} (row {row['row']}, {row['stage']}): "
+                f"{row['error_type']}: {row['message']}"
             )
         if errors.num_rows > 20:
             lines.append(f"  … {errors.num_rows - 20} more errors")
