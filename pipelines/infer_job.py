@@ -396,7 +396,8 @@ def prepare_list(items: list[Item], prepare: tuple) -> list:
 
 
 def prepare_shard(shard: int, items: list[Item], prepare: tuple) -> list:
-    return prepare_rows(items, *prepare)
+    """A shard's (or a piece's) task: :func:`prepare_list`."""
+    return prepare_list(items, prepare)
 
 
 def _prepared_shard(shard: int, outcomes: list) -> list:
@@ -432,11 +433,6 @@ def _request(model, settings: InferSettings, key, row_id: str, batch, options: R
             tower = "audio" if label == "audio" else "vision"
             message = f"row {index} (id {row_id!r}) holds {label} input, and this checkpoint has no {tower} tower"
             return error_row(index, row_id, "prompt", "MediaCountError", message)
-    vocab = model.config.text.vocab_size
-    if batch.text_id_range is not None and (batch.text_id_range[1] >= vocab or batch.text_id_range[0] < 0):
-        low, high = batch.text_id_range
-        message = f"token ids {low} … {high} are not all within the checkpoint's vocabulary (0 … {vocab - 1})"
-        return error_row(index, row_id, "prompt", "TokenIdError", message)
     new = options.max_new_tokens or settings.max_new_tokens
     prompt = batch.input_ids.shape[1]
     if prompt + new > settings.context:
@@ -461,7 +457,7 @@ def finished_row(completion, row_id: str, index: int, summary: dict, tokenizer, 
     (``finish_reason`` ``error``: non-finite logits, a request the engine refused at admission; stage
     ``generation``)."""
     if completion.finish_reason == "error":
-        reason = getattr(completion, "error", None) or "generation failed"
+        reason = completion.error or "generation failed"
         message = f"row {index} (id {row_id!r}): {reason}"
         return False, error_row(index, row_id, "generation", "GenerationError", message)
     return True, result_row(completion, row_id, index, summary, tokenizer, model)

@@ -140,11 +140,11 @@ def check_version(state: dict, where: str | os.PathLike) -> None:
     """``JobMismatchError`` with one line unless ``state`` (a ``job.json``) is of this output version."""
     version = state.get("output_version", 1)
     if version != OUTPUT_VERSION:
-        layout = "examples/ or results/ beside errors/" if OUTPUT_VERSION == 2 else f"version {OUTPUT_VERSION}"
         raise JobMismatchError(
             f"{os.fspath(where)!r} was written by another version of gemma4 (output version {version}"
             + (", both tables in shards/" if version == 1 else "")
-            + f"); this version reads and writes output version {OUTPUT_VERSION} ({layout}): run the job again "
+            + f"); this version reads and writes output version {OUTPUT_VERSION} (examples/ or results/ beside "
+            "errors/): run the job again "
             "into a new folder"
         )
 

@@ -599,7 +599,7 @@ def _run_pool(job: Job, workers: int) -> None:
     work = Work(
         shard=partial(process_shard, target=target),
         rows=partial(build_list, target=target),
-        from_rows=partial(_write_shard_here, target=target),
+        from_rows=partial(write_shard, target=target),
         dead_row=dead_row,
     )
     with ShardPool(workers, work) as pool:
@@ -611,7 +611,3 @@ def _run_pool(job: Job, workers: int) -> None:
         while len(pool):
             for done, stats in pool.finished(block=True):
                 job.record(done, stats)
-
-
-def _write_shard_here(shard: int, outcomes: list, target: ShardTarget) -> dict:
-    return write_shard(shard, outcomes, target)
